@@ -1,0 +1,93 @@
+"""The one place that chooses the array module, the default dtype and the random generator.
+
+All numerical code asks this module (or :func:`xp_of` of its inputs) for its array module, so the same
+code runs on NumPy and, when CuPy is installed and selected, on an NVIDIA GPU.
+
+    >>> import deepscope
+    >>> deepscope.manual_seed(0)          # fixes initialisation, shuffling, dropout and augmentation
+    >>> deepscope.backend.set_default_dtype("float64")   # e.g. for gradient checks
+"""
+from __future__ import annotations
+
+import numpy
+
+_xp = numpy
+_default_dtype = numpy.dtype("float32")
+_rng = numpy.random.default_rng(0)
+_seed = 0
+
+
+def use(name: str) -> None:
+    """Select the array module: ``"numpy"`` (default) or ``"cupy"`` (needs the ``gpu`` extra)."""
+    global _xp
+    if name == "numpy":
+        _xp = numpy
+    elif name == "cupy":
+        try:
+            import cupy
+        except ImportError as e:  # pragma: no cover - depends on the machine
+            raise RuntimeError("backend 'cupy' needs CuPy: pip install 'deepscope[gpu]'") from e
+        _xp = cupy
+    else:
+        raise ValueError(f"unknown backend {name!r}: expected 'numpy' or 'cupy'")
+
+
+def xp():
+    """The selected array module (``numpy`` or ``cupy``)."""
+    return _xp
+
+
+def xp_of(*arrays):
+    """The array module of the given arrays (CuPy if any is a CuPy array, else NumPy)."""
+    for a in arrays:
+        mod = type(a).__module__
+        if mod.startswith("cupy"):
+            import cupy
+            return cupy
+    return numpy
+
+
+def asarray(a, dtype=None):
+    """``a`` as an array of the selected module (float arrays take the default dtype unless given)."""
+    return _xp.asarray(a, dtype=dtype)
+
+
+def to_numpy(a) -> numpy.ndarray:
+    """A NumPy copy (or view) of ``a``, whichever module holds it."""
+    if hasattr(a, "get"):
+        return a.get()
+    return numpy.asarray(a)
+
+
+def default_dtype() -> numpy.dtype:
+    """The dtype new parameters and data get: float32 unless changed."""
+    return _default_dtype
+
+
+def set_default_dtype(dtype) -> None:
+    global _default_dtype
+    dtype = numpy.dtype(dtype)
+    if dtype not in (numpy.float32, numpy.float64):
+        raise ValueError(f"default dtype must be float32 or float64, got {dtype}")
+    _default_dtype = dtype
+
+
+def manual_seed(seed: int) -> None:
+    """Seed everything random in deepscope: initialisation, shuffling, dropout masks, augmentation."""
+    global _rng, _seed
+    _seed = int(seed)
+    _rng = numpy.random.default_rng(_seed)
+
+
+def rng() -> numpy.random.Generator:
+    """The global NumPy random generator (initial weights are drawn on the host, then moved)."""
+    return _rng
+
+
+def get_rng_state() -> dict:
+    """The generator's state, for checkpoints (a JSON-serialisable dict)."""
+    return _rng.bit_generator.state
+
+
+def set_rng_state(state: dict) -> None:
+    _rng.bit_generator.state = state

@@ -1,0 +1,109 @@
+"""Activation functions: the neuron's σ in a = σ(z).
+
+Each layer caches what its derivative needs and multiplies the incoming gradient by σ'(z) on the way back,
+the ``⊙ σ'(z^l)`` of the book's BP1 and BP2:
+
+    Sigmoid   a = 1/(1+e^{-z})        ∂C/∂z = ∂C/∂a ⊙ a(1-a)
+    Tanh      a = tanh z              ∂C/∂z = ∂C/∂a ⊙ (1-a²)
+    ReLU      a = max(0, z)           ∂C/∂z = ∂C/∂a ⊙ [z > 0]
+    Identity  a = z                   ∂C/∂z = ∂C/∂a
+    Softmax   a_j = e^{z_j}/Σ_k e^{z_k}      ∂C/∂z = a ⊙ (g - Σ_j g_j a_j),   g = ∂C/∂a
+    LogSoftmax  a_j = z_j - log Σ_k e^{z_k}  ∂C/∂z = g - softmax(z) Σ_j g_j
+
+Shape: any input ``(N, *)``; the output has the same shape. Softmax and LogSoftmax act on the last axis.
+"""
+from __future__ import annotations
+
+from .. import backend
+from .module import Module
+
+
+def sigmoid(z):
+    """σ(z) = 1/(1+e^{-z}), computed without overflow for any z (e^{-|z|} never exceeds 1)."""
+    xp = backend.xp_of(z)
+    e = xp.exp(-xp.abs(z))
+    return xp.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(z.dtype, copy=False)
+
+
+def log_softmax(z, axis=-1):
+    """log softmax(z) along ``axis``, stable (the largest z is subtracted first)."""
+    xp = backend.xp_of(z)
+    shifted = z - z.max(axis=axis, keepdims=True)
+    return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+def softmax(z, axis=-1):
+    xp = backend.xp_of(z)
+    e = xp.exp(z - z.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+class Sigmoid(Module):
+    """The sigmoid neuron of the book, a = σ(z) = 1/(1+e^{-z}); σ'(z) = a(1-a) ≤ 1/4."""
+
+    def forward(self, z):
+        self._a = sigmoid(z)
+        return self._a
+
+    def backward(self, grad_output):
+        a = self._a
+        return grad_output * a * (1.0 - a)
+
+
+class Tanh(Module):
+    """a = tanh(z); σ'(z) = 1 - a²."""
+
+    def forward(self, z):
+        self._a = backend.xp_of(z).tanh(z)
+        return self._a
+
+    def backward(self, grad_output):
+        return grad_output * (1.0 - self._a * self._a)
+
+
+class ReLU(Module):
+    """Rectified linear unit, a = max(0, z); σ'(z) = 1 where z > 0, else 0."""
+
+    def forward(self, z):
+        self._mask = z > 0
+        return z * self._mask
+
+    def backward(self, grad_output):
+        return grad_output * self._mask
+
+
+class Identity(Module):
+    """a = z (the ``linear`` neuron of network3)."""
+
+    def forward(self, z):
+        return z
+
+    def backward(self, grad_output):
+        return grad_output
+
+
+class Softmax(Module):
+    """Softmax over the last axis: a_j = e^{z_j} / Σ_k e^{z_k}."""
+
+    def forward(self, z):
+        self._a = softmax(z)
+        return self._a
+
+    def backward(self, grad_output):
+        a = self._a
+        return a * (grad_output - (grad_output * a).sum(axis=-1, keepdims=True))
+
+
+class LogSoftmax(Module):
+    """log-softmax over the last axis: a_j = z_j - log Σ_k e^{z_k}."""
+
+    def forward(self, z):
+        self._a = log_softmax(z)
+        return self._a
+
+    def backward(self, grad_output):
+        xp = backend.xp_of(grad_output)
+        return grad_output - xp.exp(self._a) * grad_output.sum(axis=-1, keepdims=True)
+
+
+ACTIVATIONS = {"sigmoid": Sigmoid, "tanh": Tanh, "relu": ReLU, "linear": Identity, "identity": Identity}

@@ -1,0 +1,88 @@
+"""Fully connected layer and Flatten.
+
+Linear is the book's layer of neurons without its activation: every output neuron j sees every input k,
+
+    forward    z_j = Σ_k w_{jk} a_k + b_j                  z = a Wᵀ + b        (the book's z^l = w^l a^{l-1} + b^l)
+    backward   ∂C/∂b_j = Σ_n δ_{nj}                         b.grad += Σ_n δ      (BP3)
+               ∂C/∂w_{jk} = Σ_n δ_{nj} a_{nk}               W.grad += δᵀ a       (BP4)
+               ∂C/∂a_k = Σ_j w_{jk} δ_j                     returns δ W          (BP2, before σ')
+
+where δ = ∂C/∂z is the gradient that arrives from above, one row per example.
+"""
+from __future__ import annotations
+
+from .. import backend
+from . import init as _init
+from .module import Module, Parameter
+
+
+class Linear(Module):
+    """A fully connected layer, ``z = x Wᵀ + b``.
+
+    Args:
+        in_features: size of each input (n_in).
+        out_features: number of neurons (n_out).
+        bias: whether the layer has biases (default True).
+        init: initialisation scheme, one of ``"book"`` (default: W ~ N(0, 1/n_in), b ~ N(0, 1)),
+            ``"large"``, ``"xavier"``, ``"he"``, ``"zeros"`` (see ``deepscope.nn.init``).
+
+    Shape:
+        - Input: ``(N, in_features)`` or ``(N, *, in_features)``.
+        - Output: ``(N, out_features)`` or ``(N, *, out_features)``.
+
+    Attributes:
+        weight: ``(out_features, in_features)`` — PyTorch's layout; row j holds neuron j's weights.
+        bias: ``(out_features,)``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, init: str = "book"):
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        w, b = _init.initialize((out_features, in_features), (out_features,), in_features, out_features, init)
+        self.weight = Parameter(w)
+        self.bias = Parameter(b) if bias else None
+
+    def forward(self, x):
+        if x.ndim < 2 or x.shape[-1] != self.in_features:
+            raise self.shape_error(f"(N, {self.in_features})", x.shape)
+        self._lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        if x2.dtype != self.weight.data.dtype:
+            x2 = x2.astype(self.weight.data.dtype)
+        self._x = x2  # cached for ∂C/∂W = δᵀ a
+        z = x2 @ self.weight.data.T
+        if self.bias is not None:
+            z += self.bias.data
+        return z.reshape(*self._lead, self.out_features)
+
+    def backward(self, grad_output):
+        delta = grad_output.reshape(-1, self.out_features)
+        xp = backend.xp_of(delta)
+        self.weight.grad += delta.T @ self._x                    # BP4
+        if self.bias is not None:
+            self.bias.grad += xp.sum(delta, axis=0)              # BP3
+        grad_input = delta @ self.weight.data                    # BP2 (σ' is the activation's job)
+        return grad_input.reshape(*self._lead, self.in_features)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}"
+
+
+class Flatten(Module):
+    """Flattens every dimension after the first: ``(N, C, H, W) -> (N, C*H*W)``.
+
+    Shape:
+        - Input: ``(N, *)``.  Output: ``(N, prod(*))``.
+    """
+
+    def forward(self, x):
+        if x.ndim < 1:
+            raise self.shape_error("(N, *)", x.shape)
+        self._shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, grad_output):
+        return grad_output.reshape(self._shape)
+
+    def extra_repr(self) -> str:
+        return ""

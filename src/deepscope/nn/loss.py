@@ -1,0 +1,138 @@
+"""Costs. Each takes the net's last pre-activations z^L (logits), applies its own output neuron, and
+returns the mean cost over the mini-batch; ``backward()`` returns δ^L = ∂C/∂z^L (the book's BP1).
+
+Fusing the output neuron into the cost is what makes it exact and stable: δ^L = a^L - y for
+cross-entropy with sigmoid outputs and for log-likelihood with softmax outputs, with no 0/0 where a
+saturates. With n examples in the batch and K outputs:
+
+=====================  ===================================================  ==============================
+cost                   C                                                    δ^L = ∂C/∂z^L
+=====================  ===================================================  ==============================
+QuadraticCost          (1/2n) Σ_x ‖a - y‖²,  a = σ(z)                        (a - y) ⊙ σ'(z) / n
+CrossEntropyCost       -(1/n) Σ_x Σ_j [y_j ln a_j + (1-y_j) ln(1-a_j)], a=σ(z)   (a - y) / n
+LogLikelihoodCost      -(1/n) Σ_x ln a_y,  a = softmax(z)                    (a - onehot(y)) / n
+=====================  ===================================================  ==============================
+
+Targets are integer class labels ``(N,)`` (turned into one-hot vectors y), or, for the quadratic and
+cross-entropy costs, arrays ``(N, K)`` of target values.
+"""
+from __future__ import annotations
+
+from .. import backend
+from ..errors import DataError, ShapeError
+from .activation import log_softmax, sigmoid
+
+
+class Loss:
+    """Base of the costs: ``loss = cost(z, target)`` then ``delta = cost.backward()``."""
+
+    def __call__(self, z, target) -> float:
+        return self.forward(z, target)
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+    def _check(self, z, target, allow_dense: bool):
+        """Validate shapes and labels; return target as a dense (N, K) array or integer labels (N,)."""
+        name = type(self).__name__
+        if z.ndim != 2:
+            raise ShapeError(f"{name}: expected outputs of shape (N, K), got {tuple(z.shape)}")
+        xp = backend.xp_of(z)
+        target = xp.asarray(target)
+        n, k = z.shape
+        if target.ndim == 1:
+            if target.shape[0] != n:
+                raise ShapeError(f"{name}: {n} outputs but {target.shape[0]} labels")
+            if target.dtype.kind not in "iu":
+                raise DataError(f"{name}: labels must be integers, got dtype {target.dtype}")
+            if n and (int(target.min()) < 0 or int(target.max()) >= k):
+                bad = int(target.max()) if int(target.max()) >= k else int(target.min())
+                raise DataError(f"{name}: label {bad} is out of range for {k} classes (0..{k - 1})")
+            return target
+        if not allow_dense:
+            raise ShapeError(f"{name}: expected integer labels of shape ({n},), got {tuple(target.shape)}")
+        if tuple(target.shape) != (n, k):
+            raise ShapeError(f"{name}: targets of shape {tuple(target.shape)} do not match outputs {(n, k)}")
+        return target.astype(z.dtype, copy=False)
+
+    @staticmethod
+    def _onehot(labels, k, dtype):
+        xp = backend.xp_of(labels)
+        y = xp.zeros((labels.shape[0], k), dtype=dtype)
+        y[xp.arange(labels.shape[0]), labels] = 1
+        return y
+
+    def _dense(self, z, target):
+        t = self._check(z, target, allow_dense=True)
+        return self._onehot(t, z.shape[1], z.dtype) if t.ndim == 1 else t
+
+
+class QuadraticCost(Loss):
+    """The book's quadratic cost C = (1/2n) Σ ‖y - a‖², with a = σ(z) (``output="sigmoid"``, default) or
+    a = z (``output="linear"``)."""
+
+    def __init__(self, output: str = "sigmoid"):
+        if output not in ("sigmoid", "linear"):
+            raise ValueError(f"QuadraticCost: output must be 'sigmoid' or 'linear', got {output!r}")
+        self.output = output
+
+    def forward(self, z, target) -> float:
+        y = self._dense(z, target)
+        a = sigmoid(z) if self.output == "sigmoid" else z
+        self._a, self._y = a, y
+        return float(0.5 * ((a - y) ** 2).sum() / z.shape[0])
+
+    def backward(self):
+        a, y = self._a, self._y
+        delta = (a - y) / a.shape[0]
+        return delta * a * (1 - a) if self.output == "sigmoid" else delta
+
+    def activation(self, z):
+        return sigmoid(z) if self.output == "sigmoid" else z
+
+
+class CrossEntropyCost(Loss):
+    """The book's cross-entropy cost for sigmoid output neurons, fused with the sigmoid (like PyTorch's
+    ``BCEWithLogitsLoss`` summed over outputs): C = (1/n) Σ Σ_j [softplus(z_j) - y_j z_j], δ = (σ(z) - y)/n."""
+
+    def forward(self, z, target) -> float:
+        y = self._dense(z, target)
+        xp = backend.xp_of(z)
+        # softplus(z) = max(z,0) + log(1 + e^{-|z|}) — never overflows
+        softplus = xp.maximum(z, 0) + xp.log1p(xp.exp(-xp.abs(z)))
+        self._z, self._y = z, y
+        return float((softplus - y * z).sum() / z.shape[0])
+
+    def backward(self):
+        return (sigmoid(self._z) - self._y) / self._z.shape[0]
+
+    def activation(self, z):
+        return sigmoid(z)
+
+
+class LogLikelihoodCost(Loss):
+    """Softmax output neurons with the log-likelihood cost, fused and stable (PyTorch's ``CrossEntropyLoss``):
+    C = -(1/n) Σ ln softmax(z)_y,  δ = (softmax(z) - onehot(y)) / n."""
+
+    def forward(self, z, target) -> float:
+        labels = self._check(z, target, allow_dense=False)
+        xp = backend.xp_of(z)
+        logp = log_softmax(z)
+        self._logp, self._labels = logp, labels
+        return float(-logp[xp.arange(z.shape[0]), labels].sum() / z.shape[0])
+
+    def backward(self):
+        xp = backend.xp_of(self._logp)
+        n = self._logp.shape[0]
+        delta = xp.exp(self._logp)
+        delta[xp.arange(n), self._labels] -= 1
+        return delta / n
+
+    def activation(self, z):
+        return backend.xp_of(z).exp(log_softmax(z))
+
+
+# PyTorch's name for the same cost.
+CrossEntropyLoss = LogLikelihoodCost
+
+COSTS = {"quadratic": QuadraticCost, "crossentropy": CrossEntropyCost, "loglikelihood": LogLikelihoodCost}
