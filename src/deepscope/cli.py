@@ -1,0 +1,67 @@
+"""The ``deepscope`` command.
+
+Each group of subcommands lives beside the code it drives and adds itself through a ``register(subparsers)``
+function (listed in ``_COMMAND_MODULES``); a subcommand stores its handler as ``func`` in its parser's
+defaults. Errors deepscope raises on purpose (:class:`deepscope.DeepscopeError`) are printed as one line.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+from .errors import DeepscopeError
+
+_COMMAND_MODULES = [
+    "deepscope.commands",        # train, evaluate, predict
+    "deepscope.book.cli",        # book ch6 ...
+    "deepscope.show",            # show filters / errors
+    "deepscope.scope.cli",       # scope speed / chain / compare / time
+    "deepscope.sequence.cli",    # rnn mnist / text / sample
+]
+
+EPILOG = """examples:
+  deepscope train                                  train the default chapter 6 convolutional net on MNIST
+  deepscope train --arch 784-30-10:sigmoid --epochs 30 --eta 0.1 --lmbda 5.0
+  deepscope evaluate runs/train-0001
+  deepscope predict runs/train-0001 digit.png
+  deepscope book ch6 --list
+  deepscope scope speed --layers 784,30,30,30,10
+  deepscope rnn text --epochs 1
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deepscope", description="Deep, convolutional and recurrent nets from scratch, with instruments.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"deepscope {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        if importlib.util.find_spec(name) is None:
+            continue
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+    except DeepscopeError as e:
+        print(f"deepscope: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ndeepscope: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

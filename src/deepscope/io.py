@@ -1,0 +1,99 @@
+"""Save and load models with no pickle anywhere.
+
+A model is saved as two files: ``NAME.safetensors`` (the state dict, PyTorch's keys) and ``NAME.json`` (the
+architecture, from :meth:`Module.config`: class names and constructor arguments). :func:`load` rebuilds the
+model by looking each class up in :mod:`deepscope.nn` — only classes defined there can be named — then loads
+the weights. Every file is written atomically (a temporary file, then ``os.replace``), so an interrupted save
+never leaves a half-written file where a good one was.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from . import backend
+from .errors import DataError
+
+
+def atomic_write(path, write) -> None:
+    """Call ``write(tmp_path)`` then move the temporary file onto ``path`` in one step."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path, obj) -> None:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+    atomic_write(path, write)
+
+
+def save_arrays(path, arrays: dict, metadata: dict | None = None) -> None:
+    """Save NumPy arrays (and string metadata) as one safetensors file, atomically."""
+    arrays = {k: np.ascontiguousarray(backend.to_numpy(v)) for k, v in arrays.items()}
+    atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=metadata))
+
+
+def load_arrays(path) -> dict:
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise DataError(f"cannot read {path}: {e}") from None
+
+
+def _stem(path) -> Path:
+    """A run folder means its ``model``; ``x.safetensors``/``x.json``/``x`` all mean ``x``."""
+    path = Path(path)
+    if path.is_dir():
+        return path / "model"
+    if path.suffix in (".safetensors", ".json"):
+        return path.with_suffix("")
+    return path
+
+
+def save(model, path) -> Path:
+    """Save ``model`` as ``path.safetensors`` + ``path.json`` (``path`` may be a run folder). Returns the stem."""
+    stem = _stem(path)
+    write_json(stem.with_suffix(".json"), {"format": "deepscope-model-1", "model": model.config()})
+    save_arrays(stem.with_suffix(".safetensors"), model.state_dict())
+    return stem
+
+
+def build_from_config(cfg: dict):
+    """Rebuild a module from :meth:`Module.config` output, admitting only classes of :mod:`deepscope.nn`."""
+    from . import nn
+    kind = cfg.get("type")
+    cls = getattr(nn, kind, None) if isinstance(kind, str) else None
+    if cls is None or not isinstance(cls, type) or not issubclass(cls, nn.Module):
+        raise DataError(f"model description names an unknown layer type {kind!r}")
+    if kind == "Sequential":
+        return nn.Sequential(*[build_from_config(c) for c in cfg["modules"]])
+    return cls(**cfg.get("args", {}))
+
+
+def load(path):
+    """Rebuild a model saved by :func:`save` (or the model of a run folder)."""
+    stem = _stem(path)
+    desc_path = stem.with_suffix(".json")
+    if not desc_path.exists():
+        raise DataError(f"no saved model at {path} (expected {desc_path})")
+    try:
+        desc = json.loads(desc_path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{desc_path} is not valid JSON: {e}") from None
+    model = build_from_config(desc["model"])
+    model.load_state_dict(load_arrays(stem.with_suffix(".safetensors")))
+    return model.eval()
