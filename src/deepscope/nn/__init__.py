@@ -6,3 +6,6 @@ from .loss import COSTS, CrossEntropyCost, CrossEntropyLoss, LogLikelihoodCost, 
 from .module import Module, Parameter, Sequential
 from .recurrent import RNN, AllSteps, LastStep, SequenceLogLikelihood
 from .embedding import Embedding
+from .conv import Conv2d
+from .pool import AvgPool2d, L2Pool2d, MaxPool2d
+from .dropout import Dropout
