@@ -1,0 +1,457 @@
+"""network3.py, rebuilt on deepscope: the book's chapter 6 code runs with only its imports changed.
+
+    from deepscope.book.network3 import Network, ConvPoolLayer, FullyConnectedLayer, SoftmaxLayer
+    from deepscope.book.network3 import sigmoid, tanh, ReLU, linear, load_data_shared, size
+
+    training_data, validation_data, test_data = load_data_shared()
+    mini_batch_size = 10
+    net = Network([
+        ConvPoolLayer(image_shape=(mini_batch_size, 1, 28, 28), filter_shape=(20, 1, 5, 5), poolsize=(2, 2)),
+        FullyConnectedLayer(n_in=20*12*12, n_out=100),
+        SoftmaxLayer(n_in=100, n_out=10)], mini_batch_size)
+    net.SGD(training_data, 60, mini_batch_size, 0.1, validation_data, test_data)
+
+Nielsen's network3 built a Theano graph; here each network3 layer becomes a few deepscope modules
+(``Conv2d`` + ``MaxPool2d`` + activation, ``Linear`` + activation, dropout) chained in one
+:class:`deepscope.nn.Sequential` (``net.model``), trained by explicit backpropagation.
+
+With ``quirks=True`` (the default here, and only here) the network behaves as network3 did:
+
+* FullyConnectedLayer weights ~ N(0, 1/n_out) (not 1/n_in), biases ~ N(0, 1);
+* ConvPoolLayer weights ~ N(0, 1/n_out) with n_out = out_maps*kh*kw // (pool_h*pool_w), biases ~ N(0, 1);
+* SoftmaxLayer weights and biases start at zero;
+* the L2 term is 0.5*λ*Σw²/num_training_batches (divided by the number of mini-batches, not by n),
+  on every layer's weights (never the biases);
+* the training data are visited in the same order every epoch (no reshuffling), and only the first
+  ``num_training_batches*mini_batch_size`` examples are used (the same for validation and test);
+* dropout as network3 did it: a layer with ``p_dropout`` drops each of its *inputs* with probability p
+  during training without rescaling, and at test time multiplies its weighted input by (1-p);
+* the activation is applied after the max-pooling (σ(max(z) + b)).
+
+With ``quirks=False`` the same layers get deepscope's defaults: weights ~ N(0, 1/n_in) everywhere (the
+output layer included), L2 as network2 (λ/n per step), reshuffling every epoch, inverted dropout
+(:class:`deepscope.nn.Dropout`). ``docs/deviations.md`` lists every difference.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy
+
+from .. import backend, nn
+from ..errors import ArchitectureError, DataError, ShapeError
+from ..nn import init as _init
+from ..nn.activation import sigmoid as _sigmoid
+
+
+# -- activation functions (network3 passes these functions to the layers) -------------------------------
+def linear(z):
+    """a = z."""
+    return z
+
+
+def ReLU(z):
+    """a = max(0, z)."""
+    return backend.xp_of(z).maximum(0.0, z)
+
+
+def sigmoid(z):
+    """a = 1/(1 + e^{-z})."""
+    return _sigmoid(z)
+
+
+def tanh(z):
+    """a = tanh z."""
+    return backend.xp_of(z).tanh(z)
+
+
+_ACTIVATION_MODULES = {linear: nn.Identity, ReLU: nn.ReLU, sigmoid: nn.Sigmoid, tanh: nn.Tanh}
+_ACTIVATION_NAMES = {linear: "linear", ReLU: "relu", sigmoid: "sigmoid", tanh: "tanh"}
+
+
+def activation_module(fn) -> nn.Module:
+    """The deepscope module for a network3 activation: one of the functions above, a name
+    ("sigmoid", "tanh", "relu", "linear"), a Module class or a Module instance."""
+    if isinstance(fn, nn.Module):
+        return fn
+    if isinstance(fn, type) and issubclass(fn, nn.Module):
+        return fn()
+    if isinstance(fn, str) and fn.lower() in nn.activation.ACTIVATIONS:
+        return nn.activation.ACTIVATIONS[fn.lower()]()
+    if fn in _ACTIVATION_MODULES:
+        return _ACTIVATION_MODULES[fn]()
+    raise ArchitectureError(f"unknown activation_fn {fn!r}: use sigmoid, tanh, ReLU or linear from "
+                            f"deepscope.book.network3 (or a deepscope.nn activation)")
+
+
+# -- network3's dropout ---------------------------------------------------------------------------------
+class Network3Dropout(nn.Module):
+    """Dropout as network3 did it (no rescaling during training; scaled by (1-p) at test time).
+
+        training   a = x ⊙ mask,  mask_i ~ Bernoulli(1-p)       ∂C/∂x = ∂C/∂a ⊙ mask
+        test       a = (1-p) x                                   ∂C/∂x = (1-p) ∂C/∂a
+
+    network3 writes the test-time scaling as ``(1-p)*dot(inpt, w)``; scaling the input is the same.
+    :class:`deepscope.nn.Dropout` is inverted dropout (÷(1-p) in training, identity at test): the same
+    functions with the next layer's weights scaled by (1-p), but not the same SGD trajectory.
+
+    Args:
+        p: probability of dropping each input.
+
+    Shape:
+        - Input: any ``(N, *)``.  Output: the same.
+    """
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"Network3Dropout: p must be in [0, 1), got {p}")
+        self.p = float(p)
+
+    def forward(self, x):
+        if self.training and self.p > 0:
+            xp = backend.xp_of(x)
+            keep = backend.rng().random(x.shape) >= self.p  # drawn on the host from the global generator
+            self._mask = xp.asarray(keep, dtype=x.dtype)
+            return x * self._mask
+        self._mask = None
+        return x * (1.0 - self.p)
+
+    def backward(self, grad_output):
+        if self._mask is None:
+            return grad_output * (1.0 - self.p)
+        return grad_output * self._mask
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+# -- layers: network3's descriptions; Network turns them into deepscope modules ------------------------
+class ConvPoolLayer:
+    """A convolutional layer followed by max-pooling and the activation, as network3's ConvPoolLayer.
+
+    Args:
+        filter_shape: ``(out_maps, in_maps, kh, kw)``.
+        image_shape: ``(mini_batch_size, in_maps, height, width)``.
+        poolsize: ``(ph, pw)`` max-pooling window (and stride).
+        activation_fn: sigmoid, tanh, ReLU or linear.
+
+    After :class:`Network` is built, ``w`` and ``b`` are the conv layer's Parameters
+    (``w.data`` has shape ``filter_shape``).
+    """
+
+    def __init__(self, filter_shape, image_shape, poolsize=(2, 2), activation_fn=sigmoid):
+        self.filter_shape = tuple(int(v) for v in filter_shape)
+        self.image_shape = tuple(int(v) for v in image_shape)
+        self.poolsize = tuple(int(v) for v in poolsize)
+        self.activation_fn = activation_fn
+        if len(self.filter_shape) != 4 or len(self.image_shape) != 4 or len(self.poolsize) != 2:
+            raise ArchitectureError(f"ConvPoolLayer: filter_shape and image_shape need 4 entries and poolsize 2, "
+                                    f"got {filter_shape}, {image_shape}, {poolsize}")
+        c_out, c_in, kh, kw = self.filter_shape
+        _, maps, h, w = self.image_shape
+        if c_in != maps:
+            raise ArchitectureError(f"ConvPoolLayer: filter_shape {self.filter_shape} expects {c_in} input maps "
+                                    f"but image_shape {self.image_shape} has {maps}")
+        if h < kh or w < kw:
+            raise ArchitectureError(f"ConvPoolLayer: a {kh}x{kw} filter does not fit images of {h}x{w}")
+        self.in_shape = (maps, h, w)
+        ph, pw = self.poolsize
+        self.out_shape = (c_out, (h - kh + 1) // ph, (w - kw + 1) // pw)
+        self.n_in = maps * h * w
+        self.n_out = int(numpy.prod(self.out_shape))
+        self.w = self.b = None
+
+    def init_std(self) -> float:
+        """network3's weight scale: sqrt(1/n_out), n_out = out_maps*kh*kw // (ph*pw) (Python 2 division)."""
+        c_out, _, kh, kw = self.filter_shape
+        return math.sqrt(1.0 / ((c_out * kh * kw) // (self.poolsize[0] * self.poolsize[1])))
+
+    def build(self, quirks: bool, flatten: bool = False):
+        c_out, c_in, kh, kw = self.filter_shape
+        kernel = kh if kh == kw else (kh, kw)
+        pool = self.poolsize[0] if self.poolsize[0] == self.poolsize[1] else self.poolsize
+        conv = nn.Conv2d(c_in, c_out, kernel, init="zeros" if quirks else "book")
+        if quirks:
+            conv.weight.data = _init.normal(self.filter_shape, self.init_std())
+            conv.bias.data = _init.normal((c_out,), 1.0)
+        self.w, self.b = conv.weight, conv.bias
+        # network3: σ(maxpool(conv) + b); the bias is per map, so it commutes with the max.
+        return [conv, nn.MaxPool2d(pool), activation_module(self.activation_fn)]
+
+
+class FullyConnectedLayer:
+    """A fully connected layer ``a = σ(w·x + b)`` with optional network3 dropout on its inputs.
+
+    Args:
+        n_in, n_out: numbers of inputs and neurons.
+        activation_fn: sigmoid, tanh, ReLU or linear.
+        p_dropout: probability of dropping each input during training.
+
+    After :class:`Network` is built, ``w`` and ``b`` are the Linear layer's Parameters; note that
+    ``w.data`` is ``(n_out, n_in)`` (PyTorch's layout), the transpose of network3's ``(n_in, n_out)``.
+    """
+
+    def __init__(self, n_in, n_out, activation_fn=sigmoid, p_dropout=0.0):
+        self.n_in, self.n_out = int(n_in), int(n_out)
+        self.activation_fn = activation_fn
+        self.p_dropout = float(p_dropout)
+        self.w = self.b = None
+
+    def init_std(self) -> float:
+        """network3's weight scale: sqrt(1/n_out)."""
+        return math.sqrt(1.0 / self.n_out)
+
+    def _linear(self, quirks: bool, zero: bool = False):
+        lin = nn.Linear(self.n_in, self.n_out, init="zeros" if quirks else "book")
+        if quirks and not zero:
+            lin.weight.data = _init.normal((self.n_out, self.n_in), self.init_std())
+            lin.bias.data = _init.normal((self.n_out,), 1.0)
+        self.w, self.b = lin.weight, lin.bias
+        return lin
+
+    def _head(self, quirks: bool, flatten: bool):
+        mods = [nn.Flatten()] if flatten else []
+        if self.p_dropout > 0:
+            mods.append(Network3Dropout(self.p_dropout) if quirks else nn.Dropout(self.p_dropout))
+        return mods
+
+    def build(self, quirks: bool, flatten: bool = False):
+        return self._head(quirks, flatten) + [self._linear(quirks), activation_module(self.activation_fn)]
+
+
+class SoftmaxLayer(FullyConnectedLayer):
+    """The softmax output layer: gives the logits z; :class:`~deepscope.nn.LogLikelihoodCost` applies the
+    softmax. network3 starts its weights and biases at zero (``quirks=True``)."""
+
+    def __init__(self, n_in, n_out, p_dropout=0.0):
+        super().__init__(n_in, n_out, activation_fn=None, p_dropout=p_dropout)
+
+    def build(self, quirks: bool, flatten: bool = False):
+        return self._head(quirks, flatten) + [self._linear(quirks, zero=True)]
+
+
+# -- the network ------------------------------------------------------------------------------------------
+@dataclass
+class SGDResult:
+    """What :meth:`Network.SGD` found (network3 only printed it)."""
+    best_validation_accuracy: float = 0.0
+    best_iteration: int | None = None
+    best_epoch: int | None = None
+    test_accuracy: float | None = None
+    epochs: list = field(default_factory=list)  # one dict per epoch: epoch, cost, validation_accuracy
+
+
+class Network:
+    """A network3 Network: ``Network(layers, mini_batch_size)``, then ``net.SGD(...)``.
+
+    Args:
+        layers: ConvPoolLayer / FullyConnectedLayer / SoftmaxLayer descriptions; the last is the output.
+        mini_batch_size: network3's m (training uses the one passed to ``SGD``).
+        quirks: reproduce network3's initialisation, L2 normalisation, data order and dropout (default
+            True); False gives deepscope's defaults (see the module docstring).
+
+    Attributes:
+        model: the :class:`deepscope.nn.Sequential` the layers became (logits out).
+        params: its Parameters, in order.
+    """
+
+    def __init__(self, layers, mini_batch_size, quirks: bool = True):
+        self.layers = list(layers)
+        self.mini_batch_size = int(mini_batch_size)
+        self.quirks = bool(quirks)
+        if not self.layers:
+            raise ArchitectureError("Network: no layers")
+        if not isinstance(self.layers[-1], SoftmaxLayer):
+            raise ArchitectureError(f"Network: the last layer must be a SoftmaxLayer, got "
+                                    f"{type(self.layers[-1]).__name__}")
+        modules = []
+        for j, layer in enumerate(self.layers):
+            if not isinstance(layer, (ConvPoolLayer, FullyConnectedLayer)):
+                raise ArchitectureError(f"Network: layer {j} is a {type(layer).__name__}, not a network3 layer")
+            prev = self.layers[j - 1] if j else None
+            if prev is not None and prev.n_out != layer.n_in:
+                raise ArchitectureError(f"Network: layer {j} ({type(layer).__name__}) takes n_in={layer.n_in} "
+                                        f"inputs but layer {j - 1} gives {prev.n_out}")
+            if isinstance(layer, ConvPoolLayer) and prev is not None and not isinstance(prev, ConvPoolLayer):
+                raise ArchitectureError(f"Network: ConvPoolLayer {j} follows a fully connected layer")
+            modules += layer.build(self.quirks, flatten=isinstance(prev, ConvPoolLayer))
+        self.model = nn.Sequential(*modules)
+        self.params = self.model.parameters()
+        self.cost = nn.LogLikelihoodCost()
+        first = self.layers[0]
+        self.input_shape = first.in_shape if isinstance(first, ConvPoolLayer) else (first.n_in,)
+
+    # -- inputs and outputs ---------------------------------------------------------------------------
+    def inputs(self, X):
+        """``X`` reshaped to what the first layer takes ((N, C, H, W) or (N, n_in)), in the model's dtype."""
+        n = X.shape[0]
+        if int(numpy.prod(X.shape[1:])) != int(numpy.prod(self.input_shape)):
+            raise ShapeError(f"Network: inputs of shape {tuple(X.shape)} do not fit the first layer, which "
+                             f"takes {self.input_shape}")
+        return backend.asarray(X.reshape((n,) + tuple(self.input_shape)), dtype=self.model.dtype)
+
+    def feedforward(self, X, batch_size: int = 1000):
+        """The logits for ``X`` with the network in test mode (as a NumPy array)."""
+        self.model.eval()
+        out = [backend.to_numpy(self.model(self.inputs(X[i:i + batch_size])))
+               for i in range(0, X.shape[0], batch_size)]
+        self.model.train()
+        return numpy.concatenate(out)
+
+    def predict(self, X):
+        """network3's ``y_out``: the most likely digit for each input."""
+        return self.feedforward(X).argmax(axis=1)
+
+    def accuracy(self, data, mini_batch_size=None):
+        """The fraction of ``data = (X, y)`` classified correctly. With quirks, as network3: only the first
+        ``(N // mini_batch_size) * mini_batch_size`` examples count."""
+        X, y = data
+        n = X.shape[0]
+        if self.quirks:
+            m = mini_batch_size or self.mini_batch_size
+            n = (n // m) * m
+        if n == 0:
+            return 0.0
+        return float((self.predict(X[:n]) == backend.to_numpy(y[:n])).mean())
+
+    # -- training -------------------------------------------------------------------------------------
+    def SGD(self, training_data, epochs, mini_batch_size, eta, validation_data, test_data, lmbda=0.0,
+            verbose: bool = True) -> SGDResult:
+        """Train by mini-batch stochastic gradient descent, printing network3's lines.
+
+        The cost is the mean log-likelihood of the mini-batch plus the L2 term: with quirks,
+        0.5*λ*Σw²/num_training_batches (network3); without, 0.5*λ*Σw²/n (network2). After each epoch the
+        validation accuracy is measured; at every new best (≥) the test accuracy too. Returns an
+        :class:`SGDResult` (network3 returned nothing).
+        """
+        from ..errors import NonFiniteError
+        from ..optim import SGD as _SGD
+
+        say = print if verbose else (lambda *a, **k: None)
+        training_x, training_y = training_data
+        n = size(training_data)
+        num_training_batches = n // mini_batch_size
+        if num_training_batches == 0:
+            raise DataError(f"Network.SGD: {n} training examples is less than one mini-batch of {mini_batch_size}")
+        weight_decay = lmbda / num_training_batches if self.quirks else lmbda / n
+        optimizer = _SGD(self.params, lr=eta, weight_decay=weight_decay)
+        rng = backend.rng()
+        y_all = numpy.asarray(backend.to_numpy(training_y)).astype(numpy.int64)
+
+        result = SGDResult()
+        self.model.train()
+        for epoch in range(epochs):
+            order = numpy.arange(n) if self.quirks else rng.permutation(n)
+            cost_sum = 0.0
+            for minibatch_index in range(num_training_batches):
+                iteration = num_training_batches * epoch + minibatch_index
+                if iteration % 1000 == 0:
+                    say("Training mini-batch number {0}".format(iteration))
+                idx = order[minibatch_index * mini_batch_size:(minibatch_index + 1) * mini_batch_size]
+                xb = self.inputs(training_x[idx])
+                yb = backend.asarray(y_all[idx])
+                cost_ij = self.cost(self.model(xb), yb)
+                if not math.isfinite(cost_ij):
+                    raise NonFiniteError(f"Network.SGD: the cost became {cost_ij} at iteration {iteration}; "
+                                         f"try a smaller eta (now {eta})")
+                self.model.zero_grad()
+                self.model.backward(self.cost.backward())
+                optimizer.step()
+                cost_sum += cost_ij
+            validation_accuracy = self.accuracy(validation_data, mini_batch_size)
+            record = {"epoch": epoch, "cost": cost_sum / num_training_batches,
+                      "validation_accuracy": validation_accuracy}
+            say("Epoch {0}: validation accuracy {1:.2%}".format(epoch, validation_accuracy))
+            if validation_accuracy >= result.best_validation_accuracy:
+                say("This is the best validation accuracy to date.")
+                result.best_validation_accuracy = validation_accuracy
+                result.best_iteration = iteration
+                result.best_epoch = epoch
+                if test_data:
+                    result.test_accuracy = self.accuracy(test_data, mini_batch_size)
+                    record["test_accuracy"] = result.test_accuracy
+                    say("The corresponding test accuracy is {0:.2%}".format(result.test_accuracy))
+            result.epochs.append(record)
+        say("Finished training network.")
+        say("Best validation accuracy of {0:.2%} obtained at iteration {1}".format(
+            result.best_validation_accuracy, result.best_iteration))
+        if result.test_accuracy is not None:
+            say("Corresponding test accuracy of {0:.2%}".format(result.test_accuracy))
+        self.result = result
+        return result
+
+    def export(self) -> nn.Sequential:
+        """A copy of the model made of standard deepscope modules only (so ``deepscope.save``/``load`` work):
+        each :class:`Network3Dropout` becomes :class:`deepscope.nn.Dropout` and the weights of the Linear
+        after it are scaled by (1-p). Inverted dropout then gives exactly network3's outputs, in training
+        (x⊙mask/(1-p) · (1-p)w) and in test mode ((1-p)x · w = x · (1-p)w)."""
+        mods, scale = [], None
+        for m in self.model:
+            if isinstance(m, Network3Dropout):
+                mods.append(nn.Dropout(m.p))
+                scale = 1.0 - m.p
+                continue
+            if isinstance(m, nn.Linear):
+                new = nn.Linear(m.in_features, m.out_features, init="zeros")
+                new.load_state_dict({"weight": backend.to_numpy(m.weight.data) * (scale or 1.0),
+                                     "bias": backend.to_numpy(m.bias.data)})
+                mods.append(new)
+                scale = None
+                continue
+            mods.append(m)
+        return nn.Sequential(*mods)
+
+
+# -- data -------------------------------------------------------------------------------------------------
+def size(data):
+    """The number of examples in ``data = (X, y)``."""
+    return data[0].shape[0]
+
+
+def load_data_shared(filename=None, data_dir=None):
+    """MNIST as network3's ``[training_data, validation_data, test_data]``, each ``(X, y)`` with X float32
+    ``(N, 1, 28, 28)`` in [0, 1] and y int64 ``(N,)`` (the book's 50k/10k/10k split).
+
+    The data come from :func:`deepscope.data.load_mnist` (its cache, a download, or its shipped sample).
+    ``filename`` is read as the book used it:
+
+    * None or a path to the book's ``mnist.pkl.gz`` that does not exist: deepscope's MNIST;
+    * a folder: ``load_mnist(data_dir=filename)``;
+    * a name containing ``expanded`` (the book's ``../data/mnist_expanded.pkl.gz``): the training set is
+      replaced by its one-pixel expansion (250,000 images, shuffled once, as expand_mnist.py did);
+    * an existing ``.pkl.gz`` file: read by deepscope's safe unpickler (arrays and tuples only).
+    """
+    from .. import data as _data
+
+    expanded = False
+    if filename is not None:
+        filename = os.fspath(filename)
+        expanded = "expanded" in os.path.basename(filename)
+        if os.path.isdir(filename):
+            data_dir = filename
+        elif os.path.isfile(filename) and filename.endswith(".pkl.gz"):
+            reader = getattr(_data, "load_pickle", None)
+            if reader is None:
+                raise DataError(f"load_data_shared: cannot read {filename}: this deepscope has no "
+                                f"reader for the book's pickle files; pass a folder of IDX files instead")
+            return [tuple(part) for part in reader(filename)]
+    mnist = _data.load_mnist(data_dir=data_dir)
+    training_data = mnist.train
+    if expanded:
+        training_data = expanded_training_data(training_data)
+    return [training_data, mnist.validation, mnist.test]
+
+
+def expanded_training_data(training_data, shuffle: bool = True):
+    """The book's expanded training set: each image and its four one-pixel shifts (5x), shuffled once with
+    the global generator (expand_mnist.py shuffled it; network3 never reshuffles)."""
+    from ..data.augment import expand_one_pixel
+
+    X, y = expand_one_pixel(*training_data)
+    if shuffle:
+        order = backend.rng().permutation(X.shape[0])
+        X, y = X[order], y[order]
+    return X, y
