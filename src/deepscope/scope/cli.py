@@ -1,0 +1,190 @@
+"""``deepscope scope {speed,chain,compare,time}``: the instruments from the shell."""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ..errors import DeepscopeError
+
+EPILOG = """examples:
+  deepscope scope speed --layers 784,30,30,30,30,10          the book's "Speed of learning" figure
+  deepscope scope speed --layers 784,30,30,10 --seeds 10 --steps 0   speeds at initialisation, 10 seeds
+  deepscope scope chain --depth 4 --exploding                 one neuron per layer: ×25 per layer
+  deepscope scope compare --depths 4 --steps 1000             sigmoid/tanh/relu × large/book/he
+  deepscope scope time --steps 30                             ‖∂C/∂s_(T-k)‖ against k in a fresh RNN
+"""
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise DeepscopeError(f"{what}: expected comma-separated integers like 784,30,10, got {text!r}") from None
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise DeepscopeError(f"{what}: expected comma-separated numbers, got {text!r}") from None
+
+
+def _names(text: str, allowed, what: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in allowed]
+    if bad or not names:
+        raise DeepscopeError(f"{what}: unknown {bad or text!r}; choose from {', '.join(allowed)}")
+    return names
+
+
+def _run_dir(out, prefix: str) -> Path:
+    if out is not None:
+        return Path(out)
+    base = Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run, i = base, 1
+    while run.exists():
+        i += 1
+        run = base.with_name(f"{base.name}-{i}")
+    return run
+
+
+def register(sub) -> None:
+    p = sub.add_parser("scope", help="instruments: learning speed per layer, the gradient chain, comparisons",
+                       description="Instruments that show why deep nets are hard to train (Nielsen, ch. 5).",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ss = p.add_subparsers(dest="scope_command", metavar="INSTRUMENT")
+
+    s = ss.add_parser("speed", help="the book's speed-of-learning experiment (‖∂C/∂b‖ per hidden layer)",
+                      description="Full-batch gradient descent on the first 1,000 MNIST training images "
+                                  "(cross-entropy cost, sigmoid outputs, network2's L2), recording "
+                                  "‖∂C/∂b^l‖ for every hidden layer before every step.")
+    s.add_argument("--layers", default="784,30,30,30,30,10", help="layer sizes (default: 784,30,30,30,30,10)")
+    s.add_argument("--activation", default="sigmoid", choices=["sigmoid", "tanh", "relu"])
+    s.add_argument("--init", default="book", choices=["book", "large", "xavier", "he"])
+    s.add_argument("--steps", type=int, default=500, help="full-batch steps (default 500; 0: only the speeds at init)")
+    s.add_argument("--seeds", type=int, default=1, help="average over this many initialisations (default 1)")
+    s.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    s.add_argument("--eta", type=float, default=0.1)
+    s.add_argument("--lmbda", type=float, default=5.0, help="L2 regularisation λ (network2's; default 5.0)")
+    s.add_argument("--n", type=int, default=1000, help="training images (default 1000)")
+    s.add_argument("--out", default=None, help="run folder (default runs/scope-speed-<date>-<time>)")
+    s.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files (default: $DEEPSCOPE_DATA, cache)")
+    s.set_defaults(func=cmd_speed)
+
+    c = ss.add_parser("chain", help="one sigmoid neuron per layer: ∂C/∂b_1 as a product of factors",
+                      description="The book's chain: z_j = w_j a_(j-1) + b_j, a_j = σ(z_j), quadratic cost "
+                                  "C = ½(a_L - y)² (or --cost crossentropy). Prints every factor of "
+                                  "∂C/∂b_1 = σ′(z_1) Π_(j≥2) w_j σ′(z_j) ∂C/∂a_L beside backprop's value.")
+    c.add_argument("--depth", type=int, default=4)
+    c.add_argument("--exploding", action="store_true", help="w_j = 100, biases making every z_j = 0")
+    c.add_argument("--weights", default=None, help="w_1,…,w_L (default: random, N(0,1))")
+    c.add_argument("--biases", default=None, help="b_1,…,b_L (default: random, N(0,1))")
+    c.add_argument("--x", type=float, default=1.0, help="the input (default 1)")
+    c.add_argument("--y", type=float, default=0.0, help="the target (default 0)")
+    c.add_argument("--cost", default="quadratic", choices=["quadratic", "crossentropy"])
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(func=cmd_chain)
+
+    m = ss.add_parser("compare", help="a grid of depth × activation × init: speed ratio and accuracy",
+                      description="For every cell: the last/first hidden-layer speed ratio at initialisation and "
+                                  "the validation accuracy after a short mini-batch SGD training.")
+    m.add_argument("--depths", default="2,3,4,5,6", help="numbers of hidden layers (default 2,3,4,5,6)")
+    m.add_argument("--activations", default="sigmoid,tanh,relu")
+    m.add_argument("--inits", default="large,book,he")
+    m.add_argument("--steps", type=int, default=1000, help="SGD steps per cell (mini-batch 10; default 1000)")
+    m.add_argument("--eta", type=float, default=0.1)
+    m.add_argument("--n-train", type=int, default=5000, help="training images (default 5000)")
+    m.add_argument("--n-val", type=int, default=1000, help="validation images (default 1000)")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--out", default=None, help="output folder (default runs/scope-compare-<date>-<time>)")
+    m.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files (default: $DEEPSCOPE_DATA, cache)")
+    m.set_defaults(func=cmd_compare)
+
+    try:
+        from . import time_grad  # noqa: F401  (needs deepscope.nn.RNN)
+    except ImportError:
+        pass
+    else:
+        t = ss.add_parser("time", help="‖∂C/∂s_(T-k)‖ against k for a fresh RNN: tanh, ReLU, identity-initialised",
+                          description=time_grad.__doc__.splitlines()[0])
+        t.add_argument("--steps", type=int, default=30, help="sequence length T (default 30)")
+        t.add_argument("--hidden", type=int, default=100, help="hidden units (default 100)")
+        t.add_argument("--batch", type=int, default=32)
+        t.add_argument("--seed", type=int, default=0)
+        t.add_argument("--out", default=None, help="output folder (default runs/scope-time-<date>-<time>)")
+        t.set_defaults(func=cmd_time)
+
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def cmd_speed(args) -> int:
+    from .experiment import speed_experiment, summarize
+    layers = _ints(args.layers, "--layers")
+    if len(layers) < 3:
+        raise DeepscopeError(f"--layers: need an input, at least one hidden layer and an output, got {args.layers}")
+    if args.seeds < 1 or args.steps < 0:
+        raise DeepscopeError("--seeds must be >= 1 and --steps >= 0")
+    out = _run_dir(args.out, "scope-speed")
+    hidden = len(layers) - 2
+    print(f"speed of learning: {layers}, {args.activation} neurons, init {args.init}, {args.steps} full-batch steps "
+          f"(η={args.eta}, λ={args.lmbda}, n={args.n}), {args.seeds} seed(s)")
+    r = speed_experiment(layers, args.activation, args.init, steps=max(args.steps, 1), seeds=args.seeds,
+                         seed=args.seed, eta=args.eta, lmbda=args.lmbda, n_train=args.n,
+                         out=out if args.steps else None, data_dir=args.data_dir)
+    s = summarize(r)
+    print("‖∂C/∂b^l‖ at initialisation, hidden layers 1.." + str(hidden) +
+          (f" (mean ± std over {args.seeds} seeds):" if args.seeds > 1 else ":"))
+    for j in range(hidden):
+        spread = f" ± {s['init_speed_std'][j]:.3g}  [{s['init_speed_min'][j]:.3g}, {s['init_speed_max'][j]:.3g}]" \
+            if args.seeds > 1 else ""
+        print(f"  hidden layer {j + 1}: {s['init_speed_mean'][j]:.4g}{spread}")
+    print(f"ratio last hidden / first hidden at init: {s['ratio_last_first_mean']:.3g}"
+          + (f" ± {s['ratio_last_first_std']:.3g}" if args.seeds > 1 else ""))
+    if args.steps:
+        print(f"after {args.steps} steps: " + "/".join(f"{v:.3g}" for v in s["final_speed_mean"])
+              + f"; training accuracy {s['final_accuracy_mean']:.2%}")
+        print(f"figure: {r['figure']}; records: {out / 'speed.jsonl'}")
+    return 0
+
+
+def cmd_chain(args) -> int:
+    from .chain import chain_gradient, exploding_chain, format_chain, random_chain
+    if args.depth < 1:
+        raise DeepscopeError(f"--depth must be >= 1, got {args.depth}")
+    if args.exploding:
+        weights, biases = exploding_chain(args.depth, x=args.x)
+    else:
+        weights, biases = random_chain(args.depth, args.seed)
+    if args.weights is not None:
+        weights = _floats(args.weights, "--weights")
+    if args.biases is not None:
+        biases = _floats(args.biases, "--biases")
+    if len(weights) != len(biases):
+        raise DeepscopeError(f"{len(weights)} weights but {len(biases)} biases: give one of each per layer")
+    r = chain_gradient(weights, biases, x=args.x, y=args.y, cost=args.cost)
+    print(f"one sigmoid neuron per layer, {len(weights)} layers, x = {args.x}, y = {args.y}")
+    print(format_chain(r))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import run_compare, table
+    depths = _ints(args.depths, "--depths")
+    acts = _names(args.activations, ["sigmoid", "tanh", "relu"], "--activations")
+    inits = _names(args.inits, ["large", "book", "xavier", "he"], "--inits")
+    out = _run_dir(args.out, "scope-compare")
+    print(f"compare: depths {depths} × {acts} × {inits}; {args.steps} SGD steps (batch 10, η={args.eta}) on "
+          f"{args.n_train} images, accuracy on {args.n_val} validation images")
+    cells = run_compare(depths, acts, inits, steps=args.steps, eta=args.eta, n_train=args.n_train,
+                        n_val=args.n_val, seed=args.seed, out=out, data_dir=args.data_dir)
+    print(table(cells, inits))
+    print(f"table: {out / 'compare.md'}; figure: {out / 'compare.png'}")
+    return 0
+
+
+def cmd_time(args) -> int:
+    from .time_grad import run_time
+    out = _run_dir(args.out, "scope-time")
+    run_time(steps=args.steps, hidden=args.hidden, batch=args.batch, seed=args.seed, out=out)
+    return 0

@@ -1,0 +1,144 @@
+"""Depth × activation × initialisation: where the gradient vanishes, and whether the net still learns.
+
+For each cell of the grid, a net ``[784] + [30]*depth + [10]`` (cross-entropy cost on sigmoid outputs) is
+initialised and measured twice:
+
+    ratio      ‖∂C/∂b‖ of the last hidden layer / that of the first, at initialisation, over the first
+               1,000 training images (the book's speed measure). ≫ 1: the first layer learns far slower
+               (vanishing gradient); ≪ 1: it learns faster (exploding gradient); ≈ 1: balanced.
+    accuracy   validation accuracy after a short training: ``steps`` steps of mini-batch SGD (batch 10,
+               η = 0.1, no regularisation) on the first ``n_train`` training images. A run whose cost
+               becomes non-finite is marked ``diverged``.
+
+Results: ``compare.md`` (a table), ``compare.json`` (every cell) and ``compare.png`` (heatmaps).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import backend, nn, optim
+from .experiment import build_net, hidden_speeds, mnist_subset
+
+
+def run_cell(depth, activation, init, train, val, speed_data, steps=1000, batch_size=10, eta=0.1, seed=0) -> dict:
+    """One cell of the grid: the initial speed ratio and the validation accuracy after ``steps`` SGD steps."""
+    backend.manual_seed(seed)
+    model = build_net([784] + [30] * depth + [10], activation, init)
+    cost = nn.CrossEntropyCost()
+    speeds = hidden_speeds(model, cost, *speed_data)
+    opt = optim.SGD(model.parameters(), lr=eta)
+    X, y = train
+    rng = np.random.default_rng(seed)
+    per_epoch = max(len(X) // batch_size, 1)
+    diverged = False
+    for k in range(steps):
+        if k % per_epoch == 0:
+            order = rng.permutation(len(X))
+        i = (k % per_epoch) * batch_size
+        idx = order[i:i + batch_size]
+        loss = cost(model(X[idx]), y[idx])
+        if not math.isfinite(loss):
+            diverged = True
+            break
+        model.zero_grad()
+        model.backward(cost.backward())
+        opt.step()
+    Xv, yv = val
+    z = backend.to_numpy(model(Xv))
+    acc = float((z.argmax(axis=1) == backend.to_numpy(yv)).mean()) if np.isfinite(z).all() else float("nan")
+    diverged = diverged or not math.isfinite(acc)
+    ratio = speeds[-1] / speeds[0] if speeds[0] > 0 else float("inf")
+    return {"depth": depth, "activation": activation, "init": init, "seed": seed, "speeds": speeds,
+            "ratio": float(ratio), "accuracy": acc, "diverged": diverged}
+
+
+def run_compare(depths=(2, 3, 4, 5, 6), activations=("sigmoid", "tanh", "relu"), inits=("large", "book", "he"),
+                steps=1000, batch_size=10, eta=0.1, n_train=5000, n_val=1000, seed=0, data=None, out=None,
+                progress=True, data_dir=None) -> list[dict]:
+    """Run the whole grid; ``data`` = ``(train, val)`` pairs of ``(X (n,784), y)`` (default: MNIST, book split)."""
+    if data is None:
+        train, val = mnist_subset(n_train, n_val, data_dir=data_dir)
+    else:
+        train, val = data
+    dt = backend.default_dtype()
+    train = (backend.asarray(np.asarray(train[0], dtype=dt).reshape(len(train[0]), -1)), backend.asarray(train[1]))
+    val = (backend.asarray(np.asarray(val[0], dtype=dt).reshape(len(val[0]), -1)), backend.asarray(val[1]))
+    speed_data = (train[0][:1000], train[1][:1000])
+    cells, t0 = [], time.perf_counter()
+    for depth in depths:
+        for act in activations:
+            for init in inits:
+                c = run_cell(depth, act, init, train, val, speed_data, steps, batch_size, eta, seed)
+                cells.append(c)
+                if progress:
+                    print(f"  depth {depth} {act:7s} {init:6s} ratio {c['ratio']:10.3g}  accuracy "
+                          f"{_acc(c)}  ({time.perf_counter() - t0:.0f}s)", flush=True)
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        config = {"depths": list(depths), "activations": list(activations), "inits": list(inits), "steps": steps,
+                  "batch_size": batch_size, "eta": eta, "n_train": len(train[0]), "n_val": len(val[0]),
+                  "seed": seed}
+        with open(out / "compare.json", "w") as f:
+            json.dump({"config": config, "cells": cells}, f, indent=2)
+        (out / "compare.md").write_text(table(cells, inits) + "\n")
+        plot_compare(cells, depths, activations, inits, out / "compare.png")
+    return cells
+
+
+def _acc(c) -> str:
+    return "diverged" if c["diverged"] else f"{c['accuracy']:.2%}"
+
+
+def table(cells, inits) -> str:
+    """A markdown table: one row per (depth, activation), one column per init with 'ratio · accuracy'."""
+    head = "| depth | activation | " + " | ".join(f"{i}: last/first speed · accuracy" for i in inits) + " |"
+    lines = [head, "|" + "---|" * (2 + len(inits))]
+    rows = {}
+    for c in cells:
+        rows.setdefault((c["depth"], c["activation"]), {})[c["init"]] = c
+    for (depth, act), by_init in rows.items():
+        parts = [f"{by_init[i]['ratio']:.3g} · {_acc(by_init[i])}" if i in by_init else "" for i in inits]
+        lines.append(f"| {depth} | {act} | " + " | ".join(parts) + " |")
+    return "\n".join(lines)
+
+
+def plot_compare(cells, depths, activations, inits, path) -> None:
+    """Heatmaps: log10 of the speed ratio (top) and the accuracy (bottom), one column per activation."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    depths, activations, inits = list(depths), list(activations), list(inits)
+    fig, axes = plt.subplots(2, len(activations), figsize=(3.2 * len(activations) + 1, 5.5), squeeze=False)
+    lookup = {(c["depth"], c["activation"], c["init"]): c for c in cells}
+    for col, act in enumerate(activations):
+        ratio = np.full((len(inits), len(depths)), np.nan)
+        acc = np.full_like(ratio, np.nan)
+        for i, init in enumerate(inits):
+            for j, d in enumerate(depths):
+                c = lookup.get((d, act, init))
+                if c:
+                    ratio[i, j] = math.log10(c["ratio"]) if c["ratio"] > 0 and math.isfinite(c["ratio"]) else np.nan
+                    acc[i, j] = np.nan if c["diverged"] else c["accuracy"]
+        for row, (m, cmap, vmin, vmax, fmt) in enumerate(
+                [(ratio, "coolwarm", -3, 3, "{:.1f}"), (acc, "viridis", 0, 1, "{:.2f}")]):
+            ax = axes[row, col]
+            ax.imshow(m, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+            for i in range(len(inits)):
+                for j in range(len(depths)):
+                    ax.text(j, i, "–" if np.isnan(m[i, j]) else fmt.format(m[i, j]), ha="center", va="center",
+                            fontsize=8)
+            ax.set_xticks(range(len(depths)), [str(d) for d in depths])
+            ax.set_yticks(range(len(inits)), inits)
+            ax.set_xlabel("hidden layers")
+            ax.set_title(f"{act}: " + ("log10 last/first speed" if row == 0 else "accuracy"), fontsize=9)
+    fig.suptitle("Speed ratio at initialisation and accuracy after short training")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
