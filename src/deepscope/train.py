@@ -173,6 +173,9 @@ def fit(model, cost, optimizer, train, epochs: int, batch_size: int, validation=
         from .scope import AnomalyDetector
         detector = AnomalyDetector(model)
 
+    first = _first_layer_with_parameters(model)
+    if first is not None and hasattr(first, "need_input_grad"):
+        first.need_input_grad = False  # the data needs no gradient: skip it, as PyTorch does
     rng = backend.rng()
     step = optimizer.steps
     best_val = max((r["val_acc"] for r in history.records if r.get("val_acc") is not None), default=-1.0)
@@ -196,7 +199,7 @@ def fit(model, cost, optimizer, train, epochs: int, batch_size: int, validation=
                     detector.step = step
                 out = model(xb)
                 loss = cost(out, yb)
-                model.zero_grad()
+                optimizer.zero_grad()
                 model.backward(cost.backward())
                 if not math.isfinite(loss):
                     raise NonFiniteError(f"the cost became {loss} at epoch {epoch}, step {step}; first layer "
@@ -261,9 +264,18 @@ def fit(model, cost, optimizer, train, epochs: int, batch_size: int, validation=
             tqdm.write(f"interrupted during epoch {done + 1}{where}")
         raise
     finally:
+        if first is not None and hasattr(first, "need_input_grad"):
+            first.need_input_grad = True
         if detector is not None:
             detector.remove()
     return history
+
+
+def _first_layer_with_parameters(model):
+    for m in model.modules():
+        if m._parameters and not m._modules:
+            return m
+    return None
 
 
 def _format_record(r: dict) -> str:

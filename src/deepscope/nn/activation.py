@@ -22,7 +22,8 @@ def sigmoid(z):
     """σ(z) = 1/(1+e^{-z}), computed without overflow for any z (e^{-|z|} never exceeds 1)."""
     xp = backend.xp_of(z)
     e = xp.exp(-xp.abs(z))
-    return xp.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(z.dtype, copy=False)
+    r = 1.0 / (1.0 + e)
+    return xp.where(z >= 0, r, e * r)
 
 
 def log_softmax(z, axis=-1):

@@ -11,7 +11,6 @@ where δ = ∂C/∂z is the gradient that arrives from above, one row per exampl
 """
 from __future__ import annotations
 
-from .. import backend
 from . import init as _init
 from .module import Module, Parameter
 
@@ -41,28 +40,33 @@ class Linear(Module):
         w, b = _init.initialize((out_features, in_features), (out_features,), in_features, out_features, init)
         self.weight = Parameter(w)
         self.bias = Parameter(b) if bias else None
+        # False skips ∂C/∂x (backward returns None): fit sets it on a net's first layer, whose input
+        # needs no gradient (PyTorch skips it the same way for inputs that do not require grad).
+        self.need_input_grad = True
 
     def forward(self, x):
         if x.ndim < 2 or x.shape[-1] != self.in_features:
             raise self.shape_error(f"(N, {self.in_features})", x.shape)
         self._lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)
-        if x2.dtype != self.weight.data.dtype:
-            x2 = x2.astype(self.weight.data.dtype)
-        self._x = x2  # cached for ∂C/∂W = δᵀ a
-        z = x2 @ self.weight.data.T
+        if x.ndim > 2:
+            x = x.reshape(-1, self.in_features)
+        if x.dtype != self.weight.data.dtype:
+            x = x.astype(self.weight.data.dtype)
+        self._x = x  # cached for ∂C/∂W = δᵀ a
+        z = x @ self.weight.data.T
         if self.bias is not None:
             z += self.bias.data
-        return z.reshape(*self._lead, self.out_features)
+        return z if len(self._lead) == 1 else z.reshape(*self._lead, self.out_features)
 
     def backward(self, grad_output):
-        delta = grad_output.reshape(-1, self.out_features)
-        xp = backend.xp_of(delta)
+        delta = grad_output if grad_output.ndim == 2 else grad_output.reshape(-1, self.out_features)
         self.weight.grad += delta.T @ self._x                    # BP4
         if self.bias is not None:
-            self.bias.grad += xp.sum(delta, axis=0)              # BP3
+            self.bias.grad += delta.sum(axis=0)                  # BP3
+        if not self.need_input_grad:
+            return None
         grad_input = delta @ self.weight.data                    # BP2 (σ' is the activation's job)
-        return grad_input.reshape(*self._lead, self.in_features)
+        return grad_input if len(self._lead) == 1 else grad_input.reshape(*self._lead, self.in_features)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}"

@@ -277,6 +277,8 @@ class Sequential(Module):
     def backward(self, grad_output):
         for m in reversed(self._modules.values()):
             grad_output = m.backward_with_hooks(grad_output)
+            if grad_output is None:  # a layer that was told its input needs no gradient
+                break
         return grad_output
 
     def __getitem__(self, i):
