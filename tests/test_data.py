@@ -413,3 +413,22 @@ def test_expand_one_pixel_matches_the_book():
         expand_one_pixel(X, y[:5])
     with pytest.raises(ShapeError):
         expand_one_pixel(np.zeros((4, 10)), np.zeros(4))
+
+
+def test_interrupted_download_leaves_no_partial_file(isolated, monkeypatch):
+    class Response:
+        headers = {"Content-Length": "100"}
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self, n):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(mnist_module.urllib.request, "urlopen", lambda url, timeout=None: Response())
+    with pytest.raises(KeyboardInterrupt):
+        load_mnist(verbose=False)
+    assert list((isolated / "cache/deepscope/mnist").iterdir()) == []

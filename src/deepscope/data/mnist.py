@@ -148,7 +148,6 @@ def load_mnist(dataset: str = "mnist", data_dir=None, download: bool = True, ver
     reason = "download=False"
     if download:
         try:
-            _say(verbose, f"deepscope: downloading {spec.title} into {cache}")
             for name in FILES:
                 if name not in files:
                     files[name] = download_file(spec.mirrors, name + ".gz", cache, sha256=_get(spec.sha256, name),
@@ -365,8 +364,9 @@ def download_file(mirrors, filename, folder, sha256=None, md5=None, progress=Tru
         try:
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
                 total = int(response.headers.get("Content-Length") or 0) or None
+                _say(progress, f"deepscope: downloading {url} into {folder}")
                 with tqdm(total=total, unit="B", unit_scale=True, desc=filename, disable=not progress,
-                          file=sys.stderr, leave=False) as bar:
+                          file=sys.stderr) as bar:
                     while chunk := response.read(1 << 16):
                         out.write(chunk)
                         bar.update(len(chunk))
@@ -374,6 +374,9 @@ def download_file(mirrors, filename, folder, sha256=None, md5=None, progress=Tru
             tmp.unlink(missing_ok=True)
             errors.append(f"{url}: {getattr(e, 'reason', None) or e}")
             continue
+        except BaseException:  # e.g. Ctrl-C: leave no partial file behind
+            tmp.unlink(missing_ok=True)
+            raise
         try:
             _read(tmp, sha256=sha256, md5=md5)
         except DataError as e:
