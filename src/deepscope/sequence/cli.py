@@ -1,0 +1,161 @@
+"""``deepscope rnn mnist``, ``deepscope rnn text`` and ``deepscope rnn sample RUN``."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+from .. import backend, io
+from ..errors import DataError
+
+EXAMPLES = """examples:
+  deepscope rnn mnist --epochs 10                      row-by-row MNIST with a 128-unit tanh RNN
+  deepscope rnn text --epochs 5                        char LM on the shipped Shakespeare excerpt
+  deepscope rnn text --corpus input.txt --hidden 256   char LM on your own text
+  deepscope rnn sample runs/rnn-text-20261127-101500 --length 500 --temperature 0.8 --prime ROMEO:
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("rnn", help="recurrent nets: row-by-row MNIST, character language models",
+                       description="Recurrent networks trained by backpropagation through time.",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    rnn_sub = p.add_subparsers(dest="rnn_command", metavar="TASK")
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+    m = rnn_sub.add_parser("mnist", help="classify MNIST digits read row by row (28 steps of 28 pixels)")
+    m.add_argument("--hidden", type=int, default=128, help="hidden units (default: %(default)s)")
+    m.add_argument("--nonlinearity", choices=["tanh", "relu", "sigmoid", "identity"], default="tanh")
+    m.add_argument("--init", choices=["pytorch", "irnn"], default="pytorch",
+                   help="pytorch: U(-1/√H, 1/√H); irnn: identity W (use with --nonlinearity relu)")
+    m.add_argument("--epochs", type=int, default=10, help="(default: %(default)s)")
+    m.add_argument("--batch-size", "-m", type=int, default=64, help="(default: %(default)s)")
+    m.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: %(default)s)")
+    m.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    m.add_argument("--clip", type=float, default=1.0, help="clip the gradient's global norm (0 = off; "
+                                                           "default: %(default)s)")
+    m.add_argument("--train-size", type=int, default=None, help="use only the first N training images")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--out", default=None, help="run folder (default: runs/rnn-mnist-<date>-<time>)")
+    m.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files")
+    m.add_argument("--quiet", action="store_true", help="no progress bar")
+    m.set_defaults(func=cmd_mnist)
+
+    t = rnn_sub.add_parser("text", help="train a character-level language model")
+    t.add_argument("--corpus", default=None, help="UTF-8 text file (default: the shipped Shakespeare excerpt)")
+    t.add_argument("--hidden", type=int, default=256, help="hidden units (default: %(default)s)")
+    t.add_argument("--embedding", type=int, default=64, help="embedding size (default: %(default)s)")
+    t.add_argument("--layers", type=int, default=1, help="stacked RNN layers (default: %(default)s)")
+    t.add_argument("--seq-len", type=int, default=100, help="BPTT truncation length T (default: %(default)s)")
+    t.add_argument("--batch-size", "-m", type=int, default=32, help="parallel streams N (default: %(default)s)")
+    t.add_argument("--epochs", type=int, default=10, help="(default: %(default)s)")
+    t.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default: %(default)s)")
+    t.add_argument("--clip", type=float, default=5.0, help="clip the gradient's global norm (0 = off; "
+                                                           "default: %(default)s)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", default=None, help="run folder (default: runs/rnn-text-<date>-<time>)")
+    t.add_argument("--sample-length", type=int, default=300, help="characters sampled at the end "
+                                                                 "(default: %(default)s)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_text)
+
+    s = rnn_sub.add_parser("sample", help="generate text from a trained character model")
+    s.add_argument("run", help="run folder written by `deepscope rnn text`")
+    s.add_argument("--length", type=int, default=500, help="characters to generate (default: %(default)s)")
+    s.add_argument("--temperature", type=float, default=0.8, help="softmax temperature τ (default: %(default)s)")
+    s.add_argument("--prime", default=None, help="text to start from (default: a newline)")
+    s.add_argument("--seed", type=int, default=None)
+    s.set_defaults(func=cmd_sample)
+
+
+def _new_run_dir(prefix: str) -> Path:
+    base = Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run, i = base, 1
+    while run.exists():
+        i += 1
+        run = base.with_name(f"{base.name}-{i}")
+    return run
+
+
+def _config(args) -> dict:
+    return {k: v for k, v in vars(args).items() if k not in ("func", "command", "rnn_command", "quiet")}
+
+
+def cmd_mnist(args) -> int:
+    from ..data import load_mnist
+    from .mnist import train_row_mnist
+    backend.manual_seed(args.seed)
+    data = load_mnist("mnist", data_dir=args.data_dir)
+    run = Path(args.out) if args.out else _new_run_dir("rnn-mnist")
+    run.mkdir(parents=True, exist_ok=True)
+    io.write_json(run / "config.json", {**_config(args), "task": "row-mnist", "data_source": data.source})
+    n = args.train_size or len(data.train[1])
+    print(f"deepscope: RNN({args.hidden}, {args.nonlinearity}) on {n:,} MNIST images read row by row "
+          f"({data.source}); run folder {run}")
+    t0 = time.perf_counter()
+    _, history = train_row_mnist(data, hidden=args.hidden, epochs=args.epochs, batch_size=args.batch_size,
+                                 lr=args.lr, optimizer=args.optimizer, clip=args.clip or None,
+                                 nonlinearity=args.nonlinearity, init=args.init, run_dir=run,
+                                 progress=not args.quiet, train_size=args.train_size)
+    best, last = history.best, history.records[-1]
+    print(f"best validation accuracy {best['val_acc']:.2%} at epoch {best['epoch']} (test there "
+          f"{best['test_acc']:.2%}); last epoch test accuracy {last['test_acc']:.2%}; "
+          f"{time.perf_counter() - t0:.0f}s")
+    print(f"saved to {run}")
+    return 0
+
+
+def cmd_text(args) -> int:
+    from ..data.text import load_corpus
+    from .text import char_model, sample, train_char_lm
+    backend.manual_seed(args.seed)
+    corpus = load_corpus(args.corpus)
+    run = Path(args.out) if args.out else _new_run_dir("rnn-text")
+    run.mkdir(parents=True, exist_ok=True)
+    io.write_json(run / "config.json", {**_config(args), "task": "char-lm", "corpus": corpus.name})
+    io.write_json(run / "vocab.json", {"chars": corpus.vocab.chars})
+    model = char_model(len(corpus.vocab), args.hidden, args.embedding, args.layers)
+    print(f"deepscope: character RNN ({args.hidden} units) on {corpus}; run folder {run}")
+    best = [math.inf]
+
+    def on_epoch_end(epoch, record):
+        if args.quiet:
+            print(f"epoch {epoch:3d}  train {record['train_loss']:.4f}  validation {record['val_loss']:.4f} "
+                  f"nats/char ({record['val_bpc']:.3f} bits/char)  {record['chars_per_s']:,.0f} chars/s  "
+                  f"{record['seconds']:.1f}s", flush=True)
+        with open(run / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if record["val_loss"] < best[0]:
+            best[0] = record["val_loss"]
+            io.save(model, run / "model")
+
+    t0 = time.perf_counter()
+    records = train_char_lm(model, corpus, epochs=args.epochs, batch_size=args.batch_size, seq_len=args.seq_len,
+                            lr=args.lr, clip=args.clip or None, progress=not args.quiet,
+                            on_epoch_end=on_epoch_end)
+    wall = time.perf_counter() - t0
+    best_rec = min(records, key=lambda r: r["val_loss"])
+    print(f"best validation {best_rec['val_loss']:.4f} nats/char ({best_rec['val_bpc']:.3f} bits/char) at epoch "
+          f"{best_rec['epoch']}; {wall:.0f}s")
+    if args.sample_length:
+        best_model = io.load(run)
+        text = sample(best_model, corpus.vocab, args.sample_length, 0.8, seed=args.seed)
+        (run / "sample.txt").write_text(text, encoding="utf-8")
+        print("sample (τ = 0.8):\n" + text)
+    print(f"saved to {run} (deepscope rnn sample {run})")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from ..data.text import Vocabulary
+    from .text import sample
+    run = Path(args.run)
+    vocab_path = run / "vocab.json"
+    if not vocab_path.exists():
+        raise DataError(f"{run} is not a character-model run folder (no vocab.json)")
+    vocab = Vocabulary(json.loads(vocab_path.read_text(encoding="utf-8"))["chars"])
+    model = io.load(run)
+    print(sample(model, vocab, args.length, args.temperature, args.prime, seed=args.seed))
+    return 0

@@ -1,0 +1,48 @@
+"""Row-by-row MNIST: a recurrent net reads an image as a sequence of 28 rows of 28 pixels and classifies
+it from its last state,
+
+    s_t = tanh(U row_t + W s_{t-1} + b),  t = 1..28;      z = V s_28 + c;      a = softmax(z).
+
+The gradient that trains U and W on the first rows has travelled back through 27 steps, so this is a
+small test of how well a recurrent net carries information (and gradient) through time.
+"""
+from __future__ import annotations
+
+from .. import nn, optim
+from ..train import fit
+
+
+def as_rows(X):
+    """MNIST images ``(N, 1, 28, 28)`` (or ``(N, 784)``) as sequences of rows ``(N, 28, 28)``."""
+    return X.reshape(len(X), 28, 28)
+
+
+def row_mnist_model(hidden: int = 128, nonlinearity: str = "tanh", init: str = "pytorch", num_layers: int = 1):
+    """``RNN(28, hidden) -> LastStep -> Linear(hidden, 10)``; the cost applies the softmax."""
+    return nn.Sequential(nn.RNN(28, hidden, num_layers=num_layers, nonlinearity=nonlinearity, init=init),
+                         nn.LastStep(), nn.Linear(hidden, 10, init="xavier"))
+
+
+def make_optimizer(model, name: str = "adam", lr: float = 1e-3, momentum: float = 0.9, clip=None):
+    if name == "adam":
+        return optim.Adam(model.parameters(), lr=lr, clip_norm=clip)
+    if name == "sgd":
+        return optim.SGD(model.parameters(), lr=lr, momentum=momentum, clip_norm=clip)
+    raise ValueError(f"unknown optimizer {name!r}: expected 'adam' or 'sgd'")
+
+
+def train_row_mnist(data, hidden=128, epochs=10, batch_size=64, lr=1e-3, optimizer="adam", clip=1.0,
+                    nonlinearity="tanh", init="pytorch", run_dir=None, progress=True, train_size=None):
+    """Train :func:`row_mnist_model` on ``data`` (a :func:`deepscope.data.load_mnist` result).
+
+    Returns ``(model, history)``; the history has validation and test accuracy after every epoch.
+    """
+    model = row_mnist_model(hidden, nonlinearity, init)
+    opt = make_optimizer(model, optimizer, lr, clip=clip)
+    X, y = data.train
+    if train_size:
+        X, y = X[:train_size], y[:train_size]
+    history = fit(model, nn.LogLikelihoodCost(), opt, (as_rows(X), y), epochs=epochs, batch_size=batch_size,
+                  validation=(as_rows(data.validation[0]), data.validation[1]),
+                  test=(as_rows(data.test[0]), data.test[1]), run_dir=run_dir, progress=progress)
+    return model, history

@@ -1,0 +1,148 @@
+"""Character-level language model: a recurrent net that predicts the next character of a text.
+
+    e_t = E[c_t]                                   (an embedding of the character read at step t)
+    s_t = tanh(U e_t + W s_{t-1} + b)              (the recurrent state)
+    z_t = V s_t + d,   P(c_{t+1} | c_1..c_t) = softmax(z_t)
+
+trained to minimise the mean of -ln P(next character) over every step (nats per character; divide by
+ln 2 for bits per character) by truncated backpropagation through time: the text is read in chunks of
+``seq_len`` characters, the state is carried from one chunk to the next, and the gradient flows back only
+within a chunk. Sampling runs the net one step at a time, drawing each character from softmax(z_t / τ)
+(temperature τ < 1 makes the text more conservative) and feeding it back in.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy
+from tqdm import tqdm
+
+from .. import backend, nn, optim
+from ..errors import DataError, NonFiniteError
+
+
+def char_model(vocab_size: int, hidden: int = 256, embedding: int = 64, num_layers: int = 1,
+               nonlinearity: str = "tanh"):
+    """``Embedding(V, E) -> RNN(E, H, stateful) -> AllSteps -> Linear(H, V)`` (logits at every step)."""
+    return nn.Sequential(nn.Embedding(vocab_size, embedding),
+                         nn.RNN(embedding, hidden, num_layers=num_layers, nonlinearity=nonlinearity,
+                                stateful=True),
+                         nn.AllSteps(), nn.Linear(hidden, vocab_size, init="xavier"))
+
+
+def _rnn_of(model) -> nn.RNN:
+    for m in model.modules():
+        if isinstance(m, nn.RNN):
+            return m
+    raise DataError("the model has no RNN layer")
+
+
+def evaluate_char_lm(model, corpus, split: str = "validation", batch_size: int = 32, seq_len: int = 100) -> float:
+    """Mean cost in nats per character over ``split`` (reading it as ``batch_size`` parallel streams; fewer,
+    and shorter chunks, when the split is small)."""
+    n = len(corpus.stream(split)) - 1
+    if n < 1:
+        raise DataError(f"the {split} split of {corpus.name} has fewer than 2 characters")
+    batch_size = max(1, min(batch_size, n // seq_len))
+    seq_len = min(seq_len, n // batch_size)
+    rnn = _rnn_of(model)
+    was_training = model.training
+    model.eval()
+    rnn.reset_state()
+    cost = nn.SequenceLogLikelihood()
+    total, count = 0.0, 0
+    xp = backend.xp()
+    for x, y in corpus.batches(split, batch_size, seq_len):
+        total += cost(model(xp.asarray(x)), xp.asarray(y)) * y.size
+        count += y.size
+    rnn.reset_state()
+    model.train(was_training)
+    return total / count
+
+
+def train_char_lm(model, corpus, epochs: int = 10, batch_size: int = 32, seq_len: int = 100, lr: float = 2e-3,
+                  clip: float | None = 5.0, progress: bool = True, on_epoch_end=None, eval_batch_size: int = 32):
+    """Train ``model`` on ``corpus`` with Adam and truncated BPTT; return a list of per-epoch records
+    (``train_loss``, ``val_loss`` in nats/char, ``val_bpc``, ``seconds``, ``chars_per_s``)."""
+    rnn = _rnn_of(model)
+    if not rnn.stateful:
+        raise ValueError("train_char_lm needs a stateful RNN (RNN(..., stateful=True)) for truncated BPTT")
+    opt = optim.Adam(model.parameters(), lr=lr, clip_norm=clip)
+    cost = nn.SequenceLogLikelihood()
+    xp, rng = backend.xp(), backend.rng()
+    records = []
+    for epoch in range(1, epochs + 1):
+        model.train()
+        rnn.reset_state()
+        offset = int(rng.integers(seq_len))            # a different cut of the text every epoch
+        n_batches = corpus.num_batches("train", batch_size, seq_len, offset)
+        bar = tqdm(total=n_batches * batch_size * seq_len, desc=f"epoch {epoch}/{epochs}", unit="char",
+                   unit_scale=True, disable=not progress, leave=False, dynamic_ncols=True)
+        t0 = time.perf_counter()
+        loss_sum, steps = 0.0, 0
+        for x, y in corpus.batches("train", batch_size, seq_len, offset):
+            out = model(xp.asarray(x))
+            loss = cost(out, xp.asarray(y))
+            if not math.isfinite(loss):
+                raise NonFiniteError(f"the cost became {loss} at epoch {epoch}, step {steps + 1}")
+            model.zero_grad()
+            model.backward(cost.backward())
+            opt.step()
+            loss_sum += loss
+            steps += 1
+            bar.update(y.size)
+            if steps % 20 == 0:
+                bar.set_postfix_str(f"loss {loss_sum / steps:.3f}", refresh=False)
+        bar.close()
+        train_seconds = time.perf_counter() - t0
+        val = evaluate_char_lm(model, corpus, "validation", eval_batch_size, seq_len)
+        record = {"epoch": epoch, "train_loss": loss_sum / max(steps, 1), "val_loss": val,
+                  "val_bpc": val / math.log(2), "seconds": time.perf_counter() - t0,
+                  "chars_per_s": steps * batch_size * seq_len / train_seconds}
+        records.append(record)
+        if progress:
+            tqdm.write(f"epoch {epoch:3d}  train {record['train_loss']:.4f}  validation {val:.4f} nats/char "
+                       f"({record['val_bpc']:.3f} bits/char)  {record['chars_per_s']:,.0f} chars/s  "
+                       f"{record['seconds']:.1f}s")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, record)
+    rnn.reset_state()
+    return records
+
+
+def sample(model, vocab, length: int = 500, temperature: float = 0.8, prime: str | None = None,
+           seed: int | None = None):
+    """Generate ``length`` characters after ``prime`` (which is returned too, at the start of the text).
+    Without a prime, it starts from a newline (or, if the vocabulary has none, from its first character).
+
+    Raises DataError if ``prime`` has characters the model never saw.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    if prime is None:
+        prime = "\n" if "\n" in vocab.index else vocab.chars[0]
+    if not prime:
+        raise DataError("the prime text must have at least one character")
+    try:
+        ids = vocab.encode(prime)
+    except DataError as e:
+        raise DataError(f"prime text {prime!r}: {e}") from None
+    rnn = _rnn_of(model)
+    stateful = rnn.stateful
+    rnn.stateful = True
+    rnn.reset_state()
+    model.eval()
+    rng = numpy.random.default_rng(seed)
+    xp = backend.xp()
+    logits = model(xp.asarray(ids[None, :]))[0, -1]      # read the prime; predict what follows
+    out = []
+    for _ in range(length):
+        z = backend.to_numpy(logits).astype(numpy.float64) / temperature
+        p = numpy.exp(z - z.max())
+        c = int(rng.choice(len(p), p=p / p.sum()))
+        out.append(c)
+        logits = model(xp.asarray([[c]]))[0, -1]
+    rnn.reset_state()
+    rnn.stateful = stateful
+    return prime + vocab.decode(out)
