@@ -432,3 +432,31 @@ def test_interrupted_download_leaves_no_partial_file(isolated, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         load_mnist(verbose=False)
     assert list((isolated / "cache/deepscope/mnist").iterdir()) == []
+
+
+def _python2_array(a):
+    """Pickle opcodes for ndarray ``a`` as Python 2's NumPy wrote them (the form of the book's mnist.pkl.gz):
+    numpy.core.multiarray._reconstruct, and the raw data as a py2 str (BINSTRING)."""
+    def short_str(b):
+        return b"U" + bytes([len(b)]) + b
+
+    def int4(n):
+        return b"J" + n.to_bytes(4, "little", signed=True)
+
+    dtype = (b"cnumpy\ndtype\n" + short_str(a.dtype.str[1:].encode()) + b"K\x00K\x01\x87R"
+             + b"(K\x03" + short_str(b"<") + b"NNN" + int4(-1) + int4(-1) + b"K\x00tb")
+    shape = b"(" + b"".join(int4(n) for n in a.shape) + b"t"
+    data = a.tobytes()
+    return (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85" + short_str(b"b") + b"\x87R"
+            + b"(K\x01" + shape + dtype + b"\x89T" + len(data).to_bytes(4, "little") + data + b"tb")
+
+
+def test_python2_book_pickle_is_read(isolated):
+    rng = np.random.default_rng(4)
+    splits = [(rng.random((n, 784), dtype=np.float32), rng.integers(0, 10, n).astype("<i8")) for n in (5, 2, 3)]
+    body = b"".join(_python2_array(X) + _python2_array(y) + b"\x86" for X, y in splits)
+    (isolated / "mnist.pkl.gz").write_bytes(gzip.compress(b"\x80\x02" + body + b"\x87."))
+    data = load_mnist(data_dir=isolated, download=False)
+    for (X, y), (X0, y0) in zip((data.train, data.validation, data.test), splits):
+        np.testing.assert_array_equal(X.reshape(len(X0), 784), X0)
+        np.testing.assert_array_equal(y, y0)
