@@ -130,6 +130,7 @@ class LearningSpeedRecorder:
         self._seen_order = set()
         self._outputs = {}                      # activation name -> its last output (a reference, no copy)
         self._after = {}                        # activation name -> the parametrised module it follows
+        self._last_layer = None                 # the last parametrised module whose forward ran
         self._before = None                     # weights before the step being recorded
         if self._due():
             self._arm()
@@ -164,7 +165,7 @@ class LearningSpeedRecorder:
                 self._last_layer = name
             else:
                 self._outputs[name] = output
-                self._after[name] = getattr(self, "_last_layer", None)
+                self._after[name] = self._last_layer
         return hook
 
     def _snapshot(self) -> None:
