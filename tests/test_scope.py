@@ -336,6 +336,12 @@ def test_cli_speed(tmp_path, tiny_mnist, capsys):
     assert (tmp_path / "speed.png").exists()
 
 
+def test_cli_speed_init_only(tmp_path, tiny_mnist, capsys):
+    assert _main(["scope", "speed", "--layers", "784,30,30,10", "--steps", "0", "--seeds", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "(mean ± std over 3 seeds)" in out and "updates" not in out
+
+
 def test_cli_chain(capsys):
     assert _main(["scope", "chain", "--depth", "4", "--exploding"]) == 0
     out = capsys.readouterr().out

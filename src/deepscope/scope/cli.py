@@ -129,7 +129,7 @@ def cmd_speed(args) -> int:
     hidden = len(layers) - 2
     print(f"speed of learning: {layers}, {args.activation} neurons, init {args.init}, {args.steps} full-batch steps "
           f"(η={args.eta}, λ={args.lmbda}, n={args.n}), {args.seeds} seed(s)")
-    r = speed_experiment(layers, args.activation, args.init, steps=max(args.steps, 1), seeds=args.seeds,
+    r = speed_experiment(layers, args.activation, args.init, steps=args.steps, seeds=args.seeds,
                          seed=args.seed, eta=args.eta, lmbda=args.lmbda, n_train=args.n,
                          out=out if args.steps else None, data_dir=args.data_dir)
     s = summarize(r)
@@ -142,7 +142,8 @@ def cmd_speed(args) -> int:
     print(f"ratio last hidden / first hidden at init: {s['ratio_last_first_mean']:.3g}"
           + (f" ± {s['ratio_last_first_std']:.3g}" if args.seeds > 1 else ""))
     if args.steps:
-        print(f"after {args.steps} steps: " + "/".join(f"{v:.3g}" for v in s["final_speed_mean"])
+        print(f"after {args.steps - 1} updates (the last record): "
+              + "/".join(f"{v:.3g}" for v in s["final_speed_mean"])
               + f"; training accuracy {s['final_accuracy_mean']:.2%}")
         print(f"figure: {r['figure']}; records: {out / 'speed.jsonl'}")
     return 0

@@ -36,20 +36,21 @@ def run_cell(depth, activation, init, train, val, speed_data, steps=1000, batch_
     rng = np.random.default_rng(seed)
     per_epoch = max(len(X) // batch_size, 1)
     diverged = False
-    for k in range(steps):
-        if k % per_epoch == 0:
-            order = rng.permutation(len(X))
-        i = (k % per_epoch) * batch_size
-        idx = order[i:i + batch_size]
-        loss = cost(model(X[idx]), y[idx])
-        if not math.isfinite(loss):
-            diverged = True
-            break
-        model.zero_grad()
-        model.backward(cost.backward())
-        opt.step()
-    Xv, yv = val
-    z = backend.to_numpy(model(Xv))
+    with np.errstate(over="ignore", invalid="ignore"):      # a diverging cell is reported, not warned about
+        for k in range(steps):
+            if k % per_epoch == 0:
+                order = rng.permutation(len(X))
+            i = (k % per_epoch) * batch_size
+            idx = order[i:i + batch_size]
+            loss = cost(model(X[idx]), y[idx])
+            if not math.isfinite(loss):
+                diverged = True
+                break
+            model.zero_grad()
+            model.backward(cost.backward())
+            opt.step()
+        Xv, yv = val
+        z = backend.to_numpy(model(Xv))
     acc = float((z.argmax(axis=1) == backend.to_numpy(yv)).mean()) if np.isfinite(z).all() else float("nan")
     diverged = diverged or not math.isfinite(acc)
     ratio = speeds[-1] / speeds[0] if speeds[0] > 0 else float("inf")

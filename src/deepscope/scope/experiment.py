@@ -114,10 +114,11 @@ def speed_experiment(layers, activation: str = "sigmoid", init: str = "book", st
         cost = nn.CrossEntropyCost()
         opt = optim.SGD(model.parameters(), lr=eta, weight_decay=optim.book_weight_decay(lmbda, n))
         rec = LearningSpeedRecorder(model, every=1)
-        for _ in range(steps):
+        for _ in range(max(steps, 1)):          # steps = 0: only the speeds at initialisation
             full_batch_gradient(model, cost, X, y)
             rec.before_step()
-            opt.step()
+            if steps:
+                opt.step()
             rec.after_step()
         rec.remove()
         all_speeds.append(rec.series("bias_grad")[1][:, :hidden])
@@ -128,12 +129,13 @@ def speed_experiment(layers, activation: str = "sigmoid", init: str = "book", st
                 for r in rec.history:
                     f.write(json.dumps({"seed": s, **r}) + "\n")
         if progress:
-            print(f"  seed {s}: speeds at init {_fmt(all_speeds[-1][0])}, after {steps} steps "
-                  f"{_fmt(all_speeds[-1][-1]) if steps else '-'}  ({time.perf_counter() - t0:.0f}s)", flush=True)
+            after = f", after {steps - 1} updates {_fmt(all_speeds[-1][-1])}" if steps > 1 else ""
+            print(f"  seed {s}: speeds at init {_fmt(all_speeds[-1][0])}{after}  ({time.perf_counter() - t0:.0f}s)",
+                  flush=True)
     speeds = np.array(all_speeds)                          # (seeds, steps, hidden)
     result = {"layers": layers, "activation": activation, "init": init, "steps": steps, "eta": eta,
               "lmbda": lmbda, "n": n, "seeds": list(range(seed, seed + seeds)), "speeds": speeds,
-              "init_speeds": speeds[:, 0, :] if steps else np.zeros((seeds, 0)), "final_accuracy": accs}
+              "init_speeds": speeds[:, 0, :], "final_accuracy": accs}
     if out is not None and steps:
         result["figure"] = str(out / "speed.png")
         plot_speed(np.arange(steps), speeds, [f"Hidden layer {j + 1}" for j in range(hidden)], out / "speed.png",
