@@ -193,7 +193,7 @@ def _train_one(rung: Rung, train, validation, test, epochs, quirks, run_dir, pro
             with open(run_dir / "metrics.jsonl", "w") as f:
                 for e in res.epochs:
                     f.write(json.dumps({**e, "epoch": e["epoch"] + 1}) + "\n")
-            io.save(net.export(), run_dir / "model")  # final weights, as network3 kept them
+            io.save(net.model, run_dir / "model")  # final weights, as network3 kept them
     else:
         from ..arch import build
         from ..train import fit

@@ -25,7 +25,8 @@ With ``quirks=True`` (the default here, and only here) the network behaves as ne
 * the training data are visited in the same order every epoch (no reshuffling), and only the first
   ``num_training_batches*mini_batch_size`` examples are used (the same for validation and test);
 * dropout as network3 did it: a layer with ``p_dropout`` drops each of its *inputs* with probability p
-  during training without rescaling, and at test time multiplies its weighted input by (1-p);
+  during training without rescaling, and at test time multiplies its weighted input by (1-p)
+  (``nn.Dropout(p, scale_at_test=True)``);
 * the activation is applied after the max-pooling (σ(max(z) + b)).
 
 With ``quirks=False`` the same layers get deepscope's defaults: weights ~ N(0, 1/n_in) everywhere (the
@@ -84,48 +85,6 @@ def activation_module(fn) -> nn.Module:
         return _ACTIVATION_MODULES[fn]()
     raise ArchitectureError(f"unknown activation_fn {fn!r}: use sigmoid, tanh, ReLU or linear from "
                             f"deepscope.book.network3 (or a deepscope.nn activation)")
-
-
-# -- network3's dropout ---------------------------------------------------------------------------------
-class Network3Dropout(nn.Module):
-    """Dropout as network3 did it (no rescaling during training; scaled by (1-p) at test time).
-
-        training   a = x ⊙ mask,  mask_i ~ Bernoulli(1-p)       ∂C/∂x = ∂C/∂a ⊙ mask
-        test       a = (1-p) x                                   ∂C/∂x = (1-p) ∂C/∂a
-
-    network3 writes the test-time scaling as ``(1-p)*dot(inpt, w)``; scaling the input is the same.
-    :class:`deepscope.nn.Dropout` is inverted dropout (÷(1-p) in training, identity at test): the same
-    functions with the next layer's weights scaled by (1-p), but not the same SGD trajectory.
-
-    Args:
-        p: probability of dropping each input.
-
-    Shape:
-        - Input: any ``(N, *)``.  Output: the same.
-    """
-
-    def __init__(self, p: float = 0.5):
-        super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"Network3Dropout: p must be in [0, 1), got {p}")
-        self.p = float(p)
-
-    def forward(self, x):
-        if self.training and self.p > 0:
-            xp = backend.xp_of(x)
-            keep = backend.rng().random(x.shape) >= self.p  # drawn on the host from the global generator
-            self._mask = xp.asarray(keep, dtype=x.dtype)
-            return x * self._mask
-        self._mask = None
-        return x * (1.0 - self.p)
-
-    def backward(self, grad_output):
-        if self._mask is None:
-            return grad_output * (1.0 - self.p)
-        return grad_output * self._mask
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
 
 
 # -- layers: network3's descriptions; Network turns them into deepscope modules ------------------------
@@ -215,7 +174,8 @@ class FullyConnectedLayer:
     def _head(self, quirks: bool, flatten: bool):
         mods = [nn.Flatten()] if flatten else []
         if self.p_dropout > 0:
-            mods.append(Network3Dropout(self.p_dropout) if quirks else nn.Dropout(self.p_dropout))
+            # network3 drops the layer's inputs, unscaled, and multiplies them by (1-p) at test time
+            mods.append(nn.Dropout(self.p_dropout, scale_at_test=quirks))
         return mods
 
     def build(self, quirks: bool, flatten: bool = False):
@@ -383,27 +343,6 @@ class Network:
         self.result = result
         return result
 
-    def export(self) -> nn.Sequential:
-        """A copy of the model made of standard deepscope modules only (so ``deepscope.save``/``load`` work):
-        each :class:`Network3Dropout` becomes :class:`deepscope.nn.Dropout` and the weights of the Linear
-        after it are scaled by (1-p). Inverted dropout then gives exactly network3's outputs, in training
-        (x⊙mask/(1-p) · (1-p)w) and in test mode ((1-p)x · w = x · (1-p)w)."""
-        mods, scale = [], None
-        for m in self.model:
-            if isinstance(m, Network3Dropout):
-                mods.append(nn.Dropout(m.p))
-                scale = 1.0 - m.p
-                continue
-            if isinstance(m, nn.Linear):
-                new = nn.Linear(m.in_features, m.out_features, init="zeros")
-                new.load_state_dict({"weight": backend.to_numpy(m.weight.data) * (scale or 1.0),
-                                     "bias": backend.to_numpy(m.bias.data)})
-                mods.append(new)
-                scale = None
-                continue
-            mods.append(m)
-        return nn.Sequential(*mods)
-
 
 # -- data -------------------------------------------------------------------------------------------------
 def size(data):
@@ -422,9 +361,11 @@ def load_data_shared(filename=None, data_dir=None):
     * a folder: ``load_mnist(data_dir=filename)``;
     * a name containing ``expanded`` (the book's ``../data/mnist_expanded.pkl.gz``): the training set is
       replaced by its one-pixel expansion (250,000 images, shuffled once, as expand_mnist.py did);
-    * an existing ``.pkl.gz`` file: read by deepscope's safe unpickler (arrays and tuples only).
+    * an existing file (the book's ``mnist.pkl.gz`` or ``mnist_expanded.pkl.gz``): read by deepscope's
+      safe unpickler (arrays and tuples only).
     """
     from .. import data as _data
+    from ..data.mnist import load_pickle
 
     expanded = False
     if filename is not None:
@@ -432,12 +373,9 @@ def load_data_shared(filename=None, data_dir=None):
         expanded = "expanded" in os.path.basename(filename)
         if os.path.isdir(filename):
             data_dir = filename
-        elif os.path.isfile(filename) and filename.endswith(".pkl.gz"):
-            reader = getattr(_data, "load_pickle", None)
-            if reader is None:
-                raise DataError(f"load_data_shared: cannot read {filename}: this deepscope has no "
-                                f"reader for the book's pickle files; pass a folder of IDX files instead")
-            return [tuple(part) for part in reader(filename)]
+        elif os.path.isfile(filename):
+            return [(X.astype(numpy.float32).reshape(-1, 1, 28, 28), y.astype(numpy.int64))
+                    for X, y in load_pickle(filename)]
     mnist = _data.load_mnist(data_dir=data_dir)
     training_data = mnist.train
     if expanded:
