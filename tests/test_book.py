@@ -199,6 +199,8 @@ def test_load_data_shared_reads_a_folder_and_the_books_pickle(tmp_path, sample):
     tr, va, te = n3.load_data_shared(str(path))
     assert tr[0].shape == (30, 1, 28, 28) and tr[0].dtype == np.float32 and tr[1].dtype == np.int64
     assert np.array_equal(va[0], sample.validation[0][:30])
+    tr2, _, _ = n3.load_data_shared(str(tmp_path))  # a folder holding the pickle
+    assert np.array_equal(tr2[0], tr[0])
 
 
 def test_expanded_training_data_is_five_times_larger_and_shuffled(sample):

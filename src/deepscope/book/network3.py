@@ -69,7 +69,6 @@ def tanh(z):
 
 
 _ACTIVATION_MODULES = {linear: nn.Identity, ReLU: nn.ReLU, sigmoid: nn.Sigmoid, tanh: nn.Tanh}
-_ACTIVATION_NAMES = {linear: "linear", ReLU: "relu", sigmoid: "sigmoid", tanh: "tanh"}
 
 
 def activation_module(fn) -> nn.Module:
@@ -376,6 +375,9 @@ def load_data_shared(filename=None, data_dir=None):
         elif os.path.isfile(filename):
             return [(X.astype(numpy.float32).reshape(-1, 1, 28, 28), y.astype(numpy.int64))
                     for X, y in load_pickle(filename)]
+        else:
+            print(f"deepscope: {filename} not found; using deepscope.data.load_mnist"
+                  + (" and expanding its training set" if expanded else ""))
     mnist = _data.load_mnist(data_dir=data_dir)
     training_data = mnist.train
     if expanded:
