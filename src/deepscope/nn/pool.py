@@ -97,25 +97,30 @@ class MaxPool2d(_Pool2d):
     def forward(self, x):
         xp = backend.xp_of(x)
         self._start(x)
-        # Running maximum over the kernel offsets; `_argmax` records which offset (row-major index) gave
-        # it. A strict > keeps the first maximum, which is where backward sends the gradient.
-        kw = self.kernel_size[1]
-        out = argmax = None
-        for i, j, view in self._offsets(x):
+        out = None
+        for _, _, view in self._offsets(x):
             if out is None:
                 out = xp.copy(view, order="K")
-                argmax = xp.zeros(out.shape, dtype=xp.uint8 if self.kernel_size[0] * kw < 256 else xp.int32)
-                continue
-            larger = view > out
-            argmax[larger] = i * kw + j
-            xp.maximum(out, view, out=out)
-        self._argmax, self._like = argmax, x
+            else:
+                xp.maximum(out, view, out=out)
+        self._x, self._out = x, out
         return out
 
     def backward(self, grad_output):
-        kw = self.kernel_size[1]
-        return self._scatter(lambda i, j: grad_output * (self._argmax == i * kw + j), self._like,
-                             grad_output.dtype)
+        xp = backend.xp_of(grad_output)
+        # Route each window's gradient to its first maximum (row-major offset order, as PyTorch does):
+        # offset (l, m) takes it where x equals the window's maximum and no earlier offset took it.
+        taken = None
+        routes = {}
+        for i, j, view in self._offsets(self._x):
+            hit = view == self._out
+            if taken is None:
+                taken = hit.copy()
+            else:
+                hit &= ~taken
+                taken |= hit
+            routes[(i, j)] = hit
+        return self._scatter(lambda i, j: grad_output * routes[(i, j)], self._x, grad_output.dtype)
 
 
 class AvgPool2d(_Pool2d):

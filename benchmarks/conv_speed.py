@@ -1,0 +1,316 @@
+"""Convolutional nets: deepscope (NumPy) against PyTorch on the CPU, the same nets in the same run.
+
+Nets (input 1×28×28, 10 classes, log-likelihood cost = softmax + cross-entropy):
+  rung1    conv(1→20, 5×5) → maxpool 2 → sigmoid → FC 2880→100 sigmoid → FC 100→10          (book ch. 6, first net)
+  rung3    conv20×5 → maxpool2 → relu → conv40×5 → maxpool2 → relu → FC 640→100 relu → FC 100→10
+  dropout  rung3's convolutions, then dropout 0.5 before each of FC 640→1000 relu, 1000→1000 relu, 1000→10
+
+For mini-batches of 10, 64 and 256 it measures
+  * training images/s: forward, backward and one plain SGD step per mini-batch;
+  * inference images/s: forward only, eval mode (``torch.inference_mode`` for PyTorch);
+  * peak memory of one training step: the growth of the process's peak resident set (VmHWM, reset through
+    /proc/self/clear_refs) over two training steps, in a fresh subprocess per framework, net and batch size —
+    the same yardstick for both (tracemalloc cannot see PyTorch's allocations). For deepscope it also reports
+    the tracemalloc peak (NumPy reports its array allocations to tracemalloc) of one step;
+  * the machine's float32 GEMM peak (a 2048³ NumPy matmul, median of repeats, in the same run) and the
+    fraction of it each framework reaches: FLOPs per image = 2·(multiply-adds of the conv and FC layers) for
+    inference and 3× that for training (forward, ∂/∂input, ∂/∂weights).
+
+Timings alternate deepscope and PyTorch, repeat, and report medians: the machine is shared and noisy.
+PyTorch runs with ``torch.set_num_threads`` equal to the number of CPU cores, the threads OpenBLAS uses for
+NumPy's matmul. Input images are uniform random numbers (speed does not depend on the pixel values).
+
+    python benchmarks/conv_speed.py            # full run, writes benchmarks/results/conv_speed.json
+    python benchmarks/conv_speed.py --quick    # a few iterations, to check that it runs
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+
+def _threads_from_argv(argv):
+    for i, a in enumerate(argv):
+        if a == "--threads" and i + 1 < len(argv):
+            return int(argv[i + 1])
+        if a.startswith("--threads="):
+            return int(a.split("=", 1)[1])
+    return os.cpu_count() or 1
+
+
+# OpenBLAS reads its thread count when NumPy is imported, so it is set before the import.
+THREADS = _threads_from_argv(sys.argv)
+os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = str(THREADS)
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import deepscope as ds  # noqa: E402
+from deepscope import nn, optim  # noqa: E402
+
+NETS = ("rung1", "rung3", "dropout")
+BATCHES = (10, 64, 256)
+ETA = 0.03
+
+
+# -- the nets ----------------------------------------------------------------------------------------
+def build_deepscope(name: str):
+    if name == "rung1":
+        return nn.Sequential(nn.Conv2d(1, 20, 5), nn.MaxPool2d(2), nn.Sigmoid(), nn.Flatten(),
+                             nn.Linear(2880, 100), nn.Sigmoid(), nn.Linear(100, 10))
+    convs = [nn.Conv2d(1, 20, 5), nn.MaxPool2d(2), nn.ReLU(), nn.Conv2d(20, 40, 5), nn.MaxPool2d(2), nn.ReLU(),
+             nn.Flatten()]
+    if name == "rung3":
+        return nn.Sequential(*convs, nn.Linear(640, 100), nn.ReLU(), nn.Linear(100, 10))
+    if name == "dropout":
+        return nn.Sequential(*convs, nn.Dropout(0.5), nn.Linear(640, 1000), nn.ReLU(), nn.Dropout(0.5),
+                             nn.Linear(1000, 1000), nn.ReLU(), nn.Dropout(0.5), nn.Linear(1000, 10))
+    raise ValueError(name)
+
+
+def build_torch(name: str, ours):
+    """The same net in PyTorch, with deepscope's weights copied in."""
+    import torch
+    T = torch.nn
+    layers = []
+    for m in ours:
+        if isinstance(m, nn.Conv2d):
+            layers.append(T.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding))
+        elif isinstance(m, nn.MaxPool2d):
+            layers.append(T.MaxPool2d(m.kernel_size, m.stride))
+        elif isinstance(m, nn.Linear):
+            layers.append(T.Linear(m.in_features, m.out_features))
+        elif isinstance(m, nn.Dropout):
+            layers.append(T.Dropout(m.p))
+        else:
+            layers.append({"Sigmoid": T.Sigmoid, "ReLU": T.ReLU, "Flatten": T.Flatten}[type(m).__name__]())
+    net = T.Sequential(*layers)
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
+    return net
+
+
+def flops_per_image(net) -> int:
+    """2 × multiply-adds of the conv and FC layers for one 1×28×28 image (forward)."""
+    x = np.zeros((1, 1, 28, 28), dtype=np.float32)
+    total = 0
+    for m in net:
+        y = m(x)
+        if isinstance(m, nn.Conv2d):
+            total += 2 * y.size * m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, nn.Linear):
+            total += 2 * m.in_features * m.out_features
+        x = y
+    return total
+
+
+# -- one framework's steps ----------------------------------------------------------------------------
+class DeepscopeRunner:
+    def __init__(self, name, batch, seed=0):
+        ds.manual_seed(seed)
+        self.net = build_deepscope(name)
+        self.cost = nn.LogLikelihoodCost()
+        self.opt = optim.SGD(self.net.parameters(), lr=ETA)
+        rng = np.random.default_rng(seed)
+        self.x = rng.random((batch, 1, 28, 28), dtype=np.float32)
+        self.y = rng.integers(0, 10, batch)
+
+    def train_step(self):
+        self.net.train()
+        out = self.net(self.x)
+        self.cost(out, self.y)
+        self.net.zero_grad()
+        self.net.backward(self.cost.backward())
+        self.opt.step()
+
+    def infer_step(self):
+        self.net.eval()
+        return self.net(self.x)
+
+
+class TorchRunner:
+    def __init__(self, name, batch, seed=0):
+        import torch
+        self.torch = torch
+        ds.manual_seed(seed)
+        self.net = build_torch(name, build_deepscope(name))
+        self.opt = torch.optim.SGD(self.net.parameters(), lr=ETA)
+        rng = np.random.default_rng(seed)
+        self.x = torch.from_numpy(rng.random((batch, 1, 28, 28), dtype=np.float32))
+        self.y = torch.from_numpy(rng.integers(0, 10, batch))
+
+    def train_step(self):
+        self.net.train()
+        loss = self.torch.nn.functional.cross_entropy(self.net(self.x), self.y)
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+
+    def infer_step(self):
+        self.net.eval()
+        with self.torch.inference_mode():
+            return self.net(self.x)
+
+
+def _timed(fn, iters):
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    return time.perf_counter() - t0
+
+
+def speed(name, batch, repeats, images):
+    """Median images/s for training and inference, deepscope and PyTorch timed alternately."""
+    iters = max(2, images // batch)
+    runners = {"deepscope": DeepscopeRunner(name, batch), "pytorch": TorchRunner(name, batch)}
+    out = {}
+    for mode in ("train", "infer"):
+        times = {k: [] for k in runners}
+        for r in runners.values():                      # warm up (allocations, first-call costs)
+            for _ in range(2):
+                getattr(r, f"{mode}_step")()
+        for rep in range(repeats):
+            order = list(runners) if rep % 2 == 0 else list(reversed(runners))
+            for k in order:
+                times[k].append(_timed(getattr(runners[k], f"{mode}_step"), iters))
+        for k, ts in times.items():
+            out.setdefault(k, {})[mode] = iters * batch / statistics.median(ts)
+    return out
+
+
+# -- memory, in a fresh process ------------------------------------------------------------------------
+def _vm(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def memory_child(framework, name, batch):
+    """Run in a subprocess: print peak-RSS growth over two training steps (and deepscope's tracemalloc peak)."""
+    if framework == "pytorch":
+        import torch
+        torch.set_num_threads(THREADS)
+        r = TorchRunner(name, batch)
+    else:
+        r = DeepscopeRunner(name, batch)
+    result = {}
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")                      # reset VmHWM (peak RSS) to the current RSS
+    base = _vm("VmRSS")
+    r.train_step()
+    r.train_step()
+    result["rss_peak_growth"] = _vm("VmHWM") - base
+    if framework == "deepscope":          # NumPy's own count of the bytes its arrays hold, one step
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        r.train_step()
+        result["tracemalloc_peak"] = tracemalloc.get_traced_memory()[1] - base
+        tracemalloc.stop()
+    print(json.dumps(result))
+
+
+def memory(framework, name, batch):
+    out = subprocess.run([sys.executable, __file__, "--threads", str(THREADS), "--memory-child", framework,
+                          name, str(batch)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def gemm_peak(repeats=5, n=2048):
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).random((n, n), dtype=np.float32)
+    a @ b
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        ts.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / statistics.median(ts)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a few iterations per timing (checks that it runs)")
+    ap.add_argument("--repeats", type=int, default=None, help="timings per framework (median taken; default 7, "
+                                                               "3 with --quick)")
+    ap.add_argument("--nets", default=",".join(NETS))
+    ap.add_argument("--batches", default=",".join(map(str, BATCHES)))
+    ap.add_argument("--threads", type=int, default=THREADS,
+                    help="threads for OpenBLAS (NumPy) and for PyTorch (default: CPU cores)")
+    ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/conv_speed.json"))
+    ap.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.memory_child:
+        fw, name, batch = args.memory_child
+        return memory_child(fw, name, int(batch))
+
+    import torch
+    torch.set_num_threads(THREADS)
+    repeats = args.repeats or (3 if args.quick else 7)
+    images = 320 if args.quick else 1280
+    nets = args.nets.split(",")
+    batches = [int(b) for b in args.batches.split(",")]
+
+    peak = gemm_peak()
+    print(f"float32 GEMM peak (NumPy 2048^3 matmul): {peak / 1e9:.1f} GFLOP/s; threads: {THREADS}; "
+          f"repeats: {repeats}; ~{images} images per timing")
+    header = (f"{'net':8} {'mb':>4} | {'train img/s ds':>14} {'torch':>8} {'ratio':>6} | "
+              f"{'infer img/s ds':>14} {'torch':>8} {'ratio':>6} | {'mem MB ds':>9} {'torch':>7} {'ratio':>6} | "
+              f"{'%peak tr ds':>11} {'torch':>6}")
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for name in nets:
+        fpi = flops_per_image(build_deepscope(name))
+        for batch in batches:
+            s = speed(name, batch, repeats, images)
+            row = {"net": name, "batch": batch, "flops_per_image_forward": fpi}
+            for fw in ("deepscope", "pytorch"):
+                row[fw] = {"train_images_per_s": s[fw]["train"], "infer_images_per_s": s[fw]["infer"],
+                           "train_fraction_of_gemm_peak": s[fw]["train"] * 3 * fpi / peak,
+                           "infer_fraction_of_gemm_peak": s[fw]["infer"] * fpi / peak}
+                if not args.no_memory:
+                    row[fw].update(memory(fw, name, batch))
+            row["train_ratio"] = s["deepscope"]["train"] / s["pytorch"]["train"]
+            row["infer_ratio"] = s["deepscope"]["infer"] / s["pytorch"]["infer"]
+            mem = "      n/a     n/a    n/a"
+            if not args.no_memory:
+                md, mt = row["deepscope"]["rss_peak_growth"], row["pytorch"]["rss_peak_growth"]
+                row["memory_ratio"] = md / max(mt, 1)
+                mem = f"{md / 1e6:9.1f} {mt / 1e6:7.1f} {row['memory_ratio']:6.2f}"
+            rows.append(row)
+            d, t = row["deepscope"], row["pytorch"]
+            print(f"{name:8} {batch:4d} | {d['train_images_per_s']:14.0f} {t['train_images_per_s']:8.0f} "
+                  f"{row['train_ratio']:6.2f} | {d['infer_images_per_s']:14.0f} {t['infer_images_per_s']:8.0f} "
+                  f"{row['infer_ratio']:6.2f} | {mem} | {100 * d['train_fraction_of_gemm_peak']:10.1f}% "
+                  f"{100 * t['train_fraction_of_gemm_peak']:5.1f}%", flush=True)
+
+    result = {
+        "command": "python benchmarks/conv_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "quick": args.quick, "repeats": repeats, "images_per_timing": images, "threads": THREADS,
+        "gemm_peak_flops": peak, "numpy": np.__version__, "torch": torch.__version__,
+        "machine": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+        "memory_measure": "peak RSS growth (VmHWM after /proc/self/clear_refs) over two training steps, "
+                          "fresh subprocess per framework/net/batch; deepscope also: tracemalloc peak of one step",
+        "flops_measure": "forward = 2 x multiply-adds of conv+FC layers per image; training = 3 x forward",
+        "rows": rows,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
