@@ -1,0 +1,146 @@
+"""``deepscope show``: pictures of a trained run.
+
+    deepscope show filters RUN     the first convolutional layer's kernels as a grid (the book's figure of the
+                                   20 local receptive fields it learned: light = small weight, dark = large)
+    deepscope show errors RUN      the test images the net gets wrong, each titled "true → predicted"
+
+Both write a PNG (into the run folder unless ``--out`` says otherwise) and print where it went.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+
+
+def register(sub) -> None:
+    show = sub.add_parser("show", help="pictures of a trained run: first-layer filters, misclassified digits")
+    kinds = show.add_subparsers(dest="what", metavar="WHAT")
+    show.set_defaults(func=lambda args: show.print_help() or 2)
+
+    p = kinds.add_parser("filters", help="the first Conv2d layer's kernels as a grid PNG")
+    p.add_argument("run", help="run folder (or saved model path)")
+    p.add_argument("--out", default=None, help="PNG path (default: RUN/filters.png)")
+    p.set_defaults(func=cmd_filters)
+
+    p = kinds.add_parser("errors", help="misclassified test images with true and predicted labels")
+    p.add_argument("run", help="run folder (or saved model path)")
+    p.add_argument("--out", default=None, help="PNG path (default: RUN/errors.png)")
+    p.add_argument("--max", type=int, default=36, help="at most this many images (default 36)")
+    p.add_argument("--data-dir", default=None, help="folder with the MNIST files (default: the run's)")
+    p.set_defaults(func=cmd_errors)
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _out_path(args, default_name):
+    if args.out:
+        return Path(args.out)
+    run = Path(args.run)
+    return (run if run.is_dir() else run.parent) / default_name
+
+
+def first_layer_filters(model) -> np.ndarray:
+    """The first layer's receptive fields as images ``(k, h, w)``: a Conv2d's kernels (input channels
+    averaged), or a Linear layer's rows seen as 28×28 images when it takes MNIST pixels."""
+    from . import backend, nn
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            return backend.to_numpy(m.weight.data).mean(axis=1)
+        if isinstance(m, nn.Linear):
+            if m.in_features == 784:
+                return backend.to_numpy(m.weight.data).reshape(-1, 28, 28)
+            break
+    raise DataError("the model has no Conv2d layer (nor a first Linear layer on 28x28 images) to show")
+
+
+def plot_filters(filters: np.ndarray, path, title: str = "first-layer filters") -> Path:
+    """A grid of filters in one shared grey scale (light = small, dark = large weight, as in the book)."""
+    plt = _pyplot()
+    k = len(filters)
+    cols = min(k, 10)
+    rows = math.ceil(k / cols)
+    lo, hi = float(filters.min()), float(filters.max())
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 0.9 + 0.4), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, f in enumerate(filters):
+        axes.ravel()[i].imshow(f, cmap="Greys", vmin=lo, vmax=hi, interpolation="nearest")
+    fig.suptitle(title, fontsize=9)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_errors(images: np.ndarray, true: np.ndarray, pred: np.ndarray, path, title: str) -> Path:
+    """Images with "true → predicted" above each."""
+    plt = _pyplot()
+    k = max(len(images), 1)
+    cols = min(k, 9)
+    rows = math.ceil(k / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.1, rows * 1.25 + 0.4), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, (img, t, p) in enumerate(zip(images, true, pred)):
+        ax = axes.ravel()[i]
+        ax.imshow(img.reshape(28, 28), cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(f"{t} → {p}", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _load_model(run):
+    from . import load
+    return load(run)  # raises DataError (one line) when there is no saved model there
+
+
+def _run_config(run) -> dict:
+    cfg = Path(run) / "config.json"
+    if cfg.is_file():
+        try:
+            return json.loads(cfg.read_text())
+        except json.JSONDecodeError:
+            return {}
+    return {}
+
+
+def cmd_filters(args) -> int:
+    model = _load_model(args.run)
+    filters = first_layer_filters(model)
+    path = plot_filters(filters, _out_path(args, "filters.png"),
+                        f"{len(filters)} first-layer filters of {Path(args.run).name}")
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_errors(args) -> int:
+    from .data import load_mnist
+    from .train import predict_logits
+    model = _load_model(args.run)
+    cfg = _run_config(args.run)
+    data = load_mnist(cfg.get("dataset", "mnist"), data_dir=args.data_dir or cfg.get("data_dir"))
+    X, y = data.test
+    pred = np.argmax(predict_logits(model, X), axis=1)
+    wrong = np.flatnonzero(pred != y)
+    shown = wrong[:max(args.max, 0)]
+    title = (f"{len(wrong)} of {len(y):,} test images misclassified ({data.source}); "
+             f"showing {len(shown)}: true → predicted")
+    path = plot_errors(X[shown], y[shown], pred[shown], _out_path(args, "errors.png"), title)
+    print(f"{len(wrong)} of {len(y):,} test images misclassified ({len(wrong) / max(len(y), 1):.2%})")
+    print(f"wrote {path}")
+    return 0
