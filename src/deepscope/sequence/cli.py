@@ -36,6 +36,8 @@ def register(sub) -> None:
     m.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
     m.add_argument("--clip", type=float, default=1.0, help="clip the gradient's global norm (0 = off; "
                                                            "default: %(default)s)")
+    m.add_argument("--no-normalize", action="store_true",
+                   help="feed raw pixels in [0, 1] (default: standardised, (x - 0.1307) / 0.3081)")
     m.add_argument("--train-size", type=int, default=None, help="use only the first N training images")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--out", default=None, help="run folder (default: runs/rnn-mnist-<date>-<time>)")
@@ -98,7 +100,8 @@ def cmd_mnist(args) -> int:
     _, history = train_row_mnist(data, hidden=args.hidden, epochs=args.epochs, batch_size=args.batch_size,
                                  lr=args.lr, optimizer=args.optimizer, clip=args.clip or None,
                                  nonlinearity=args.nonlinearity, init=args.init, run_dir=run,
-                                 progress=not args.quiet, train_size=args.train_size)
+                                 progress=not args.quiet, train_size=args.train_size,
+                                 normalize=not args.no_normalize)
     best, last = history.best, history.records[-1]
     print(f"best validation accuracy {best['val_acc']:.2%} at epoch {best['epoch']} (test there "
           f"{best['test_acc']:.2%}); last epoch test accuracy {last['test_acc']:.2%}; "

@@ -12,9 +12,15 @@ from .. import nn, optim
 from ..train import fit
 
 
-def as_rows(X):
-    """MNIST images ``(N, 1, 28, 28)`` (or ``(N, 784)``) as sequences of rows ``(N, 28, 28)``."""
-    return X.reshape(len(X), 28, 28)
+# Mean and standard deviation of MNIST's training pixels (the constants of PyTorch's MNIST example).
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+def as_rows(X, normalize: bool = False):
+    """MNIST images ``(N, 1, 28, 28)`` (or ``(N, 784)``) as sequences of rows ``(N, 28, 28)``; with
+    ``normalize``, pixels are shifted and scaled to zero mean and unit variance, (x - 0.1307) / 0.3081."""
+    X = X.reshape(len(X), 28, 28)
+    return ((X - MNIST_MEAN) / MNIST_STD).astype(X.dtype) if normalize else X
 
 
 def row_mnist_model(hidden: int = 128, nonlinearity: str = "tanh", init: str = "pytorch", num_layers: int = 1):
@@ -32,17 +38,20 @@ def make_optimizer(model, name: str = "adam", lr: float = 1e-3, momentum: float 
 
 
 def train_row_mnist(data, hidden=128, epochs=10, batch_size=64, lr=1e-3, optimizer="adam", clip=1.0,
-                    nonlinearity="tanh", init="pytorch", run_dir=None, progress=True, train_size=None):
+                    nonlinearity="tanh", init="pytorch", run_dir=None, progress=True, train_size=None,
+                    normalize=True):
     """Train :func:`row_mnist_model` on ``data`` (a :func:`deepscope.data.load_mnist` result).
 
-    Returns ``(model, history)``; the history has validation and test accuracy after every epoch.
+    With ``normalize`` (default) pixels are standardised first (:func:`as_rows`): centred inputs make the
+    recurrent net learn noticeably faster. Returns ``(model, history)``; the history has validation and test accuracy after every epoch.
     """
     model = row_mnist_model(hidden, nonlinearity, init)
     opt = make_optimizer(model, optimizer, lr, clip=clip)
     X, y = data.train
     if train_size:
         X, y = X[:train_size], y[:train_size]
-    history = fit(model, nn.LogLikelihoodCost(), opt, (as_rows(X), y), epochs=epochs, batch_size=batch_size,
-                  validation=(as_rows(data.validation[0]), data.validation[1]),
-                  test=(as_rows(data.test[0]), data.test[1]), run_dir=run_dir, progress=progress)
+    history = fit(model, nn.LogLikelihoodCost(), opt, (as_rows(X, normalize), y), epochs=epochs,
+                  batch_size=batch_size,
+                  validation=(as_rows(data.validation[0], normalize), data.validation[1]),
+                  test=(as_rows(data.test[0], normalize), data.test[1]), run_dir=run_dir, progress=progress)
     return model, history
