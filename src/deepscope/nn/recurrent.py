@@ -171,7 +171,9 @@ class RNN(Module):
             raise ShapeError(f"{self.describe()}: expected h0 of shape {(L * D, N, H)}, got {tuple(h0.shape)}")
         h0 = h0.astype(dtype, copy=False)
 
-        self._inputs, self._states = [], []   # per layer: its input; per (layer, direction): S (T+1, N, H)
+        # Cached for backward. Per layer: its input (T, N, I_k); per layer and direction: the states
+        # S (T+1, N, H) and the input in that direction's reading order as one (T*N, I_k) matrix.
+        self._inputs, self._states, self._seqs = [], [], []
         h_n = xp.empty((L * D, N, H), dtype=dtype)
         layer_in = xt
         for layer in range(L):
@@ -179,8 +181,10 @@ class RNN(Module):
             outs = []
             for d, suffix in enumerate(self._suffixes(layer)):
                 seq = layer_in if d == 0 else layer_in[::-1]      # the order this direction reads in
-                S = self._run(seq, h0[layer * D + d], suffix)
+                seq2 = seq.reshape(T * N, -1)                     # (a copy unless already contiguous)
+                S = self._run(seq2, h0[layer * D + d], suffix)
                 self._states.append(S)
+                self._seqs.append(seq2)
                 h_n[layer * D + d] = S[-1]
                 outs.append(S[1:] if d == 0 else S[:0:-1])        # back in time order
             layer_in = outs[0] if D == 1 else xp.concatenate(outs, axis=2)
@@ -190,13 +194,15 @@ class RNN(Module):
             self._state = h_n.copy()
         return output, h_n
 
-    def _run(self, seq, h0, suffix):
-        """One layer, one direction: states S[0] = h0, S[t] = f(U x_t + W S[t-1] + b) for t = 1..T."""
-        xp = backend.xp_of(seq)
-        T, N, I = seq.shape
+    def _run(self, seq2, h0, suffix):
+        """One layer, one direction: states S[0] = h0, S[t] = f(U x_t + W S[t-1] + b) for t = 1..T, where
+        ``seq2`` holds x_1..x_T stacked as a (T*N, I) matrix."""
+        xp = backend.xp_of(seq2)
+        N = h0.shape[0]
+        T = seq2.shape[0] // N
         U, W = getattr(self, "weight_ih" + suffix).data, getattr(self, "weight_hh" + suffix).data
         # U x_t for every step in one GEMM (plus both biases); only W s_{t-1} is left for the loop.
-        net = (seq.reshape(T * N, I) @ U.T).reshape(T, N, -1)
+        net = (seq2 @ U.T).reshape(T, N, -1)
         if self.bias:
             net += getattr(self, "bias_ih" + suffix).data + getattr(self, "bias_hh" + suffix).data
         S = xp.empty((T + 1,) + h0.shape, dtype=net.dtype)
@@ -241,8 +247,7 @@ class RNN(Module):
                 G = xp.array(gd if d == 0 else gd[::-1], copy=True)
                 if grad_h_n is not None:
                     G[-1] += grad_h_n[k]                            # h_n is the last state read
-                seq = x if d == 0 else x[::-1]
-                delta, self.grad_h0[k] = self._bptt(G, seq, self._states[k], suffix)
+                delta, self.grad_h0[k] = self._bptt(G, self._seqs[k], self._states[k], suffix)
                 gx = delta.reshape(T * N, H) @ getattr(self, "weight_ih" + suffix).data   # ∂C/∂x_t = U^T δ_t
                 gx = gx.reshape(T, N, -1)
                 if d == 0:
@@ -254,7 +259,7 @@ class RNN(Module):
             g = grad_x
         return xp.ascontiguousarray(g.transpose(1, 0, 2)) if self.batch_first else g
 
-    def _bptt(self, G, seq, S, suffix):
+    def _bptt(self, G, seq2, S, suffix):
         """Backpropagation through time for one layer and direction.
 
         G: (T, N, H) gradient from above at each step, turned in place into ∂C/∂s_t. Returns δ (T, N, H)
@@ -266,17 +271,17 @@ class RNN(Module):
         W = w_hh.data
         fp = _f_prime(self.nonlinearity, S[1:])                    # f'(net_t) for every step at once
         delta = xp.empty_like(G) if fp is not None else G
-        carry = None                                               # W^T δ_{t+1}
+        carry = xp.empty_like(G[0])                                # W^T δ_{t+1}
         for t in reversed(range(T)):
-            if carry is not None:
+            if t < T - 1:
                 G[t] += carry                                      # ∂C/∂s_t = g_t + W^T δ_{t+1}
             if fp is not None:
                 xp.multiply(G[t], fp[t], out=delta[t])             # δ_t = ∂C/∂s_t ⊙ f'(net_t)
-            carry = delta[t] @ W
+            xp.matmul(delta[t], W, out=carry)
         # Parameter gradients as one GEMM each, over all steps stacked.
         d2 = delta.reshape(T * N, H)
         w_hh.grad += d2.T @ S[:-1].reshape(T * N, H)               # Σ_t δ_t s_{t-1}^T
-        w_ih.grad += d2.T @ seq.reshape(T * N, -1)                 # Σ_t δ_t x_t^T
+        w_ih.grad += d2.T @ seq2                                   # Σ_t δ_t x_t^T
         if self.bias:
             db = d2.sum(axis=0)
             getattr(self, "bias_ih" + suffix).grad += db
