@@ -34,6 +34,7 @@ def register(sub) -> None:
     m.add_argument("--batch-size", "-m", type=int, default=64, help="(default: %(default)s)")
     m.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: %(default)s)")
     m.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    m.add_argument("--momentum", type=float, default=0.9, help="momentum of --optimizer sgd (default: %(default)s)")
     m.add_argument("--clip", type=float, default=1.0, help="clip the gradient's global norm (0 = off; "
                                                            "default: %(default)s)")
     m.add_argument("--no-normalize", action="store_true",
@@ -98,7 +99,7 @@ def cmd_mnist(args) -> int:
           f"({data.source}); run folder {run}")
     t0 = time.perf_counter()
     _, history = train_row_mnist(data, hidden=args.hidden, epochs=args.epochs, batch_size=args.batch_size,
-                                 lr=args.lr, optimizer=args.optimizer, clip=args.clip or None,
+                                 lr=args.lr, optimizer=args.optimizer, momentum=args.momentum, clip=args.clip or None,
                                  nonlinearity=args.nonlinearity, init=args.init, run_dir=run,
                                  progress=not args.quiet, train_size=args.train_size,
                                  normalize=not args.no_normalize)

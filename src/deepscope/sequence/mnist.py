@@ -37,16 +37,17 @@ def make_optimizer(model, name: str = "adam", lr: float = 1e-3, momentum: float 
     raise ValueError(f"unknown optimizer {name!r}: expected 'adam' or 'sgd'")
 
 
-def train_row_mnist(data, hidden=128, epochs=10, batch_size=64, lr=1e-3, optimizer="adam", clip=1.0,
+def train_row_mnist(data, hidden=128, epochs=10, batch_size=64, lr=1e-3, optimizer="adam", momentum=0.9, clip=1.0,
                     nonlinearity="tanh", init="pytorch", run_dir=None, progress=True, train_size=None,
                     normalize=True):
     """Train :func:`row_mnist_model` on ``data`` (a :func:`deepscope.data.load_mnist` result).
 
     With ``normalize`` (default) pixels are standardised first (:func:`as_rows`): centred inputs make the
-    recurrent net learn noticeably faster. Returns ``(model, history)``; the history has validation and test accuracy after every epoch.
+    recurrent net learn faster. Returns ``(model, history)``; the history has validation and test accuracy
+    after every epoch.
     """
     model = row_mnist_model(hidden, nonlinearity, init)
-    opt = make_optimizer(model, optimizer, lr, clip=clip)
+    opt = make_optimizer(model, optimizer, lr, momentum, clip=clip)
     X, y = data.train
     if train_size:
         X, y = X[:train_size], y[:train_size]
