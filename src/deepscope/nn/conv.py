@@ -64,7 +64,7 @@ def windows(x, kh, kw, sh, sw, order):
             "h": (ho, s_h * sh), "w": (wo, s_w * sw)}
     shape = tuple(axes[a][0] for a in order)
     strides = tuple(axes[a][1] for a in order)
-    return xp.lib.stride_tricks.as_strided(x, shape=shape, strides=strides, writeable=False)
+    return xp.lib.stride_tricks.as_strided(x, shape=shape, strides=strides)  # read only: never written
 
 
 class Conv2d(Module):
@@ -160,12 +160,14 @@ class Conv2d(Module):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         ho, wo = grad_output.shape[2], grad_output.shape[3]
         cols = self._cols if self._cols is not None else self._columns(self._pad(self._x))
+        self._cols = None   # backward needs X once: let it go as soon as ∂C/∂W is done (lower peak memory)
         # Δ as (out, N·Ho·Wo); free when grad_output is channel-major (as our own outputs are).
         delta = grad_output.transpose(1, 0, 2, 3).reshape(self.out_channels, -1)
         w2 = self.weight.data.reshape(self.out_channels, -1)
         self.weight.grad += (delta @ cols.T).reshape(self.weight.data.shape)   # ∂C/∂W = Δ Xᵀ
         if self.bias is not None:
             self.bias.grad += delta.sum(axis=1)                                  # ∂C/∂b = Σ δ
+        del cols
         dcols = (w2.T @ delta).reshape(c, kh, kw, n, ho, wo)                    # ∂C/∂X = Wᵀ Δ
         # col2im: add each kernel offset's slice into its strided window of ∂C/∂x̃ (channel-major).
         dxpad = xp.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=dcols.dtype)
