@@ -142,6 +142,12 @@ def test_irnn_init_and_identity_recurrence():
     np.testing.assert_array_equal(rnn.bias_ih_l0.data, 0)
 
 
+def test_orthogonal_init():
+    deepscope.manual_seed(0)
+    W = nn.RNN(2, 8, init="orthogonal").to("float64").weight_hh_l0.data
+    np.testing.assert_allclose(W @ W.T, np.eye(8), atol=1e-6)
+
+
 def test_pytorch_like_default_init_is_seeded_and_bounded():
     deepscope.manual_seed(3)
     a = nn.RNN(4, 16).state_dict()

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import math
 
+import numpy
+
 from .. import backend
 from ..errors import ShapeError
 from .activation import sigmoid
@@ -38,7 +40,7 @@ from .loss import LogLikelihoodCost, Loss
 from .module import Module, Parameter
 
 NONLINEARITIES = ("tanh", "relu", "sigmoid", "identity")
-INITS = ("pytorch", "irnn")
+INITS = ("pytorch", "orthogonal", "irnn")
 
 
 def _f(name, net, out):
@@ -78,8 +80,9 @@ class RNN(Module):
             (PyTorch's default is False; deepscope's sequences are batch-first.)
         bidirectional: add a second network that reads the sequence backwards (D = 2).
         init: ``"pytorch"`` (default): every weight and bias ~ U(-1/√H, 1/√H), drawn from the global
-            generator; ``"irnn"`` (Le, Jaitly & Hinton 2015, for ``nonlinearity="relu"``): W = identity,
-            biases 0, U ~ N(0, 0.001²).
+            generator; ``"orthogonal"``: the same, but W a random orthogonal matrix (all its singular values
+            1, so W^T neither shrinks nor grows δ on its own; Saxe et al. 2014); ``"irnn"`` (Le, Jaitly &
+            Hinton 2015, for ``nonlinearity="relu"``): W = identity, biases 0, U ~ N(0, 0.001²).
         stateful: truncated BPTT. When True, a forward without ``h0`` starts from the last ``h_n`` (which
             carries no gradient: backward stops at the chunk's first step), so a long sequence can be fed in
             consecutive chunks. ``reset_state()`` starts over from zeros; a change of batch size does too.
@@ -129,10 +132,13 @@ class RNN(Module):
         for layer in range(self.num_layers):
             in_size = self.input_size if layer == 0 else H * self.num_directions
             for suffix in self._suffixes(layer):
-                if init == "pytorch":
+                if init in ("pytorch", "orthogonal"):
                     w_ih = rng.uniform(-k, k, (H, in_size))
                     w_hh = rng.uniform(-k, k, (H, H))
                     b_ih, b_hh = rng.uniform(-k, k, H), rng.uniform(-k, k, H)
+                    if init == "orthogonal":
+                        q, r = numpy.linalg.qr(rng.standard_normal((H, H)))
+                        w_hh = q * numpy.sign(numpy.diag(r))     # uniformly distributed orthogonal matrix
                 else:  # irnn
                     w_ih = rng.standard_normal((H, in_size)) * 0.001
                     w_hh = backend.xp().eye(H)

@@ -28,8 +28,9 @@ def register(sub) -> None:
     m = rnn_sub.add_parser("mnist", help="classify MNIST digits read row by row (28 steps of 28 pixels)")
     m.add_argument("--hidden", type=int, default=128, help="hidden units (default: %(default)s)")
     m.add_argument("--nonlinearity", choices=["tanh", "relu", "sigmoid", "identity"], default="tanh")
-    m.add_argument("--init", choices=["pytorch", "irnn"], default="pytorch",
-                   help="pytorch: U(-1/√H, 1/√H); irnn: identity W (use with --nonlinearity relu)")
+    m.add_argument("--init", choices=["pytorch", "orthogonal", "irnn"], default="pytorch",
+                   help="pytorch: U(-1/√H, 1/√H); orthogonal: the same with an orthogonal W; irnn: identity W "
+                        "(use with --nonlinearity relu) (default: %(default)s)")
     m.add_argument("--epochs", type=int, default=10, help="(default: %(default)s)")
     m.add_argument("--batch-size", "-m", type=int, default=64, help="(default: %(default)s)")
     m.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: %(default)s)")
