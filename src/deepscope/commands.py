@@ -15,8 +15,8 @@ from .train import evaluate, fit, predict_logits
 
 # The default net of `deepscope train`: chapter 6's two conv-pool layers with ReLU (the book's rung 3),
 # trained with momentum so that it passes 99% on MNIST in a few epochs on two cores.
-DEFAULT = dict(arch="conv20x5-maxpool2-conv40x5-maxpool2-fc100-softmax10:relu", epochs=4, batch_size=32,
-               eta=0.05, momentum=0.9, lmbda=0.1, optimizer="sgd", cost=None, init="he")
+DEFAULT = dict(arch="conv20x5-maxpool2-conv40x5-maxpool2-fc100-softmax10:relu", epochs=6, batch_size=32,
+               eta=0.03, momentum=0.9, lmbda=0.1, optimizer="sgd", cost=None, init="he", schedule="cosine")
 
 
 def add_training_options(p: argparse.ArgumentParser, defaults: dict = DEFAULT) -> None:
@@ -37,8 +37,10 @@ def add_training_options(p: argparse.ArgumentParser, defaults: dict = DEFAULT) -
                    help="cost (default: what the architecture's output names, else crossentropy)")
     p.add_argument("--init", choices=nn.init.SCHEMES, default=defaults["init"],
                    help="weight initialisation (default: %(default)s)")
-    p.add_argument("--schedule", choices=["none", "halve"], default="none",
-                   help="'halve': the book's η/2 when validation accuracy stalls for --patience epochs")
+    p.add_argument("--schedule", choices=["none", "halve", "cosine"], default=defaults.get("schedule", "none"),
+                   help="'halve': the book's η/2 when validation accuracy stalls for --patience epochs; "
+                        "'cosine': η falls from --eta to 0 along a half cosine over the epochs "
+                        "(default: %(default)s)")
     p.add_argument("--patience", type=int, default=10, help="epochs without improvement for --schedule halve")
     p.add_argument("--early-stopping", type=int, default=None, metavar="N",
                    help="stop when validation accuracy has not improved for N epochs")
@@ -94,9 +96,8 @@ def load_data(args):
     return data, (X, y)
 
 
-def make_training(args, n_train: int):
-    """Model, cost and optimizer as the options describe."""
-    model = _arch.build(args.arch, init=args.init)
+def make_training(args, model, n_train: int):
+    """Cost and optimizer for ``model`` as the options describe."""
     cost_name = args.cost or _arch.output_cost(args.arch) or "crossentropy"
     cost = nn.COSTS[cost_name]()
     decay = optim.book_weight_decay(args.lmbda, n_train)
@@ -104,7 +105,15 @@ def make_training(args, n_train: int):
         opt = optim.Adam(model.parameters(), lr=args.eta, weight_decay=decay)
     else:
         opt = optim.SGD(model.parameters(), lr=args.eta, momentum=args.momentum, weight_decay=decay)
-    return model, cost, opt, cost_name
+    return cost, opt, cost_name
+
+
+def make_scheduler(args, opt):
+    if args.schedule == "halve":
+        return optim.HalveOnPlateau(opt, args.patience, min_lr=args.eta / 128)
+    if args.schedule == "cosine":
+        return optim.CosineLR(opt, args.epochs)
+    return None
 
 
 def _new_run_dir(prefix: str) -> Path:
@@ -131,9 +140,10 @@ def cmd_train(args) -> int:
         run = Path(args.out) if args.out else _new_run_dir("train")
         args.epochs = args.epochs if args.epochs is not None else args.default_epochs
     backend.manual_seed(args.seed)
+    model = _arch.build(args.arch, init=args.init)  # a bad architecture fails before any data is read
     data, train = load_data(args)
-    model, cost, opt, cost_name = make_training(args, len(train[0]))
-    scheduler = optim.HalveOnPlateau(opt, args.patience, min_lr=args.eta / 128) if args.schedule == "halve" else None
+    cost, opt, cost_name = make_training(args, model, len(train[0]))
+    scheduler = make_scheduler(args, opt)
     config = {k: v for k, v in vars(args).items()
               if k not in ("func", "command", "resume", "quiet", "default_epochs")}
     config.update(cost=cost_name, data_source=data.source, n_train=len(train[0]))
