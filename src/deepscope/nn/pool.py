@@ -107,7 +107,6 @@ class MaxPool2d(_Pool2d):
         return out
 
     def backward(self, grad_output):
-        xp = backend.xp_of(grad_output)
         # Route each window's gradient to its first maximum (row-major offset order, as PyTorch does):
         # offset (l, m) takes it where x equals the window's maximum and no earlier offset took it.
         taken = None
