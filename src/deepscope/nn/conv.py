@@ -28,6 +28,8 @@ Memory layout: the columns are built channel-major, (C, kh, kw, N, H_out, W_out)
 the whole mini-batch, and the output is returned as a ``(N, out, H_out, W_out)`` *view* of the
 channel-major ``(out, N, H_out, W_out)`` product (no transposing copy). NumPy's elementwise operations keep
 that layout, so a stack of conv, pooling and activation layers stays channel-major end to end.
+X is cached by a training-mode forward and released by backward once ∂C/∂W is formed; an evaluation-mode
+forward keeps no columns (backward, if called anyway, rebuilds them from the cached input).
 """
 from __future__ import annotations
 
