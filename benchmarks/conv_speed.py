@@ -17,8 +17,11 @@ For mini-batches of 10, 64 and 256 it measures
     inference and 3× that for training (forward, ∂/∂input, ∂/∂weights).
 
 Timings alternate deepscope and PyTorch, repeat, and report medians: the machine is shared and noisy.
-PyTorch runs with ``torch.set_num_threads`` equal to the number of CPU cores, the threads OpenBLAS uses for
-NumPy's matmul. Input images are uniform random numbers (speed does not depend on the pixel values).
+Both frameworks get the same number of threads, ``--threads`` (default: the CPU cores): OpenBLAS (NumPy's
+matmul, set before NumPy is imported) and ``torch.set_num_threads``. The published results use
+``--threads 1``: on the shared 2-core machine (load average 4-10) OpenBLAS with 2 threads collapsed in
+training (rung3, mini-batch 256: 39-58 images/s against PyTorch's 381-1730 in quick runs), while one
+thread each gave stable numbers. Input images are uniform random numbers (speed does not depend on the pixel values).
 
     python benchmarks/conv_speed.py            # full run, writes benchmarks/results/conv_speed.json
     python benchmarks/conv_speed.py --quick    # a few iterations, to check that it runs
