@@ -58,15 +58,13 @@ class Optimizer:
         for p in self.params:
             p.grad[...] = 0
 
-    def _gradients(self):
-        """Each parameter's gradient with weight decay added (a new array where decay applies)."""
+    def _clip(self) -> None:
         if self.clip_norm is not None:
             self.last_grad_norm = clip_grad_norm(self.params, self.clip_norm)
-        for p in self.params:
-            g = p.grad
-            if self.weight_decay and _is_weight(p.data.shape):
-                g = g + self.weight_decay * p.data
-            yield p, g
+
+    def _decay(self, p) -> float:
+        """The weight decay that applies to ``p``: λ' for weights, 0 for biases."""
+        return self.weight_decay if self.weight_decay and _is_weight(p.data.shape) else 0.0
 
     def state_dict(self) -> dict:
         """Optimizer state (arrays as NumPy, scalars as numbers) for checkpoints."""
@@ -95,13 +93,20 @@ class SGD(Optimizer):
 
     def step(self) -> None:
         self.steps += 1
-        for i, (p, g) in enumerate(self._gradients()):
+        self._clip()
+        lr = self.lr
+        for i, p in enumerate(self.params):
+            decay = self._decay(p)
             if self.velocity is None:
-                p.data -= self.lr * g
+                if decay:
+                    p.data *= 1.0 - lr * decay          # network2: w <- (1 - ηλ/n) w - η ∇C
+                p.data -= lr * p.grad
             else:
                 v = self.velocity[i]
                 v *= self.momentum
-                v -= self.lr * g
+                v -= lr * p.grad
+                if decay:
+                    v -= (lr * decay) * p.data
                 p.data += v
 
     def state_dict(self) -> dict:
@@ -136,7 +141,9 @@ class Adam(Optimizer):
         self.steps += 1
         b1, b2 = self.betas
         c1, c2 = 1 - b1 ** self.steps, 1 - b2 ** self.steps
-        for i, (p, g) in enumerate(self._gradients()):
+        self._clip()
+        for i, p in enumerate(self.params):
+            g = p.grad + self._decay(p) * p.data if self._decay(p) else p.grad
             xp = backend.xp_of(g)
             m, v = self.m[i], self.v[i]
             m *= b1
