@@ -11,7 +11,7 @@ from .. import backend, io
 from ..errors import DataError
 
 EXAMPLES = """examples:
-  deepscope rnn mnist --epochs 10                      row-by-row MNIST with a 128-unit tanh RNN
+  deepscope rnn mnist --epochs 10                      row-by-row MNIST with a 128-unit tanh RNN (~98%)
   deepscope rnn text --epochs 5                        char LM on the shipped Shakespeare excerpt
   deepscope rnn text --corpus input.txt --hidden 256   char LM on your own text
   deepscope rnn sample runs/rnn-text-20261127-101500 --length 500 --temperature 0.8 --prime ROMEO:
@@ -28,7 +28,7 @@ def register(sub) -> None:
     m = rnn_sub.add_parser("mnist", help="classify MNIST digits read row by row (28 steps of 28 pixels)")
     m.add_argument("--hidden", type=int, default=128, help="hidden units (default: %(default)s)")
     m.add_argument("--nonlinearity", choices=["tanh", "relu", "sigmoid", "identity"], default="tanh")
-    m.add_argument("--init", choices=["pytorch", "orthogonal", "irnn"], default="pytorch",
+    m.add_argument("--init", choices=["pytorch", "orthogonal", "irnn"], default="orthogonal",
                    help="pytorch: U(-1/√H, 1/√H); orthogonal: the same with an orthogonal W; irnn: identity W "
                         "(use with --nonlinearity relu) (default: %(default)s)")
     m.add_argument("--epochs", type=int, default=10, help="(default: %(default)s)")
@@ -38,6 +38,8 @@ def register(sub) -> None:
     m.add_argument("--momentum", type=float, default=0.9, help="momentum of --optimizer sgd (default: %(default)s)")
     m.add_argument("--clip", type=float, default=1.0, help="clip the gradient's global norm (0 = off; "
                                                            "default: %(default)s)")
+    m.add_argument("--schedule", choices=["none", "cosine"], default="cosine",
+                   help="learning-rate schedule: cosine decays it to 0 over the epochs (default: %(default)s)")
     m.add_argument("--no-normalize", action="store_true",
                    help="feed raw pixels in [0, 1] (default: standardised, (x - 0.1307) / 0.3081)")
     m.add_argument("--train-size", type=int, default=None, help="use only the first N training images")
@@ -103,7 +105,7 @@ def cmd_mnist(args) -> int:
                                  lr=args.lr, optimizer=args.optimizer, momentum=args.momentum, clip=args.clip or None,
                                  nonlinearity=args.nonlinearity, init=args.init, run_dir=run,
                                  progress=not args.quiet, train_size=args.train_size,
-                                 normalize=not args.no_normalize)
+                                 normalize=not args.no_normalize, schedule=args.schedule)
     best, last = history.best, history.records[-1]
     print(f"best validation accuracy {best['val_acc']:.2%} at epoch {best['epoch']} (test there "
           f"{best['test_acc']:.2%}); last epoch test accuracy {last['test_acc']:.2%}; "
