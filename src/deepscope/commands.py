@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 
 from . import arch as _arch
 from . import backend, io, nn, optim
-from .errors import DataError, DeepscopeError
+from .errors import DataError
 from .train import evaluate, fit, predict_logits
 
 # The default net of `deepscope train`: chapter 6's two conv-pool layers with ReLU (the book's rung 3),
@@ -116,15 +115,6 @@ def make_scheduler(args, opt):
     return None
 
 
-def _new_run_dir(prefix: str) -> Path:
-    base = Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run, i = base, 1
-    while run.exists():
-        i += 1
-        run = base.with_name(f"{base.name}-{i}")
-    return run
-
-
 def cmd_train(args) -> int:
     resume = args.resume is not None
     if resume:
@@ -137,7 +127,7 @@ def cmd_train(args) -> int:
             saved["epochs"] = args.epochs
         args = argparse.Namespace(**{**vars(args), **saved, "resume": str(run)})
     else:
-        run = Path(args.out) if args.out else _new_run_dir("train")
+        run = io.run_dir(args.out, "train")
         args.epochs = args.epochs if args.epochs is not None else args.default_epochs
     backend.manual_seed(args.seed)
     model = _arch.build(args.arch, init=args.init)  # a bad architecture fails before any data is read

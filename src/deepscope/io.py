@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,22 @@ def atomic_write(path, write) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def run_dir(out=None, prefix: str = "run") -> Path:
+    """The folder a run writes to: ``out`` if given, else a new ``runs/<prefix>-<date>-<time>[-k]``."""
+    if out is not None:
+        return Path(out)
+    return fresh_dir(Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def fresh_dir(base) -> Path:
+    """``base``, or ``base-2``, ``base-3``, … : the first that does not exist yet."""
+    run, i = Path(base), 1
+    while run.exists():
+        i += 1
+        run = run.with_name(f"{Path(base).name}-{i}")
+    return run
 
 
 def write_json(path, obj) -> None:

@@ -43,14 +43,6 @@ def register(subparsers) -> None:
     book.set_defaults(func=lambda args: (book.print_help(), 2)[1])
 
 
-def _fresh_dir(base: Path) -> Path:
-    run, i = base, 1
-    while run.exists():
-        i += 1
-        run = base.with_name(f"{base.name}-{i}")
-    return run
-
-
 def cmd_ch6(args) -> int:
     from . import ch6
 
@@ -64,7 +56,7 @@ def cmd_ch6(args) -> int:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise DeepscopeError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
-    out = _fresh_dir(Path(args.out) / f"ch6-{args.step}")
+    out = io.fresh_dir(Path(args.out) / f"ch6-{args.step}")
     train, validation, test, source = ch6.load_data(args.data_dir, args.train_size, args.val_size)
     results = []
     for name in names:

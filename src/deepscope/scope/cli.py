@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import time
-from pathlib import Path
 
+from .. import io
 from ..errors import DeepscopeError
 
 EPILOG = """examples:
@@ -36,17 +35,6 @@ def _names(text: str, allowed, what: str) -> list[str]:
     if bad or not names:
         raise DeepscopeError(f"{what}: unknown {bad or text!r}; choose from {', '.join(allowed)}")
     return names
-
-
-def _run_dir(out, prefix: str) -> Path:
-    if out is not None:
-        return Path(out)
-    base = Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run, i = base, 1
-    while run.exists():
-        i += 1
-        run = base.with_name(f"{base.name}-{i}")
-    return run
 
 
 def register(sub) -> None:
@@ -125,7 +113,7 @@ def cmd_speed(args) -> int:
         raise DeepscopeError(f"--layers: need an input, at least one hidden layer and an output, got {args.layers}")
     if args.seeds < 1 or args.steps < 0:
         raise DeepscopeError("--seeds must be >= 1 and --steps >= 0")
-    out = _run_dir(args.out, "scope-speed")
+    out = io.run_dir(args.out, "scope-speed")
     hidden = len(layers) - 2
     print(f"speed of learning: {layers}, {args.activation} neurons, init {args.init}, {args.steps} full-batch steps "
           f"(η={args.eta}, λ={args.lmbda}, n={args.n}), {args.seeds} seed(s)")
@@ -174,7 +162,7 @@ def cmd_compare(args) -> int:
     depths = _ints(args.depths, "--depths")
     acts = _names(args.activations, ["sigmoid", "tanh", "relu"], "--activations")
     inits = _names(args.inits, ["large", "book", "xavier", "he"], "--inits")
-    out = _run_dir(args.out, "scope-compare")
+    out = io.run_dir(args.out, "scope-compare")
     print(f"compare: depths {depths} × {acts} × {inits}; {args.steps} SGD steps (batch 10, η={args.eta}) on "
           f"{args.n_train} images, accuracy on {args.n_val} validation images")
     cells = run_compare(depths, acts, inits, steps=args.steps, eta=args.eta, n_train=args.n_train,
@@ -186,6 +174,6 @@ def cmd_compare(args) -> int:
 
 def cmd_time(args) -> int:
     from .time_grad import run_time
-    out = _run_dir(args.out, "scope-time")
+    out = io.run_dir(args.out, "scope-time")
     run_time(steps=args.steps, hidden=args.hidden, batch=args.batch, seed=args.seed, out=out)
     return 0
