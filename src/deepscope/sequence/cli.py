@@ -76,15 +76,6 @@ def register(sub) -> None:
     s.set_defaults(func=cmd_sample)
 
 
-def _new_run_dir(prefix: str) -> Path:
-    base = Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run, i = base, 1
-    while run.exists():
-        i += 1
-        run = base.with_name(f"{base.name}-{i}")
-    return run
-
-
 def _config(args) -> dict:
     return {k: v for k, v in vars(args).items() if k not in ("func", "command", "rnn_command", "quiet")}
 
@@ -94,7 +85,7 @@ def cmd_mnist(args) -> int:
     from .mnist import train_row_mnist
     backend.manual_seed(args.seed)
     data = load_mnist("mnist", data_dir=args.data_dir)
-    run = Path(args.out) if args.out else _new_run_dir("rnn-mnist")
+    run = io.run_dir(args.out, "rnn-mnist")
     run.mkdir(parents=True, exist_ok=True)
     io.write_json(run / "config.json", {**_config(args), "task": "row-mnist", "data_source": data.source})
     n = args.train_size or len(data.train[1])
@@ -119,7 +110,7 @@ def cmd_text(args) -> int:
     from .text import char_model, sample, train_char_lm
     backend.manual_seed(args.seed)
     corpus = load_corpus(args.corpus)
-    run = Path(args.out) if args.out else _new_run_dir("rnn-text")
+    run = io.run_dir(args.out, "rnn-text")
     run.mkdir(parents=True, exist_ok=True)
     io.write_json(run / "config.json", {**_config(args), "task": "char-lm", "corpus": corpus.name})
     io.write_json(run / "vocab.json", {"chars": corpus.vocab.chars})
