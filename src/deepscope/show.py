@@ -75,6 +75,10 @@ def plot_filters(filters: np.ndarray, path, title: str = "first-layer filters") 
         ax.axis("off")
     for i, f in enumerate(filters):
         axes.ravel()[i].imshow(f, cmap="Greys", vmin=lo, vmax=hi, interpolation="nearest")
+    return _save(plt, fig, title, path)
+
+
+def _save(plt, fig, title: str, path) -> Path:
     fig.suptitle(title, fontsize=9)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,12 +100,7 @@ def plot_errors(images: np.ndarray, true: np.ndarray, pred: np.ndarray, path, ti
         ax = axes.ravel()[i]
         ax.imshow(img.reshape(28, 28), cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(f"{t} → {p}", fontsize=8)
-    fig.suptitle(title, fontsize=9)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(plt, fig, title, path)
 
 
 def _load_model(run):
