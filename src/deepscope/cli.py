@@ -22,9 +22,9 @@ _COMMAND_MODULES = [
 
 EPILOG = """examples:
   deepscope train                                  train the default chapter 6 convolutional net on MNIST
-  deepscope train --arch 784-30-10:sigmoid --epochs 30 --eta 0.1 --lmbda 5.0
-  deepscope evaluate runs/train-0001
-  deepscope predict runs/train-0001 digit.png
+  deepscope train --arch 784-30-10:sigmoid --epochs 30 -m 10 --eta 0.1 --lmbda 5.0 --momentum 0 --init book --schedule none
+  deepscope evaluate runs/train-20261127-101500
+  deepscope predict runs/train-20261127-101500 digit.png
   deepscope book ch6 --list
   deepscope scope speed --layers 784,30,30,30,10
   deepscope rnn text --epochs 1

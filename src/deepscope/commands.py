@@ -62,9 +62,9 @@ def register(sub) -> None:
                        epilog="examples:\n"
                               "  deepscope train\n"
                               "  deepscope train --arch 784-30-10:sigmoid --epochs 30 -m 10 --eta 0.1 --lmbda 5.0 "
-                              "--momentum 0 --init book\n"
+                              "--momentum 0 --init book --schedule none\n"
                               "  deepscope train --arch 784-100-10:sigmoid --epochs 60 -m 10 --eta 0.1 --lmbda 5.0 "
-                              "--momentum 0 --init book\n"
+                              "--momentum 0 --init book --schedule none\n"
                               "  deepscope train --resume runs/train-20261127-101500 --epochs 10")
     add_training_options(p)
     p.add_argument("--resume", metavar="RUN", default=None,
