@@ -18,12 +18,16 @@ from .. import backend
 from .module import Module
 
 
-def sigmoid(z):
-    """σ(z) = 1/(1+e^{-z}), computed without overflow for any z (e^{-|z|} never exceeds 1)."""
+def sigmoid(z, e=None):
+    """σ(z) = 1/(1+e^{-z}), computed without overflow for any z: with e = e^{-|z|} ≤ 1 (pass it if you
+    have it), σ(z) = 1/(1+e) for z ≥ 0 and e/(1+e) for z < 0 — both exact to the last bit in the tails."""
     xp = backend.xp_of(z)
-    e = xp.exp(-xp.abs(z))
+    if e is None:
+        e = xp.exp(-xp.abs(z))
     r = 1.0 / (1.0 + e)
-    return xp.where(z >= 0, r, e * r)
+    out = xp.multiply(e, r, out=xp.empty_like(r))
+    xp.copyto(out, r, where=z >= 0)
+    return out
 
 
 def log_softmax(z, axis=-1):

@@ -96,15 +96,23 @@ class CrossEntropyCost(Loss):
     ``BCEWithLogitsLoss`` summed over outputs): C = (1/n) Σ Σ_j [softplus(z_j) - y_j z_j], δ = (σ(z) - y)/n."""
 
     def forward(self, z, target) -> float:
-        y = self._dense(z, target)
+        t = self._check(z, target, allow_dense=True)
         xp = backend.xp_of(z)
-        # softplus(z) = max(z,0) + log(1 + e^{-|z|}) — never overflows
-        softplus = xp.maximum(z, 0) + xp.log1p(xp.exp(-xp.abs(z)))
-        self._z, self._y = z, y
-        return float((softplus - y * z).sum() / z.shape[0])
+        e = xp.exp(-xp.abs(z))
+        softplus = xp.maximum(z, 0) + xp.log1p(e)     # ln(1 + e^z), never overflows
+        a_minus_y = sigmoid(z, e)                       # becomes a - y below
+        if t.ndim == 1:                                 # integer labels: y is one-hot, never built
+            rows = xp.arange(z.shape[0])
+            loss = softplus.sum() - z[rows, t].sum()
+            a_minus_y[rows, t] -= 1
+        else:
+            loss = (softplus - t * z).sum()
+            a_minus_y -= t
+        self._a_minus_y, self._n = a_minus_y, z.shape[0]
+        return float(loss / self._n)
 
     def backward(self):
-        return (sigmoid(self._z) - self._y) / self._z.shape[0]
+        return self._a_minus_y / self._n
 
     def activation(self, z):
         return sigmoid(z)

@@ -101,15 +101,17 @@ class Module:
 
     def __call__(self, *inputs):
         out = self.forward(*inputs)
-        for hook in list(self._forward_hooks.values()):
-            hook(self, inputs, out)
+        if self._forward_hooks:
+            for hook in list(self._forward_hooks.values()):
+                hook(self, inputs, out)
         return out
 
     def backward_with_hooks(self, grad_output):
         """``backward`` followed by this module's backward hooks; containers call their children this way."""
         grad_input = self.backward(grad_output)
-        for hook in list(self._backward_hooks.values()):
-            hook(self, grad_input, grad_output)
+        if self._backward_hooks:
+            for hook in list(self._backward_hooks.values()):
+                hook(self, grad_input, grad_output)
         return grad_input
 
     # -- hooks -------------------------------------------------------------------------------------
