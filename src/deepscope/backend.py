@@ -40,6 +40,8 @@ def xp():
 def xp_of(*arrays):
     """The array module of the given arrays (CuPy if any is a CuPy array, else NumPy)."""
     for a in arrays:
+        if type(a) is numpy.ndarray:
+            continue
         mod = type(a).__module__
         if mod.startswith("cupy"):
             import cupy

@@ -82,10 +82,11 @@ class Module:
 
     # -- registration ------------------------------------------------------------------------------
     def __setattr__(self, key, value):
-        if isinstance(value, Parameter):
-            self.__dict__["_parameters"][key] = value
-        elif isinstance(value, Module) and "_modules" in self.__dict__:
-            self.__dict__["_modules"][key] = value
+        if isinstance(value, (Parameter, Module)):
+            if isinstance(value, Parameter):
+                self.__dict__["_parameters"][key] = value
+            elif "_modules" in self.__dict__:
+                self.__dict__["_modules"][key] = value
         object.__setattr__(self, key, value)
 
     def add_module(self, name: str, module: "Module") -> None:
