@@ -87,6 +87,10 @@ def build(arch: str, input_shape=None, init: str = "book"):
     if tokens[-1][0] in ("conv", "pool", "dropout"):
         raise ArchitectureError(f"{arch!r} must end with an output layer (a number, fc{{N}}, softmax{{N}} or "
                                 f"sigmoid{{N}}), not {tokens[-1][3].split()[2]}")
+    for kind, g, _, where in tokens:  # sizes, kernels and strides of 0 would build layers with no neurons
+        sizes = [v for v in (g[1:3] if kind == "pool" else g[:3] if kind == "conv" else g[-1:]) if v is not None]
+        if kind != "dropout" and any(int(v) < 1 for v in sizes):
+            raise ArchitectureError(f"{where}: sizes, kernels and strides must be at least 1")
     if tokens[0][0] == "number":
         shape = (int(tokens[0][1][0]),)
         tokens = tokens[1:]

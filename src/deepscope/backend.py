@@ -50,7 +50,8 @@ def xp_of(*arrays):
 
 
 def asarray(a, dtype=None):
-    """``a`` as an array of the selected module (float arrays take the default dtype unless given)."""
+    """``a`` as an array of the selected module, in ``dtype`` if given, else keeping its own dtype (layers cast
+    their input to their parameters' dtype themselves)."""
     return _xp.asarray(a, dtype=dtype)
 
 
@@ -67,6 +68,7 @@ def default_dtype() -> numpy.dtype:
 
 
 def set_default_dtype(dtype) -> None:
+    """Set the dtype of new parameters: ``"float32"`` (default) or ``"float64"``."""
     global _default_dtype
     dtype = numpy.dtype(dtype)
     if dtype not in (numpy.float32, numpy.float64):

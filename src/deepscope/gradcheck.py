@@ -16,12 +16,13 @@ from . import backend
 
 def numerical_grad(f, array, h: float = 1e-6, max_entries: int | None = None, rng=None):
     """Central-difference gradient of the scalar ``f()`` with respect to ``array`` (changed in place and
-    restored). With ``max_entries``, only that many randomly chosen entries are probed (others are NaN)."""
+    restored). With ``max_entries``, only that many randomly chosen entries are probed (others are NaN).
+    ``array`` may have any memory layout (entries are reached through ``array.flat``, never a reshaped copy)."""
     grad = np.full(array.shape, np.nan)
-    flat = array.reshape(-1)
-    idx = np.arange(flat.size)
-    if max_entries is not None and flat.size > max_entries:
-        idx = (rng or np.random.default_rng(0)).choice(flat.size, max_entries, replace=False)
+    flat = array.flat
+    idx = np.arange(array.size)
+    if max_entries is not None and array.size > max_entries:
+        idx = (rng or np.random.default_rng(0)).choice(array.size, max_entries, replace=False)
     gflat = grad.reshape(-1)
     for i in idx:
         old = flat[i].copy()
@@ -37,13 +38,16 @@ def numerical_grad(f, array, h: float = 1e-6, max_entries: int | None = None, rn
 def check_module(module, *inputs, rtol: float = 1e-6, atol: float = 1e-8, max_entries: int = 200,
                  seed: int = 0, forward=None):
     """Check ``module``'s backward against central differences in float64. Raises AssertionError on a
-    mismatch, naming the tensor. ``inputs`` are cast to float64; the module is cast to float64.
+    mismatch, naming the tensor. Float ``inputs`` are cast to float64 (integer ones, e.g. an Embedding's
+    indices, are kept and have no gradient); the module is cast to float64. The input gradient is checked
+    for the first input, unless ``backward`` returns None for it (``need_input_grad = False``, Embedding).
 
     ``forward`` (optional) maps the module's output to the array that is weighted by r (e.g. to select
     one element of a tuple output). Returns the analytical gradients, for further checks.
     """
     module.to("float64")
-    xs = [np.array(backend.to_numpy(x), dtype=np.float64) for x in inputs]
+    xs = [np.array(x) if np.asarray(x).dtype.kind in "iub" else np.array(x, dtype=np.float64)
+          for x in map(backend.to_numpy, inputs)]
     rng = np.random.default_rng(seed)
     pick = forward or (lambda out: out)
     out = pick(module(*xs))
@@ -59,7 +63,9 @@ def check_module(module, *inputs, rtol: float = 1e-6, atol: float = 1e-8, max_en
     for name, p in module.named_parameters():
         analytic[name] = p.grad.copy()
 
-    numeric = {"input": numerical_grad(loss, xs[0], max_entries=max_entries, rng=rng)}
+    numeric = {}
+    if grad_x is not None:
+        numeric["input"] = numerical_grad(loss, xs[0], max_entries=max_entries, rng=rng)
     for name, p in module.named_parameters():
         numeric[name] = numerical_grad(loss, p.data, max_entries=max_entries, rng=rng)
 

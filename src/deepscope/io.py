@@ -72,7 +72,8 @@ def load_arrays(path) -> dict:
 
 
 def _stem(path) -> Path:
-    """A run folder means its ``model``; ``x.safetensors``/``x.json``/``x`` all mean ``x``."""
+    """A run folder means its ``model``; ``x.safetensors``/``x.json``/``x`` all mean ``x`` (and ``net-p0.5``
+    means ``net-p0.5``: the files are named by appending, never by replacing what follows a dot)."""
     path = Path(path)
     if path.is_dir():
         return path / "model"
@@ -84,9 +85,13 @@ def _stem(path) -> Path:
 def save(model, path) -> Path:
     """Save ``model`` as ``path.safetensors`` + ``path.json`` (``path`` may be a run folder). Returns the stem."""
     stem = _stem(path)
-    write_json(stem.with_suffix(".json"), {"format": "deepscope-model-1", "model": model.config()})
-    save_arrays(stem.with_suffix(".safetensors"), model.state_dict())
+    write_json(_with(stem, ".json"), {"format": "deepscope-model-1", "model": model.config()})
+    save_arrays(_with(stem, ".safetensors"), model.state_dict())
     return stem
+
+
+def _with(stem: Path, suffix: str) -> Path:
+    return stem.with_name(stem.name + suffix)
 
 
 def build_from_config(cfg: dict):
@@ -98,19 +103,40 @@ def build_from_config(cfg: dict):
         raise DataError(f"model description names an unknown layer type {kind!r}")
     if kind == "Sequential":
         return nn.Sequential(*[build_from_config(c) for c in cfg["modules"]])
-    return cls(**cfg.get("args", {}))
+    try:
+        return cls(**cfg.get("args", {}))
+    except TypeError as e:
+        raise DataError(f"cannot build {kind} from the arguments {cfg.get('args')}: {e}") from None
 
 
 def load(path):
-    """Rebuild a model saved by :func:`save` (or the model of a run folder)."""
+    """Rebuild a model saved by :func:`save` (or the model of a run folder), in the dtype it was saved in.
+
+    Loading leaves the global random generator as it was (the layers' initial draws are restored).
+    """
     stem = _stem(path)
-    desc_path = stem.with_suffix(".json")
+    desc_path = _with(stem, ".json")
     if not desc_path.exists():
         raise DataError(f"no saved model at {path} (expected {desc_path})")
     try:
         desc = json.loads(desc_path.read_text())
     except json.JSONDecodeError as e:
         raise DataError(f"{desc_path} is not valid JSON: {e}") from None
-    model = build_from_config(desc["model"])
-    model.load_state_dict(load_arrays(stem.with_suffix(".safetensors")))
+    rng_state = backend.get_rng_state()
+    try:
+        model = build_from_config(desc["model"])
+    except DataError:
+        raise
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{desc_path}: cannot build the model it describes ({type(e).__name__}: {e})") from None
+    finally:
+        backend.set_rng_state(rng_state)   # building drew initial weights that the saved ones replace
+    arrays = load_arrays(_with(stem, ".safetensors"))
+    dtypes = {a.dtype for a in arrays.values() if a.dtype.kind == "f"}
+    if len(dtypes) == 1:
+        model.to(dtypes.pop())
+    try:
+        model.load_state_dict(arrays)
+    except KeyError as e:
+        raise DataError(f"{_with(stem, '.safetensors')} does not fit {desc_path}: {e.args[0]}") from None
     return model.eval()

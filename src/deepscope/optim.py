@@ -58,6 +58,14 @@ class Optimizer:
         for p in self.params:
             p.grad[...] = 0
 
+    @staticmethod
+    def _like(states, i, p):
+        """``states[i]``, recast to ``p``'s dtype if the model was cast (``Module.to``) after this optimizer
+        was made; otherwise in-place updates would silently keep the state in the old precision."""
+        if states[i].dtype != p.data.dtype:
+            states[i] = states[i].astype(p.data.dtype)
+        return states[i]
+
     def _clip(self) -> None:
         if self.clip_norm is not None:
             self.last_grad_norm = clip_grad_norm(self.params, self.clip_norm)
@@ -102,7 +110,7 @@ class SGD(Optimizer):
                     p.data *= 1.0 - lr * decay          # network2: w <- (1 - ηλ/n) w - η ∇C
                 p.data -= lr * p.grad
             else:
-                v = self.velocity[i]
+                v = self._like(self.velocity, i, p)
                 v *= self.momentum
                 v -= lr * p.grad
                 if decay:
@@ -145,7 +153,7 @@ class Adam(Optimizer):
         for i, p in enumerate(self.params):
             g = p.grad + self._decay(p) * p.data if self._decay(p) else p.grad
             xp = backend.xp_of(g)
-            m, v = self.m[i], self.v[i]
+            m, v = self._like(self.m, i, p), self._like(self.v, i, p)
             m *= b1
             m += (1 - b1) * g
             v *= b2

@@ -165,6 +165,9 @@ def fit(model, cost, optimizer, train, epochs: int, batch_size: int, validation=
         if run_dir is None or not _checkpoint_path(run_dir).exists():
             raise FileNotFoundError(f"fit: nothing to resume: no checkpoint in {run_dir}")
         start, history = _load_checkpoint(run_dir, model, optimizer, scheduler)
+        # metrics.jsonl may hold a line of an epoch whose checkpoint was never written (Ctrl-C between the two)
+        io.atomic_write(run_dir / "metrics.jsonl", lambda tmp: Path(tmp).write_text(
+            "".join(json.dumps(r) + "\n" for r in history.records)))
         if progress:
             tqdm.write(f"resuming {run_dir} after epoch {start}")
 
@@ -173,13 +176,18 @@ def fit(model, cost, optimizer, train, epochs: int, batch_size: int, validation=
         from .scope import AnomalyDetector
         detector = AnomalyDetector(model)
 
-    first = _first_layer_with_parameters(model)
+    first = _input_layer(model)
     if first is not None and hasattr(first, "need_input_grad"):
+        was_needed = first.need_input_grad
         first.need_input_grad = False  # the data needs no gradient: skip it, as PyTorch does
+    else:
+        first = None
     rng = backend.rng()
     step = optimizer.steps
-    best_val = max((r["val_acc"] for r in history.records if r.get("val_acc") is not None), default=-1.0)
-    bad_epochs = 0
+    best_val, bad_epochs = -1.0, 0
+    for r in history.records:  # a resumed run picks up the early-stopping count where it was
+        if r.get("val_acc") is not None:
+            best_val, bad_epochs = (r["val_acc"], 0) if r["val_acc"] > best_val else (best_val, bad_epochs + 1)
     model.train()
     try:
         for epoch in range(start + 1, epochs + 1):
@@ -264,18 +272,22 @@ def fit(model, cost, optimizer, train, epochs: int, batch_size: int, validation=
             tqdm.write(f"interrupted during epoch {done + 1}{where}")
         raise
     finally:
-        if first is not None and hasattr(first, "need_input_grad"):
-            first.need_input_grad = True
+        if first is not None:
+            first.need_input_grad = was_needed
         if detector is not None:
             detector.remove()
     return history
 
 
-def _first_layer_with_parameters(model):
-    for m in model.modules():
-        if m._parameters and not m._modules:
-            return m
-    return None
+def _input_layer(model):
+    """The layer with parameters that reads the data, when that is certain: the first such layer along a
+    chain of Sequentials (whose backward stops at the None it returns). None for other containers, whose
+    registration order need not be the order of the data."""
+    from .nn import Sequential
+    m = model
+    while isinstance(m, Sequential):
+        m = next((c for c in m if c.parameters()), None)
+    return m if m is not None and not m._modules else None
 
 
 def _format_record(r: dict) -> str:

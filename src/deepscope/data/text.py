@@ -102,7 +102,7 @@ class CharCorpus:
         The last partial chunk of each row is dropped.
         """
         data = self.stream(split)[offset:]
-        rows = (len(data) - 1) // batch_size           # characters per row, keeping one for the last target
+        rows = (len(data) - 1) // max(batch_size, 1)   # characters per row, keeping one for the last target
         if batch_size < 1 or seq_len < 1 or rows < seq_len:
             raise DataError(f"{split} stream of {len(data)} characters is too short for {batch_size} rows "
                             f"of {seq_len} steps")
@@ -112,6 +112,8 @@ class CharCorpus:
             yield x[:, start:start + seq_len], y[:, start:start + seq_len]
 
     def num_batches(self, split: str, batch_size: int, seq_len: int, offset: int = 0) -> int:
+        if batch_size < 1 or seq_len < 1:
+            return 0
         rows = (len(self.stream(split)) - offset - 1) // batch_size
         return max(0, (rows - seq_len) // seq_len + 1) if rows >= seq_len else 0
 

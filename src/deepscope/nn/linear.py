@@ -37,6 +37,8 @@ class Linear(Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, init: str = "book"):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
+        if self.in_features < 1 or self.out_features < 1:
+            raise ValueError(f"Linear: in_features and out_features must be positive, got {in_features}, {out_features}")
         w, b = _init.initialize((out_features, in_features), (out_features,), in_features, out_features, init)
         self.weight = Parameter(w)
         self.bias = Parameter(b) if bias else None
