@@ -243,3 +243,17 @@ def test_optimizer_state_follows_the_parameters_dtype(make_opt):
     opt.step()
     state = opt.m + opt.v if isinstance(opt, optim.Adam) else opt.velocity
     assert all(a.dtype == np.float64 for a in state)
+
+
+# -- one-hot targets (network.py's training data) -------------------------------------------------------
+def test_evaluate_and_fit_accept_one_hot_targets():
+    X, y = blobs()
+    Y = np.eye(3, dtype=np.float32)[y]
+    ds.manual_seed(0)
+    model = arch.build("8-16-3")
+    hist = fit(model, nn.CrossEntropyCost(), optim.SGD(model.parameters(), lr=0.5), (X, Y), epochs=2,
+               batch_size=10, validation=(X, Y), progress=False)
+    assert hist.records[-1]["train_acc"] > 0.9
+    assert hist.records[-1]["val_acc"] == ds.train.evaluate(model, X, y) > 0.9
+    with pytest.raises(ds.ShapeError, match=r"evaluate: labels of shape \(300, 2\) do not match"):
+        ds.train.evaluate(model, X, Y[:, :2])

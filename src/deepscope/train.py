@@ -66,12 +66,21 @@ def predict_logits(model, X, batch_size: int = 1000):
 
 
 def evaluate(model, X, y, batch_size: int = 1000) -> float:
-    """Classification accuracy of ``model`` on ``(X, y)``, in [0, 1]."""
+    """Classification accuracy of ``model`` on ``(X, y)``, in [0, 1]. ``y`` holds integer labels, or one-hot
+    vectors (network.py's training data), which count by their largest entry."""
     if len(X) != len(y):
         raise ShapeError(f"evaluate: {len(X)} inputs but {len(y)} labels")
     if len(X) == 0:
         return float("nan")
-    return float((predict_logits(model, X, batch_size).argmax(axis=-1) == backend.to_numpy(y)).mean())
+    logits = predict_logits(model, X, batch_size)
+    predicted = logits.argmax(axis=-1)
+    y = backend.to_numpy(y)
+    if y.ndim == logits.ndim and y.shape == logits.shape:
+        y = y.argmax(axis=-1)
+    if y.shape != predicted.shape:
+        raise ShapeError(f"evaluate: labels of shape {tuple(y.shape)} do not match the model's predictions "
+                         f"{tuple(predicted.shape)} (one label, or one one-hot vector, per output)")
+    return float((predicted == y).mean())
 
 
 def first_nonfinite_layer(model) -> str:
@@ -224,6 +233,8 @@ def fit(model, cost, optimizer, train, epochs: int, batch_size: int, validation=
                 seen += m
                 if out.ndim == 2 and yb.ndim == 1:
                     correct += int((out.argmax(axis=1) == yb).sum())
+                elif out.ndim == 2 and yb.shape == out.shape:   # one-hot targets
+                    correct += int((out.argmax(axis=1) == yb.argmax(axis=1)).sum())
                 bar.update(m)
                 if step % 50 == 0:
                     bar.set_postfix_str(f"loss {loss_sum / seen:.4f} acc {correct / seen:.4f}", refresh=False)
