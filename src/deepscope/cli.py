@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
+from pathlib import Path
 
 from .errors import DeepscopeError
 
@@ -31,8 +33,45 @@ EPILOG = """examples:
 """
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a bad option reported in one line (and where to look) instead of the full usage."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# Option types: a bad value stops the command at once, in one line, before any data is read.
+
+def _number(kind, ok, must: str):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if not (math.isfinite(value) and ok(value)):
+            raise argparse.ArgumentTypeError(f"must be {must}, got {text}")
+        return value
+    parse.__name__ = f"{kind.__name__} {must}"
+    return parse
+
+
+positive_int = _number(int, lambda v: v >= 1, "at least 1")
+nonnegative_int = _number(int, lambda v: v >= 0, "at least 0")
+positive_float = _number(float, lambda v: v > 0, "positive")
+nonnegative_float = _number(float, lambda v: v >= 0, "at least 0")
+momentum_float = _number(float, lambda v: 0 <= v < 1, "in [0, 1)")
+
+
+def existing_dir(text: str) -> str:
+    """A folder that must exist (a typo in --data-dir must not quietly train on the embedded sample)."""
+    if not Path(text).expanduser().is_dir():
+        raise argparse.ArgumentTypeError(f"no such folder: {text}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="deepscope", description="Deep, convolutional and recurrent nets from scratch, with instruments.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     from . import __version__

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from . import arch as _arch
 from . import backend, io, nn, optim
-from .errors import DataError
+from .cli import existing_dir, momentum_float, nonnegative_float, positive_float, positive_int
+from .errors import DataError, ShapeError
 from .train import evaluate, fit, predict_logits
 
 # The default net of `deepscope train`: chapter 6's two conv-pool layers with ReLU (the book's rung 3),
@@ -23,14 +25,14 @@ def add_training_options(p: argparse.ArgumentParser, defaults: dict = DEFAULT) -
     p.add_argument("--arch", default=defaults["arch"],
                    help="architecture string, e.g. 784-30-10:sigmoid or conv20x5-maxpool2-fc100-softmax10:relu "
                         "(default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=None, help=f"epochs (default: {defaults['epochs']})")
+    p.add_argument("--epochs", type=positive_int, default=None, help=f"epochs (default: {defaults['epochs']})")
     p.set_defaults(default_epochs=defaults["epochs"])
-    p.add_argument("--batch-size", "-m", type=int, default=defaults["batch_size"],
+    p.add_argument("--batch-size", "-m", type=positive_int, default=defaults["batch_size"],
                    help="mini-batch size (default: %(default)s)")
-    p.add_argument("--eta", type=float, default=defaults["eta"], help="learning rate η (default: %(default)s)")
-    p.add_argument("--lmbda", type=float, default=defaults["lmbda"],
+    p.add_argument("--eta", type=positive_float, default=defaults["eta"], help="learning rate η (default: %(default)s)")
+    p.add_argument("--lmbda", type=nonnegative_float, default=defaults["lmbda"],
                    help="L2 regularisation λ, the book's way: w <- (1 - ηλ/n) w (default: %(default)s)")
-    p.add_argument("--momentum", type=float, default=defaults["momentum"], help="momentum μ (default: %(default)s)")
+    p.add_argument("--momentum", type=momentum_float, default=defaults["momentum"], help="momentum μ (default: %(default)s)")
     p.add_argument("--optimizer", choices=["sgd", "adam"], default=defaults["optimizer"])
     p.add_argument("--cost", choices=sorted(nn.COSTS), default=defaults["cost"],
                    help="cost (default: what the architecture's output names, else crossentropy)")
@@ -40,13 +42,13 @@ def add_training_options(p: argparse.ArgumentParser, defaults: dict = DEFAULT) -
                    help="'halve': the book's η/2 when validation accuracy stalls for --patience epochs; "
                         "'cosine': η falls from --eta to 0 along a half cosine over the epochs "
                         "(default: %(default)s)")
-    p.add_argument("--patience", type=int, default=10, help="epochs without improvement for --schedule halve")
-    p.add_argument("--early-stopping", type=int, default=None, metavar="N",
+    p.add_argument("--patience", type=positive_int, default=10, help="epochs without improvement for --schedule halve")
+    p.add_argument("--early-stopping", type=positive_int, default=None, metavar="N",
                    help="stop when validation accuracy has not improved for N epochs")
     p.add_argument("--dataset", choices=["mnist", "fashion"], default="mnist")
-    p.add_argument("--data-dir", default=None, help="folder with the IDX files (else $DEEPSCOPE_DATA, the cache, "
+    p.add_argument("--data-dir", type=existing_dir, default=None, help="folder with the IDX files (else $DEEPSCOPE_DATA, the cache, "
                                                     "a download, or the sample shipped with deepscope)")
-    p.add_argument("--train-size", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--train-size", type=positive_int, default=None, help="use only the first N training images")
     p.add_argument("--expand", action="store_true", help="the book's one-pixel expansion of the training set (5x)")
     p.add_argument("--no-shuffle", action="store_true", help="keep the training order fixed (network3 did)")
     p.add_argument("--seed", type=int, default=0, help="one seed for init, shuffling and dropout (default: 0)")
@@ -74,7 +76,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("evaluate", help="accuracy of a saved run on its validation and test sets")
     p.add_argument("run", help="run folder")
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--data-dir", type=existing_dir, default=None,
+                   help="folder with the IDX files (default: the run's, else $DEEPSCOPE_DATA, the cache, ...)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="classify a PNG image of a digit with a saved run")
@@ -93,6 +96,18 @@ def load_data(args):
     if getattr(args, "expand", False):
         X, y = expand_one_pixel(X, y)
     return data, (X, y)
+
+
+def check_fits(model, arch: str, train) -> None:
+    """One forward pass on two images: a net that does not fit the data fails now, in one line."""
+    X, y = train
+    try:
+        out = predict_logits(model, X[:2])
+    except ShapeError as e:
+        raise DataError(f"--arch {arch} does not fit images of shape {tuple(X.shape[1:])}: {e}") from None
+    classes = int(np.max(y)) + 1
+    if out.ndim != 2 or out.shape[1] < classes:
+        raise DataError(f"--arch {arch} has {out.shape[-1]} outputs but the data has {classes} classes")
 
 
 def make_training(args, model, n_train: int):
@@ -115,37 +130,76 @@ def make_scheduler(args, opt):
     return None
 
 
+def new_run_dir(out, prefix: str, resumable: bool = False) -> Path:
+    """The folder of a new run; ``--out`` may not name a folder that already holds one (it would mix two runs)."""
+    run = io.run_dir(out, prefix)
+    if (run / "config.json").exists():
+        hint = f", or continue it with deepscope train --resume {run}" if resumable else ""
+        raise DataError(f"{run} already holds a run; choose another --out{hint}")
+    return run
+
+
+# What wrote a run folder, from the "task" its config.json names (runs of `deepscope train` and of
+# `deepscope book ch6` name none: their nets classify (N, 1, 28, 28) images).
+TASK_COMMANDS = {"row-mnist": "deepscope rnn mnist", "char-lm": "deepscope rnn text"}
+
+
+def image_run_config(run, verb: str) -> dict:
+    """The config.json of a run whose net classifies images; a clear error for any other folder."""
+    cfg = _run_config(run)
+    task = cfg.get("task")
+    if task is not None:
+        made_by = TASK_COMMANDS.get(task, f"a {task!r} task")
+        hint = f"; try deepscope rnn sample {run}" if task == "char-lm" else ""
+        raise DataError(f"{run} is a run of {made_by}: {verb} works on runs of deepscope train and "
+                        f"deepscope book ch6{hint}")
+    return cfg
+
+
 def cmd_train(args) -> int:
     resume = args.resume is not None
     if resume:
         run = Path(args.resume)
-        cfg_path = run / "config.json"
-        if not cfg_path.exists():
-            raise DataError(f"cannot resume {run}: no config.json there")
-        saved = json.loads(cfg_path.read_text())
+        saved = _run_config(run)
+        if "arch" not in saved or "task" in saved or "rung" in saved:
+            made_by = TASK_COMMANDS.get(saved.get("task"), "deepscope book ch6" if "rung" in saved else None)
+            raise DataError(f"cannot resume {run}: " + (f"it is a run of {made_by}; " if made_by else "")
+                            + "--resume continues runs of deepscope train")
+        if not (run / "checkpoint.safetensors").exists():
+            raise DataError(f"cannot resume {run}: no checkpoint there (it stopped before its first epoch "
+                            f"ended); start it again without --resume")
         if args.epochs is not None:  # --epochs extends a resumed run
             saved["epochs"] = args.epochs
+        if args.data_dir is not None:  # the data may have moved
+            saved["data_dir"] = args.data_dir
         args = argparse.Namespace(**{**vars(args), **saved, "resume": str(run)})
     else:
-        run = io.run_dir(args.out, "train")
+        run = new_run_dir(args.out, "train", resumable=True)
         args.epochs = args.epochs if args.epochs is not None else args.default_epochs
     backend.manual_seed(args.seed)
     model = _arch.build(args.arch, init=args.init)  # a bad architecture fails before any data is read
     data, train = load_data(args)
+    check_fits(model, args.arch, train)  # before anything is written to the run folder
     cost, opt, cost_name = make_training(args, model, len(train[0]))
     scheduler = make_scheduler(args, opt)
     config = {k: v for k, v in vars(args).items()
               if k not in ("func", "command", "resume", "quiet", "default_epochs")}
     config.update(cost=cost_name, data_source=data.source, n_train=len(train[0]))
     run.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        io.write_json(run / "config.json", config)
+    io.write_json(run / "config.json", config)  # on --resume: the same, with --epochs and --data-dir updated
     print(f"deepscope: training {args.arch} on {len(train[0]):,} {args.dataset} images ({data.source}); "
           f"run folder {run}")
-    history = fit(model, cost, opt, train, epochs=args.epochs, batch_size=args.batch_size,
-                  validation=data.validation, test=data.test, run_dir=run, shuffle=not args.no_shuffle,
-                  scheduler=scheduler, early_stopping=args.early_stopping, progress=not args.quiet,
-                  detect_anomaly=args.detect_anomaly, resume=resume)
+    try:
+        history = fit(model, cost, opt, train, epochs=args.epochs, batch_size=args.batch_size,
+                      validation=data.validation, test=data.test, run_dir=run, shuffle=not args.no_shuffle,
+                      scheduler=scheduler, early_stopping=args.early_stopping, progress=not args.quiet,
+                      detect_anomaly=args.detect_anomaly, resume=resume)
+    except KeyboardInterrupt:
+        if (run / "checkpoint.safetensors").exists():
+            print(f"deepscope: interrupted; continue with: deepscope train --resume {run}", file=sys.stderr)
+        else:
+            print("deepscope: interrupted before the first epoch ended; nothing saved to resume", file=sys.stderr)
+        return 130
     best = history.best
     if best is None:
         print("deepscope: nothing trained")
@@ -156,16 +210,19 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _run_config(run: Path) -> dict:
+def _run_config(run) -> dict:
     path = Path(run) / "config.json"
-    if not path.exists():
+    if not path.is_file():
         raise DataError(f"{run} is not a run folder (no config.json)")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} is not valid JSON: {e}") from None
 
 
 def cmd_evaluate(args) -> int:
     from .data import load_mnist
-    cfg = _run_config(args.run)
+    cfg = image_run_config(args.run, "evaluate")
     model = io.load(args.run)
     data = load_mnist(cfg.get("dataset", "mnist"), data_dir=args.data_dir or cfg.get("data_dir"))
     for name, (X, y) in (("validation", data.validation), ("test", data.test)):
@@ -200,8 +257,11 @@ def read_digit_png(path) -> np.ndarray:
 
 
 def cmd_predict(args) -> int:
-    model = io.load(args.run)
-    cost = nn.COSTS[_run_config(args.run).get("cost", "loglikelihood")]()
+    model = io.load(args.run)  # a run folder, or a model saved with deepscope.save
+    has_config = (Path(args.run) / "config.json").is_file()
+    cfg = image_run_config(args.run, "predict") if has_config else {}
+    cost_name = cfg.get("cost") or (_arch.output_cost(cfg["arch"]) if "arch" in cfg else None)
+    cost = nn.COSTS[cost_name or "loglikelihood"]()
     logits = predict_logits(model, read_digit_png(args.image))
     probs = backend.to_numpy(cost.activation(logits))[0]
     top = int(probs.argmax())

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli import existing_dir, nonnegative_int
 from .errors import DataError
 
 
@@ -30,8 +31,9 @@ def register(sub) -> None:
     p = kinds.add_parser("errors", help="misclassified test images with true and predicted labels")
     p.add_argument("run", help="run folder (or saved model path)")
     p.add_argument("--out", default=None, help="PNG path (default: RUN/errors.png)")
-    p.add_argument("--max", type=int, default=36, help="at most this many images (default 36)")
-    p.add_argument("--data-dir", default=None, help="folder with the MNIST files (default: the run's)")
+    p.add_argument("--max", type=nonnegative_int, default=36, help="at most this many images (default 36)")
+    p.add_argument("--data-dir", type=existing_dir, default=None,
+                   help="folder with the MNIST files (default: the run's)")
     p.set_defaults(func=cmd_errors)
 
 
@@ -130,13 +132,16 @@ def cmd_filters(args) -> int:
 def cmd_errors(args) -> int:
     from .data import load_mnist
     from .train import predict_logits
-    model = _load_model(args.run)
     cfg = _run_config(args.run)
+    if "task" in cfg:  # a recurrent run: say so rather than fail on the shape of its input
+        from .commands import image_run_config
+        image_run_config(args.run, "show errors")
+    model = _load_model(args.run)
     data = load_mnist(cfg.get("dataset", "mnist"), data_dir=args.data_dir or cfg.get("data_dir"))
     X, y = data.test
     pred = np.argmax(predict_logits(model, X), axis=1)
     wrong = np.flatnonzero(pred != y)
-    shown = wrong[:max(args.max, 0)]
+    shown = wrong[:args.max]
     title = (f"{len(wrong)} of {len(y):,} test images misclassified ({data.source}); "
              f"showing {len(shown)}: true → predicted")
     path = plot_errors(X[shown], y[shown], pred[shown], _out_path(args, "errors.png"), title)

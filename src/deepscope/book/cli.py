@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from .. import io
+from ..cli import existing_dir
 from ..errors import DeepscopeError
 
 
@@ -37,7 +38,7 @@ def register(subparsers) -> None:
                    help="train through network3 with its quirks (init, L2 per mini-batch, fixed order, dropout)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first net (default 0)")
     p.add_argument("--out", default="runs", help="parent folder of the run folders (default runs/)")
-    p.add_argument("--data-dir", help="folder with the MNIST IDX files (default: deepscope's cache)")
+    p.add_argument("--data-dir", type=existing_dir, help="folder with the MNIST IDX files (default: deepscope's cache)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_ch6)
     book.set_defaults(func=lambda args: (book.print_help(), 2)[1])

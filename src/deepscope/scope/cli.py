@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from .. import io
+from ..cli import existing_dir, nonnegative_float, nonnegative_int, positive_float, positive_int
 from ..errors import DeepscopeError
 
 EPILOG = """examples:
@@ -16,10 +17,14 @@ EPILOG = """examples:
 
 
 def _ints(text: str, what: str) -> list[int]:
+    """Comma-separated positive integers (layer sizes, depths)."""
     try:
-        return [int(t) for t in text.split(",") if t.strip()]
+        values = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise DeepscopeError(f"{what}: expected comma-separated integers like 784,30,10, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise DeepscopeError(f"{what}: expected comma-separated integers of at least 1, got {text!r}")
+    return values
 
 
 def _floats(text: str, what: str) -> list[float]:
@@ -50,21 +55,21 @@ def register(sub) -> None:
     s.add_argument("--layers", default="784,30,30,30,30,10", help="layer sizes (default: 784,30,30,30,30,10)")
     s.add_argument("--activation", default="sigmoid", choices=["sigmoid", "tanh", "relu"])
     s.add_argument("--init", default="book", choices=["book", "large", "xavier", "he"])
-    s.add_argument("--steps", type=int, default=500, help="full-batch steps (default 500; 0: only the speeds at init)")
-    s.add_argument("--seeds", type=int, default=1, help="average over this many initialisations (default 1)")
+    s.add_argument("--steps", type=nonnegative_int, default=500, help="full-batch steps (default 500; 0: only the speeds at init)")
+    s.add_argument("--seeds", type=positive_int, default=1, help="average over this many initialisations (default 1)")
     s.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
-    s.add_argument("--eta", type=float, default=0.1)
-    s.add_argument("--lmbda", type=float, default=5.0, help="L2 regularisation λ (network2's; default 5.0)")
-    s.add_argument("--n", type=int, default=1000, help="training images (default 1000)")
+    s.add_argument("--eta", type=positive_float, default=0.1)
+    s.add_argument("--lmbda", type=nonnegative_float, default=5.0, help="L2 regularisation λ (network2's; default 5.0)")
+    s.add_argument("--n", type=positive_int, default=1000, help="training images (default 1000)")
     s.add_argument("--out", default=None, help="run folder (default runs/scope-speed-<date>-<time>)")
-    s.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files (default: $DEEPSCOPE_DATA, cache)")
+    s.add_argument("--data-dir", type=existing_dir, default=None, help="folder with the MNIST IDX files (default: $DEEPSCOPE_DATA, cache)")
     s.set_defaults(func=cmd_speed)
 
     c = ss.add_parser("chain", help="one sigmoid neuron per layer: ∂C/∂b_1 as a product of factors",
                       description="The book's chain: z_j = w_j a_(j-1) + b_j, a_j = σ(z_j), quadratic cost "
                                   "C = ½(a_L - y)² (or --cost crossentropy). Prints every factor of "
                                   "∂C/∂b_1 = σ′(z_1) Π_(j≥2) w_j σ′(z_j) ∂C/∂a_L beside backprop's value.")
-    c.add_argument("--depth", type=int, default=4)
+    c.add_argument("--depth", type=positive_int, default=4)
     c.add_argument("--exploding", action="store_true", help="w_j = 100, biases making every z_j = 0")
     c.add_argument("--weights", default=None, help="w_1,…,w_L (default: random, N(0,1))")
     c.add_argument("--biases", default=None, help="b_1,…,b_L (default: random, N(0,1))")
@@ -80,13 +85,13 @@ def register(sub) -> None:
     m.add_argument("--depths", default="2,3,4,5,6", help="numbers of hidden layers (default 2,3,4,5,6)")
     m.add_argument("--activations", default="sigmoid,tanh,relu")
     m.add_argument("--inits", default="large,book,he")
-    m.add_argument("--steps", type=int, default=1000, help="SGD steps per cell (mini-batch 10; default 1000)")
-    m.add_argument("--eta", type=float, default=0.1)
-    m.add_argument("--n-train", type=int, default=5000, help="training images (default 5000)")
-    m.add_argument("--n-val", type=int, default=1000, help="validation images (default 1000)")
+    m.add_argument("--steps", type=nonnegative_int, default=1000, help="SGD steps per cell (mini-batch 10; default 1000)")
+    m.add_argument("--eta", type=positive_float, default=0.1)
+    m.add_argument("--n-train", type=positive_int, default=5000, help="training images (default 5000)")
+    m.add_argument("--n-val", type=positive_int, default=1000, help="validation images (default 1000)")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--out", default=None, help="output folder (default runs/scope-compare-<date>-<time>)")
-    m.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files (default: $DEEPSCOPE_DATA, cache)")
+    m.add_argument("--data-dir", type=existing_dir, default=None, help="folder with the MNIST IDX files (default: $DEEPSCOPE_DATA, cache)")
     m.set_defaults(func=cmd_compare)
 
     try:
@@ -96,9 +101,9 @@ def register(sub) -> None:
     else:
         t = ss.add_parser("time", help="‖∂C/∂s_(T-k)‖ against k for a fresh RNN: tanh, ReLU, identity-initialised",
                           description=time_grad.__doc__.splitlines()[0])
-        t.add_argument("--steps", type=int, default=30, help="sequence length T (default 30)")
-        t.add_argument("--hidden", type=int, default=100, help="hidden units (default 100)")
-        t.add_argument("--batch", type=int, default=32)
+        t.add_argument("--steps", type=positive_int, default=30, help="sequence length T (default 30)")
+        t.add_argument("--hidden", type=positive_int, default=100, help="hidden units (default 100)")
+        t.add_argument("--batch", type=positive_int, default=32)
         t.add_argument("--seed", type=int, default=0)
         t.add_argument("--out", default=None, help="output folder (default runs/scope-time-<date>-<time>)")
         t.set_defaults(func=cmd_time)
@@ -111,8 +116,6 @@ def cmd_speed(args) -> int:
     layers = _ints(args.layers, "--layers")
     if len(layers) < 3:
         raise DeepscopeError(f"--layers: need an input, at least one hidden layer and an output, got {args.layers}")
-    if args.seeds < 1 or args.steps < 0:
-        raise DeepscopeError("--seeds must be >= 1 and --steps >= 0")
     out = io.run_dir(args.out, "scope-speed")
     hidden = len(layers) - 2
     print(f"speed of learning: {layers}, {args.activation} neurons, init {args.init}, {args.steps} full-batch steps "
@@ -139,8 +142,6 @@ def cmd_speed(args) -> int:
 
 def cmd_chain(args) -> int:
     from .chain import chain_gradient, exploding_chain, format_chain, random_chain
-    if args.depth < 1:
-        raise DeepscopeError(f"--depth must be >= 1, got {args.depth}")
     if args.exploding:
         weights, biases = exploding_chain(args.depth, x=args.x)
     else:

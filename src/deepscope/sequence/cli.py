@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from .. import backend, io
+from ..cli import existing_dir, momentum_float, nonnegative_float, nonnegative_int, positive_float, positive_int
 from ..errors import DataError
 
 EXAMPLES = """examples:
@@ -26,51 +27,51 @@ def register(sub) -> None:
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
     m = rnn_sub.add_parser("mnist", help="classify MNIST digits read row by row (28 steps of 28 pixels)")
-    m.add_argument("--hidden", type=int, default=128, help="hidden units (default: %(default)s)")
+    m.add_argument("--hidden", type=positive_int, default=128, help="hidden units (default: %(default)s)")
     m.add_argument("--nonlinearity", choices=["tanh", "relu", "sigmoid", "identity"], default="tanh")
     m.add_argument("--init", choices=["pytorch", "orthogonal", "irnn"], default="orthogonal",
                    help="pytorch: U(-1/√H, 1/√H); orthogonal: the same with an orthogonal W; irnn: identity W "
                         "(use with --nonlinearity relu) (default: %(default)s)")
-    m.add_argument("--epochs", type=int, default=10, help="(default: %(default)s)")
-    m.add_argument("--batch-size", "-m", type=int, default=64, help="(default: %(default)s)")
-    m.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: %(default)s)")
+    m.add_argument("--epochs", type=positive_int, default=10, help="(default: %(default)s)")
+    m.add_argument("--batch-size", "-m", type=positive_int, default=64, help="(default: %(default)s)")
+    m.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate (default: %(default)s)")
     m.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
-    m.add_argument("--momentum", type=float, default=0.9, help="momentum of --optimizer sgd (default: %(default)s)")
-    m.add_argument("--clip", type=float, default=1.0, help="clip the gradient's global norm (0 = off; "
+    m.add_argument("--momentum", type=momentum_float, default=0.9, help="momentum of --optimizer sgd (default: %(default)s)")
+    m.add_argument("--clip", type=nonnegative_float, default=1.0, help="clip the gradient's global norm (0 = off; "
                                                            "default: %(default)s)")
     m.add_argument("--schedule", choices=["none", "cosine"], default="cosine",
                    help="learning-rate schedule: cosine decays it to 0 over the epochs (default: %(default)s)")
     m.add_argument("--no-normalize", action="store_true",
                    help="feed raw pixels in [0, 1] (default: standardised, (x - 0.1307) / 0.3081)")
-    m.add_argument("--train-size", type=int, default=None, help="use only the first N training images")
+    m.add_argument("--train-size", type=positive_int, default=None, help="use only the first N training images")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--out", default=None, help="run folder (default: runs/rnn-mnist-<date>-<time>)")
-    m.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files")
+    m.add_argument("--data-dir", type=existing_dir, default=None, help="folder with the MNIST IDX files")
     m.add_argument("--quiet", action="store_true", help="no progress bar")
     m.set_defaults(func=cmd_mnist)
 
     t = rnn_sub.add_parser("text", help="train a character-level language model")
     t.add_argument("--corpus", default=None, help="UTF-8 text file (default: the shipped Shakespeare excerpt)")
-    t.add_argument("--hidden", type=int, default=256, help="hidden units (default: %(default)s)")
-    t.add_argument("--embedding", type=int, default=64, help="embedding size (default: %(default)s)")
-    t.add_argument("--layers", type=int, default=1, help="stacked RNN layers (default: %(default)s)")
-    t.add_argument("--seq-len", type=int, default=100, help="BPTT truncation length T (default: %(default)s)")
-    t.add_argument("--batch-size", "-m", type=int, default=32, help="parallel streams N (default: %(default)s)")
-    t.add_argument("--epochs", type=int, default=10, help="(default: %(default)s)")
-    t.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default: %(default)s)")
-    t.add_argument("--clip", type=float, default=5.0, help="clip the gradient's global norm (0 = off; "
+    t.add_argument("--hidden", type=positive_int, default=256, help="hidden units (default: %(default)s)")
+    t.add_argument("--embedding", type=positive_int, default=64, help="embedding size (default: %(default)s)")
+    t.add_argument("--layers", type=positive_int, default=1, help="stacked RNN layers (default: %(default)s)")
+    t.add_argument("--seq-len", type=positive_int, default=100, help="BPTT truncation length T (default: %(default)s)")
+    t.add_argument("--batch-size", "-m", type=positive_int, default=32, help="parallel streams N (default: %(default)s)")
+    t.add_argument("--epochs", type=positive_int, default=10, help="(default: %(default)s)")
+    t.add_argument("--lr", type=positive_float, default=2e-3, help="Adam learning rate (default: %(default)s)")
+    t.add_argument("--clip", type=nonnegative_float, default=5.0, help="clip the gradient's global norm (0 = off; "
                                                            "default: %(default)s)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", default=None, help="run folder (default: runs/rnn-text-<date>-<time>)")
-    t.add_argument("--sample-length", type=int, default=300, help="characters sampled at the end "
+    t.add_argument("--sample-length", type=nonnegative_int, default=300, help="characters sampled at the end "
                                                                  "(default: %(default)s)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_text)
 
     s = rnn_sub.add_parser("sample", help="generate text from a trained character model")
     s.add_argument("run", help="run folder written by `deepscope rnn text`")
-    s.add_argument("--length", type=int, default=500, help="characters to generate (default: %(default)s)")
-    s.add_argument("--temperature", type=float, default=0.8, help="softmax temperature τ (default: %(default)s)")
+    s.add_argument("--length", type=positive_int, default=500, help="characters to generate (default: %(default)s)")
+    s.add_argument("--temperature", type=positive_float, default=0.8, help="softmax temperature τ (default: %(default)s)")
     s.add_argument("--prime", default=None, help="text to start from (default: a newline)")
     s.add_argument("--seed", type=int, default=None)
     s.set_defaults(func=cmd_sample)
@@ -84,8 +85,9 @@ def cmd_mnist(args) -> int:
     from ..data import load_mnist
     from .mnist import train_row_mnist
     backend.manual_seed(args.seed)
+    from ..commands import new_run_dir
+    run = new_run_dir(args.out, "rnn-mnist")
     data = load_mnist("mnist", data_dir=args.data_dir)
-    run = io.run_dir(args.out, "rnn-mnist")
     run.mkdir(parents=True, exist_ok=True)
     io.write_json(run / "config.json", {**_config(args), "task": "row-mnist", "data_source": data.source})
     n = args.train_size or len(data.train[1])
@@ -109,8 +111,14 @@ def cmd_text(args) -> int:
     from ..data.text import load_corpus
     from .text import char_model, sample, train_char_lm
     backend.manual_seed(args.seed)
+    from ..commands import new_run_dir
     corpus = load_corpus(args.corpus)
-    run = io.run_dir(args.out, "rnn-text")
+    for split in ("train", "validation"):  # fail now, not after the first epoch
+        if corpus.num_batches(split, args.batch_size, args.seq_len) == 0:
+            raise DataError(f"{corpus.name}: its {split} part ({len(corpus.stream(split)):,} characters) is too "
+                            f"short for -m {args.batch_size} streams of --seq-len {args.seq_len}; "
+                            f"lower them or use a longer --corpus")
+    run = new_run_dir(args.out, "rnn-text")
     run.mkdir(parents=True, exist_ok=True)
     io.write_json(run / "config.json", {**_config(args), "task": "char-lm", "corpus": corpus.name})
     io.write_json(run / "vocab.json", {"chars": corpus.vocab.chars})
