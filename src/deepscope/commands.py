@@ -195,10 +195,12 @@ def cmd_train(args) -> int:
                       scheduler=scheduler, early_stopping=args.early_stopping, progress=not args.quiet,
                       detect_anomaly=args.detect_anomaly, resume=resume)
     except KeyboardInterrupt:
+        start = "" if args.quiet else "\n"  # below the progress bar, not glued to it
         if (run / "checkpoint.safetensors").exists():
-            print(f"deepscope: interrupted; continue with: deepscope train --resume {run}", file=sys.stderr)
+            print(f"{start}deepscope: interrupted; continue with: deepscope train --resume {run}", file=sys.stderr)
         else:
-            print("deepscope: interrupted before the first epoch ended; nothing saved to resume", file=sys.stderr)
+            print(f"{start}deepscope: interrupted before the first epoch ended; nothing saved to resume",
+                  file=sys.stderr)
         return 130
     best = history.best
     if best is None:
