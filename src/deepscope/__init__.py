@@ -2,7 +2,7 @@
 that show why deep networks are hard to train (Nielsen, *Neural Networks and Deep Learning*, ch. 5-6)."""
 from . import backend, nn
 from .backend import manual_seed
-from .errors import ArchitectureError, DataError, DeepscopeError, NonFiniteError, ShapeError
+from .errors import ArchitectureError, ConfigError, DataError, DeepscopeError, NonFiniteError, ShapeError
 
 __version__ = "0.1.0"
 from .io import load, save

@@ -19,3 +19,7 @@ class DataError(DeepscopeError, ValueError):
 
 class NonFiniteError(DeepscopeError, FloatingPointError):
     """A loss, activation or gradient that is NaN or infinite (the message names the first such layer)."""
+
+
+class ConfigError(DeepscopeError, ValueError):
+    """A setting that cannot work: a batch size or learning rate out of range, nothing to resume."""

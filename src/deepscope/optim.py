@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 
 from . import backend
+from .errors import ConfigError
 
 
 def book_weight_decay(lmbda: float, n_train: int) -> float:
@@ -45,9 +46,9 @@ class Optimizer:
     def __init__(self, params, lr: float, weight_decay: float, clip_norm):
         self.params = list(params)
         if not self.params:
-            raise ValueError(f"{type(self).__name__}: no parameters to optimise")
+            raise ConfigError(f"{type(self).__name__}: no parameters to optimise")
         if lr <= 0:
-            raise ValueError(f"{type(self).__name__}: learning rate must be positive, got {lr}")
+            raise ConfigError(f"{type(self).__name__}: learning rate must be positive, got {lr}")
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
         self.clip_norm = clip_norm

@@ -24,7 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import backend, io
-from .errors import NonFiniteError, ShapeError
+from .errors import ConfigError, NonFiniteError, ShapeError
 
 
 class History:
@@ -164,7 +164,7 @@ def fit(model, cost, optimizer, train, epochs: int, batch_size: int, validation=
     if len(y) != n:
         raise ShapeError(f"fit: {n} training inputs but {len(y)} labels")
     if batch_size < 1:
-        raise ValueError(f"fit: batch_size must be >= 1, got {batch_size}")
+        raise ConfigError(f"fit: batch_size must be >= 1, got {batch_size}")
     run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -172,7 +172,7 @@ def fit(model, cost, optimizer, train, epochs: int, batch_size: int, validation=
     history, start = History(), 0
     if resume:
         if run_dir is None or not _checkpoint_path(run_dir).exists():
-            raise FileNotFoundError(f"fit: nothing to resume: no checkpoint in {run_dir}")
+            raise ConfigError(f"fit: nothing to resume: no checkpoint in {run_dir}")
         start, history = _load_checkpoint(run_dir, model, optimizer, scheduler)
         # metrics.jsonl may hold a line of an epoch whose checkpoint was never written (Ctrl-C between the two)
         io.atomic_write(run_dir / "metrics.jsonl", lambda tmp: Path(tmp).write_text(
@@ -197,6 +197,7 @@ def fit(model, cost, optimizer, train, epochs: int, batch_size: int, validation=
     for r in history.records:  # a resumed run picks up the early-stopping count where it was
         if r.get("val_acc") is not None:
             best_val, bad_epochs = (r["val_acc"], 0) if r["val_acc"] > best_val else (best_val, bad_epochs + 1)
+    bar = None
     model.train()
     try:
         for epoch in range(start + 1, epochs + 1):
@@ -239,6 +240,7 @@ def fit(model, cost, optimizer, train, epochs: int, batch_size: int, validation=
                 if step % 50 == 0:
                     bar.set_postfix_str(f"loss {loss_sum / seen:.4f} acc {correct / seen:.4f}", refresh=False)
             bar.close()
+            bar = None
 
             record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1),
                       "train_acc": correct / max(seen, 1), "lr": optimizer.lr}
@@ -277,6 +279,8 @@ def fit(model, cost, optimizer, train, epochs: int, batch_size: int, validation=
                     tqdm.write(f"stopping: learning rate fell to {optimizer.lr:g}")
                 break
     except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
         if progress:
             done = history.records[-1]["epoch"] if history.records else start
             where = f"; the checkpoint of epoch {done} in {run_dir} is intact" if run_dir and done else ""

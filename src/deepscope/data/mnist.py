@@ -140,6 +140,10 @@ def load_mnist(dataset: str = "mnist", data_dir=None, download: bool = True, ver
         if dataset == "mnist" and (folder / "mnist.pkl.gz").is_file():
             return _from_pickle(folder / "mnist.pkl.gz")
 
+    if data_dir is not None:  # the user named a folder: never train on something else instead
+        raise DataError(f"no {spec.title} files in {data_dir}: expected {', '.join(f + '[.gz]' for f in FILES)} "
+                        f"(or mnist.pkl.gz), there or in a subfolder {'/ or '.join(spec.subdirs)}/")
+
     cache = cache_dir() / dataset
     files = _find_idx_files(cache)
     if len(files) == len(FILES):
