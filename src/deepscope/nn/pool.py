@@ -60,6 +60,17 @@ class _Pool2d(Module):
             for j in range(kw):
                 yield i, j, a[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
 
+    def _fold(self, x, first, combine):
+        """Combine the kernel-offset slices of ``x``: ``out = first(slice_0)``, then
+        ``combine(out, slice)`` (in place) for every other offset."""
+        out = None
+        for _, _, view in self._offsets(x):
+            if out is None:
+                out = first(view)
+            else:
+                combine(out, view)
+        return out
+
     def _overlapping(self):
         return self.stride[0] < self.kernel_size[0] or self.stride[1] < self.kernel_size[1]
 
@@ -97,12 +108,7 @@ class MaxPool2d(_Pool2d):
     def forward(self, x):
         xp = backend.xp_of(x)
         self._start(x)
-        out = None
-        for _, _, view in self._offsets(x):
-            if out is None:
-                out = xp.copy(view, order="K")
-            else:
-                xp.maximum(out, view, out=out)
+        out = self._fold(x, lambda v: xp.copy(v, order="K"), lambda o, v: xp.maximum(o, v, out=o))
         self._x, self._out = x, out
         return out
 
@@ -136,12 +142,7 @@ class AvgPool2d(_Pool2d):
     def forward(self, x):
         xp = backend.xp_of(x)
         self._start(x)
-        total = None
-        for _, _, view in self._offsets(x):
-            if total is None:
-                total = xp.copy(view, order="K")
-            else:
-                total += view
+        total = self._fold(x, lambda v: xp.copy(v, order="K"), lambda o, v: xp.add(o, v, out=o))
         self._like = x
         return total * (1.0 / (self.kernel_size[0] * self.kernel_size[1]))
 
@@ -164,12 +165,7 @@ class L2Pool2d(_Pool2d):
     def forward(self, x):
         xp = backend.xp_of(x)
         self._start(x)
-        total = None
-        for _, _, view in self._offsets(x):
-            if total is None:
-                total = view * view
-            else:
-                total += view * view
+        total = self._fold(x, lambda v: v * v, lambda o, v: xp.add(o, v * v, out=o))
         out = xp.sqrt(total)
         self._x, self._out = x, out
         return out
