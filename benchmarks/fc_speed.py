@@ -9,6 +9,7 @@ Data: random images in [0,1] with random labels (throughput does not depend on t
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -96,7 +97,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--images", type=int, default=10000, help="images per timed epoch")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's own); set OPENBLAS_NUM_THREADS to match for NumPy")
+    p.add_argument("--out", default="fc_speed.json", help="file name under benchmarks/results/")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -122,8 +125,9 @@ def main(argv=None):
     cols = ["net", "batch", "deepscope img/s", "torch img/s", "network2 img/s", "vs torch", "vs network2"]
     print()
     print(table(rows, cols))
-    path = write_json("fc_speed.json", {"machine": machine(), "repeats": args.repeats, "images": args.images,
-                                        "rows": rows})
+    info = {"machine": machine(), "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default (all cores)"),
+            "command": "python " + " ".join(sys.argv), "repeats": args.repeats, "images": args.images}
+    path = write_json(args.out, {**info, "rows": rows})
     print(f"\nwritten to {path}")
 
 
