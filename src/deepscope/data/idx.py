@@ -42,17 +42,27 @@ _GZIP_MAGIC = b"\x1f\x8b"
 
 def read_bytes(path) -> bytes:
     """The contents of ``path``, decompressed if it is gzip (recognised by its magic bytes, whatever its name)."""
+    return decompress(read_raw(path), path)
+
+
+def read_raw(path) -> bytes:
+    """The bytes of ``path`` as stored, or a DataError naming the file."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def decompress(data: bytes, path) -> bytes:
+    """``data`` (the bytes of ``path``) gunzipped if they are gzip; a ``.gz`` name on other data is an error."""
+    path = Path(path)
     if data[:2] == _GZIP_MAGIC:
         try:
-            data = gzip.decompress(data)
+            return gzip.decompress(data)
         except (OSError, EOFError, zlib.error) as e:
             raise DataError(f"{path}: corrupt or truncated gzip data ({e})") from None
-    elif path.suffix == ".gz":
+    if path.suffix == ".gz":
         raise DataError(f"{path}: named .gz but is not gzip data (starts with {data[:2].hex() or 'nothing'})")
     return data
 

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy
 
 from ..errors import DataError
+from . import idx
 from .idx import parse_idx
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -216,20 +217,10 @@ def _get(table, name):
 def _read(path: Path, sha256=None, md5=None) -> numpy.ndarray:
     """The array in the IDX file ``path``; with ``sha256``/``md5`` given, also verify the checksum (and delete
     the file on a mismatch)."""
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    raw = idx.read_raw(path)
     if md5 is not None and raw[:2] == b"\x1f\x8b":
         _verify(path, "MD5", hashlib.md5(raw).hexdigest(), md5)
-    data = raw
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as e:
-            raise DataError(f"{path}: corrupt or truncated gzip data ({e})") from None
-    elif path.suffix == ".gz":
-        raise DataError(f"{path}: named .gz but is not gzip data")
+    data = idx.decompress(raw, path)
     if sha256 is not None:
         _verify(path, "SHA-256", hashlib.sha256(data).hexdigest(), sha256)
     return parse_idx(data, name=str(path))
