@@ -149,3 +149,17 @@ def test_a_corpus_too_short_fails_before_training(tmp_path, capsys):
     err = one_line_error(capsys, ["rnn", "text", "--corpus", str(corpus), "--out", str(run)], 1)
     assert "too short for -m 32 streams of --seq-len 100" in err
     assert not run.exists()
+
+
+def test_resume_cannot_extend_a_finished_cosine_schedule(tmp_path, monkeypatch, capsys):
+    def fail(url, timeout=None):
+        raise urllib.error.URLError("offline in tests")
+    monkeypatch.setattr(mnist_module.urllib.request, "urlopen", fail)
+    run = tmp_path / "run"
+    args = ["train", "--arch", "784-10", "--epochs", "1", "--train-size", "200", "--schedule", "cosine", "--quiet",
+            "--out", str(run)]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--epochs", "3", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "cosine schedule was planned for 1" in err and err.count("\n") == 1

@@ -169,6 +169,10 @@ def cmd_train(args) -> int:
             raise DataError(f"cannot resume {run}: no checkpoint there (it stopped before its first epoch "
                             f"ended); start it again without --resume")
         if args.epochs is not None:  # --epochs extends a resumed run
+            if saved.get("schedule") == "cosine" and args.epochs > saved["epochs"]:
+                raise DataError(f"cannot extend {run} to {args.epochs} epochs: its cosine schedule was planned for "
+                                f"{saved['epochs']} and has brought η to 0; start a new run with --epochs "
+                                f"{args.epochs}")
             saved["epochs"] = args.epochs
         if args.data_dir is not None:  # the data may have moved
             saved["data_dir"] = args.data_dir
