@@ -50,11 +50,8 @@ torch.set_num_threads(ARGS.threads)
 
 # -- row-by-row MNIST ----------------------------------------------------------------------------------------
 
-def ds_mnist():
-    deepscope.manual_seed(0)
-    model = nn.Sequential(nn.RNN(28, 128), nn.LastStep(), nn.Linear(128, 10, init="xavier"))
-    cost, opt = nn.LogLikelihoodCost(), optim.Adam(model.parameters(), lr=1e-3, clip_norm=1.0)
-
+def ds_step(model, cost, opt):
+    """One deepscope training step: forward, cost, backward, update."""
     def step(x, y):
         out = model(x)
         cost(out, y)
@@ -62,6 +59,13 @@ def ds_mnist():
         model.backward(cost.backward())
         opt.step()
     return step
+
+
+def ds_mnist():
+    deepscope.manual_seed(0)
+    model = nn.Sequential(nn.RNN(28, 128), nn.LastStep(), nn.Linear(128, 10, init="xavier"))
+    cost, opt = nn.LogLikelihoodCost(), optim.Adam(model.parameters(), lr=1e-3, clip_norm=1.0)
+    return ds_step(model, cost, opt)
 
 
 class TorchRowNet(torch.nn.Module):
@@ -95,14 +99,7 @@ def ds_lm():
     model = nn.Sequential(nn.Embedding(65, 64), nn.RNN(64, 256, stateful=True), nn.AllSteps(),
                           nn.Linear(256, 65, init="xavier"))
     cost, opt = nn.SequenceLogLikelihood(), optim.Adam(model.parameters(), lr=2e-3, clip_norm=5.0)
-
-    def step(x, y):
-        out = model(x)
-        cost(out, y)
-        model.zero_grad()
-        model.backward(cost.backward())
-        opt.step()
-    return step
+    return ds_step(model, cost, opt)
 
 
 class TorchCharNet(torch.nn.Module):

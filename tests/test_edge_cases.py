@@ -8,14 +8,7 @@ import deepscope as ds
 from deepscope import arch, backend, nn, optim
 from deepscope.gradcheck import check_module
 from deepscope.train import fit
-
-
-def blobs(n=300, k=3, d=8, seed=0):
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((k, d)) * 3
-    y = rng.integers(0, k, n)
-    X = (centres[y] + rng.standard_normal((n, d))).astype(np.float32)
-    return X, y
+from test_train import blobs
 
 
 # -- bad input gives one clear deepscope error, not a ZeroDivisionError --------------------------------
@@ -128,7 +121,7 @@ def test_gradcheck_still_catches_a_wrong_parameter_gradient():
 
 # -- fit ------------------------------------------------------------------------------------------------
 def _early_run(tmp_path, name, stop_first_at=None):
-    X, y = blobs()
+    X, y = blobs(300)
 
     def make(seed):
         ds.manual_seed(seed)
@@ -156,7 +149,7 @@ def test_resume_keeps_the_early_stopping_count(tmp_path):
 
 
 def test_resume_rewrites_metrics_from_the_checkpoint(tmp_path):
-    X, y = blobs()
+    X, y = blobs(300)
     ds.manual_seed(0)
     model = arch.build("8-16-3:sigmoid")
     opt = optim.SGD(model.parameters(), lr=0.5)
@@ -171,7 +164,7 @@ def test_resume_rewrites_metrics_from_the_checkpoint(tmp_path):
 
 
 def test_fit_restores_need_input_grad_as_it_found_it():
-    X, y = blobs()
+    X, y = blobs(300)
     model = arch.build("8-16-3")
     model[1].need_input_grad = False
     fit(model, nn.CrossEntropyCost(), optim.SGD(model.parameters(), lr=0.1), (X, y), epochs=1, batch_size=50,
@@ -199,7 +192,7 @@ def test_fit_trains_a_custom_module_registered_out_of_data_order():
             g = self.act.backward_with_hooks(g)
             return self.body.backward_with_hooks(g)
 
-    X, y = blobs()
+    X, y = blobs(300)
     ds.manual_seed(0)
     model = Net()
     hist = fit(model, nn.CrossEntropyCost(), optim.SGD(model.parameters(), lr=0.5), (X, y), epochs=2,
@@ -247,7 +240,7 @@ def test_optimizer_state_follows_the_parameters_dtype(make_opt):
 
 # -- one-hot targets (network.py's training data) -------------------------------------------------------
 def test_evaluate_and_fit_accept_one_hot_targets():
-    X, y = blobs()
+    X, y = blobs(300)
     Y = np.eye(3, dtype=np.float32)[y]
     ds.manual_seed(0)
     model = arch.build("8-16-3")
