@@ -9,13 +9,13 @@ Both write a PNG (into the run folder unless ``--out`` says otherwise) and print
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
 from .cli import existing_dir, nonnegative_int
 from .errors import DataError
+from .figures import plot_errors, plot_filters
 
 
 def register(sub) -> None:
@@ -37,13 +37,6 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_errors)
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def _out_path(args, default_name):
     if args.out:
         return Path(args.out)
@@ -63,46 +56,6 @@ def first_layer_filters(model) -> np.ndarray:
                 return backend.to_numpy(m.weight.data).reshape(-1, 28, 28)
             break
     raise DataError("the model has no Conv2d layer (nor a first Linear layer on 28x28 images) to show")
-
-
-def plot_filters(filters: np.ndarray, path, title: str = "first-layer filters") -> Path:
-    """A grid of filters in one shared grey scale (light = small, dark = large weight, as in the book)."""
-    plt = _pyplot()
-    k = len(filters)
-    cols = min(k, 10)
-    rows = math.ceil(k / cols)
-    lo, hi = float(filters.min()), float(filters.max())
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 0.9 + 0.4), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for i, f in enumerate(filters):
-        axes.ravel()[i].imshow(f, cmap="Greys", vmin=lo, vmax=hi, interpolation="nearest")
-    return _save(plt, fig, title, path)
-
-
-def _save(plt, fig, title: str, path) -> Path:
-    fig.suptitle(title, fontsize=9)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
-def plot_errors(images: np.ndarray, true: np.ndarray, pred: np.ndarray, path, title: str) -> Path:
-    """Images with "true → predicted" above each."""
-    plt = _pyplot()
-    k = max(len(images), 1)
-    cols = min(k, 9)
-    rows = math.ceil(k / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.1, rows * 1.25 + 0.4), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for i, (img, t, p) in enumerate(zip(images, true, pred)):
-        ax = axes.ravel()[i]
-        ax.imshow(img.reshape(28, 28), cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(f"{t} → {p}", fontsize=8)
-    return _save(plt, fig, title, path)
 
 
 def _load_model(run):

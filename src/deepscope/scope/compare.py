@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import backend, nn, optim
+from ..figures import plot_compare
 from .experiment import build_net, hidden_speeds, mnist_subset
 
 
@@ -107,39 +108,3 @@ def table(cells, inits) -> str:
         parts = [f"{by_init[i]['ratio']:.3g} · {_acc(by_init[i])}" if i in by_init else "" for i in inits]
         lines.append(f"| {depth} | {act} | " + " | ".join(parts) + " |")
     return "\n".join(lines)
-
-
-def plot_compare(cells, depths, activations, inits, path) -> None:
-    """Heatmaps: log10 of the speed ratio (top) and the accuracy (bottom), one column per activation."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    depths, activations, inits = list(depths), list(activations), list(inits)
-    fig, axes = plt.subplots(2, len(activations), figsize=(3.2 * len(activations) + 1, 5.5), squeeze=False)
-    lookup = {(c["depth"], c["activation"], c["init"]): c for c in cells}
-    for col, act in enumerate(activations):
-        ratio = np.full((len(inits), len(depths)), np.nan)
-        acc = np.full_like(ratio, np.nan)
-        for i, init in enumerate(inits):
-            for j, d in enumerate(depths):
-                c = lookup.get((d, act, init))
-                if c:
-                    ratio[i, j] = math.log10(c["ratio"]) if c["ratio"] > 0 and math.isfinite(c["ratio"]) else np.nan
-                    acc[i, j] = np.nan if c["diverged"] else c["accuracy"]
-        for row, (m, cmap, vmin, vmax, fmt) in enumerate(
-                [(ratio, "coolwarm", -3, 3, "{:.1f}"), (acc, "viridis", 0, 1, "{:.2f}")]):
-            ax = axes[row, col]
-            ax.imshow(m, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
-            for i in range(len(inits)):
-                for j in range(len(depths)):
-                    ax.text(j, i, "–" if np.isnan(m[i, j]) else fmt.format(m[i, j]), ha="center", va="center",
-                            fontsize=8)
-            ax.set_xticks(range(len(depths)), [str(d) for d in depths])
-            ax.set_yticks(range(len(inits)), inits)
-            ax.set_xlabel("hidden layers")
-            ax.set_title(f"{act}: " + ("log10 last/first speed" if row == 0 else "accuracy"), fontsize=9)
-    fig.suptitle("Speed ratio at initialisation and accuracy after short training")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import backend
+from ..figures import plot_speed
 from ..nn.activation import ReLU, Sigmoid, Tanh
 
 SIGMOID_SATURATION = (0.01, 0.99)   # σ'(z) = a(1-a) < 0.0099 outside this range
@@ -269,34 +270,3 @@ class LearningSpeedRecorder:
 
 def _nan(v):
     return np.nan if v is None else v
-
-
-def plot_speed(steps, speeds, labels, path, title="Speed of learning", xlabel="Number of steps of training"):
-    """Plot speeds ``(seeds, steps, layers)``: the mean over seeds per layer and, with several seeds, a band
-    from the smallest to the largest. Log y, one colour per layer, like the book's figure."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    speeds = np.asarray(speeds, dtype=np.float64)
-    colors = ["#2A6EA6", "#FFA933", "#FF5555", "#55AA55", "#5555FF", "#AA55AA", "#555555"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for j, label in enumerate(labels):
-        c = colors[j % len(colors)]
-        ax.plot(steps, speeds[:, :, j].mean(axis=0), color=c, label=label)
-        if speeds.shape[0] > 1:
-            ax.fill_between(steps, speeds[:, :, j].min(axis=0), speeds[:, :, j].max(axis=0), color=c, alpha=0.2,
-                            linewidth=0)
-    ax.set_yscale("log")
-    ax.set_xlim(steps[0], steps[-1] if len(steps) > 1 else steps[0] + 1)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("‖∂C/∂b‖")
-    if speeds.shape[0] > 1:
-        title += f" (mean of {speeds.shape[0]} seeds, band: min–max)"
-    ax.set_title(title)
-    ax.legend(loc="upper right")
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import backend, nn
+from ..figures import plot_time
 
 CONFIGS = (("tanh", "tanh", "pytorch"), ("relu", "relu", "pytorch"), ("relu-identity", "relu", "irnn"))
 
@@ -59,25 +60,7 @@ def run_time(steps: int = 30, hidden: int = 100, batch: int = 32, seed: int = 0,
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "time.json", "w") as f:
             json.dump({"steps": steps, "hidden": hidden, "batch": batch, "seed": seed, "norms": results}, f, indent=2)
-        _plot(results, out / "time.png", hidden)
+        plot_time(results, out / "time.png", hidden)
         if progress:
             print(f"figure: {out / 'time.png'}")
     return results
-
-
-def _plot(results, path, hidden) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, v in results.items():
-        ax.plot(np.arange(len(v)), v, label=name)
-    ax.set_yscale("log")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.set_xlabel("k (steps back from the cost)")
-    ax.set_ylabel("‖∂C/∂s_(T-k)‖")
-    ax.set_title(f"Gradient through time: fresh RNN, {hidden} units")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -1,0 +1,144 @@
+"""Every matplotlib figure deepscope draws, in one place.
+
+Each function takes plain arrays (never a model, a run folder or options), draws one figure and writes it
+to ``path`` (PNG, or SVG when the path ends in ``.svg``), returning the path. The interactive HTML report
+(:mod:`deepscope.report`) draws its charts in the browser; these are the still pictures a run folder keeps
+and the README shows.
+
+    plot_speed      the book's "Speed of learning": ‖∂C/∂b‖ per layer against steps, log y
+    plot_time       the gradient through time ‖∂C/∂s_(T-k)‖ against k, one line per network
+    plot_compare    depth × activation × init: speed-ratio and accuracy heatmaps
+    plot_filters    first-layer filters at initialisation, trained, and their change
+    plot_errors     misclassified images titled "true → predicted"
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+LAYER_COLORS = ["#2A6EA6", "#FFA933", "#FF5555", "#55AA55", "#5555FF", "#AA55AA", "#555555"]
+
+
+def _pyplot():
+    # matplotlib takes ~0.5 s to import: loaded only when a figure is drawn, so that `import deepscope` stays quick
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(plt, fig, path, title: str | None = None, tight_bbox: bool = False) -> Path:
+    if title is not None:
+        fig.suptitle(title, fontsize=9)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight" if tight_bbox else None)
+    plt.close(fig)
+    return path
+
+
+def plot_speed(steps, speeds, labels, path, title="Speed of learning", xlabel="Number of steps of training") -> Path:
+    """Plot speeds ``(seeds, steps, layers)``: the mean over seeds per layer and, with several seeds, a band
+    from the smallest to the largest. Log y, one colour per layer, like the book's figure."""
+    plt = _pyplot()
+    speeds = np.asarray(speeds, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for j, label in enumerate(labels):
+        c = LAYER_COLORS[j % len(LAYER_COLORS)]
+        ax.plot(steps, speeds[:, :, j].mean(axis=0), color=c, label=label)
+        if speeds.shape[0] > 1:
+            ax.fill_between(steps, speeds[:, :, j].min(axis=0), speeds[:, :, j].max(axis=0), color=c, alpha=0.2,
+                            linewidth=0)
+    ax.set_yscale("log")
+    ax.set_xlim(steps[0], steps[-1] if len(steps) > 1 else steps[0] + 1)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("‖∂C/∂b‖")
+    if speeds.shape[0] > 1:
+        title += f" (mean of {speeds.shape[0]} seeds, band: min–max)"
+    ax.set_title(title)
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    return _save(plt, fig, path)
+
+
+def plot_time(norms: dict, path, hidden: int) -> Path:
+    """‖∂C/∂s_(T-k)‖ against k (log y), one line per network in ``norms`` (name -> values for k = 0 … T-1)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, v in norms.items():
+        ax.plot(np.arange(len(v)), v, label=name)
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_xlabel("k (steps back from the cost)")
+    ax.set_ylabel("‖∂C/∂s_(T-k)‖")
+    ax.set_title(f"Gradient through time: fresh RNN, {hidden} units")
+    ax.legend()
+    fig.tight_layout()
+    return _save(plt, fig, path)
+
+
+def plot_compare(cells, depths, activations, inits, path) -> Path:
+    """Heatmaps: log10 of the speed ratio (top) and the accuracy (bottom), one column per activation.
+    ``cells``: dicts with depth, activation, init, ratio, accuracy, diverged."""
+    plt = _pyplot()
+    depths, activations, inits = list(depths), list(activations), list(inits)
+    fig, axes = plt.subplots(2, len(activations), figsize=(3.2 * len(activations) + 1, 5.5), squeeze=False)
+    lookup = {(c["depth"], c["activation"], c["init"]): c for c in cells}
+    for col, act in enumerate(activations):
+        ratio = np.full((len(inits), len(depths)), np.nan)
+        acc = np.full_like(ratio, np.nan)
+        for i, init in enumerate(inits):
+            for j, d in enumerate(depths):
+                c = lookup.get((d, act, init))
+                if c:
+                    ratio[i, j] = math.log10(c["ratio"]) if c["ratio"] > 0 and math.isfinite(c["ratio"]) else np.nan
+                    acc[i, j] = np.nan if c["diverged"] else c["accuracy"]
+        for row, (m, cmap, vmin, vmax, fmt) in enumerate(
+                [(ratio, "coolwarm", -3, 3, "{:.1f}"), (acc, "viridis", 0, 1, "{:.2f}")]):
+            ax = axes[row, col]
+            ax.imshow(m, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+            for i in range(len(inits)):
+                for j in range(len(depths)):
+                    ax.text(j, i, "–" if np.isnan(m[i, j]) else fmt.format(m[i, j]), ha="center", va="center",
+                            fontsize=8)
+            ax.set_xticks(range(len(depths)), [str(d) for d in depths])
+            ax.set_yticks(range(len(inits)), inits)
+            ax.set_xlabel("hidden layers")
+            ax.set_title(f"{act}: " + ("log10 last/first speed" if row == 0 else "accuracy"), fontsize=9)
+    fig.suptitle("Speed ratio at initialisation and accuracy after short training")
+    fig.tight_layout()
+    return _save(plt, fig, path)
+
+
+def plot_filters(filters: np.ndarray, path, title: str = "first-layer filters") -> Path:
+    """A grid of filters ``(k, h, w)`` in one shared grey scale (light = small, dark = large weight, as in the book)."""
+    plt = _pyplot()
+    k = len(filters)
+    cols = min(k, 10)
+    rows = math.ceil(k / cols)
+    lo, hi = float(filters.min()), float(filters.max())
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 0.9 + 0.4), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, f in enumerate(filters):
+        axes.ravel()[i].imshow(f, cmap="Greys", vmin=lo, vmax=hi, interpolation="nearest")
+    return _save(plt, fig, path, title, tight_bbox=True)
+
+
+def plot_errors(images: np.ndarray, true, pred, path, title: str) -> Path:
+    """Images (28×28 each) with "true → predicted" above each (labels or class names)."""
+    plt = _pyplot()
+    k = max(len(images), 1)
+    cols = min(k, 9)
+    rows = math.ceil(k / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.1, rows * 1.25 + 0.4), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, (img, t, p) in enumerate(zip(images, true, pred)):
+        ax = axes.ravel()[i]
+        ax.imshow(img.reshape(28, 28), cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(f"{t} → {p}", fontsize=8)
+    return _save(plt, fig, path, title, tight_bbox=True)
