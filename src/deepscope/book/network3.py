@@ -68,20 +68,18 @@ def tanh(z):
     return backend.xp_of(z).tanh(z)
 
 
-_ACTIVATION_MODULES = {linear: nn.Identity, ReLU: nn.ReLU, sigmoid: nn.Sigmoid, tanh: nn.Tanh}
-
-
 def activation_module(fn) -> nn.Module:
-    """The deepscope module for a network3 activation: one of the functions above, a name
-    ("sigmoid", "tanh", "relu", "linear"), a Module class or a Module instance."""
+    """The deepscope module for a network3 activation: one of the functions above (looked up in the one
+    registry, ``deepscope.nn.ACTIVATIONS``, by its name), a name ("sigmoid", "tanh", "relu", "linear"), a
+    Module class or a Module instance."""
     if isinstance(fn, nn.Module):
         return fn
     if isinstance(fn, type) and issubclass(fn, nn.Module):
         return fn()
-    if isinstance(fn, str) and fn.lower() in nn.activation.ACTIVATIONS:
-        return nn.activation.ACTIVATIONS[fn.lower()]()
-    if fn in _ACTIVATION_MODULES:
-        return _ACTIVATION_MODULES[fn]()
+    if fn in (linear, ReLU, sigmoid, tanh):
+        fn = fn.__name__
+    if isinstance(fn, str) and fn.lower() in nn.ACTIVATIONS:
+        return nn.activation(fn)
     raise ArchitectureError(f"unknown activation_fn {fn!r}: use sigmoid, tanh, ReLU or linear from "
                             f"deepscope.book.network3 (or a deepscope.nn activation)")
 

@@ -111,4 +111,24 @@ class LogSoftmax(Module):
         return grad_output - xp.exp(self._a) * grad_output.sum(axis=-1, keepdims=True)
 
 
-ACTIVATIONS = {"sigmoid": Sigmoid, "tanh": Tanh, "relu": ReLU, "linear": Identity, "identity": Identity}
+# -- the one activation registry: every name a user can write for a neuron (arch strings, network3's
+# activation_fn, the CLI's --activation, the instruments) is looked up here and nowhere else.
+ACTIVATIONS = {"sigmoid": Sigmoid, "tanh": Tanh, "relu": ReLU, "linear": Identity}
+"""The neuron of a hidden layer by name (``"linear"``, network3's name, is the Identity neuron)."""
+ALIASES = {"identity": "linear"}
+
+
+def activation(name: str) -> Module:
+    """A new activation layer from its name (``"sigmoid"``, ``"tanh"``, ``"relu"``, ``"linear"``)."""
+    key = ALIASES.get(str(name).lower(), str(name).lower())
+    if key not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}: expected one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[key]()
+
+
+def activation_name(module) -> str | None:
+    """The registry name of an activation layer (``"sigmoid"`` for a :class:`Sigmoid`), None for any other."""
+    for name, cls in ACTIVATIONS.items():
+        if type(module) is cls:
+            return name
+    return None

@@ -172,6 +172,8 @@ class Conv2d(Module):
         if self.bias is not None:
             self.bias.grad += delta.sum(axis=1)                                  # ∂C/∂b = Σ δ
         del cols
+        if not self.needs_input_grad:                       # the first layer: nobody reads ∂C/∂x
+            return None
         dcols = (w2.T @ delta).reshape(c, kh, kw, n, ho, wo)                    # ∂C/∂X = Wᵀ Δ
         # col2im: add each kernel offset's slice into its strided window of ∂C/∂x̃ (channel-major).
         dxpad = xp.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=dcols.dtype)

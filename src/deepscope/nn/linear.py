@@ -42,9 +42,6 @@ class Linear(Module):
         w, b = _init.initialize((out_features, in_features), (out_features,), in_features, out_features, init)
         self.weight = Parameter(w)
         self.bias = Parameter(b) if bias else None
-        # False skips ∂C/∂x (backward returns None): fit sets it on a net's first layer, whose input
-        # needs no gradient (PyTorch skips it the same way for inputs that do not require grad).
-        self.need_input_grad = True
 
     def forward(self, x):
         if x.ndim < 2 or x.shape[-1] != self.in_features:
@@ -65,7 +62,7 @@ class Linear(Module):
         self.weight.grad += delta.T @ self._x                    # BP4
         if self.bias is not None:
             self.bias.grad += delta.sum(axis=0)                  # BP3
-        if not self.need_input_grad:
+        if not self.needs_input_grad:                            # the first layer: nobody reads ∂C/∂x
             return None
         grad_input = delta @ self.weight.data                    # BP2 (σ' is the activation's job)
         return grad_input if len(self._lead) == 1 else grad_input.reshape(*self._lead, self.in_features)

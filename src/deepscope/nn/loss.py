@@ -140,7 +140,22 @@ class LogLikelihoodCost(Loss):
         return backend.xp_of(z).exp(log_softmax(z))
 
 
-# PyTorch's name for the same cost.
-CrossEntropyLoss = LogLikelihoodCost
-
 COSTS = {"quadratic": QuadraticCost, "crossentropy": CrossEntropyCost, "loglikelihood": LogLikelihoodCost}
+
+# One name per cost, the book's. PyTorch's ``CrossEntropyLoss`` is softmax + log-likelihood, while the book's
+# "cross-entropy" is the sigmoid-output cost: on the same logits they differ (e.g. 1.414 vs 0.241), so
+# deepscope does not offer the PyTorch name at all; asking for it says which class to use.
+_NOT_OURS = {
+    "CrossEntropyLoss": "deepscope has no CrossEntropyLoss: PyTorch's CrossEntropyLoss (softmax outputs, "
+                        "log-likelihood) is LogLikelihoodCost; the book's cross-entropy for sigmoid outputs is "
+                        "CrossEntropyCost (PyTorch's BCEWithLogitsLoss summed over outputs)",
+}
+
+
+def no_such_name(module: str, name: str) -> AttributeError:
+    """The error for ``module.name``: the line saying what to use for a name deepscope avoids on purpose."""
+    return AttributeError(_NOT_OURS.get(name, f"module {module!r} has no attribute {name!r}"))
+
+
+def __getattr__(name):
+    raise no_such_name(__name__, name)

@@ -1,4 +1,4 @@
-"""Module, Parameter and Sequential: the contract every layer keeps.
+"""Module, Parameter and the containers (Sequential, Residual, Concat): the contract every layer keeps.
 
 A layer does three things (Torch7's contract): compute its output (``forward``), compute the gradient of
 the cost with respect to its input (``backward``, which returns it), and accumulate the gradients of its
@@ -9,9 +9,38 @@ layer l receives δ^{l+1}-shaped signals ∂C/∂a^l and turns them into ∂C/�
     loss = cost(out, y)
     model.backward(cost.backward())   # backward, in reverse order, filling Parameter.grad
 
+Writing a layer: subclass :class:`Module` and define ``forward(x)`` and ``backward(grad_output)``, nothing
+else. ``module(x)`` runs ``forward`` and then the forward hooks. ``module.backward(g)`` is the public verb
+that every caller uses (a training loop, a container calling its children, a user's own module): when a
+subclass defines ``backward``, the base class wraps it once, at class creation (``__init_subclass__``, as it
+does for ``__init__``), so that the public ``backward``
+
+1. skips the layer entirely when its input needs no gradient and it has no parameters (below),
+2. runs the layer's own ``backward`` otherwise (a ``super().backward(g)`` inside it calls the parent
+   class's code and nothing more),
+3. returns None instead of ∂C/∂x when ``needs_input_grad`` is False,
+4. runs this module's backward hooks, ``fn(module, grad_input, grad_output)`` (``grad_input`` may be None),
+
+and returns ∂C/∂x. There is no second, private method to call: a bare layer and a child of a container
+behave the same.
+
+Skipping ∂C/∂x: ``needs_input_grad`` (default True) says whether anyone reads the gradient with respect to
+this module's input. The data fed to a net needs none, so ``deepscope.train.fit`` sets the model's flag to
+False while it trains, and the first layer of the net skips that work (the book's backprop stops at δ^2:
+nothing computes ∂C/∂x). A layer with parameters still accumulates their gradients and returns None (it
+tests ``self.needs_input_grad`` before computing ∂C/∂x); a layer without parameters is not run at all.
+Containers pass the flag on: :class:`Sequential` to its leading children, up to and including the first
+one with parameters (what lies before a net's first weights needs no gradient either); :class:`Residual`
+and :class:`Concat` to every branch. A user's container keeps its children's own flags (their ∂C/∂x is
+computed and, at the top, dropped: correct, only slower).
+
 Instruments (``deepscope.scope``) watch a model through hooks: ``register_forward_hook(fn)`` calls
 ``fn(module, inputs, output)`` after each forward, ``register_backward_hook(fn)`` calls
 ``fn(module, grad_input, grad_output)`` after each backward. A layer's code knows nothing of them.
+
+A model owns its device: ``model.to("cpu")`` / ``model.to("cuda")`` moves every parameter (CuPy on the GPU),
+``model.to("float64")`` casts; ``model.xp`` is the array module of its parameters and ``model.device`` says
+where they live. Optimizers keep their state beside the parameters (``deepscope.optim`` follows them).
 """
 from __future__ import annotations
 
@@ -51,24 +80,11 @@ class Module:
     """Base class of every layer and container. Subclasses implement ``forward`` and ``backward``."""
 
     def __init_subclass__(cls, **kwargs):
-        # Record the constructor arguments of the outermost __init__ so that deepscope.save can describe a
-        # model as JSON and deepscope.load can rebuild it (no pickle anywhere).
         super().__init_subclass__(**kwargs)
         if "__init__" in cls.__dict__:
-            init = cls.__dict__["__init__"]
-            sig = inspect.signature(init)
-
-            @functools.wraps(init)
-            def wrapped(self, *args, __init=init, __sig=sig, **kw):
-                if "_init_args" not in self.__dict__:
-                    bound = __sig.bind(self, *args, **kw)
-                    bound.apply_defaults()
-                    args_ = dict(bound.arguments)
-                    args_.pop("self")
-                    object.__setattr__(self, "_init_args", args_)
-                __init(self, *args, **kw)
-
-            cls.__init__ = wrapped
+            cls.__init__ = _recording_init(cls.__dict__["__init__"])
+        if "backward" in cls.__dict__:
+            cls.backward = _public_backward(cls.__dict__["backward"])
 
     def __init__(self):
         self.__dict__.setdefault("_init_args", {})
@@ -78,6 +94,7 @@ class Module:
         self._backward_hooks: dict = {}
         self._hook_id = 0
         self.training = True
+        self._needs_input_grad = True
         self.name = ""  # set by the parent container: the module's path in the model, e.g. "2"
 
     # -- registration ------------------------------------------------------------------------------
@@ -107,13 +124,22 @@ class Module:
                 hook(self, inputs, out)
         return out
 
-    def backward_with_hooks(self, grad_output):
-        """``backward`` followed by this module's backward hooks; containers call their children this way."""
-        grad_input = self.backward(grad_output)
-        if self._backward_hooks:
-            for hook in list(self._backward_hooks.values()):
-                hook(self, grad_input, grad_output)
-        return grad_input
+    @property
+    def needs_input_grad(self) -> bool:
+        """Whether ``backward`` must return ∂C/∂x (False: the input's gradient is read by no one)."""
+        return self._needs_input_grad
+
+    @needs_input_grad.setter
+    def needs_input_grad(self, value: bool) -> None:
+        self._needs_input_grad = bool(value)
+        self._pass_needs_input_grad(self._needs_input_grad)
+
+    def _pass_needs_input_grad(self, value: bool) -> None:
+        """Containers override this to tell the children that read their input (see the module docstring)."""
+
+    def has_parameters(self) -> bool:
+        """Whether this module or any module inside it has a parameter."""
+        return bool(self._parameters) or any(m.has_parameters() for m in self._modules.values())
 
     # -- hooks -------------------------------------------------------------------------------------
     def register_forward_hook(self, fn):
@@ -243,6 +269,48 @@ class _HookHandle:
         self._table.pop(self._key, None)
 
 
+def _recording_init(init):
+    """Wrap a subclass's ``__init__`` to record its arguments (the outermost call's), so that deepscope.save
+    can describe a model as JSON and deepscope.load can rebuild it (no pickle anywhere)."""
+    sig = inspect.signature(init)
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kw):
+        if "_init_args" not in self.__dict__:
+            bound = sig.bind(self, *args, **kw)
+            bound.apply_defaults()
+            args_ = dict(bound.arguments)
+            args_.pop("self")
+            object.__setattr__(self, "_init_args", args_)
+        init(self, *args, **kw)
+
+    return __init__
+
+
+def _public_backward(layer_backward):
+    """The public ``backward`` around a subclass's own (see the module docstring): skip, run, drop ∂C/∂x when
+    it is not needed, then run the backward hooks."""
+
+    @functools.wraps(layer_backward)
+    def backward(self, grad_output, *args, **kwargs):
+        if type(self).backward is not backward:   # reached through super() from a subclass's backward:
+            return layer_backward(self, grad_output, *args, **kwargs)   # the subclass's wrapper does the rest
+        if self._needs_input_grad:
+            grad_input = layer_backward(self, grad_output, *args, **kwargs)
+        elif self.has_parameters():
+            layer_backward(self, grad_output, *args, **kwargs)   # accumulates Parameter.grad
+            grad_input = None
+        else:
+            grad_input = None                                    # nothing to compute
+        if self._backward_hooks:
+            for hook in list(self._backward_hooks.values()):
+                hook(self, grad_input, grad_output)
+        return grad_input
+
+    backward.layer_backward = layer_backward
+    return backward
+
+
 def _jsonable(obj):
     if isinstance(obj, dict):
         return {k: _jsonable(v) for k, v in obj.items()}
@@ -279,10 +347,17 @@ class Sequential(Module):
 
     def backward(self, grad_output):
         for m in reversed(self._modules.values()):
-            grad_output = m.backward_with_hooks(grad_output)
-            if grad_output is None:  # a layer that was told its input needs no gradient
+            grad_output = m.backward(grad_output)
+            if grad_output is None:  # a layer whose input needs no gradient: nothing below it needs any
                 break
         return grad_output
+
+    def _pass_needs_input_grad(self, value: bool) -> None:
+        # The children before the first one with parameters read (a function of) this container's input.
+        for m in self._modules.values():
+            m.needs_input_grad = value
+            if m.has_parameters():
+                break
 
     def __getitem__(self, i):
         return list(self._modules.values())[i]

@@ -49,7 +49,7 @@ import numpy as np
 
 from .. import backend
 from ..figures import plot_speed
-from ..nn.activation import ReLU, Sigmoid, Tanh
+from ..nn.activation import activation_name
 
 SIGMOID_SATURATION = (0.01, 0.99)   # σ'(z) = a(1-a) < 0.0099 outside this range
 TANH_SATURATION = 0.99              # 1 - a² < 0.02 beyond this
@@ -83,16 +83,6 @@ def dead_fraction(a) -> float:
     return float(1.0 - xp.mean(alive))
 
 
-_ACTIVATION_KINDS = ((Sigmoid, "sigmoid"), (Tanh, "tanh"), (ReLU, "relu"))
-
-
-def _activation_kind(module):
-    for cls, kind in _ACTIVATION_KINDS:
-        if isinstance(module, cls):
-            return kind
-    return None
-
-
 class LearningSpeedRecorder:
     """Records each layer's speed of learning ‖∂C/∂b‖ (and more, see the module docstring) every ``every`` steps.
 
@@ -118,8 +108,8 @@ class LearningSpeedRecorder:
             own = [(p, v) for p, v in m._parameters.items() if v is not None]
             if own:
                 self._params[name] = (m, own)
-            kind = _activation_kind(m)
-            if kind is not None:
+            kind = activation_name(m)
+            if kind in ("sigmoid", "tanh", "relu"):         # the neurons that saturate or die
                 self._activations[name] = (m, kind)
         if not self._params:
             raise ValueError("LearningSpeedRecorder: the model has no parameters to watch")
