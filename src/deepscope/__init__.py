@@ -5,4 +5,4 @@ from .backend import manual_seed
 from .errors import ArchitectureError, ConfigError, DataError, DeepscopeError, NonFiniteError, ShapeError
 
 __version__ = "0.1.0"
-from .io import load, save
+from .io import load, register, save

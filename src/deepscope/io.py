@@ -2,9 +2,20 @@
 
 A model is saved as two files: ``NAME.safetensors`` (the state dict, PyTorch's keys) and ``NAME.json`` (the
 architecture, from :meth:`Module.config`: class names and constructor arguments). :func:`load` rebuilds the
-model by looking each class up in :mod:`deepscope.nn` — only classes defined there can be named — then loads
-the weights. Every file is written atomically (a temporary file, then ``os.replace``), so an interrupted save
-never leaves a half-written file where a good one was.
+model by looking each class name up among deepscope's own layers (:mod:`deepscope.nn`) and the classes a
+program registered with :func:`register` -- never importing or instantiating anything else a file names --
+then loads the weights. Every file is written atomically (a temporary file, then ``os.replace``), so an
+interrupted save never leaves a half-written file where a good one was.
+
+A user's own module saves and loads once its class is registered::
+
+    @deepscope.register
+    class Block(deepscope.nn.Module):
+        def __init__(self, features: int): ...
+
+Its constructor arguments (numbers, strings, lists, other modules) are recorded when it is made, and
+:func:`load` calls the constructor with them again. :func:`save` refuses, with one line, a model that
+contains a class :func:`load` could not rebuild.
 """
 from __future__ import annotations
 
@@ -17,8 +28,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from . import backend
-from .errors import DataError
+from . import backend, nn
+from .errors import ConfigError, DataError
 
 
 def atomic_write(path, write) -> None:
@@ -82,10 +93,65 @@ def _stem(path) -> Path:
     return path
 
 
+_REGISTERED: dict = {}   # class name -> class: the user's modules that load may build
+
+
+def register(cls):
+    """Let :func:`load` rebuild ``cls``, a subclass of :class:`deepscope.nn.Module`, from a saved model.
+
+    Returns ``cls``, so it also works as a decorator (``@deepscope.register``). Registering a class whose
+    name is already taken (by a deepscope layer or another registered class) is a :class:`ConfigError`.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ConfigError(f"register: expected a subclass of deepscope.nn.Module, got {cls!r}")
+    name = cls.__name__
+    taken = _classes().get(name)
+    if taken is not None and taken is not cls:
+        raise ConfigError(f"register: the name {name!r} is already taken by {taken.__module__}.{taken.__qualname__}; "
+                          f"rename {cls.__module__}.{cls.__qualname__}")
+    _REGISTERED[name] = cls
+    return cls
+
+
+def _classes() -> dict:
+    """Every class :func:`load` may build, by name: deepscope.nn's modules and the registered ones."""
+    own = {k: v for k, v in vars(nn).items() if isinstance(v, type) and issubclass(v, nn.Module)}
+    return {**own, **_REGISTERED}
+
+
+def _types(cfg):
+    """Every class name that :func:`build_from_config` will look up for ``cfg``."""
+    yield cfg["type"]
+    for child in cfg.get("modules", []) + cfg.get("branches", []) + [cfg.get("block"), cfg.get("shortcut")]:
+        if child is not None:
+            yield from _types(child)
+    for arg in _module_args(cfg.get("args", {})):
+        yield from _types(arg)
+
+
+def _module_args(obj):
+    """The configs of the modules passed as constructor arguments (recorded as ``{"module": config}``)."""
+    if isinstance(obj, dict):
+        if set(obj) == {"module"} and isinstance(obj["module"], dict):
+            yield obj["module"]
+        else:
+            for v in obj.values():
+                yield from _module_args(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _module_args(v)
+
+
 def save(model, path) -> Path:
     """Save ``model`` as ``path.safetensors`` + ``path.json`` (``path`` may be a run folder). Returns the stem."""
+    cfg = model.config()
+    known = _classes()
+    for kind in _types(cfg):
+        if known.get(kind) is None:
+            raise ConfigError(f"save: {kind} is not a deepscope layer, so load could not rebuild it: call "
+                              f"deepscope.register({kind}) first")
     stem = _stem(path)
-    write_json(_with(stem, ".json"), {"format": "deepscope-model-1", "model": model.config()})
+    write_json(_with(stem, ".json"), {"format": "deepscope-model-1", "model": cfg})
     save_arrays(_with(stem, ".safetensors"), model.state_dict())
     return stem
 
@@ -95,18 +161,36 @@ def _with(stem: Path, suffix: str) -> Path:
 
 
 def build_from_config(cfg: dict):
-    """Rebuild a module from :meth:`Module.config` output, admitting only classes of :mod:`deepscope.nn`."""
-    from . import nn
-    kind = cfg.get("type")
-    cls = getattr(nn, kind, None) if isinstance(kind, str) else None
-    if cls is None or not isinstance(cls, type) or not issubclass(cls, nn.Module):
-        raise DataError(f"model description names an unknown layer type {kind!r}")
+    """Rebuild a module from :meth:`Module.config` output, admitting only deepscope.nn's classes and the
+    registered ones (the name read from the file is looked up in that table, never imported)."""
+    kind = cfg.get("type") if isinstance(cfg, dict) else None
+    cls = _classes().get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise DataError(f"model description names an unknown layer type {kind!r} (deepscope's layers and "
+                        f"classes registered with deepscope.register only)")
     if kind == "Sequential":
-        return nn.Sequential(*[build_from_config(c) for c in cfg["modules"]])
+        return cls(*[build_from_config(c) for c in cfg["modules"]])
+    if kind == "Residual":
+        shortcut = cfg.get("shortcut")
+        return cls(build_from_config(cfg["block"]), None if shortcut is None else build_from_config(shortcut))
+    if kind == "Concat":
+        return cls(*[build_from_config(c) for c in cfg["branches"]], dim=cfg.get("dim", 1))
+    args = _modules_in(cfg.get("args", {}))
     try:
-        return cls(**cfg.get("args", {}))
+        return cls(**args)
     except TypeError as e:
         raise DataError(f"cannot build {kind} from the arguments {cfg.get('args')}: {e}") from None
+
+
+def _modules_in(obj):
+    """Constructor arguments with every ``{"module": config}`` (a module argument) rebuilt."""
+    if isinstance(obj, dict):
+        if set(obj) == {"module"} and isinstance(obj["module"], dict):
+            return build_from_config(obj["module"])
+        return {k: _modules_in(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_modules_in(v) for v in obj]
+    return obj
 
 
 def load(path):

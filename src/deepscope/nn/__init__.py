@@ -3,7 +3,7 @@ from . import init
 from .activation import ACTIVATIONS, Identity, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh, activation, activation_name
 from .linear import Flatten, Linear
 from .loss import COSTS, CrossEntropyCost, LogLikelihoodCost, Loss, QuadraticCost, no_such_name
-from .module import Module, Parameter, Sequential
+from .module import Concat, Module, Parameter, Residual, Sequential
 from .recurrent import RNN, AllSteps, LastStep, SequenceLogLikelihood
 from .embedding import Embedding
 from .conv import Conv2d

@@ -321,7 +321,7 @@ def _jsonable(obj):
     if isinstance(obj, (numpy.floating,)):
         return float(obj)
     if isinstance(obj, Module):
-        return obj.config()
+        return {"module": obj.config()}    # a module passed to a constructor (deepscope.load rebuilds it first)
     return obj
 
 
@@ -373,3 +373,128 @@ class Sequential(Module):
 
     def extra_repr(self) -> str:
         return ""
+
+
+class Residual(Module):
+    """A skip connection: ``out = block(x) + shortcut(x)``, the shortcut the identity unless given.
+
+        forward    y = F(x) + S(x)                    (S(x) = x by default)
+        backward   ∂C/∂x = F'ᵀ ∂C/∂y + S'ᵀ ∂C/∂y      (= block.backward(g) + g for the identity)
+
+    The gradient reaching x is the sum of what comes back through the block and through the shortcut, so
+    with the identity it never vanishes however many residual blocks are stacked.
+
+    Args:
+        block: the residual branch F (any Module, e.g. a Sequential).
+        shortcut: the other branch S (default None: the identity; e.g. a ``Linear`` or 1x1 ``Conv2d`` when
+            F changes the shape).
+
+    Shape:
+        - Input: what ``block`` takes.  Output: what ``block`` returns; ``shortcut(x)`` must have that shape.
+    """
+
+    def __init__(self, block: Module, shortcut: Module | None = None):
+        super().__init__()
+        for what, m in (("block", block), ("shortcut", shortcut)):
+            if m is not None and not isinstance(m, Module):
+                raise TypeError(f"Residual: {what} is a {type(m).__name__}, not a Module")
+        self.add_module("block", block)
+        block.name = "block"
+        if shortcut is not None:
+            self.add_module("shortcut", shortcut)
+            shortcut.name = "shortcut"
+        else:
+            self.shortcut = None
+
+    def forward(self, x):
+        y = self.block(x)
+        s = x if self.shortcut is None else self.shortcut(x)
+        if tuple(y.shape) != tuple(s.shape):
+            raise ShapeError(f"{self.describe()}: the block gives {tuple(y.shape)} but the shortcut gives "
+                             f"{tuple(s.shape)}; give a shortcut that maps the input to the block's output shape")
+        return y + s
+
+    def backward(self, grad_output):
+        grad_block = self.block.backward(grad_output)                        # F'ᵀ g
+        grad_short = grad_output if self.shortcut is None else self.shortcut.backward(grad_output)   # S'ᵀ g
+        if not self.needs_input_grad:
+            return None
+        return _add(grad_block, grad_short)
+
+    def _pass_needs_input_grad(self, value: bool) -> None:
+        for m in self._modules.values():     # both branches read this container's input
+            m.needs_input_grad = value
+
+    def config(self) -> dict:
+        return {"type": "Residual", "block": self.block.config(),
+                "shortcut": None if self.shortcut is None else self.shortcut.config()}
+
+    def extra_repr(self) -> str:
+        return ""
+
+
+class Concat(Module):
+    """Branches side by side: every branch reads the same input and their outputs are joined along ``dim``.
+
+        forward    y = [B_1(x), B_2(x), …]            (concatenated along dim)
+        backward   ∂C/∂x = Σ_i B_iᵀ' (∂C/∂y)_i          ((∂C/∂y)_i: the slice of g that branch i produced)
+
+    Args:
+        *branches: the modules, named ``"0"``, ``"1"``, … (state-dict keys like PyTorch's ModuleList).
+        dim: the axis to join along (default 1: features of ``(N, F)``, channels of ``(N, C, H, W)``).
+
+    Shape:
+        - Input: what every branch takes.  Output: the branches' outputs, equal except along ``dim``, whose
+          sizes add up.
+    """
+
+    def __init__(self, *branches: Module, dim: int = 1):
+        super().__init__()
+        if not branches:
+            raise ValueError("Concat: give at least one branch")
+        for i, m in enumerate(branches):
+            if not isinstance(m, Module):
+                raise TypeError(f"Concat: branch {i} is a {type(m).__name__}, not a Module")
+            self.add_module(str(i), m)
+            m.name = str(i)
+        self.dim = int(dim)
+
+    def forward(self, x):
+        outs = [m(x) for m in self._modules.values()]
+        ref = outs[0]
+        dim = self.dim % ref.ndim if ref.ndim else 0
+        for i, o in enumerate(outs):
+            if o.ndim != ref.ndim or tuple(o.shape[:dim]) + tuple(o.shape[dim + 1:]) != \
+                    tuple(ref.shape[:dim]) + tuple(ref.shape[dim + 1:]):
+                raise ShapeError(f"{self.describe()}: branch {i} gives {tuple(o.shape)}, which cannot be joined "
+                                 f"to branch 0's {tuple(ref.shape)} along dim {self.dim}")
+        self._sizes = [o.shape[dim] for o in outs]
+        return backend.xp_of(ref).concatenate(outs, axis=dim)
+
+    def backward(self, grad_output):
+        dim = self.dim % grad_output.ndim
+        grad_input, start = None, 0
+        for m, size in zip(self._modules.values(), self._sizes):
+            index = (slice(None),) * dim + (slice(start, start + size),)
+            grad_input = _add(grad_input, m.backward(grad_output[index]))    # Σ_i B_i'ᵀ (∂C/∂y)_i
+            start += size
+        return grad_input if self.needs_input_grad else None
+
+    def _pass_needs_input_grad(self, value: bool) -> None:
+        for m in self._modules.values():     # every branch reads this container's input
+            m.needs_input_grad = value
+
+    def config(self) -> dict:
+        return {"type": "Concat", "branches": [m.config() for m in self._modules.values()], "dim": self.dim}
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+def _add(a, b):
+    """a + b where either may be None (a branch whose input needs no gradient returned none)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a + b
