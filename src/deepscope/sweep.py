@@ -1,0 +1,484 @@
+"""Sweeps: many runs of one deepscope command, side by side, on Ray Tune.
+
+A sweep is a list of trials. Each trial is one call of a deepscope command (``train``, ``book ch6 …``,
+``scope compare``, …) with some options changed and its own seed, made inside a Ray worker as
+``main([*command, *options, "--seed", S, "--out", SWEEP/TRIAL])``, so every trial is an ordinary run folder
+that ``evaluate``, ``show`` and ``report`` read like any other. The trials come from a grid
+(``--grid lr=0.01,0.1``), random samples of a space (``--space lr=0.001:0.1:log``) and seeds, crossed.
+
+Ray runs embedded in this process by default (one worker per core, one BLAS thread per trial) or joins a
+running cluster given its address; Tune places the trials, restarts one whose worker died (it continues from
+the run's last checkpoint, through the command's ``--resume``) and, with ASHA, stops the weak ones early
+from the per-epoch lines of their metrics.
+
+The sweep folder::
+
+    sweep.json      the command and every trial (what ``--resume`` reads back)
+    trials.json     one row per finished trial: options, seed, status, best-validation epoch, accuracies,
+    trials.csv      time, the Ray node that ran it; rewritten as each trial ends (Ctrl-C keeps them)
+    sweep.png       the metric against the swept options, mean and band over seeds
+    logs/TRIAL.log  what the trial's command printed
+    TRIAL/          the trial's run folder
+    .tune/          Ray Tune's own bookkeeping
+
+``resume`` runs only the trials without a row (a trial interrupted mid-run continues from its checkpoint).
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io as _stdio
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import io
+from .errors import ConfigError, DataError
+
+# One BLAS thread per trial: Tune already runs one trial per core.
+TRIAL_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+INSTALL_HINT = 'deepscope sweep needs Ray Tune: pip install -e ".[sweep]"  (or pip install "ray[tune]")'
+FINAL = ("done", "stopped")   # a trial with one of these statuses is never run again
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One run of the sweep's command: the options it changes (name without dashes → value) and its seed."""
+    options: dict
+    seed: int
+    name: str = field(default="", compare=False)
+
+    def __post_init__(self):
+        if not self.name:
+            parts = [f"{k}-{v}" for k, v in self.options.items()] + [f"seed-{self.seed}"]
+            object.__setattr__(self, "name", re.sub(r"[^A-Za-z0-9_.=+-]", "-", "_".join(parts)))
+
+
+# ---------------------------------------------------------------------------------------------- the trial list
+
+def parse_grid(text: str) -> tuple[str, list[str]]:
+    """``"lr=0.01,0.03"`` → ``("lr", ["0.01", "0.03"])``."""
+    key, sep, values = text.partition("=")
+    items = [v.strip() for v in values.split(",") if v.strip()]
+    if not sep or not _is_key(key) or not items:
+        raise ConfigError(f"--grid {text!r}: expected KEY=V1,V2,... (e.g. lr=0.01,0.1)")
+    return key.strip(), items
+
+
+@dataclass(frozen=True)
+class Range:
+    """A dimension of a random search: uniform in [low, high], or log-uniform; integers if both ends are."""
+    low: float
+    high: float
+    log: bool = False
+    integer: bool = False
+
+    def sample(self, rng) -> str:
+        lo, hi = (math.log(self.low), math.log(self.high)) if self.log else (self.low, self.high)
+        x = rng.uniform(lo, hi)
+        x = math.exp(x) if self.log else x
+        return str(int(round(x))) if self.integer else f"{x:.4g}"
+
+
+def parse_space(text: str) -> tuple[str, Range]:
+    """``"lr=0.001:0.1:log"`` → ``("lr", Range(0.001, 0.1, log=True))``; ``"epochs=2:6"`` samples integers."""
+    key, sep, spec = text.partition("=")
+    parts = spec.split(":")
+    bad = ConfigError(f"--space {text!r}: expected KEY=LOW:HIGH or KEY=LOW:HIGH:log (e.g. lr=0.001:0.1:log)")
+    if not sep or not _is_key(key) or len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "log"):
+        raise bad
+    try:
+        low, high = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise bad from None
+    log = len(parts) == 3
+    if not (math.isfinite(low) and math.isfinite(high) and low < high) or (log and low <= 0):
+        raise ConfigError(f"--space {text!r}: need LOW < HIGH" + (" and LOW > 0 for :log" if log else ""))
+    integer = all(re.fullmatch(r"[+-]?\d+", p.strip()) for p in parts[:2])
+    return key.strip(), Range(low, high, log, integer)
+
+
+def _is_key(key: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", key.strip()))
+
+
+def expand(grid=(), seeds: int = 1, samples: int = 0, space=(), first_seed: int = 0,
+           sample_seed: int = 0) -> list[Trial]:
+    """Every trial of a sweep: the grid's cross product × ``samples`` random points of ``space`` × seeds.
+
+    Args:
+        grid: ``(key, [values])`` pairs; the trials take every combination, in order.
+        seeds: seeds per configuration, ``first_seed`` … ``first_seed + seeds - 1``.
+        samples: random points drawn from ``space`` (``(key, Range)`` pairs), with ``sample_seed``, so the
+            trial list is the same each time (``--resume`` relies on it).
+    """
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {seeds}")
+    if bool(samples) != bool(space):
+        raise ConfigError("--sample N and --space KEY=LOW:HIGH go together")
+    keys = [k for k, _ in grid] + [k for k, _ in space]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"an option is swept twice: {', '.join(sorted(k for k in set(keys) if keys.count(k) > 1))}")
+    configs = [{}]
+    for key, values in grid:
+        configs = [{**c, key: v} for c in configs for v in values]
+    if samples:
+        rng = np.random.default_rng(sample_seed)
+        points = [{k: r.sample(rng) for k, r in space} for _ in range(samples)]
+        configs = [{**c, **p} for c in configs for p in points]
+    trials = [Trial(c, first_seed + s) for c in configs for s in range(seeds)]
+    names = [t.name for t in trials]
+    if len(set(names)) != len(names):
+        raise ConfigError("two trials would share a folder name (repeated values in --grid?)")
+    return trials
+
+
+def trial_argv(command: list[str], trial: Trial, run_dir, resume: bool) -> list[str]:
+    """The command line of one trial: the command, the trial's options, its seed and its run folder."""
+    argv = list(command)
+    for key, value in trial.options.items():
+        argv += [f"--{key}", str(value)]
+    argv += ["--seed", str(trial.seed)]
+    argv += ["--resume", str(run_dir)] if resume else ["--out", str(run_dir)]
+    return argv
+
+
+# ------------------------------------------------------------------------------------------- the sweep folder
+
+class SweepFolder:
+    """The folder of a sweep: its command and trials (``sweep.json``) and the table of results."""
+
+    def __init__(self, path, command: list[str], trials: list[Trial], rows: dict | None = None):
+        self.path = Path(path)
+        self.command = list(command)
+        self.trials = list(trials)
+        self.rows = dict(rows or {})          # trial name → row
+
+    @classmethod
+    def create(cls, path, command: list[str], trials: list[Trial]) -> "SweepFolder":
+        path = Path(path)
+        if (path / "sweep.json").exists():
+            raise DataError(f"{path} already holds a sweep; continue it with deepscope sweep --resume {path}")
+        if path.exists() and any(path.iterdir()):
+            raise DataError(f"{path} exists and is not empty; choose another --out")
+        path.mkdir(parents=True, exist_ok=True)
+        folder = cls(path, command, trials)
+        io.write_json(path / "sweep.json", {"command": folder.command, "trials": [asdict(t) for t in trials]})
+        return folder
+
+    @classmethod
+    def open(cls, path) -> "SweepFolder":
+        path = Path(path)
+        try:
+            saved = json.loads((path / "sweep.json").read_text())
+            trials = [Trial(t["options"], t["seed"], t["name"]) for t in saved["trials"]]
+            command = saved["command"]
+        except FileNotFoundError:
+            raise DataError(f"{path} is not a sweep folder (no sweep.json)") from None
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise DataError(f"{path / 'sweep.json'} is damaged: {e}") from None
+        rows = {}
+        if (path / "trials.json").exists():
+            try:
+                rows = {r["trial"]: r for r in json.loads((path / "trials.json").read_text())}
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise DataError(f"{path / 'trials.json'} is damaged: {e}") from None
+        return cls(path, command, trials, rows)
+
+    @property
+    def keys(self) -> list[str]:
+        """The swept options, in the order they were given."""
+        keys = []
+        for t in self.trials:
+            keys += [k for k in t.options if k not in keys]
+        return keys
+
+    def missing(self) -> list[Trial]:
+        """The trials still to run: those without a final row."""
+        return [t for t in self.trials if self.rows.get(t.name, {}).get("status") not in FINAL]
+
+    def run_dir(self, trial: Trial) -> Path:
+        return self.path / trial.name
+
+    def log_path(self, trial: Trial) -> Path:
+        return self.path / "logs" / f"{trial.name}.log"
+
+    def record(self, row: dict) -> None:
+        """Add (or replace) a trial's row and rewrite the tables at once, atomically."""
+        self.rows[row["trial"]] = row
+        ordered = [self.rows[t.name] for t in self.trials if t.name in self.rows]
+        io.write_json(self.path / "trials.json", ordered)
+        columns = ["trial"] + self.keys + ["seed", "status", "best_epoch", "val_acc", "test_acc", "seconds",
+                                           "resumed_after_epoch", "node_id", "error"]
+
+        def write(tmp):
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, columns, extrasaction="ignore")
+                w.writeheader()
+                for r in ordered:
+                    w.writerow({**r.get("options", {}), **r})
+        io.atomic_write(self.path / "trials.csv", write)
+
+
+# --------------------------------------------------------------------------------- a trial, in a Ray worker
+
+def _run_metrics(run_dir: Path) -> list[dict]:
+    """The per-epoch records a run has written so far."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:   # a line being written right now
+            break
+    return records
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    return (run_dir / "checkpoint.safetensors").exists()
+
+
+def _best(records: list[dict]) -> dict:
+    """The book's protocol: the epoch of best validation accuracy (the last record if none has one)."""
+    if not records:
+        return {}
+    with_val = [r for r in records if r.get("val_acc") is not None]
+    best = max(with_val, key=lambda r: (r["val_acc"], -r.get("epoch", 0))) if with_val else records[-1]
+    row = {k: v for k, v in best.items() if isinstance(v, (int, float)) and k != "seconds"}
+    row["best_epoch"] = best.get("epoch")
+    return row
+
+
+class _Command(threading.Thread):
+    """The trial's command, run in this worker process with its output going to the trial's log."""
+
+    def __init__(self, main, argv, log_path: Path):
+        super().__init__(daemon=True)
+        self.main, self.argv, self.log_path = main, argv, log_path
+        self.exit_code: int | None = None
+        self.error: BaseException | None = None
+
+    def run(self):
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            print(f"[deepscope sweep] pid {os.getpid()}: deepscope {' '.join(self.argv)}", flush=True)
+            try:
+                self.exit_code = int(self.main(self.argv) or 0)
+            except SystemExit as e:          # argparse rejecting an option
+                self.exit_code = e.code if isinstance(e.code, int) else 2
+            except BaseException as e:       # a bug: reported to Tune, which retries the trial
+                self.error = e
+
+
+def run_trial(config: dict, main, sweep_dir: str, command: list[str]) -> None:
+    """Tune's function for one trial (runs in a Ray worker): the command in a thread, each new epoch reported."""
+    from ray import tune, get_runtime_context   # lazy: Ray is the optional `sweep` extra
+
+    folder = SweepFolder(sweep_dir, command, [])
+    trial = Trial(**config["trial"])
+    run_dir = folder.run_dir(trial)
+    resume = _has_checkpoint(run_dir)
+    if run_dir.exists() and not resume:
+        shutil.rmtree(run_dir)  # an attempt that died before its first checkpoint: nothing in it to keep
+    resumed_after = len(_run_metrics(run_dir)) if resume else 0
+    node = get_runtime_context().get_node_id()
+    t0 = time.perf_counter()
+    cmd = _Command(main, trial_argv(command, trial, run_dir, resume), folder.log_path(trial))
+    cmd.start()
+    reported = resumed_after
+    while cmd.is_alive():
+        cmd.join(0.25)
+        records = _run_metrics(run_dir)
+        for r in records[reported:]:     # per-epoch results, for ASHA and the progress of the sweep
+            tune.report({**{k: v for k, v in r.items() if isinstance(v, (int, float))}, "node_id": node})
+        reported = max(reported, len(records))
+    if cmd.error is not None:
+        raise cmd.error
+    row = _best(_run_metrics(run_dir))
+    row.update(exit_code=cmd.exit_code, finished=1, node_id=node, seconds=time.perf_counter() - t0,
+               resumed_after_epoch=resumed_after)
+    tune.report(row)
+
+
+# ------------------------------------------------------------------------------------------------ the driver
+
+def _tune_callback(folder: SweepFolder, bar):
+    """A Tune callback that writes each trial's row when it ends and keeps the progress bar current."""
+    from ray import tune   # lazy: optional extra
+
+    class Progress(tune.Callback):
+        def __init__(self):
+            self.running, self.failed, self.last = set(), 0, {}
+
+        def _show(self):
+            bar.set_postfix_str(f"running {len(self.running)}, failed {self.failed}")
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.running.add(trial.trial_id)
+            self._show()
+
+        def on_trial_restore(self, iteration, trials, trial, **info):
+            self.on_trial_start(iteration, trials, trial)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.last[trial.trial_id] = result
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            result = self.last.get(trial.trial_id, {})
+            finished = result.get("finished")
+            status = "stopped" if not finished else ("done" if result.get("exit_code") == 0 else "failed")
+            self._end(trial, status, result)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._end(trial, "error", self.last.get(trial.trial_id, {}),
+                      error=str(getattr(trial, "error_msg", "") or "worker failed").strip().splitlines()[-1][:300])
+
+        def _end(self, trial, status, result, error=None):
+            self.running.discard(trial.trial_id)
+            cfg = trial.config["trial"]
+            row = {"trial": cfg["name"], "options": cfg["options"], "seed": cfg["seed"], "status": status}
+            metrics = _best([result]) if status == "stopped" else result
+            keep = ("best_epoch", "val_acc", "test_acc", "seconds", "resumed_after_epoch", "node_id", "exit_code")
+            row.update({k: metrics[k] for k in keep if k in metrics})
+            row.update({k: v for k, v in metrics.items() if k not in row and not k.startswith(_TUNE_KEYS)
+                        and isinstance(v, (int, float)) and k not in ("finished", "epoch", "done")})
+            if status == "stopped":
+                row["node_id"] = result.get("node_id")
+            if status == "failed":
+                row["error"] = f"exit code {result.get('exit_code')}; see logs/{cfg['name']}.log"
+            if error:
+                row["error"] = error
+            folder.record(row)
+            if status in ("failed", "error"):
+                self.failed += 1
+            bar.update(1)
+            self._show()
+
+    return Progress()
+
+
+_TUNE_KEYS = ("time_", "timestamp", "training_iteration", "iterations_since_restore", "pid", "date", "hostname",
+              "node_ip", "trial_id", "config", "experiment_tag", "checkpoint_dir_name", "should_checkpoint")
+
+
+@dataclass
+class SweepResult:
+    rows: list[dict]           # one per trial of the sweep that has a row, in trial order
+    ran: int                   # trials run this time
+    interrupted: bool
+    seconds: float
+
+
+def run(folder: SweepFolder, main, *, address: str | None = None, workers: int | None = None,
+        scheduler: str | None = None, metric: str = "val_acc", max_failures: int = 3,
+        progress: bool = True) -> SweepResult:
+    """Run the trials of ``folder`` that have no row yet, on Ray Tune; return every row.
+
+    Args:
+        folder: the sweep (see :meth:`SweepFolder.create` / :meth:`SweepFolder.open`).
+        main: the command's entry point, ``main(argv) -> exit code`` (``deepscope.cli.main``); it is sent to
+            the workers by reference, so every node must have deepscope installed.
+        address: a running Ray cluster (``ray start --head`` …); None starts Ray inside this process.
+        workers: trials at a time (default: one per CPU of the cluster).
+        scheduler: None (every trial runs to the end) or ``"asha"`` (stops weak trials early, on ``metric``).
+        max_failures: restarts of a trial whose worker died (each continues from the run's checkpoint).
+    """
+    try:
+        import ray                 # lazy: Ray is the optional `sweep` extra
+        from ray import tune
+    except ImportError:
+        raise ConfigError(INSTALL_HINT) from None
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    todo = folder.missing()
+    t0 = time.perf_counter()
+    if not todo:
+        return SweepResult([folder.rows[t.name] for t in folder.trials if t.name in folder.rows], 0, False, 0.0)
+    started = not ray.is_initialized()
+    if started:
+        _start_ray(address, workers)
+    interrupted = False
+    tune_log = logging.getLogger("ray.tune")
+    level, tune_log.level = tune_log.level, logging.CRITICAL   # a failed trial is a row of the table, not a traceback
+    bar = tqdm(total=len(todo), desc="trials", unit="trial", disable=not progress, dynamic_ncols=True)
+    try:
+        sched = None
+        if scheduler == "asha":
+            sched = tune.schedulers.ASHAScheduler(time_attr="epoch", metric=metric, mode="max", grace_period=1)
+        elif scheduler is not None:
+            raise ConfigError(f"unknown scheduler {scheduler!r}: choose asha")
+        trainable = tune.with_resources(
+            tune.with_parameters(run_trial, main=main, sweep_dir=str(folder.path.resolve()),
+                                 command=folder.command), {"cpu": 1})
+        attempt = len(list((folder.path / ".tune").glob("run-*"))) + 1 if (folder.path / ".tune").exists() else 1
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial": tune.grid_search([asdict(t) for t in todo])},
+            tune_config=tune.TuneConfig(max_concurrent_trials=workers, scheduler=sched,
+                                        reuse_actors=sched is None,   # ASHA stops trials: their process must end
+                                        trial_name_creator=lambda t: t.config["trial"]["name"],
+                                        trial_dirname_creator=lambda t: t.config["trial"]["name"]),
+            run_config=tune.RunConfig(
+                name=f"run-{attempt}", storage_path=str((folder.path / ".tune").resolve()), verbose=0,
+                failure_config=tune.FailureConfig(max_failures=max_failures),
+                callbacks=[_tune_callback(folder, bar)]))
+        grid = tuner.fit()
+        interrupted = len(folder.missing()) > 0 and grid is not None and _was_interrupted(grid)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+        tune_log.setLevel(level)
+        if started:
+            ray.shutdown()
+    rows = [folder.rows[t.name] for t in folder.trials if t.name in folder.rows]
+    return SweepResult(rows, len(todo), interrupted, time.perf_counter() - t0)
+
+
+def _was_interrupted(grid) -> bool:
+    """Tune ends ``fit`` quietly after Ctrl-C; trials it never finished have no result then."""
+    return any(r.metrics is None or not r.metrics.get("finished") and r.error is None for r in grid)
+
+
+def _start_ray(address: str | None, workers: int | None) -> None:
+    import ray   # lazy: optional extra
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")   # Tune's status tables would fight the progress bar
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                  runtime_env={"env_vars": TRIAL_ENV})
+    if address is None:
+        cpus = os.cpu_count() or 1
+        kwargs.update(num_cpus=cpus, object_store_memory=80 * 2**20)   # trials share files, not objects
+    try:
+        with contextlib.redirect_stderr(_stdio.StringIO()):
+            ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise ConfigError(f"cannot reach a Ray cluster at {address}: {str(e).splitlines()[0]}") from None
+
+
+# --------------------------------------------------------------------------------------------------- summary
+
+def summarize(rows: list[dict], keys: list[str], metric: str) -> list[dict]:
+    """Mean, standard deviation, min and max of ``metric`` over seeds, for each configuration."""
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        if r.get("status") in FINAL and r.get(metric) is not None:
+            groups.setdefault(tuple(r["options"].get(k) for k in keys), []).append(float(r[metric]))
+    out = []
+    for config, values in groups.items():
+        v = np.array(values)
+        out.append({**dict(zip(keys, config)), "n": len(v), "mean": float(v.mean()), "std": float(v.std()),
+                    "min": float(v.min()), "max": float(v.max())})
+    return out

@@ -1,0 +1,213 @@
+"""Sweeps on Ray Tune: the trial list, the sweep folder, and the faults a sweep survives.
+
+The trial list and the folder are plain Python. The Ray tests start a local Ray inside this process (a few
+seconds each) and check that nothing of it is left running afterwards: a worker killed with SIGKILL in the
+middle of a trial (the trial continues from its checkpoint), and Ctrl-C followed by ``resume`` (nothing that
+had finished is run again).
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from deepscope import sweep
+from deepscope.cli import main
+from deepscope.data import mnist as mnist_module
+from deepscope.errors import ConfigError, DataError
+
+# A few seconds of real training per trial: a sigmoid net on 2,000 images of the shipped MNIST sample.
+TRAIN = ["train", "--arch", "784-30-10:sigmoid", "-m", "10", "--eta", "0.1", "--momentum", "0", "--init", "book",
+         "--schedule", "none", "--train-size", "2000", "--quiet"]
+
+
+# ------------------------------------------------------------------------------------------- the trial list
+
+def test_grid_times_seeds_in_order():
+    trials = sweep.expand([("eta", ["0.1", "0.3"]), ("batch-size", ["10", "32"])], seeds=2, first_seed=5)
+    assert [(t.options, t.seed) for t in trials][:3] == [
+        ({"eta": "0.1", "batch-size": "10"}, 5), ({"eta": "0.1", "batch-size": "10"}, 6),
+        ({"eta": "0.1", "batch-size": "32"}, 5)]
+    assert len(trials) == 8 and len({t.name for t in trials}) == 8
+    assert trials[0].name == "eta-0.1_batch-size-10_seed-5"
+
+
+def test_random_samples_are_reproducible_and_inside_the_space():
+    space = [sweep.parse_space("eta=0.001:0.1:log"), sweep.parse_space("epochs=2:6")]
+    a = sweep.expand(samples=20, space=space)
+    assert a == sweep.expand(samples=20, space=space)              # --resume relies on the same list
+    etas = [float(t.options["eta"]) for t in a]
+    assert all(0.001 <= e <= 0.1 for e in etas) and min(etas) < 0.01 < max(etas)   # log-uniform spreads
+    assert {t.options["epochs"] for t in a} <= {"2", "3", "4", "5", "6"}
+
+
+def test_trial_command_line():
+    t = sweep.Trial({"eta": "0.1"}, 3)
+    assert sweep.trial_argv(["train", "--epochs", "2"], t, "S/x", resume=False) == [
+        "train", "--epochs", "2", "--eta", "0.1", "--seed", "3", "--out", "S/x"]
+    assert sweep.trial_argv(["train"], t, "S/x", resume=True)[-2:] == ["--resume", "S/x"]
+
+
+@pytest.mark.parametrize("grid, space, samples, message", [
+    (["eta"], [], 0, "expected KEY=V1,V2"),
+    (["eta="], [], 0, "expected KEY=V1,V2"),
+    (["--eta=1"], [], 0, "expected KEY=V1,V2"),
+    (["eta=1,1"], [], 0, "share a folder name"),
+    (["eta=1", "eta=2"], [], 0, "swept twice"),
+    ([], ["eta=1:0.1"], 3, "LOW < HIGH"),
+    ([], ["eta=0:1:log"], 3, "LOW > 0"),
+    ([], ["eta=0.1:1:lin"], 3, "expected KEY=LOW:HIGH"),
+    ([], ["eta=0.1:1"], 0, "go together"),
+])
+def test_bad_sweep_options_are_one_clear_error(grid, space, samples, message):
+    with pytest.raises(ConfigError, match=message):
+        sweep.expand([sweep.parse_grid(g) for g in grid], samples=samples,
+                     space=[sweep.parse_space(s) for s in space])
+
+
+def test_a_sweep_folder_is_never_overwritten(tmp_path):
+    folder = sweep.SweepFolder.create(tmp_path / "s", ["train"], sweep.expand(seeds=2))
+    folder.record({"trial": "seed-0", "options": {}, "seed": 0, "status": "done", "val_acc": 0.5})
+    with pytest.raises(DataError, match="--resume"):
+        sweep.SweepFolder.create(tmp_path / "s", ["train"], sweep.expand(seeds=2))
+    again = sweep.SweepFolder.open(tmp_path / "s")
+    assert [t.name for t in again.missing()] == ["seed-1"]
+    assert (tmp_path / "s" / "trials.csv").read_text().splitlines()[1].startswith("seed-0,0,done,")
+    with pytest.raises(DataError, match="not a sweep folder"):
+        sweep.SweepFolder.open(tmp_path)
+
+
+def test_summary_is_mean_and_spread_over_seeds():
+    rows = [{"options": {"eta": e}, "seed": s, "status": "done", "test_acc": a}
+            for e, s, a in [("0.1", 0, 0.5), ("0.1", 1, 0.7), ("0.3", 0, 0.9), ("0.3", 1, None)]]
+    rows.append({"options": {"eta": "0.3"}, "seed": 2, "status": "failed", "test_acc": 0.1})
+    s = {r["eta"]: r for r in sweep.summarize(rows, ["eta"], "test_acc")}
+    assert s["0.1"]["n"] == 2 and s["0.1"]["mean"] == pytest.approx(0.6) and s["0.1"]["min"] == 0.5
+    assert s["0.3"]["n"] == 1 and s["0.3"]["mean"] == pytest.approx(0.9)     # failed and empty rows left out
+
+
+# ----------------------------------------------------------------------------------------- on a local Ray
+
+ray = pytest.importorskip("ray", reason="the sweep tests need ray[tune] (the test extra)")
+
+
+@pytest.fixture
+def mnist_sample(tmp_path):
+    """The MNIST sample shipped with deepscope as an IDX folder (no download in a Ray worker)."""
+    d = tmp_path / "data"
+    d.mkdir()
+    for split, name in [("train", "train"), ("test", "t10k")]:
+        for kind in ("images-idx3", "labels-idx1"):
+            shutil.copy(mnist_module.SAMPLE_DIR / f"{split}-{kind}-ubyte.gz", d / f"{name}-{kind}-ubyte.gz")
+    return d
+
+
+def _children():
+    import psutil   # comes with Ray
+    return psutil.Process().children(recursive=True)
+
+
+def _assert_nothing_left(before=()):
+    """No process this test started (Ray's GCS, raylet, workers) outlives it."""
+    import psutil
+    deadline = time.time() + 15
+    left = [p for p in _children() if p.pid not in before]
+    while left and time.time() < deadline:
+        time.sleep(0.2)
+        left = [p for p in left if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not left, f"still running: {[p.name() for p in left]}"
+
+
+def _epochs(run_dir: Path) -> list[int]:
+    return [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_killed_worker_resumes_its_trial_from_the_checkpoint(tmp_path, mnist_sample):
+    epochs = 8
+    folder = sweep.SweepFolder.create(tmp_path / "sweep", [*TRAIN, "--epochs", str(epochs), "--data-dir",
+                                                           str(mnist_sample)], sweep.expand(seeds=2))
+    victim = folder.trials[0]
+    killed = {}
+
+    def kill_after_first_epoch():
+        metrics, log = folder.run_dir(victim) / "metrics.jsonl", folder.log_path(victim)
+        deadline = time.time() + 120
+        while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+            time.sleep(0.02)
+        pid = int(re.search(r"pid (\d+)", log.read_text()).group(1))
+        killed.update(pid=pid, after=metrics.read_text().count("\n"))
+        os.kill(pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_after_first_epoch, daemon=True)
+    before = {p.pid for p in _children()}
+    killer.start()
+    result = sweep.run(folder, main, workers=2, progress=False)
+    killer.join(5)
+    assert 1 <= killed["after"] < epochs, "the kill must land in the middle of the trial"
+    rows = json.loads((folder.path / "trials.json").read_text())
+    assert sorted(r["trial"] for r in rows) == sorted(t.name for t in folder.trials)   # one row per trial
+    assert all(r["status"] == "done" for r in rows) and not result.interrupted
+    row = next(r for r in rows if r["trial"] == victim.name)
+    assert row["resumed_after_epoch"] >= killed["after"]           # continued, not started again
+    assert _epochs(folder.run_dir(victim)) == list(range(1, epochs + 1))   # every epoch exactly once
+    log = folder.log_path(victim).read_text()
+    assert f"pid {killed['pid']}:" in log and f"--resume {folder.run_dir(victim)}" in log
+    assert all(r["node_id"] for r in rows)
+    _assert_nothing_left(before)
+
+
+SCRIPT = """
+import sys
+from deepscope import sweep
+from deepscope.cli import main
+folder = sweep.SweepFolder.create(sys.argv[1], sys.argv[2:], sweep.expand([("eta", ["0.1", "0.3"])], seeds=2))
+result = sweep.run(folder, main, workers=2, progress=False)
+sys.exit(130 if result.interrupted else 0)
+"""
+
+
+def test_ctrl_c_keeps_finished_trials_and_resume_runs_only_the_rest(tmp_path, mnist_sample):
+    import psutil
+    out = tmp_path / "sweep"
+    command = [*TRAIN, "--epochs", "5", "--data-dir", str(mnist_sample)]
+    env = {**os.environ, "PYTHONPATH": str(Path(sweep.__file__).parents[1])}
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(SCRIPT), str(out), *command], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 180
+    while not (out / "trials.json").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    started = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 130, output
+    for p in started:   # the interrupted sweep took its Ray with it (wait raises TimeoutExpired otherwise)
+        try:
+            p.wait(timeout=15)
+        except psutil.NoSuchProcess:
+            pass
+
+    folder = sweep.SweepFolder.open(out)
+    finished = [t for t in folder.trials if folder.rows.get(t.name, {}).get("status") == "done"]
+    assert finished and len(finished) < len(folder.trials), "Ctrl-C must come between the first and last trial"
+    stamps = {t.name: {f.name: f.stat().st_mtime_ns for f in folder.run_dir(t).iterdir()} for t in finished}
+
+    before = {p.pid for p in _children()}
+    result = sweep.run(folder, main, workers=2, progress=False)
+    assert result.ran == len(folder.trials) - len(finished)
+    rows = json.loads((out / "trials.json").read_text())
+    assert [r["trial"] for r in rows] == [t.name for t in folder.trials]
+    assert all(r["status"] == "done" for r in rows)
+    for t in finished:   # nothing that had finished was run again
+        assert {f.name: f.stat().st_mtime_ns for f in folder.run_dir(t).iterdir()} == stamps[t.name]
+        assert folder.log_path(t).read_text().count("[deepscope sweep]") == 1
+    for t in folder.trials:
+        assert _epochs(folder.run_dir(t)) == [1, 2, 3, 4, 5]
+    _assert_nothing_left(before)
