@@ -163,21 +163,6 @@ def test_resume_rewrites_metrics_from_the_checkpoint(tmp_path):
     assert epochs == [1, 2, 3]
 
 
-# -- optimizers after Module.to() --------------------------------------------------------------------
-@pytest.mark.parametrize("make_opt", [lambda ps: optim.Adam(ps, lr=0.01),
-                                      lambda ps: optim.SGD(ps, lr=0.01, momentum=0.9)])
-def test_optimizer_state_follows_the_parameters_dtype(make_opt):
-    ds.manual_seed(0)
-    model = nn.Linear(3, 2)
-    opt = make_opt(model.parameters())
-    model.to("float64")
-    model(np.ones((2, 3)))
-    model.backward(np.full((2, 2), 1e-9))
-    opt.step()
-    state = opt.m + opt.v if isinstance(opt, optim.Adam) else opt.velocity
-    assert all(a.dtype == np.float64 for a in state)
-
-
 # -- one-hot targets (network.py's training data) -------------------------------------------------------
 def test_evaluate_and_fit_accept_one_hot_targets():
     X, y = blobs(300)

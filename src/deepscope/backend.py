@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import numpy
 
+from .errors import ConfigError
+
+DEVICES = ("cpu", "cuda")
 _xp = numpy
 _default_dtype = numpy.dtype("float32")
 _rng = numpy.random.default_rng(0)
@@ -47,6 +50,34 @@ def xp_of(*arrays):
             import cupy
             return cupy
     return numpy
+
+
+def device_module(device: str):
+    """The array module that holds arrays on ``device``: NumPy for ``"cpu"``, CuPy for ``"cuda"`` (the current
+    GPU). Without CuPy or a GPU, ``"cuda"`` is one :class:`ConfigError` line."""
+    if device == "cpu":
+        return numpy
+    if device != "cuda":
+        raise ConfigError(f"unknown device {device!r}: expected one of {', '.join(DEVICES)}")
+    try:
+        import cupy   # lazy: CuPy is a heavy optional dependency (the gpu extra)
+        cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # ImportError without CuPy; a CUDA error without a GPU or driver
+        raise ConfigError(f"device 'cuda' needs CuPy and an NVIDIA GPU (pip install 'deepscope[gpu]'): "
+                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unavailable'}") from None
+    return cupy
+
+
+def device_of(a) -> str:
+    """``"cuda"`` for a CuPy array, ``"cpu"`` for anything else."""
+    return "cpu" if xp_of(a) is numpy else "cuda"
+
+
+def to_device(a, xp_, dtype=None):
+    """``a`` as an array of the module ``xp_`` (NumPy or CuPy), copied across devices only when needed."""
+    if xp_ is numpy:
+        a = to_numpy(a)
+    return xp_.asarray(a, dtype=dtype)
 
 
 def asarray(a, dtype=None):

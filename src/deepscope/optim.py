@@ -61,10 +61,12 @@ class Optimizer:
 
     @staticmethod
     def _like(states, i, p):
-        """``states[i]``, recast to ``p``'s dtype if the model was cast (``Module.to``) after this optimizer
-        was made; otherwise in-place updates would silently keep the state in the old precision."""
-        if states[i].dtype != p.data.dtype:
-            states[i] = states[i].astype(p.data.dtype)
+        """``states[i]``, moved to ``p``'s device and dtype if the model was moved or cast (``Module.to``) after
+        this optimizer was made; otherwise in-place updates would fail across devices or silently keep the
+        state in the old precision."""
+        xp = backend.xp_of(p.data)
+        if states[i].dtype != p.data.dtype or backend.xp_of(states[i]) is not xp:
+            states[i] = backend.to_device(states[i], xp, dtype=p.data.dtype)
         return states[i]
 
     def _clip(self) -> None:

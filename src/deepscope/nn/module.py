@@ -190,13 +190,40 @@ class Module:
     def eval(self) -> "Module":
         return self.train(False)
 
-    # -- dtype -------------------------------------------------------------------------------------
-    def to(self, dtype) -> "Module":
-        """Cast every parameter (and its gradient) to ``dtype`` ("float32" or "float64")."""
+    # -- device and dtype --------------------------------------------------------------------------
+    def to(self, target) -> "Module":
+        """Move every parameter (and its gradient) to a device, ``"cpu"`` or ``"cuda"`` (CuPy), or cast it to
+        a dtype, ``"float32"`` or ``"float64"``. Returns the module. An optimizer made before keeps its state
+        beside the parameters (it follows them at its next step)."""
+        if isinstance(target, str) and target in backend.DEVICES:
+            xp = backend.device_module(target)
+            for p in self.parameters():
+                p.data = backend.to_device(p.data, xp)
+                p.grad = backend.to_device(p.grad, xp)
+            return self
+        try:
+            dtype = numpy.dtype(target)
+        except TypeError:
+            dtype = None
+        if dtype is None or dtype.kind != "f":
+            raise ValueError(f"{type(self).__name__}.to: expected a device ({', '.join(backend.DEVICES)}) or a "
+                             f"float dtype (float32, float64), got {target!r}")
         for p in self.parameters():
             p.data = p.data.astype(dtype)
             p.grad = p.grad.astype(dtype)
         return self
+
+    @property
+    def xp(self):
+        """The array module of this module's parameters (``numpy`` or ``cupy``); the backend's if it has none."""
+        for p in self.parameters():
+            return backend.xp_of(p.data)
+        return backend.xp()
+
+    @property
+    def device(self) -> str:
+        """Where the parameters live: ``"cpu"`` or ``"cuda"``."""
+        return "cpu" if self.xp is numpy else "cuda"
 
     def double(self) -> "Module":
         return self.to("float64")
