@@ -37,7 +37,7 @@ def main(argv=None):
     opt = optim.SGD(model.parameters(), lr=0.1, weight_decay=optim.book_weight_decay(5.0, len(data.train[0])))
     t0 = time.perf_counter()
     hist = fit(model, nn.CrossEntropyCost(), opt, data.train, epochs=args.epochs, batch_size=10,
-               validation=data.validation, test=data.test, progress=False)
+               validation=data.validation, test=data.test, callbacks=[])
     wall = time.perf_counter() - t0
     best = hist.best
     row = {"net": args.net, "epochs": args.epochs, "seed": args.seed, "best_epoch": best["epoch"],

@@ -27,7 +27,7 @@ def deepscope_run(sizes, X, y, m):
     ds.manual_seed(0)
     model = arch.build("-".join(map(str, sizes)) + ":sigmoid")
     opt = optim.SGD(model.parameters(), lr=0.1)
-    return lambda: fit(model, nn.CrossEntropyCost(), opt, (X, y), epochs=1, batch_size=m, progress=False)
+    return lambda: fit(model, nn.CrossEntropyCost(), opt, (X, y), epochs=1, batch_size=m, callbacks=[])
 
 
 def torch_run(sizes, X, y, m):

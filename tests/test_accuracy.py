@@ -15,7 +15,7 @@ def book_fc(mnist_dir, sizes, epochs, n_train=50000):
     model = arch.build(sizes + ":sigmoid", init="book")
     opt = optim.SGD(model.parameters(), lr=0.1, weight_decay=optim.book_weight_decay(5.0, len(X[:n_train])))
     return fit(model, nn.CrossEntropyCost(), opt, (X[:n_train], y[:n_train]), epochs=epochs, batch_size=10,
-               validation=data.validation, test=data.test, progress=False)
+               validation=data.validation, test=data.test, callbacks=[])
 
 
 def test_fc_784_30_10_learns_in_two_epochs(mnist_dir):

@@ -271,7 +271,7 @@ def test_ch6_run_rung_on_a_tiny_slice_and_the_table(sample, tmp_path):
     assert (tmp_path / "q" / "baseline-1" / "model.safetensors").exists()
     table = ch6.format_table([r, q])
     assert "baseline" in table and "97.80%" in table and "1/60" in table and "network3 quirks" in table
-    loaded = deepscope.io.load(tmp_path / "q" / "baseline-1")
+    loaded = deepscope.load(tmp_path / "q" / "baseline-1")
     assert loaded is not None
 
 

@@ -112,11 +112,13 @@ def test_resume_without_a_checkpoint_and_out_of_an_existing_run(tmp_path, offlin
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"arch": "784-30-10:sigmoid"}))
-    err = one_line_error(capsys, ["train", "--resume", str(run)], 1)
-    assert "no checkpoint there" in err and "without --resume" in err
     err = one_line_error(capsys, ["train", *FC, "--out", str(run)], 1)
     assert "already holds a run" in err and f"--resume {run}" in err
     assert json.loads((run / "config.json").read_text()) == {"arch": "784-30-10:sigmoid"}  # untouched
+    # A run stopped before its first epoch ended is started again by --resume (issue 9, class 9: it was stuck)
+    assert main(["train", "--resume", str(run), "--epochs", "1", "--train-size", "500", "--quiet"]) == 0
+    assert "stopped before its first epoch ended; starting it again" in capsys.readouterr().out
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1]
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ import pytest
 import deepscope as ds
 from deepscope import arch, backend, nn, optim
 from deepscope.gradcheck import check_module
-from deepscope.train import fit
+from deepscope.runs import Run
+from deepscope.train import DetectAnomaly, EarlyStopping, Schedule, fit
 from test_train import blobs
 
 
@@ -129,15 +130,19 @@ def _early_run(tmp_path, name, stop_first_at=None):
         opt = optim.Adam(model.parameters(), lr=0.05)
         return model, opt, optim.HalveOnPlateau(opt, patience=1)
 
-    kw = dict(batch_size=50, validation=(X[:100], y[:100]), run_dir=tmp_path / name, progress=False,
-              early_stopping=2)
+    kw = dict(batch_size=50, validation=(X[:100], y[:100]))
     model, opt, sched = make(0)
     ds.manual_seed(0)
-    if stop_first_at is None:
-        return fit(model, nn.CrossEntropyCost(), opt, (X, y), epochs=12, scheduler=sched, **kw)
-    fit(model, nn.CrossEntropyCost(), opt, (X, y), epochs=stop_first_at, scheduler=sched, **kw)
+    with Run.create(tmp_path / name) as run:
+        if stop_first_at is None:
+            return fit(model, nn.CrossEntropyCost(), opt, (X, y), epochs=12, run=run,
+                       callbacks=[Schedule(sched), EarlyStopping(2)], **kw)
+        fit(model, nn.CrossEntropyCost(), opt, (X, y), epochs=stop_first_at, run=run,
+            callbacks=[Schedule(sched), EarlyStopping(2)], **kw)
     model, opt, sched = make(9)
-    return fit(model, nn.CrossEntropyCost(), opt, (X, y), epochs=12, scheduler=sched, resume=True, **kw)
+    with Run.resume(tmp_path / name) as run:
+        return fit(model, nn.CrossEntropyCost(), opt, (X, y), epochs=12, run=run,
+                   callbacks=[Schedule(sched), EarlyStopping(2)], **kw)
 
 
 def test_resume_keeps_the_early_stopping_count(tmp_path):
@@ -153,12 +158,13 @@ def test_resume_rewrites_metrics_from_the_checkpoint(tmp_path):
     ds.manual_seed(0)
     model = arch.build("8-16-3:sigmoid")
     opt = optim.SGD(model.parameters(), lr=0.5)
-    fit(model, nn.CrossEntropyCost(), opt, (X, y), epochs=1, batch_size=50, run_dir=tmp_path, progress=False)
+    with Run.create(tmp_path) as run:
+        fit(model, nn.CrossEntropyCost(), opt, (X, y), epochs=1, batch_size=50, run=run, callbacks=[])
     # Ctrl-C after the metrics line of epoch 2 was written but before its checkpoint was
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"epoch": 2, "train_loss": 0.0}) + "\n")
-    fit(model, nn.CrossEntropyCost(), opt, (X, y), epochs=3, batch_size=50, run_dir=tmp_path, progress=False,
-        resume=True)
+    with Run.resume(tmp_path) as run:
+        fit(model, nn.CrossEntropyCost(), opt, (X, y), epochs=3, batch_size=50, run=run, callbacks=[])
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3]
 
@@ -170,7 +176,7 @@ def test_evaluate_and_fit_accept_one_hot_targets():
     ds.manual_seed(0)
     model = arch.build("8-16-3")
     hist = fit(model, nn.CrossEntropyCost(), optim.SGD(model.parameters(), lr=0.5), (X, Y), epochs=2,
-               batch_size=10, validation=(X, Y), progress=False)
+               batch_size=10, validation=(X, Y), callbacks=[])
     assert hist.records[-1]["train_acc"] > 0.9
     assert hist.records[-1]["val_acc"] == ds.train.evaluate(model, X, y) > 0.9
     with pytest.raises(ds.ShapeError, match=r"evaluate: labels of shape \(300, 2\) do not match"):

@@ -163,7 +163,7 @@ def test_recorder_as_fit_callback_and_files(tmp_path):
     model = nn.Sequential(nn.Linear(20, 8), nn.Sigmoid(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
     rec = LearningSpeedRecorder(model, every=2, run_dir=tmp_path)
     opt = optim.SGD(model.parameters(), lr=0.5)
-    fit(model, nn.CrossEntropyCost(), opt, (X, y), epochs=2, batch_size=10, callbacks=[rec], progress=False)
+    fit(model, nn.CrossEntropyCost(), opt, (X, y), epochs=2, batch_size=10, callbacks=[rec])
     assert [r["step"] for r in rec.history] == [0, 2, 4, 6, 8, 10]     # 12 steps, every 2
     lines = (tmp_path / "speed.jsonl").read_text().splitlines()
     assert [json.loads(s)["step"] for s in lines] == [0, 2, 4, 6, 8, 10]
@@ -229,13 +229,13 @@ def test_anomaly_backward_names_layer(where, what):
 
 
 def test_fit_detect_anomaly_uses_detector():
-    from deepscope.train import fit
+    from deepscope.train import DetectAnomaly, fit
     X, y = synthetic(20, d=5, k=2)
     model = nn.Sequential(nn.Linear(5, 4), nn.Sigmoid(), nn.Linear(4, 2))
     model[0].weight.data[1, 1] = np.nan
     opt = optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(NonFiniteError, match=r"forward, step 1: Linear\(5, 4\) \[layer 0\]"):
-        fit(model, nn.CrossEntropyCost(), opt, (X, y), epochs=1, batch_size=10, progress=False, detect_anomaly=True)
+        fit(model, nn.CrossEntropyCost(), opt, (X, y), epochs=1, batch_size=10, callbacks=[DetectAnomaly()])
     assert not model[0]._forward_hooks              # fit removed the detector
 
 

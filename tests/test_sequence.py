@@ -102,7 +102,7 @@ def test_row_mnist_one_epoch_clears_chance():
     X, y = X[:3000], y[:3000]
     model = row_mnist_model(hidden=64)
     opt = make_optimizer(model, "adam", 2e-3, clip=1.0)
-    fit(model, nn.LogLikelihoodCost(), opt, (as_rows(X), y), epochs=1, batch_size=32, progress=False)
+    fit(model, nn.LogLikelihoodCost(), opt, (as_rows(X), y), epochs=1, batch_size=32, callbacks=[])
     acc = evaluate(model, as_rows(data.test[0]), data.test[1])
     assert acc > 0.5, acc  # chance is 0.1
 
@@ -115,5 +115,5 @@ def test_row_mnist_reaches_97_percent():
     deepscope.manual_seed(0)
     data = load_mnist(data_dir=SHARED / "mnist", download=False)
     _, history = train_row_mnist(data, hidden=128, epochs=10, batch_size=64, lr=1e-3, clip=1.0,
-                                 init="orthogonal", schedule="cosine", progress=False)
+                                 init="orthogonal", schedule="cosine", callbacks=[])
     assert history.best["test_acc"] >= 0.97 and history.records[-1]["test_acc"] >= 0.97

@@ -6,7 +6,8 @@ import pytest
 
 import deepscope as ds
 from deepscope import arch, nn, optim
-from deepscope.train import evaluate, fit
+from deepscope.runs import Run
+from deepscope.train import Batches, EarlyStopping, evaluate, fit
 
 
 def blobs(n=600, k=3, d=8, seed=0):
@@ -29,7 +30,7 @@ def test_fit_learns_and_writes_run(tmp_path):
     X, y = blobs()
     model, cost, opt = make()
     hist = fit(model, cost, opt, (X[:500], y[:500]), epochs=3, batch_size=10,
-               validation=(X[500:], y[500:]), test=(X[500:], y[500:]), run_dir=tmp_path, progress=False)
+               validation=(X[500:], y[500:]), test=(X[500:], y[500:]), run=Run.create(tmp_path), callbacks=[])
     assert hist.best["val_acc"] > 0.9
     lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2, 3]
@@ -51,7 +52,7 @@ def test_same_seed_same_numbers():
     runs = []
     for _ in range(2):
         model, cost, opt = make(seed=5)
-        fit(model, cost, opt, (X, y), epochs=2, batch_size=16, progress=False)
+        fit(model, cost, opt, (X, y), epochs=2, batch_size=16, callbacks=[])
         runs.append(model.state_dict())
     for k in runs[0]:
         np.testing.assert_array_equal(runs[0][k], runs[1][k])
@@ -61,18 +62,18 @@ def test_resume_continues_exactly(tmp_path):
     X, y = blobs()
     model, cost, opt = make()
     ds.manual_seed(0)
-    fit(model, cost, opt, (X, y), epochs=3, batch_size=16, validation=(X, y), run_dir=tmp_path / "a",
-        progress=False)
+    with Run.create(tmp_path / "a") as run:
+        fit(model, cost, opt, (X, y), epochs=3, batch_size=16, validation=(X, y), run=run, callbacks=[])
     straight = model.state_dict()
 
     model, cost, opt = make()
     ds.manual_seed(0)
-    fit(model, cost, opt, (X, y), epochs=1, batch_size=16, validation=(X, y), run_dir=tmp_path / "b",
-        progress=False)
+    with Run.create(tmp_path / "b") as run:
+        fit(model, cost, opt, (X, y), epochs=1, batch_size=16, validation=(X, y), run=run, callbacks=[])
     model, cost, opt = make(seed=99)  # a fresh process: different init, everything comes from the checkpoint
     ds.manual_seed(123)
-    hist = fit(model, cost, opt, (X, y), epochs=3, batch_size=16, validation=(X, y), run_dir=tmp_path / "b",
-               resume=True, progress=False)
+    with Run.resume(tmp_path / "b") as run:
+        hist = fit(model, cost, opt, (X, y), epochs=3, batch_size=16, validation=(X, y), run=run, callbacks=[])
     assert [r["epoch"] for r in hist.records] == [1, 2, 3]
     for k, v in straight.items():
         np.testing.assert_array_equal(model.state_dict()[k], v)
@@ -87,16 +88,16 @@ def test_interrupt_keeps_last_good_checkpoint(tmp_path):
             if step == 50:  # during epoch 2 (38 steps per epoch)
                 raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
-        fit(model, cost, opt, (X, y), epochs=5, batch_size=16, validation=(X, y), run_dir=tmp_path,
-            callbacks=[Interrupt()], progress=False)
+    with pytest.raises(KeyboardInterrupt), Run.create(tmp_path) as run:
+        fit(model, cost, opt, (X, y), epochs=5, batch_size=16, validation=(X, y), run=run,
+            callbacks=[Interrupt()])
     from safetensors import safe_open
     with safe_open(str(tmp_path / "checkpoint.safetensors"), framework="numpy") as f:
         assert json.loads(f.metadata()["state"])["epoch"] == 1
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     model2, cost, opt = make()
-    fit(model2, cost, opt, (X, y), epochs=2, batch_size=16, validation=(X, y), run_dir=tmp_path,
-        resume=True, progress=False)
+    with Run.resume(tmp_path) as run:
+        fit(model2, cost, opt, (X, y), epochs=2, batch_size=16, validation=(X, y), run=run, callbacks=[])
 
 
 def test_non_finite_loss_stops_and_names_first_layer():
@@ -105,15 +106,15 @@ def test_non_finite_loss_stops_and_names_first_layer():
     model[1].weight.data[0, 0] = np.nan
     with pytest.raises(ds.NonFiniteError, match=r"cost became nan at epoch 1, step 1; first layer with a "
                                                 r"non-finite gradient: Linear\(8, 16\) \[layer 1\] \(weight\)"):
-        fit(model, cost, opt, (X, y), epochs=1, batch_size=16, progress=False)
+        fit(model, cost, opt, (X, y), epochs=1, batch_size=16, callbacks=[])
 
 
 def test_shuffle_false_keeps_order():
     X, y = blobs(n=40)
     seen = []
     model, cost, opt = make()
-    fit(model, cost, opt, (X, y), epochs=2, batch_size=40, shuffle=False, progress=False,
-        augment=lambda xb: seen.append(xb.copy()) or xb)
+    fit(model, cost, opt, Batches(X, y, shuffle=False, augment=lambda xb: seen.append(xb.copy()) or xb),
+        epochs=2, batch_size=40, callbacks=[])
     np.testing.assert_array_equal(seen[0], X)
     np.testing.assert_array_equal(seen[1], X)
 
@@ -122,8 +123,8 @@ def test_early_stopping():
     X, y = blobs()
     model, cost, opt = make()
     opt.lr = 1e-9  # nothing improves
-    hist = fit(model, cost, opt, (X, y), epochs=20, batch_size=100, validation=(X, y), early_stopping=2,
-               progress=False)
+    hist = fit(model, cost, opt, (X, y), epochs=20, batch_size=100, validation=(X, y),
+               callbacks=[EarlyStopping(2)])
     assert len(hist) == 3
 
 

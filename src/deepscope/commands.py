@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -12,7 +11,8 @@ from . import arch as _arch
 from . import backend, io, nn, optim
 from .cli import existing_dir, momentum_float, nonnegative_float, positive_float, positive_int
 from .errors import DataError, ShapeError
-from .train import evaluate, fit, predict_logits
+from .runs import Run
+from .train import Batches, DetectAnomaly, EarlyStopping, ProgressBar, Schedule, evaluate, fit, predict_logits
 
 # The default net of `deepscope train`: chapter 6's two conv-pool layers with ReLU (the book's rung 3),
 # trained with momentum so that it passes 99% on MNIST in a few epochs on two cores.
@@ -130,15 +130,6 @@ def make_scheduler(args, opt):
     return None
 
 
-def new_run_dir(out, prefix: str, resumable: bool = False) -> Path:
-    """The folder of a new run; ``--out`` may not name a folder that already holds one (it would mix two runs)."""
-    run = io.run_dir(out, prefix)
-    if (run / "config.json").exists():
-        hint = f", or continue it with deepscope train --resume {run}" if resumable else ""
-        raise DataError(f"{run} already holds a run; choose another --out{hint}")
-    return run
-
-
 # What wrote a run folder, from the "task" its config.json names (runs of `deepscope train` and of
 # `deepscope book ch6` name none: their nets classify (N, 1, 28, 28) images).
 TASK_COMMANDS = {"row-mnist": "deepscope rnn mnist", "char-lm": "deepscope rnn text"}
@@ -159,26 +150,28 @@ def image_run_config(run, verb: str) -> dict:
 def cmd_train(args) -> int:
     resume = args.resume is not None
     if resume:
-        run = Path(args.resume)
-        saved = _run_config(run)
+        run = Run.resume(args.resume)
+        saved = run.config
         if "arch" not in saved or "task" in saved or "rung" in saved:
             made_by = TASK_COMMANDS.get(saved.get("task"), "deepscope book ch6" if "rung" in saved else None)
+            run.close()
             raise DataError(f"cannot resume {run}: " + (f"it is a run of {made_by}; " if made_by else "")
                             + "--resume continues runs of deepscope train")
-        if not (run / "checkpoint.safetensors").exists():
-            raise DataError(f"cannot resume {run}: no checkpoint there (it stopped before its first epoch "
-                            f"ended); start it again without --resume")
         if args.epochs is not None:  # --epochs extends a resumed run
-            if saved.get("schedule") == "cosine" and args.epochs > saved["epochs"]:
+            if saved.get("schedule") == "cosine" and args.epochs > saved.get("epochs", args.epochs):
+                run.close()
                 raise DataError(f"cannot extend {run} to {args.epochs} epochs: its cosine schedule was planned for "
                                 f"{saved['epochs']} and has brought η to 0; start a new run with --epochs "
                                 f"{args.epochs}")
             saved["epochs"] = args.epochs
         if args.data_dir is not None:  # the data may have moved
             saved["data_dir"] = args.data_dir
-        args = argparse.Namespace(**{**vars(args), **saved, "resume": str(run)})
+        defaults = {**vars(args), "epochs": args.default_epochs}
+        args = argparse.Namespace(**{**defaults, **saved, "resume": str(run.path), "quiet": args.quiet})
+        if not run.has_checkpoint:
+            print(f"deepscope: {run} stopped before its first epoch ended; starting it again")
     else:
-        run = new_run_dir(args.out, "train", resumable=True)
+        Run.check_new(args.out, "deepscope train")  # refuse at once, before the data is read
         args.epochs = args.epochs if args.epochs is not None else args.default_epochs
     backend.manual_seed(args.seed)
     model = _arch.build(args.arch, init=args.init)  # a bad architecture fails before any data is read
@@ -186,21 +179,31 @@ def cmd_train(args) -> int:
     check_fits(model, args.arch, train)  # before anything is written to the run folder
     cost, opt, cost_name = make_training(args, model, len(train[0]))
     scheduler = make_scheduler(args, opt)
+    if not resume:
+        run = Run.create(args.out, "train", "deepscope train")
     config = {k: v for k, v in vars(args).items()
               if k not in ("func", "command", "resume", "quiet", "default_epochs")}
+    if config.get("data_dir") is not None:
+        config["data_dir"] = str(Path(config["data_dir"]).expanduser().resolve())
     config.update(cost=cost_name, data_source=data.source, n_train=len(train[0]))
-    run.mkdir(parents=True, exist_ok=True)
-    io.write_json(run / "config.json", config)  # on --resume: the same, with --epochs and --data-dir updated
+    run.write_config(config, "deepscope train")  # on --resume: the same, with --epochs and --data-dir updated
     print(f"deepscope: training {args.arch} on {len(train[0]):,} {args.dataset} images ({data.source}); "
           f"run folder {run}")
+    callbacks = [] if args.quiet else [ProgressBar()]
+    if scheduler is not None:
+        callbacks.append(Schedule(scheduler))
+    if args.early_stopping:
+        callbacks.append(EarlyStopping(args.early_stopping))
+    if args.detect_anomaly:
+        callbacks.append(DetectAnomaly())
     try:
-        history = fit(model, cost, opt, train, epochs=args.epochs, batch_size=args.batch_size,
-                      validation=data.validation, test=data.test, run_dir=run, shuffle=not args.no_shuffle,
-                      scheduler=scheduler, early_stopping=args.early_stopping, progress=not args.quiet,
-                      detect_anomaly=args.detect_anomaly, resume=resume)
+        with run:
+            history = fit(model, cost, opt, Batches(*train, shuffle=not args.no_shuffle), epochs=args.epochs,
+                          batch_size=args.batch_size, validation=data.validation, test=data.test, run=run,
+                          callbacks=callbacks)
     except KeyboardInterrupt:
         start = "" if args.quiet else "\n"  # below the progress bar, not glued to it
-        if (run / "checkpoint.safetensors").exists():
+        if run.has_checkpoint:
             print(f"{start}deepscope: interrupted; continue with: deepscope train --resume {run}", file=sys.stderr)
         else:
             print(f"{start}deepscope: interrupted before the first epoch ended; nothing saved to resume",
@@ -217,13 +220,7 @@ def cmd_train(args) -> int:
 
 
 def _run_config(run) -> dict:
-    path = Path(run) / "config.json"
-    if not path.is_file():
-        raise DataError(f"{run} is not a run folder (no config.json)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path} is not valid JSON: {e}") from None
+    return Run.open(run).config
 
 
 def cmd_evaluate(args) -> int:
@@ -264,7 +261,7 @@ def read_digit_png(path) -> np.ndarray:
 
 def cmd_predict(args) -> int:
     model = io.load(args.run)  # a run folder, or a model saved with deepscope.save
-    has_config = (Path(args.run) / "config.json").is_file()
+    has_config = Run.is_run(args.run)
     cfg = image_run_config(args.run, "predict") if has_config else {}
     cost_name = cfg.get("cost") or (_arch.output_cost(cfg["arch"]) if "arch" in cfg else None)
     cost = nn.COSTS[cost_name or "loglikelihood"]()

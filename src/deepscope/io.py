@@ -4,7 +4,7 @@ A model is saved as two files: ``NAME.safetensors`` (the state dict, PyTorch's k
 architecture, from :meth:`Module.config`: class names and constructor arguments). :func:`load` rebuilds the
 model by looking each class name up among deepscope's own layers (:mod:`deepscope.nn`) and the classes a
 program registered with :func:`register` -- never importing or instantiating anything else a file names --
-then loads the weights. Every file is written atomically (a temporary file, then ``os.replace``), so an
+then loads the weights. Every file is written atomically (:func:`deepscope.files.atomic_write`), so an
 interrupted save never leaves a half-written file where a good one was.
 
 A user's own module saves and loads once its class is registered::
@@ -20,59 +20,19 @@ contains a class :func:`load` could not rebuild.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from . import backend, nn
+from . import backend, files, nn
 from .errors import ConfigError, DataError
-
-
-def atomic_write(path, write) -> None:
-    """Call ``write(tmp_path)`` then move the temporary file onto ``path`` in one step."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def run_dir(out=None, prefix: str = "run") -> Path:
-    """The folder a run writes to: ``out`` if given, else a new ``runs/<prefix>-<date>-<time>[-k]``."""
-    if out is not None:
-        return Path(out)
-    return fresh_dir(Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}")
-
-
-def fresh_dir(base) -> Path:
-    """``base``, or ``base-2``, ``base-3``, … : the first that does not exist yet."""
-    run, i = Path(base), 1
-    while run.exists():
-        i += 1
-        run = run.with_name(f"{Path(base).name}-{i}")
-    return run
-
-
-def write_json(path, obj) -> None:
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-    atomic_write(path, write)
 
 
 def save_arrays(path, arrays: dict, metadata: dict | None = None) -> None:
     """Save NumPy arrays (and string metadata) as one safetensors file, atomically."""
     arrays = {k: np.ascontiguousarray(backend.to_numpy(v)) for k, v in arrays.items()}
-    atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=metadata))
+    files.atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=metadata))
 
 
 def load_arrays(path) -> dict:
@@ -151,7 +111,7 @@ def save(model, path) -> Path:
             raise ConfigError(f"save: {kind} is not a deepscope layer, so load could not rebuild it: call "
                               f"deepscope.register({kind}) first")
     stem = _stem(path)
-    write_json(_with(stem, ".json"), {"format": "deepscope-model-1", "model": cfg})
+    files.write_json(_with(stem, ".json"), {"format": "deepscope-model-1", "model": cfg})
     save_arrays(_with(stem, ".safetensors"), model.state_dict())
     return stem
 

@@ -176,7 +176,28 @@ class Adam(Optimizer):
 
 
 # -- learning-rate schedules: called once per epoch with the epoch's metrics ----------------------------
-class HalveOnPlateau:
+class Schedule:
+    """A learning-rate schedule: ``step(metrics)`` once per epoch, ``stop()`` when training should end, and its
+    progress as ``state_dict()`` / ``load_state_dict()`` (numbers only) for checkpoints."""
+
+    _state: tuple = ()   # the attributes that change as the schedule runs
+
+    def step(self, metrics: dict) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> bool:
+        return False
+
+    def state_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self._state}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k in self._state:
+            if k in state:
+                setattr(self, k, state[k])
+
+
+class HalveOnPlateau(Schedule):
     """The book's schedule (ch. 3): divide η by ``factor`` (2) when the validation accuracy has not improved for
     ``patience`` epochs; ``stop()`` is True once η has fallen below ``min_lr`` (the book stops at η/128)."""
 
@@ -184,6 +205,13 @@ class HalveOnPlateau:
         self.optimizer, self.patience, self.factor = optimizer, int(patience), float(factor)
         self.min_lr = min_lr
         self.best, self.bad_epochs = -math.inf, 0
+
+    def state_dict(self) -> dict:
+        return {"best": None if self.best == -math.inf else self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = -math.inf if state.get("best") is None else state["best"]
+        self.bad_epochs = int(state.get("bad_epochs", 0))
 
     def step(self, metrics: dict) -> None:
         acc = metrics.get("val_acc")
@@ -201,23 +229,22 @@ class HalveOnPlateau:
         return self.min_lr is not None and self.optimizer.lr < self.min_lr
 
 
-class StepLR:
+class StepLR(Schedule):
     """Multiply η by ``gamma`` every ``step_size`` epochs (PyTorch's StepLR)."""
 
     def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1):
         self.optimizer, self.step_size, self.gamma = optimizer, int(step_size), float(gamma)
         self.epoch = 0
 
+    _state = ("epoch",)
+
     def step(self, metrics: dict) -> None:
         self.epoch += 1
         if self.epoch % self.step_size == 0:
             self.optimizer.lr *= self.gamma
 
-    def stop(self) -> bool:
-        return False
 
-
-class CosineLR:
+class CosineLR(Schedule):
     """Cosine annealing of η from its initial value to ``eta_min`` over ``epochs`` epochs."""
 
     def __init__(self, optimizer: Optimizer, epochs: int, eta_min: float = 0.0):
@@ -225,10 +252,9 @@ class CosineLR:
         self.base = optimizer.lr
         self.epoch = 0
 
+    _state = ("epoch", "base")
+
     def step(self, metrics: dict) -> None:
         self.epoch += 1
         t = min(self.epoch, self.epochs) / self.epochs
         self.optimizer.lr = self.eta_min + 0.5 * (self.base - self.eta_min) * (1 + math.cos(math.pi * t))
-
-    def stop(self) -> bool:
-        return False

@@ -8,7 +8,6 @@ Both write a PNG (into the run folder unless ``--out`` says otherwise) and print
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -64,13 +63,8 @@ def _load_model(run):
 
 
 def _run_config(run) -> dict:
-    cfg = Path(run) / "config.json"
-    if cfg.is_file():
-        try:
-            return json.loads(cfg.read_text())
-        except json.JSONDecodeError:
-            return {}
-    return {}
+    from .runs import Run
+    return Run.open(run).config if Run.is_run(run) else {}
 
 
 def cmd_filters(args) -> int:

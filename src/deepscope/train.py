@@ -1,58 +1,333 @@
-"""Training: mini-batch stochastic gradient descent with progress, metrics, checkpoints and resume.
+"""Training: the book's ``update_mini_batch`` as :func:`step`, and :func:`fit`, mini-batch SGD built on it.
 
-One step of :func:`fit` is the book's ``update_mini_batch``: a forward pass over a mini-batch, the cost, the
-backward pass that fills every ``Parameter.grad`` (the four equations of backpropagation), and an optimizer
-step. Each epoch reshuffles the training set (unless ``shuffle=False``, as network3 did), then measures the
-validation and test accuracy, appends a line to ``metrics.jsonl``, and writes a checkpoint atomically.
+:func:`step` is one gradient-descent step on one mini-batch: the forward pass, the cost, the backward pass that
+fills every ``Parameter.grad`` (the four equations of backpropagation) and the optimizer's update. Every
+training loop in deepscope is a loop over :func:`step`.
 
-The book's protocol: report the test accuracy at the epoch of best validation accuracy
-(:attr:`History.best`). A run folder holds::
+:func:`fit` runs epochs of steps: each epoch reshuffles the training set (unless ``Batches(shuffle=False)``, as
+network3 did), then measures the validation and test accuracy. Everything else is a callback: the progress bar
+(:class:`ProgressBar`), a learning-rate schedule (:class:`Schedule`), :class:`EarlyStopping`,
+:class:`DetectAnomaly`, the learning-speed recorder (:class:`deepscope.scope.LearningSpeedRecorder`), or your
+own. Given a :class:`deepscope.runs.Run`, ``fit`` saves every epoch into it (checkpoint, metrics, best weights)
+before anything is printed, and continues a run that has a checkpoint exactly where it stopped.
 
-    config.json       what was asked for (written by the caller, e.g. the CLI)
-    metrics.jsonl     one JSON object per epoch
-    checkpoint.safetensors   model, optimizer and schedule state, RNG state and history (resume from here)
-    model.safetensors + model.json   the weights at the best validation epoch (``deepscope.load(run)``)
+The book's protocol: report the test accuracy at the epoch of best validation accuracy (:attr:`History.best`).
+
+A callback is any object with some of these methods (all optional)::
+
+    on_fit_start(model, optimizer, epoch)    before training; ``epoch`` = epochs already done (resumed run)
+    on_epoch_start(epoch, epochs, n)         before the first mini-batch of an epoch of ``n`` examples
+    on_before_step(step, model, optimizer)   after backward, before the update
+    on_step(step, model, optimizer)          after the update
+    on_batch_end(m, loss, accuracy)          ``m`` examples done; running mean loss and accuracy of the epoch
+    on_epoch_end(epoch, record)              may change state (a schedule) and return a reason to stop (str)
+    on_record(epoch, record)                 the epoch is saved: report it (print, plot)
+    on_fit_end(history, stopped)             ``stopped``: a reason (str), an exception, or None
+    state_dict() / load_state_dict(state)    JSON state, saved in the run's checkpoints
 """
 from __future__ import annotations
 
-import json
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import backend, io
+from . import backend
 from .errors import ConfigError, NonFiniteError, ShapeError
+from .runs import History
+from .scope.anomaly import AnomalyDetector
+
+__all__ = ["step", "fit", "Batches", "History", "ProgressBar", "Schedule", "EarlyStopping", "DetectAnomaly",
+           "evaluate", "predict_logits"]
 
 
-class History:
-    """Per-epoch metrics of a run, and the book's "test accuracy at the best validation epoch"."""
+def step(model, cost, optimizer, x, y, before_update=None):
+    """One step of gradient descent on the mini-batch ``(x, y)`` (the book's ``update_mini_batch``).
 
-    def __init__(self, records=None):
-        self.records: list[dict] = list(records or [])
+    Forward pass, cost C, ∇C by backpropagation into every ``Parameter.grad``, then the optimizer's update.
 
-    def append(self, record: dict) -> None:
-        self.records.append(record)
+    Args:
+        model, cost, optimizer: a module, a cost from :mod:`deepscope.nn.loss`, an optimizer on the model's
+            parameters.
+        x, y: the mini-batch (arrays of the model's array module).
+        before_update: ``before_update(loss)`` is called after the backward pass and before the update (it may
+            raise to stop). Default: stop with :class:`NonFiniteError` if the cost is not finite, naming the
+            first layer whose gradient is not.
 
-    @property
-    def best(self) -> dict | None:
-        """The record of the epoch with the best validation accuracy (the last epoch if there is none)."""
-        if not self.records:
-            return None
-        with_val = [r for r in self.records if r.get("val_acc") is not None]
-        if not with_val:
-            return self.records[-1]
-        return max(with_val, key=lambda r: (r["val_acc"], -r["epoch"]))
+    Returns:
+        ``(loss, out)``: the cost of the mini-batch (a float) and the model's outputs.
+    """
+    out = model(x)
+    loss = float(cost(out, y))
+    optimizer.zero_grad()
+    model.backward(cost.backward())
+    if before_update is not None:
+        before_update(loss)
+    elif not math.isfinite(loss):
+        raise NonFiniteError(nonfinite_cost(loss, model, f"step {optimizer.steps + 1}"))
+    optimizer.step()
+    return loss, out
+
+
+def nonfinite_cost(loss, model, where: str) -> str:
+    return (f"the cost became {loss} at {where}; first layer with a non-finite gradient: "
+            f"{first_nonfinite_layer(model)}")
+
+
+class Batches:
+    """A training set and how :func:`fit` draws its mini-batches.
+
+    Args:
+        X, y: inputs and targets; the first axis indexes examples.
+        shuffle: a new random order every epoch (False keeps network3's fixed order).
+        augment: ``augment(X_batch) -> X_batch`` applied to each mini-batch (optional).
+    """
+
+    def __init__(self, X, y, shuffle: bool = True, augment=None):
+        if len(X) != len(y):
+            raise ShapeError(f"fit: {len(X)} training inputs but {len(y)} labels")
+        self.X, self.y, self.shuffle, self.augment = X, y, shuffle, augment
 
     def __len__(self):
-        return len(self.records)
+        return len(self.X)
 
-    def __repr__(self):
-        return f"History({len(self.records)} epochs, best={self.best})"
+    def epoch(self, batch_size: int):
+        """The mini-batches of one epoch, as arrays of the current array module."""
+        n = len(self.X)
+        order = backend.rng().permutation(n) if self.shuffle else np.arange(n)
+        for i in range(0, n, batch_size):
+            idx = order[i:i + batch_size]
+            xb = self.X[idx]
+            if self.augment is not None:
+                xb = self.augment(xb)
+            yield backend.asarray(xb), backend.asarray(self.y[idx])
 
 
+def fit(model, cost, optimizer, train, epochs: int, batch_size: int, validation=None, test=None, run=None,
+        callbacks=None) -> History:
+    """Train ``model`` by mini-batch SGD (or any optimizer) and return its :class:`History`.
+
+    Args:
+        model: a :class:`deepscope.nn.Module` mapping inputs to logits.
+        cost: a cost from :mod:`deepscope.nn.loss` (it applies the output neuron).
+        optimizer: from :mod:`deepscope.optim`.
+        train: ``(X, y)`` or :class:`Batches` (for a fixed order or augmentation).
+        epochs: the number of passes over ``train`` (in all, counting those of a resumed run).
+        batch_size: mini-batch size m.
+        validation, test: ``(X, y)`` measured after every epoch (optional).
+        run: a :class:`deepscope.runs.Run` (``Run.create(...)`` or ``Run.resume(...)``): every epoch is saved
+            there; a run with a checkpoint continues from it exactly where it stopped.
+        callbacks: see the module's docstring. Default: ``[ProgressBar()]``; pass ``[]`` for silence.
+    """
+    train = train if isinstance(train, Batches) else Batches(*train)
+    if batch_size < 1:
+        raise ConfigError(f"fit: batch_size must be >= 1, got {batch_size}")
+    callbacks = [ProgressBar()] if callbacks is None else list(callbacks)
+    history, start = History(), 0
+    if run is not None:
+        checkpoint = run.load_checkpoint(model, optimizer)
+        if checkpoint is not None:
+            start, history = checkpoint.epoch, checkpoint.history
+            _load_states(callbacks, checkpoint.state)
+            run.write_metrics(history)  # it may hold an epoch whose checkpoint was never written
+    _call(callbacks, "on_fit_start", model, optimizer, start)
+    # The data needs no gradient: the net's first layer skips ∂C/∂x (as PyTorch does); restored afterwards.
+    flags = {m: m.needs_input_grad for m in model.modules()}
+    model.needs_input_grad = False
+    stopped = None
+    count = optimizer.steps
+    try:
+        model.train()
+        for epoch in range(start + 1, epochs + 1):
+            t0 = time.perf_counter()
+            _call(callbacks, "on_epoch_start", epoch, epochs, len(train))
+            loss_sum, correct, seen = 0.0, 0, 0
+            for xb, yb in train.epoch(batch_size):
+                count += 1
+
+                def before_update(loss, where=f"epoch {epoch}, step {count}"):
+                    if not math.isfinite(loss):
+                        raise NonFiniteError(nonfinite_cost(loss, model, where))
+                    _call(callbacks, "on_before_step", count, model, optimizer)
+
+                loss, out = step(model, cost, optimizer, xb, yb, before_update)
+                _call(callbacks, "on_step", count, model, optimizer)
+                m = len(yb)
+                loss_sum += loss * m
+                seen += m
+                correct += _correct(out, yb)
+                _call(callbacks, "on_batch_end", m, loss_sum / seen, correct / seen)
+            record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1),
+                      "train_acc": correct / max(seen, 1), "lr": optimizer.lr}
+            if validation is not None:
+                record["val_acc"] = evaluate(model, *validation)
+            if test is not None:
+                record["test_acc"] = evaluate(model, *test)
+            record["seconds"] = time.perf_counter() - t0
+            history.append(record)
+            reasons = [r for r in _call(callbacks, "on_epoch_end", epoch, record) if r]
+            if run is not None:  # save before reporting: a closed stdout never loses a finished epoch
+                if history.best is record:
+                    run.save_model(model)
+                run.save_checkpoint(model, optimizer, epoch, history, _states(callbacks))
+                run.write_metrics(history)
+            _call(callbacks, "on_record", epoch, record)
+            if reasons:
+                stopped = reasons[0]
+                break
+    except BaseException as e:
+        _call(callbacks, "on_fit_end", history, e)
+        raise
+    finally:
+        for m, flag in flags.items():
+            m.needs_input_grad = flag      # parents first (modules() order), so children keep their own
+    _call(callbacks, "on_fit_end", history, stopped)
+    return history
+
+
+def _call(callbacks, hook: str, *args) -> list:
+    return [getattr(cb, hook)(*args) for cb in callbacks if hasattr(cb, hook)]
+
+
+def _names(callbacks):
+    """A checkpoint key for each callback with state: its class name (numbered if the class repeats)."""
+    seen: dict[str, int] = {}
+    for cb in callbacks:
+        if hasattr(cb, "state_dict"):
+            name = type(cb).__name__
+            seen[name] = seen.get(name, 0) + 1
+            yield (name if seen[name] == 1 else f"{name}.{seen[name]}"), cb
+
+
+def _states(callbacks) -> dict:
+    return {name: cb.state_dict() for name, cb in _names(callbacks)}
+
+
+def _load_states(callbacks, states: dict) -> None:
+    for name, cb in _names(callbacks):
+        if name in states:
+            cb.load_state_dict(states[name])
+
+
+def _correct(out, y) -> int:
+    if out.ndim == 2 and y.ndim == 1:
+        return int((out.argmax(axis=1) == y).sum())
+    if out.ndim == 2 and y.shape == out.shape:   # one-hot targets
+        return int((out.argmax(axis=1) == y.argmax(axis=1)).sum())
+    return 0
+
+
+# -- callbacks --------------------------------------------------------------------------------------------
+class ProgressBar:
+    """A tqdm bar per epoch (images/s, running loss and accuracy) and one line per finished epoch."""
+
+    def __init__(self, every: int = 50):
+        self.every, self.bar, self.steps, self.done = every, None, 0, 0
+
+    def on_fit_start(self, model, optimizer, epoch):
+        self.done = epoch
+        if epoch:
+            tqdm.write(f"resuming after epoch {epoch}")
+
+    def on_epoch_start(self, epoch, epochs, n):
+        self.bar = tqdm(total=n, desc=f"epoch {epoch}/{epochs}", unit="img", unit_scale=True, leave=False,
+                        dynamic_ncols=True)
+
+    def on_batch_end(self, m, loss, accuracy):
+        self.bar.update(m)
+        self.steps += 1
+        if self.steps % self.every == 0:
+            self.bar.set_postfix_str(f"loss {loss:.4f} acc {accuracy:.4f}", refresh=False)
+
+    def on_epoch_end(self, epoch, record):
+        self._close()
+
+    def on_record(self, epoch, record):
+        self.done = epoch
+        tqdm.write(format_record(record))
+
+    def on_fit_end(self, history, stopped):
+        self._close()
+        if isinstance(stopped, str):
+            tqdm.write(f"stopping: {stopped}")
+        elif isinstance(stopped, KeyboardInterrupt):
+            tqdm.write(f"interrupted during epoch {self.done + 1}"
+                       + (f"; the checkpoint of epoch {self.done} is intact" if self.done else ""))
+
+    def _close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class Schedule:
+    """A learning-rate schedule from :mod:`deepscope.optim`, stepped after every epoch (and saved with the
+    run); training stops when the schedule says so (η fell below its floor)."""
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+
+    def on_epoch_end(self, epoch, record):
+        self.scheduler.step(record)
+        if self.scheduler.stop():
+            return f"learning rate fell to {self.scheduler.optimizer.lr:g}"
+
+    def state_dict(self) -> dict:
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scheduler.load_state_dict(state)
+
+
+class EarlyStopping:
+    """Stop when the validation accuracy has not improved for ``patience`` epochs."""
+
+    def __init__(self, patience: int):
+        if patience < 1:
+            raise ConfigError(f"EarlyStopping: patience must be >= 1, got {patience}")
+        self.patience, self.best, self.bad_epochs = patience, None, 0
+
+    def on_epoch_end(self, epoch, record):
+        acc = record.get("val_acc")
+        if acc is None:
+            return None
+        if self.best is None or acc > self.best:
+            self.best, self.bad_epochs = acc, 0
+        else:
+            self.bad_epochs += 1
+        if self.bad_epochs >= self.patience:
+            return f"no improvement in validation accuracy for {self.bad_epochs} epochs (early stopping)"
+        return None
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.bad_epochs = state.get("best"), int(state.get("bad_epochs", 0))
+
+
+class DetectAnomaly:
+    """Stop at the first non-finite forward output or gradient, naming the layer, the step and the direction
+    (:class:`deepscope.scope.AnomalyDetector` attached for the length of the training)."""
+
+    def __init__(self):
+        self.detector = None
+
+    def on_fit_start(self, model, optimizer, epoch):
+        self.detector = AnomalyDetector(model)
+        self.detector.step = optimizer.steps + 1
+
+    def on_step(self, step, model, optimizer):
+        self.detector.step = step + 1
+
+    def on_fit_end(self, history, stopped):
+        if self.detector is not None:
+            self.detector.remove()
+            self.detector = None
+
+
+# -- measuring --------------------------------------------------------------------------------------------
 def predict_logits(model, X, batch_size: int = 1000):
     """The model's outputs for ``X`` in evaluation mode, batch by batch (as a NumPy array)."""
     was_training = model.training
@@ -92,210 +367,12 @@ def first_nonfinite_layer(model) -> str:
     return "none (the cost itself is not finite)"
 
 
-def _checkpoint_path(run_dir) -> Path:
-    return Path(run_dir) / "checkpoint.safetensors"
-
-
-def _save_checkpoint(run_dir, model, optimizer, scheduler, epoch, history) -> None:
-    arrays = {f"model.{k}": v for k, v in model.state_dict().items()}
-    opt_state = optimizer.state_dict()
-    scalars = {}
-    for k, v in opt_state.items():
-        if isinstance(v, list):
-            arrays.update({f"optim.{k}.{i}": a for i, a in enumerate(v)})
-        else:
-            scalars[k] = v
-    meta = {
-        "epoch": epoch,
-        "optimizer": scalars,
-        "scheduler": {k: v for k, v in vars(scheduler).items() if isinstance(v, (int, float))} if scheduler else {},
-        "rng": backend.get_rng_state(),
-        "history": history.records,
-    }
-    io.save_arrays(_checkpoint_path(run_dir), arrays, metadata={"state": json.dumps(meta)})
-
-
-def _load_checkpoint(run_dir, model, optimizer, scheduler):
-    arrays = io.load_arrays(_checkpoint_path(run_dir))
-    from safetensors import safe_open
-    with safe_open(str(_checkpoint_path(run_dir)), framework="numpy") as f:
-        meta = json.loads(f.metadata()["state"])
-    model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
-    opt_state = dict(meta["optimizer"])
-    lists: dict[str, list] = {}
-    for k in sorted((k for k in arrays if k.startswith("optim.")), key=lambda k: int(k.rsplit(".", 1)[1])):
-        lists.setdefault(k.split(".")[1], []).append(arrays[k])
-    opt_state.update(lists)
-    optimizer.load_state_dict(opt_state)
-    if scheduler is not None:
-        for k, v in meta["scheduler"].items():
-            setattr(scheduler, k, v)
-    backend.set_rng_state(meta["rng"])
-    return meta["epoch"], History(meta["history"])
-
-
-def fit(model, cost, optimizer, train, epochs: int, batch_size: int, validation=None, test=None,
-        run_dir=None, shuffle: bool = True, augment=None, scheduler=None, early_stopping: int | None = None,
-        callbacks=(), progress: bool = True, detect_anomaly: bool = False, resume: bool = False,
-        eval_batch_size: int = 1000) -> History:
-    """Train ``model`` by mini-batch SGD (or any optimizer) and return its :class:`History`.
-
-    Args:
-        model: a :class:`deepscope.nn.Module` mapping inputs to logits.
-        cost: a cost from :mod:`deepscope.nn.loss` (it applies the output neuron).
-        optimizer: from :mod:`deepscope.optim`.
-        train: ``(X, y)``; X's first axis indexes examples.
-        epochs: number of passes over ``train``.
-        batch_size: mini-batch size m.
-        validation, test: ``(X, y)`` measured after every epoch (optional).
-        run_dir: folder for metrics.jsonl, checkpoints and the best model (optional).
-        shuffle: reshuffle the training set each epoch (False keeps network3's fixed order).
-        augment: ``augment(X_batch) -> X_batch`` applied to each training mini-batch (optional).
-        scheduler: a learning-rate schedule from :mod:`deepscope.optim`, stepped after each epoch.
-        early_stopping: stop when validation accuracy has not improved for this many epochs.
-        callbacks: objects with any of ``on_before_step(step, model, optimizer)`` (after backward, before the
-            update), ``on_step(step, model, optimizer)`` and ``on_epoch_end(epoch, metrics)``.
-        progress: show a tqdm bar (images/s, running loss and accuracy) and a line per epoch.
-        detect_anomaly: stop at the first non-finite value, naming the layer, step and direction.
-        resume: continue from ``run_dir``'s checkpoint exactly where it stopped.
-    """
-    X, y = train
-    n = len(X)
-    if len(y) != n:
-        raise ShapeError(f"fit: {n} training inputs but {len(y)} labels")
-    if batch_size < 1:
-        raise ConfigError(f"fit: batch_size must be >= 1, got {batch_size}")
-    run_dir = Path(run_dir) if run_dir is not None else None
-    if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-
-    history, start = History(), 0
-    if resume:
-        if run_dir is None or not _checkpoint_path(run_dir).exists():
-            raise ConfigError(f"fit: nothing to resume: no checkpoint in {run_dir}")
-        start, history = _load_checkpoint(run_dir, model, optimizer, scheduler)
-        # metrics.jsonl may hold a line of an epoch whose checkpoint was never written (Ctrl-C between the two)
-        io.atomic_write(run_dir / "metrics.jsonl", lambda tmp: Path(tmp).write_text(
-            "".join(json.dumps(r) + "\n" for r in history.records)))
-        if progress:
-            tqdm.write(f"resuming {run_dir} after epoch {start}")
-
-    detector = None
-    if detect_anomaly:
-        from .scope import AnomalyDetector
-        detector = AnomalyDetector(model)
-
-    # The data needs no gradient: the net's first layer skips ∂C/∂x (as PyTorch does); restored afterwards.
-    flags = {m: m.needs_input_grad for m in model.modules()}
-    model.needs_input_grad = False
-    rng = backend.rng()
-    step = optimizer.steps
-    best_val, bad_epochs = -1.0, 0
-    for r in history.records:  # a resumed run picks up the early-stopping count where it was
-        if r.get("val_acc") is not None:
-            best_val, bad_epochs = (r["val_acc"], 0) if r["val_acc"] > best_val else (best_val, bad_epochs + 1)
-    bar = None
-    model.train()
-    try:
-        for epoch in range(start + 1, epochs + 1):
-            t0 = time.perf_counter()
-            order = rng.permutation(n) if shuffle else np.arange(n)
-            loss_sum, correct, seen = 0.0, 0, 0
-            bar = tqdm(total=n, desc=f"epoch {epoch}/{epochs}", unit="img", unit_scale=True,
-                       disable=not progress, leave=False, dynamic_ncols=True)
-            for i in range(0, n, batch_size):
-                idx = order[i:i + batch_size]
-                xb, yb = X[idx], y[idx]
-                if augment is not None:
-                    xb = augment(xb)
-                xb, yb = backend.asarray(xb), backend.asarray(yb)
-                step += 1
-                if detector is not None:
-                    detector.step = step
-                out = model(xb)
-                loss = cost(out, yb)
-                optimizer.zero_grad()
-                model.backward(cost.backward())
-                if not math.isfinite(loss):
-                    raise NonFiniteError(f"the cost became {loss} at epoch {epoch}, step {step}; first layer "
-                                         f"with a non-finite gradient: {first_nonfinite_layer(model)}")
-                for cb in callbacks:
-                    if hasattr(cb, "on_before_step"):
-                        cb.on_before_step(step, model, optimizer)
-                optimizer.step()
-                for cb in callbacks:
-                    if hasattr(cb, "on_step"):
-                        cb.on_step(step, model, optimizer)
-                m = len(idx)
-                loss_sum += loss * m
-                seen += m
-                if out.ndim == 2 and yb.ndim == 1:
-                    correct += int((out.argmax(axis=1) == yb).sum())
-                elif out.ndim == 2 and yb.shape == out.shape:   # one-hot targets
-                    correct += int((out.argmax(axis=1) == yb.argmax(axis=1)).sum())
-                bar.update(m)
-                if step % 50 == 0:
-                    bar.set_postfix_str(f"loss {loss_sum / seen:.4f} acc {correct / seen:.4f}", refresh=False)
-            bar.close()
-            bar = None
-
-            record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1),
-                      "train_acc": correct / max(seen, 1), "lr": optimizer.lr}
-            if validation is not None:
-                record["val_acc"] = evaluate(model, *validation, batch_size=eval_batch_size)
-            if test is not None:
-                record["test_acc"] = evaluate(model, *test, batch_size=eval_batch_size)
-            record["seconds"] = time.perf_counter() - t0
-            history.append(record)
-            if progress:
-                tqdm.write(_format_record(record))
-
-            improved = record.get("val_acc", 0.0) > best_val or validation is None
-            if validation is not None:
-                if record["val_acc"] > best_val:
-                    best_val, bad_epochs = record["val_acc"], 0
-                else:
-                    bad_epochs += 1
-            for cb in callbacks:
-                if hasattr(cb, "on_epoch_end"):
-                    cb.on_epoch_end(epoch, record)
-            if scheduler is not None:
-                scheduler.step(record)
-            if run_dir is not None:
-                with open(run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                if improved:
-                    io.save(model, run_dir / "model")
-                _save_checkpoint(run_dir, model, optimizer, scheduler, epoch, history)
-            if early_stopping is not None and bad_epochs >= early_stopping:
-                if progress:
-                    tqdm.write(f"early stopping: no improvement in validation accuracy for {bad_epochs} epochs")
-                break
-            if scheduler is not None and scheduler.stop():
-                if progress:
-                    tqdm.write(f"stopping: learning rate fell to {optimizer.lr:g}")
-                break
-    except KeyboardInterrupt:
-        if bar is not None:
-            bar.close()
-        if progress:
-            done = history.records[-1]["epoch"] if history.records else start
-            where = f"; the checkpoint of epoch {done} in {run_dir} is intact" if run_dir and done else ""
-            tqdm.write(f"interrupted during epoch {done + 1}{where}")
-        raise
-    finally:
-        for m, flag in flags.items():
-            m.needs_input_grad = flag      # parents first (modules() order), so children keep their own
-        if detector is not None:
-            detector.remove()
-    return history
-
-
-def _format_record(r: dict) -> str:
+def format_record(r: dict) -> str:
+    """One line for an epoch: loss, training, validation and test accuracy, seconds."""
     parts = [f"epoch {r['epoch']:3d}", f"loss {r['train_loss']:.4f}", f"train {r['train_acc']:.2%}"]
-    if "val_acc" in r:
+    if r.get("val_acc") is not None:
         parts.append(f"validation {r['val_acc']:.2%}")
-    if "test_acc" in r:
+    if r.get("test_acc") is not None:
         parts.append(f"test {r['test_acc']:.2%}")
     parts.append(f"{r['seconds']:.1f}s")
     return "  ".join(parts)

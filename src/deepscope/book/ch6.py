@@ -15,15 +15,15 @@ the test accuracy of a plurality vote of five trained nets). The book ran each r
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy
 
-from .. import backend, io, nn, optim
+from .. import backend, files, nn, optim
 from ..errors import DeepscopeError
+from ..runs import History, Run
 from . import network3 as n3
 
 
@@ -177,7 +177,7 @@ def load_data(data_dir=None, train_size: int | None = None, val_size: int | None
 
 
 # -- running a rung -------------------------------------------------------------------------------------
-def _train_one(rung: Rung, train, validation, test, epochs, quirks, run_dir, progress, verbose):
+def _train_one(rung: Rung, train, validation, test, epochs, quirks, run, progress, verbose):
     """Train one net of the rung; return (predict, record): ``predict(X)`` gives the trained net's classes
     (final weights, as the book's ensemble used them) and record the best epoch's numbers."""
     t0 = time.perf_counter()
@@ -188,22 +188,19 @@ def _train_one(rung: Rung, train, validation, test, epochs, quirks, run_dir, pro
         predict = net.predict
         record = {"val_acc": res.best_validation_accuracy, "test_acc": res.test_accuracy,
                   "best_epoch": res.best_epoch + 1, "epochs_run": len(res.epochs)}
-        if run_dir is not None:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            with open(run_dir / "metrics.jsonl", "w") as f:
-                for e in res.epochs:
-                    f.write(json.dumps({**e, "epoch": e["epoch"] + 1}) + "\n")
-            io.save(net.model, run_dir / "model")  # final weights, as network3 kept them
+        if run is not None:
+            run.write_metrics(History({**e, "epoch": e["epoch"] + 1} for e in res.epochs))
+            run.save_model(net.model)  # final weights, as network3 kept them
     else:
         from ..arch import build
-        from ..train import fit
+        from ..train import ProgressBar, fit
         model = build(rung.arch)
         # The preset's λ is network3's (0.5 λ Σw² / num_training_batches): the same decay per step is
         # λ/(n/m), i.e. network2's λ times m. deepscope's book_weight_decay(λ, n) alone would be m times weaker.
         num_training_batches = len(train[0]) // rung.mini_batch_size
         opt = optim.SGD(model.parameters(), lr=rung.eta, weight_decay=rung.lmbda / num_training_batches)
         history = fit(model, nn.LogLikelihoodCost(), opt, train, epochs=epochs, batch_size=rung.mini_batch_size,
-                      validation=validation, test=test, run_dir=run_dir, progress=progress)
+                      validation=validation, test=test, run=run, callbacks=[ProgressBar()] if progress else [])
         best = history.best
         predict = lambda X: _predict(model, X)  # noqa: E731
         record = {"val_acc": best["val_acc"], "test_acc": best["test_acc"], "best_epoch": best["epoch"],
@@ -251,17 +248,19 @@ def run_rung(rung, data=None, *, epochs: int | None = None, runs: int | None = N
     records, predictions = [], []
     for k in range(runs):
         backend.manual_seed(seed + k)
-        run_dir = out / f"{rung.name}-{k + 1}" if out is not None else None
-        if run_dir is not None:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            io.write_json(run_dir / "config.json", {
+        run = Run.create(out / f"{rung.name}-{k + 1}") if out is not None else None
+        if run is not None:
+            run.write_config({
                 "rung": rung.name, "arch": rung.arch, **asdict(rung), "epochs": epochs, "seed": seed + k,
-                "quirks": quirks, "n_train": len(train[0]), "train_size": n_original, "data_source": source})
+                "quirks": quirks, "n_train": len(train[0]), "train_size": n_original, "data_source": source},
+                "deepscope book ch6")
         if verbose:
             mode = "network3 quirks" if quirks else "deepscope fit"
             print(f"ch6 {rung.name}: net {k + 1}/{runs}, {rung.arch}, {epochs} epochs on {len(train[0]):,} images "
-                  f"({mode})" + (f", run folder {run_dir}" if run_dir else ""))
-        predict, record = _train_one(rung, train, validation, test, epochs, quirks, run_dir, progress, verbose)
+                  f"({mode})" + (f", run folder {run}" if run else ""))
+        predict, record = _train_one(rung, train, validation, test, epochs, quirks, run, progress, verbose)
+        if run is not None:
+            run.close()
         records.append(record)
         if rung.ensemble:
             predictions.append(predict(test[0]))
@@ -278,7 +277,7 @@ def run_rung(rung, data=None, *, epochs: int | None = None, runs: int | None = N
     result["best_of_runs"] = 100.0 * max(r["test_acc"] for r in records)
     result["seconds"] = sum(r["seconds"] for r in records)
     if out is not None:
-        io.write_json(out / f"{rung.name}-result.json", result)
+        files.write_json(out / f"{rung.name}-result.json", result)
     return result
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .. import io
+from .. import files
+from ..runs import reserve
 from ..cli import existing_dir
 from ..errors import DeepscopeError
 
@@ -57,7 +58,7 @@ def cmd_ch6(args) -> int:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise DeepscopeError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
-    out = io.fresh_dir(Path(args.out) / f"ch6-{args.step}")
+    out = reserve(Path(args.out) / f"ch6-{args.step}")
     train, validation, test, source = ch6.load_data(args.data_dir, args.train_size, args.val_size)
     results = []
     for name in names:
@@ -65,9 +66,9 @@ def cmd_ch6(args) -> int:
                          seed=args.seed, out=out, progress=not args.quiet, verbose=True)
         r["data_source"] = source
         results.append(r)
-        io.write_json(out / "results.json", results)
+        files.write_json(out / "results.json", results)
         table = ch6.format_table(results)
-        (out / "table.txt").write_text(table + "\n")
+        files.atomic_write(out / "table.txt", table + "\n")
     print()
     print(table)
     print(f"\nsaved to {out}")

@@ -30,13 +30,13 @@ import importlib
 import os
 import pickle
 import sys
-import tempfile
 import urllib.request
 import zlib
 from pathlib import Path
 
 import numpy
 
+from .. import files
 from ..errors import DataError
 from . import idx
 from .idx import parse_idx
@@ -337,7 +337,7 @@ class _DownloadFailed(Exception):
 def download_file(mirrors, filename, folder, sha256=None, md5=None, progress=True, timeout=30) -> Path:
     """Download ``filename`` from the first mirror that answers into ``folder``, verify it, and return its path.
 
-    The file is written to a temporary name and moved into place (``os.replace``) only once its checksums
+    The file is written to a temporary name and moved into place (:func:`deepscope.files.atomic_write`) only once its checksums
     (``sha256`` of the decompressed bytes, ``md5`` of the .gz bytes) and its IDX structure check out.
 
     Raises:
@@ -350,14 +350,9 @@ def download_file(mirrors, filename, folder, sha256=None, md5=None, progress=Tru
     errors = []
     for base in mirrors:
         url = base + filename
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=filename + ".", suffix=".part")
-            tmp = Path(tmp)
-        except OSError as e:
-            raise _DownloadFailed(f"cannot write to {folder} ({e.strerror or e})") from None
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+
+        def fetch(tmp, url=url):
+            with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
                 total = int(response.headers.get("Content-Length") or 0) or None
                 _say(progress, f"deepscope: downloading {url} into {folder}")
                 with tqdm(total=total, unit="B", unit_scale=True, desc=filename, disable=not progress,
@@ -365,21 +360,15 @@ def download_file(mirrors, filename, folder, sha256=None, md5=None, progress=Tru
                     while chunk := response.read(1 << 16):
                         out.write(chunk)
                         bar.update(len(chunk))
-        except OSError as e:  # URLError, HTTPError, timeouts, connection resets
-            tmp.unlink(missing_ok=True)
-            errors.append(f"{url}: {getattr(e, 'reason', None) or e}")
-            continue
-        except BaseException:  # e.g. Ctrl-C: leave no partial file behind
-            tmp.unlink(missing_ok=True)
-            raise
-        try:
-            _read(tmp, sha256=sha256, md5=md5)
-        except DataError as e:
-            tmp.unlink(missing_ok=True)
-            raise DataError(str(e).replace(str(tmp), f"{url} (downloaded as {tmp})")) from None
-        final = folder / filename
-        os.replace(tmp, final)
-        return final
+            try:
+                _read(tmp, sha256=sha256, md5=md5)
+            except DataError as e:
+                raise DataError(str(e).replace(str(tmp), f"{url} (downloaded as {tmp})")) from None
+
+        try:  # written to a temporary file, moved into place only once verified; removed on any failure
+            return files.atomic_write(folder / filename, fetch)
+        except OSError as e:  # URLError, HTTPError, timeouts, connection resets, a folder we cannot write to
+            errors.append(f"{url}: {getattr(e, 'reason', None) or e.strerror or e}")
     raise _DownloadFailed("; ".join(errors) or "no mirror given")
 
 

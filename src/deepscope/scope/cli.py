@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .. import io
+from ..runs import Run
 from ..cli import existing_dir, nonnegative_float, nonnegative_int, positive_float, positive_int
 from ..errors import DeepscopeError
 
@@ -116,7 +116,7 @@ def cmd_speed(args) -> int:
     layers = _ints(args.layers, "--layers")
     if len(layers) < 3:
         raise DeepscopeError(f"--layers: need an input, at least one hidden layer and an output, got {args.layers}")
-    out = io.run_dir(args.out, "scope-speed")
+    out = Run.create(args.out, "scope-speed").path
     hidden = len(layers) - 2
     print(f"speed of learning: {layers}, {args.activation} neurons, init {args.init}, {args.steps} full-batch steps "
           f"(η={args.eta}, λ={args.lmbda}, n={args.n}), {args.seeds} seed(s)")
@@ -163,7 +163,7 @@ def cmd_compare(args) -> int:
     depths = _ints(args.depths, "--depths")
     acts = _names(args.activations, ["sigmoid", "tanh", "relu"], "--activations")
     inits = _names(args.inits, ["large", "book", "xavier", "he"], "--inits")
-    out = io.run_dir(args.out, "scope-compare")
+    out = Run.create(args.out, "scope-compare").path
     print(f"compare: depths {depths} × {acts} × {inits}; {args.steps} SGD steps (batch 10, η={args.eta}) on "
           f"{args.n_train} images, accuracy on {args.n_val} validation images")
     cells = run_compare(depths, acts, inits, steps=args.steps, eta=args.eta, n_train=args.n_train,
@@ -175,6 +175,6 @@ def cmd_compare(args) -> int:
 
 def cmd_time(args) -> int:
     from .time_grad import run_time
-    out = io.run_dir(args.out, "scope-time")
+    out = Run.create(args.out, "scope-time").path
     run_time(steps=args.steps, hidden=args.hidden, batch=args.batch, seed=args.seed, out=out)
     return 0

@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import time
-from pathlib import Path
 
-from .. import backend, io
+from .. import backend, files
+from ..runs import History, Run
 from ..cli import existing_dir, momentum_float, nonnegative_float, nonnegative_int, positive_float, positive_int
 from ..errors import DataError
+
+VOCAB = "vocab.json"   # the characters of a char-lm run, added to its run folder
 
 EXAMPLES = """examples:
   deepscope rnn mnist --epochs 10                      row-by-row MNIST with a 128-unit tanh RNN (~98%)
@@ -85,19 +85,18 @@ def cmd_mnist(args) -> int:
     from ..data import load_mnist
     from .mnist import train_row_mnist
     backend.manual_seed(args.seed)
-    from ..commands import new_run_dir
-    run = new_run_dir(args.out, "rnn-mnist")
+    Run.check_new(args.out)
     data = load_mnist("mnist", data_dir=args.data_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    io.write_json(run / "config.json", {**_config(args), "task": "row-mnist", "data_source": data.source})
+    run = Run.create(args.out, "rnn-mnist")
+    run.write_config({**_config(args), "task": "row-mnist", "data_source": data.source}, "deepscope rnn mnist")
     n = args.train_size or len(data.train[1])
     print(f"deepscope: RNN({args.hidden}, {args.nonlinearity}) on {n:,} MNIST images read row by row "
           f"({data.source}); run folder {run}")
     t0 = time.perf_counter()
     _, history = train_row_mnist(data, hidden=args.hidden, epochs=args.epochs, batch_size=args.batch_size,
                                  lr=args.lr, optimizer=args.optimizer, momentum=args.momentum, clip=args.clip or None,
-                                 nonlinearity=args.nonlinearity, init=args.init, run_dir=run,
-                                 progress=not args.quiet, train_size=args.train_size,
+                                 nonlinearity=args.nonlinearity, init=args.init, run=run,
+                                 callbacks=[] if args.quiet else None, train_size=args.train_size,
                                  normalize=not args.no_normalize, schedule=args.schedule)
     best, last = history.best, history.records[-1]
     print(f"best validation accuracy {best['val_acc']:.2%} at epoch {best['epoch']} (test there "
@@ -109,33 +108,29 @@ def cmd_mnist(args) -> int:
 
 def cmd_text(args) -> int:
     from ..data.text import load_corpus
-    from .text import char_model, sample, train_char_lm
+    from .text import char_model, format_record, sample, train_char_lm
     backend.manual_seed(args.seed)
-    from ..commands import new_run_dir
+    Run.check_new(args.out)
     corpus = load_corpus(args.corpus)
     for split in ("train", "validation"):  # fail now, not after the first epoch
         if corpus.num_batches(split, args.batch_size, args.seq_len) == 0:
             raise DataError(f"{corpus.name}: its {split} part ({len(corpus.stream(split)):,} characters) is too "
                             f"short for -m {args.batch_size} streams of --seq-len {args.seq_len}; "
                             f"lower them or use a longer --corpus")
-    run = new_run_dir(args.out, "rnn-text")
-    run.mkdir(parents=True, exist_ok=True)
-    io.write_json(run / "config.json", {**_config(args), "task": "char-lm", "corpus": corpus.name})
-    io.write_json(run / "vocab.json", {"chars": corpus.vocab.chars})
+    run = Run.create(args.out, "rnn-text")
+    run.write_config({**_config(args), "task": "char-lm", "corpus": corpus.name}, "deepscope rnn text")
+    run.save_json(VOCAB, {"chars": corpus.vocab.chars})
     model = char_model(len(corpus.vocab), args.hidden, args.embedding, args.layers)
     print(f"deepscope: character RNN ({args.hidden} units) on {corpus}; run folder {run}")
-    best = [math.inf]
+    history = History()
 
-    def on_epoch_end(epoch, record):
+    def on_epoch_end(epoch, record):  # save first: a closed stdout (| head) never loses a finished epoch
+        history.append(record)
+        if record["val_loss"] <= min(r["val_loss"] for r in history.records):
+            run.save_model(model)
+        run.write_metrics(history)
         if args.quiet:
-            print(f"epoch {epoch:3d}  train {record['train_loss']:.4f}  validation {record['val_loss']:.4f} "
-                  f"nats/char ({record['val_bpc']:.3f} bits/char)  {record['chars_per_s']:,.0f} chars/s  "
-                  f"{record['seconds']:.1f}s", flush=True)
-        with open(run / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if record["val_loss"] < best[0]:
-            best[0] = record["val_loss"]
-            io.save(model, run / "model")
+            print(format_record(record), flush=True)
 
     t0 = time.perf_counter()
     records = train_char_lm(model, corpus, epochs=args.epochs, batch_size=args.batch_size, seq_len=args.seq_len,
@@ -146,9 +141,9 @@ def cmd_text(args) -> int:
     print(f"best validation {best_rec['val_loss']:.4f} nats/char ({best_rec['val_bpc']:.3f} bits/char) at epoch "
           f"{best_rec['epoch']}; {wall:.0f}s")
     if args.sample_length:
-        best_model = io.load(run)
+        best_model = run.load_model()
         text = sample(best_model, corpus.vocab, args.sample_length, 0.8, seed=args.seed)
-        (run / "sample.txt").write_text(text, encoding="utf-8")
+        files.atomic_write(run.file("sample.txt"), text)
         print("sample (τ = 0.8):\n" + text)
     print(f"saved to {run} (deepscope rnn sample {run})")
     return 0
@@ -157,11 +152,10 @@ def cmd_text(args) -> int:
 def cmd_sample(args) -> int:
     from ..data.text import Vocabulary
     from .text import sample
-    run = Path(args.run)
-    vocab_path = run / "vocab.json"
-    if not vocab_path.exists():
-        raise DataError(f"{run} is not a character-model run folder (no vocab.json)")
-    vocab = Vocabulary(json.loads(vocab_path.read_text(encoding="utf-8"))["chars"])
-    model = io.load(run)
+    run = Run.open(args.run) if Run.is_run(args.run) else None
+    if run is None or not run.file(VOCAB).is_file():
+        raise DataError(f"{args.run} is not a character-model run folder (no {VOCAB})")
+    vocab = Vocabulary(run.load_json(VOCAB)["chars"])
+    model = run.load_model()
     print(sample(model, vocab, args.length, args.temperature, args.prime, seed=args.seed))
     return 0

@@ -9,7 +9,7 @@ small test of how well a recurrent net carries information (and gradient) throug
 from __future__ import annotations
 
 from .. import nn, optim
-from ..train import fit
+from ..train import ProgressBar, Schedule, fit
 
 
 # Mean and standard deviation of MNIST's training pixels (the constants of PyTorch's MNIST example).
@@ -38,7 +38,7 @@ def make_optimizer(model, name: str = "adam", lr: float = 1e-3, momentum: float 
 
 
 def train_row_mnist(data, hidden=128, epochs=10, batch_size=64, lr=1e-3, optimizer="adam", momentum=0.9, clip=1.0,
-                    nonlinearity="tanh", init="orthogonal", run_dir=None, progress=True, train_size=None,
+                    nonlinearity="tanh", init="orthogonal", run=None, callbacks=None, train_size=None,
                     normalize=True, schedule="cosine"):
     """Train :func:`row_mnist_model` on ``data`` (a :func:`deepscope.data.load_mnist` result).
 
@@ -47,17 +47,18 @@ def train_row_mnist(data, hidden=128, epochs=10, batch_size=64, lr=1e-3, optimiz
 
     With ``normalize`` (default) pixels are standardised first (:func:`as_rows`): centred inputs make the
     recurrent net learn faster. ``schedule="cosine"`` decays the learning rate to 0 along a half cosine over
-    the epochs. Returns ``(model, history)``; the history has validation and test accuracy after every epoch.
+    the epochs. ``run`` and ``callbacks`` are :func:`deepscope.train.fit`'s. Returns ``(model, history)``; the history has validation and test accuracy after every epoch.
     """
     model = row_mnist_model(hidden, nonlinearity, init)
     opt = make_optimizer(model, optimizer, lr, momentum, clip=clip)
-    scheduler = optim.CosineLR(opt, epochs) if schedule == "cosine" else None
+    callbacks = [ProgressBar()] if callbacks is None else list(callbacks)
+    if schedule == "cosine":
+        callbacks.append(Schedule(optim.CosineLR(opt, epochs)))
     X, y = data.train
     if train_size:
         X, y = X[:train_size], y[:train_size]
     history = fit(model, nn.LogLikelihoodCost(), opt, (as_rows(X, normalize), y), epochs=epochs,
                   batch_size=batch_size,
                   validation=(as_rows(data.validation[0], normalize), data.validation[1]),
-                  test=(as_rows(data.test[0], normalize), data.test[1]), run_dir=run_dir, progress=progress,
-                  scheduler=scheduler)
+                  test=(as_rows(data.test[0], normalize), data.test[1]), run=run, callbacks=callbacks)
     return model, history

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from .. import backend, nn, optim
 from ..errors import DataError, NonFiniteError
+from ..train import step
 
 
 def char_model(vocab_size: int, hidden: int = 256, embedding: int = 64, num_layers: int = 1,
@@ -82,13 +83,10 @@ def train_char_lm(model, corpus, epochs: int = 10, batch_size: int = 32, seq_len
         t0 = time.perf_counter()
         loss_sum, steps = 0.0, 0
         for x, y in corpus.batches("train", batch_size, seq_len, offset):
-            out = model(xp.asarray(x))
-            loss = cost(out, xp.asarray(y))
-            if not math.isfinite(loss):
-                raise NonFiniteError(f"the cost became {loss} at epoch {epoch}, step {steps + 1}")
-            model.zero_grad()
-            model.backward(cost.backward())
-            opt.step()
+            def finite(loss, where=f"epoch {epoch}, step {steps + 1}"):
+                if not math.isfinite(loss):
+                    raise NonFiniteError(f"the cost became {loss} at {where}")
+            loss, _ = step(model, cost, opt, xp.asarray(x), xp.asarray(y), finite)
             loss_sum += loss
             steps += 1
             bar.update(y.size)
@@ -101,14 +99,19 @@ def train_char_lm(model, corpus, epochs: int = 10, batch_size: int = 32, seq_len
                   "val_bpc": val / math.log(2), "seconds": time.perf_counter() - t0,
                   "chars_per_s": steps * batch_size * seq_len / train_seconds}
         records.append(record)
-        if progress:
-            tqdm.write(f"epoch {epoch:3d}  train {record['train_loss']:.4f}  validation {val:.4f} nats/char "
-                       f"({record['val_bpc']:.3f} bits/char)  {record['chars_per_s']:,.0f} chars/s  "
-                       f"{record['seconds']:.1f}s")
-        if on_epoch_end is not None:
+        if on_epoch_end is not None:  # it saves the epoch: before anything is printed
             on_epoch_end(epoch, record)
+        if progress:
+            tqdm.write(format_record(record))
     rnn.reset_state()
     return records
+
+
+def format_record(record: dict) -> str:
+    """One line for an epoch of a character model."""
+    return (f"epoch {record['epoch']:3d}  train {record['train_loss']:.4f}  validation {record['val_loss']:.4f} "
+            f"nats/char ({record['val_bpc']:.3f} bits/char)  {record['chars_per_s']:,.0f} chars/s  "
+            f"{record['seconds']:.1f}s")
 
 
 def sample(model, vocab, length: int = 500, temperature: float = 0.8, prime: str | None = None,
