@@ -53,7 +53,7 @@ def test_a_users_skip_connection_module_trains_saves_loads_and_matches_pytorch(t
     ds.manual_seed(0)
     model = SkipNet()
     hist = fit(model, nn.LogLikelihoodCost(), optim.SGD(model.parameters(), lr=0.2), (X, y), epochs=3,
-               batch_size=20, progress=False)
+               batch_size=20, callbacks=[])
     assert hist.records[-1]["train_acc"] > 0.9
     ds.save(model, tmp_path / "skip")
     loaded = ds.load(tmp_path / "skip")
@@ -91,7 +91,7 @@ def test_residual_and_concat_train_save_and_load(tmp_path):
                           nn.Concat(nn.Linear(12, 4), nn.Sequential(nn.Linear(12, 5), nn.Sigmoid())),
                           nn.Residual(nn.Linear(9, 3), shortcut=nn.Linear(9, 3, bias=False)))
     hist = fit(model, nn.LogLikelihoodCost(), optim.SGD(model.parameters(), lr=0.1), (X, y), epochs=3,
-               batch_size=20, progress=False)
+               batch_size=20, callbacks=[])
     assert hist.records[-1]["train_acc"] > 0.9
     ds.save(model, tmp_path / "m")
     loaded = ds.load(tmp_path / "m")

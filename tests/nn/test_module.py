@@ -4,7 +4,7 @@ import pytest
 
 import deepscope as ds
 from deepscope import arch, nn, optim
-from deepscope.train import fit
+from deepscope.train import DetectAnomaly, fit
 
 from test_train import blobs
 
@@ -92,7 +92,7 @@ def test_fit_skips_the_first_conv_layers_input_gradient_and_restores_the_flags()
     X = np.random.default_rng(0).random((40, 1, 8, 8)).astype(np.float32)
     y = np.random.default_rng(1).integers(0, 3, 40)
     fit(model, nn.LogLikelihoodCost(), optim.SGD(model.parameters(), lr=0.1), (X, y), epochs=1, batch_size=20,
-        progress=False)
+        callbacks=[])
     assert returned == [None, None]
     assert all(m.needs_input_grad for m in model.modules())
 
@@ -102,11 +102,11 @@ def test_fit_restores_needs_input_grad_as_it_found_it():
     model = arch.build("8-16-3")
     model[1].needs_input_grad = False
     fit(model, nn.CrossEntropyCost(), optim.SGD(model.parameters(), lr=0.1), (X, y), epochs=1, batch_size=50,
-        progress=False)
+        callbacks=[])
     assert model[1].needs_input_grad is False
     model[1].needs_input_grad = True
     fit(model, nn.CrossEntropyCost(), optim.SGD(model.parameters(), lr=0.1), (X, y), epochs=1, batch_size=50,
-        progress=False)
+        callbacks=[])
     assert model[1].needs_input_grad is True
 
 
@@ -129,7 +129,7 @@ def test_fit_skips_the_input_gradient_only_where_it_is_safe(first):
         if not m._modules:
             m.register_backward_hook(lambda mod, gi, go: seen.append(type(mod).__name__))
     fit(model, nn.LogLikelihoodCost(), optim.Adam(model.parameters()), (X, y), epochs=1, batch_size=20,
-        progress=False, detect_anomaly=True)
+        callbacks=[DetectAnomaly()])
     assert seen and seen[-1] in ("Linear", "Embedding", "RNN")
 
 
@@ -153,7 +153,7 @@ def test_fit_trains_a_custom_module_registered_out_of_data_order():
     ds.manual_seed(0)
     model = Net()
     hist = fit(model, nn.CrossEntropyCost(), optim.SGD(model.parameters(), lr=0.5), (X, y), epochs=2,
-               batch_size=20, progress=False)
+               batch_size=20, callbacks=[])
     assert hist.records[-1]["train_acc"] > 0.8
 
 
