@@ -1,4 +1,5 @@
-"""The one place that chooses the array module, the default dtype and the random generator.
+"""The one place that chooses the array module, the default dtype, the random generator and
+the thread count (``set_num_threads``: see ``deepscope.cpu``).
 
 All numerical code asks this module (or :func:`xp_of` of its inputs) for its array module, so the same
 code runs on NumPy and, when CuPy is installed and selected, on an NVIDIA GPU.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import numpy
 
+from .cpu import get_num_threads, set_num_threads  # noqa: F401  (the thread count lives with the threads)
 from .errors import ConfigError
 
 DEVICES = ("cpu", "cuda")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-from . import backend
+from . import backend, cpu
 from .errors import ConfigError
 
 
@@ -42,6 +42,69 @@ def _is_weight(shape) -> bool:
     return len(shape) >= 2
 
 
+class FlatParameters:
+    """All parameters' values in one flat buffer and all their gradients in another: each ``Parameter.data``
+    and ``.grad`` becomes a view into them, so that zeroing the gradients and the update are one call each
+    (one pass over memory, split over the CPU's threads). The weights come first (entries ``[0, n_decayed)``,
+    where L2 decay applies), then the biases.
+
+    Whoever replaces a parameter's array (``load_state_dict``, ``Module.to``) breaks the view; :meth:`sync`
+    notices and gathers the parameters into new buffers, carrying the optimizer's state along (recast to the
+    parameters' dtype and array module).
+    """
+
+    def __init__(self, params):
+        unique = list({id(p): p for p in params}.values())        # a shared parameter is updated once
+        self.params = [p for p in unique if _is_weight(p.data.shape)] + \
+                      [p for p in unique if not _is_weight(p.data.shape)]
+        self.spans, start = [], 0
+        for p in self.params:
+            self.spans.append((start, start + p.data.size))
+            start += p.data.size
+        self.size = start
+        self.n_decayed = sum(p.data.size for p in self.params if _is_weight(p.data.shape))
+        self.data = self.grad = None
+        self._views = []
+        self.sync()
+
+    def sync(self) -> bool:
+        """Make every parameter a view of the buffers again if someone replaced its arrays; True if it did."""
+        if self._views and all(p.data is d and p.grad is g for p, (d, g) in zip(self.params, self._views)):
+            return False
+        xp = backend.xp_of(*(p.data for p in self.params))
+        dtypes = {p.data.dtype for p in self.params}
+        if len(dtypes) > 1:
+            raise ConfigError(f"optimizer: parameters of different dtypes {sorted(map(str, dtypes))}: "
+                              f"cast the model with Module.to(dtype) first")
+        dtype = dtypes.pop()
+        self.data, self.grad = xp.empty(self.size, dtype=dtype), xp.empty(self.size, dtype=dtype)
+        for p, (s, e) in zip(self.params, self.spans):
+            self.data[s:e] = xp.asarray(p.data).reshape(-1)
+            self.grad[s:e] = xp.asarray(p.grad).reshape(-1)
+            p.data, p.grad = self.data[s:e].reshape(p.data.shape), self.grad[s:e].reshape(p.grad.shape)
+        self._views = [(p.data, p.grad) for p in self.params]
+        return True
+
+    def state(self, flat=None):
+        """A new flat state buffer (zeros), or ``flat`` recast to the buffers' dtype and array module."""
+        xp = backend.xp_of(self.data)
+        if flat is None:
+            return xp.zeros(self.size, dtype=self.data.dtype)
+        if backend.xp_of(flat) is not xp or flat.dtype != self.data.dtype:   # Module.to moved or cast the model
+            flat = backend.to_device(flat, xp, dtype=self.data.dtype)
+        return flat
+
+    def views(self, flat, order):
+        """``flat`` cut into one array per parameter, in the order of ``order`` (the caller's parameters)."""
+        where = {id(p): span for p, span in zip(self.params, self.spans)}
+        return [flat[where[id(p)][0]:where[id(p)][1]].reshape(p.data.shape) for p in order]
+
+    def load(self, flat, arrays, order) -> None:
+        """Copy per-parameter ``arrays`` (in the order of ``order``) into ``flat``."""
+        for v, a in zip(self.views(flat, order), arrays):
+            v[...] = backend.xp_of(v).asarray(backend.to_numpy(a), dtype=v.dtype).reshape(v.shape)
+
+
 class Optimizer:
     def __init__(self, params, lr: float, weight_decay: float, clip_norm):
         self.params = list(params)
@@ -54,28 +117,36 @@ class Optimizer:
         self.clip_norm = clip_norm
         self.last_grad_norm = None
         self.steps = 0
+        self.flat = FlatParameters(self.params)
 
     def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad[...] = 0
+        self._sync()
+        self.flat.grad[...] = 0
 
-    @staticmethod
-    def _like(states, i, p):
-        """``states[i]``, moved to ``p``'s device and dtype if the model was moved or cast (``Module.to``) after
-        this optimizer was made; otherwise in-place updates would fail across devices or silently keep the
-        state in the old precision."""
-        xp = backend.xp_of(p.data)
-        if states[i].dtype != p.data.dtype or backend.xp_of(states[i]) is not xp:
-            states[i] = backend.to_device(states[i], xp, dtype=p.data.dtype)
-        return states[i]
+    def _sync(self) -> None:
+        """Follow the parameters if their arrays were replaced (the state is recast with them)."""
+        if self.flat.sync():
+            self._recast_state()
+
+    def _recast_state(self) -> None:
+        """Subclasses: recast their flat state with ``self.flat.state(old)``."""
 
     def _clip(self) -> None:
         if self.clip_norm is not None:
-            self.last_grad_norm = clip_grad_norm(self.params, self.clip_norm)
+            g = self.flat.grad
+            total = math.sqrt(float((g * g).sum()))
+            if total > self.clip_norm and total > 0:
+                g *= self.clip_norm / (total + 1e-6)
+            self.last_grad_norm = total
 
-    def _decay(self, p) -> float:
-        """The weight decay that applies to ``p``: λ' for weights, 0 for biases."""
-        return self.weight_decay if self.weight_decay and _is_weight(p.data.shape) else 0.0
+    def _update(self, kernel, *flats, reference):
+        """Run ``kernel(*shards, n_decayed_in_shard)`` over shards of the flat buffers on the CPU's threads
+        (NumPy arrays with the compiled kernels), else ``reference()`` over whole buffers (CuPy, no numba)."""
+        if not cpu.fast(*flats):
+            return reference()
+        nd = self.flat.n_decayed
+        cpu.parallel(lambda s, e: kernel(*(f[s:e] for f in flats), max(0, min(nd, e) - s)),
+                     self.flat.size, cpu.ELEMENTS_PER_SHARD)
 
     def state_dict(self) -> dict:
         """Optimizer state (arrays as NumPy, scalars as numbers) for checkpoints."""
@@ -100,37 +171,53 @@ class SGD(Optimizer):
     def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0, clip_norm=None):
         super().__init__(params, lr, weight_decay, clip_norm)
         self.momentum = float(momentum)
-        self.velocity = [backend.xp_of(p.data).zeros_like(p.data) for p in self.params] if momentum else None
+        self._v = self.flat.state() if momentum else None
+
+    @property
+    def velocity(self):
+        """v per parameter (views of the flat state), None without momentum."""
+        return None if self._v is None else self.flat.views(self._v, self.params)
+
+    def _recast_state(self) -> None:
+        if self._v is not None:
+            self._v = self.flat.state(self._v)
 
     def step(self) -> None:
+        self._sync()
         self.steps += 1
         self._clip()
-        lr = self.lr
-        for i, p in enumerate(self.params):
-            decay = self._decay(p)
-            if self.velocity is None:
+        w, g, nd = self.flat.data, self.flat.grad, self.flat.n_decayed
+        lr, mu, decay = self.lr, self.momentum, self.weight_decay
+        v = self._v
+
+        def reference():
+            if v is None:
                 if decay:
-                    p.data *= 1.0 - lr * decay          # network2: w <- (1 - ηλ/n) w - η ∇C
-                p.data -= lr * p.grad
+                    w[:nd] *= 1.0 - lr * decay                  # network2: w <- (1 - ηλ/n) w - η ∇C
+                w[...] -= lr * g
             else:
-                v = self._like(self.velocity, i, p)
-                v *= self.momentum
-                v -= lr * p.grad
+                v[...] *= mu                                    # v <- μ v - η (∇C + λ' w)
+                v[...] -= lr * g
                 if decay:
-                    v -= (lr * decay) * p.data
-                p.data += v
+                    v[:nd] -= (lr * decay) * w[:nd]
+                w[...] += v                                     # w <- w + v
+
+        kernel = cpu.kernels() and cpu.kernels().sgd
+        empty = backend.xp_of(w).empty(0, dtype=w.dtype)
+        self._update(lambda w_, g_, v_, n: kernel(w_, g_, v_, lr, mu, decay, n), w, g,
+                     empty if v is None else v, reference=reference)
 
     def state_dict(self) -> dict:
         state = super().state_dict()
-        if self.velocity is not None:
-            state["velocity"] = [backend.to_numpy(v) for v in self.velocity]
+        if self._v is not None:
+            state["velocity"] = [backend.to_numpy(v).copy() for v in self.velocity]
         return state
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        if self.velocity is not None and "velocity" in state:
-            self.velocity = [backend.xp_of(p.data).asarray(v, dtype=p.data.dtype)
-                             for p, v in zip(self.params, state["velocity"])]
+        if self._v is not None and "velocity" in state:
+            self._sync()
+            self.flat.load(self._v, state["velocity"], self.params)
 
 
 class Adam(Optimizer):
@@ -145,34 +232,56 @@ class Adam(Optimizer):
         super().__init__(params, lr, weight_decay, clip_norm)
         self.betas = (float(betas[0]), float(betas[1]))
         self.eps = float(eps)
-        self.m = [backend.xp_of(p.data).zeros_like(p.data) for p in self.params]
-        self.v = [backend.xp_of(p.data).zeros_like(p.data) for p in self.params]
+        self._m, self._v = self.flat.state(), self.flat.state()
+
+    @property
+    def m(self):
+        """The first moment per parameter (views of the flat state)."""
+        return self.flat.views(self._m, self.params)
+
+    @property
+    def v(self):
+        """The second moment per parameter (views of the flat state)."""
+        return self.flat.views(self._v, self.params)
+
+    def _recast_state(self) -> None:
+        self._m, self._v = self.flat.state(self._m), self.flat.state(self._v)
 
     def step(self) -> None:
+        self._sync()
         self.steps += 1
         b1, b2 = self.betas
         c1, c2 = 1 - b1 ** self.steps, 1 - b2 ** self.steps
         self._clip()
-        for i, p in enumerate(self.params):
-            g = p.grad + self._decay(p) * p.data if self._decay(p) else p.grad
+        w, g, m, v, nd = self.flat.data, self.flat.grad, self._m, self._v, self.flat.n_decayed
+        lr, eps, decay = self.lr, self.eps, self.weight_decay
+
+        def reference():
             xp = backend.xp_of(g)
-            m, v = self._like(self.m, i, p), self._like(self.v, i, p)
-            m *= b1
-            m += (1 - b1) * g
-            v *= b2
-            v += (1 - b2) * g * g
-            p.data -= (self.lr / c1) * m / (xp.sqrt(v / c2) + self.eps)
+            gd = g.copy()
+            if decay:
+                gd[:nd] += decay * w[:nd]                       # g = ∇C + λ' w (weights only)
+            m[...] *= b1
+            m[...] += (1 - b1) * gd
+            v[...] *= b2
+            v[...] += (1 - b2) * gd * gd
+            w[...] -= (lr / c1) * m / (xp.sqrt(v / c2) + eps)
+
+        kernel = cpu.kernels() and cpu.kernels().adam
+        self._update(lambda w_, g_, m_, v_, n: kernel(w_, g_, m_, v_, lr / c1, b1, b2, c2, eps, decay, n),
+                     w, g, m, v, reference=reference)
 
     def state_dict(self) -> dict:
         state = super().state_dict()
-        state["m"] = [backend.to_numpy(a) for a in self.m]
-        state["v"] = [backend.to_numpy(a) for a in self.v]
+        state["m"] = [backend.to_numpy(a).copy() for a in self.m]
+        state["v"] = [backend.to_numpy(a).copy() for a in self.v]
         return state
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.m = [backend.xp_of(p.data).asarray(a, dtype=p.data.dtype) for p, a in zip(self.params, state["m"])]
-        self.v = [backend.xp_of(p.data).asarray(a, dtype=p.data.dtype) for p, a in zip(self.params, state["v"])]
+        self._sync()
+        self.flat.load(self._m, state["m"], self.params)
+        self.flat.load(self._v, state["v"], self.params)
 
 
 # -- learning-rate schedules: called once per epoch with the epoch's metrics ----------------------------

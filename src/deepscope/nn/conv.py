@@ -33,7 +33,7 @@ forward keeps no columns (backward, if called anyway, rebuilds them from the cac
 """
 from __future__ import annotations
 
-from .. import backend
+from .. import backend, cpu
 from . import init as _init
 from .module import Module, Parameter
 
@@ -148,12 +148,15 @@ class Conv2d(Module):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         n, _, h, w = x.shape
         ho, wo = output_size(h, kh, sh, ph), output_size(w, kw, sw, pw)
+        self._x_shape, self._x, self._cols = x.shape, x, None
+        if cpu.fast(x):   # the same Z = W X + b, on shards of the mini-batch in the CPU's threads
+            bias = None if self.bias is None else self.bias.data
+            return cpu.conv2d_forward(x, self.weight.data, bias, self.stride, self.padding)
         cols = self._columns(self._pad(x))
         z = self.weight.data.reshape(self.out_channels, -1) @ cols          # Z = W X   (out, N·Ho·Wo)
         if self.bias is not None:
             z += self.bias.data[:, None]                                       #   + b
         # Cache the columns for ∂C/∂W only when training (inference keeps no copy of them).
-        self._x_shape, self._x = x.shape, x
         self._cols = cols if self.training else None
         return z.reshape(self.out_channels, n, ho, wo).transpose(1, 0, 2, 3)
 
@@ -163,6 +166,12 @@ class Conv2d(Module):
         n, c, h, w = self._x_shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         ho, wo = grad_output.shape[2], grad_output.shape[3]
+        if cpu.fast(grad_output, self._x):   # the same three lines below, on shards, in the CPU's threads
+            dw, db, dx = cpu.conv2d_backward(self._x, self.weight.data, grad_output, self.stride, self.padding)
+            self.weight.grad += dw                                               # ∂C/∂W = Δ Xᵀ
+            if self.bias is not None:
+                self.bias.grad += db                                             # ∂C/∂b = Σ δ
+            return dx                                                            # col2im(Wᵀ Δ)
         cols = self._cols if self._cols is not None else self._columns(self._pad(self._x))
         self._cols = None   # backward needs X once: let it go as soon as ∂C/∂W is done (lower peak memory)
         # Δ as (out, N·Ho·Wo); free when grad_output is channel-major (as our own outputs are).

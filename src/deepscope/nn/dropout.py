@@ -18,7 +18,7 @@ The masks come from the global generator, so ``deepscope.manual_seed`` reproduce
 """
 from __future__ import annotations
 
-from .. import backend
+from .. import backend, cpu
 from .module import Module
 
 
@@ -51,8 +51,13 @@ class Dropout(Module):
             return x * self._scale if self._scale != 1.0 else x
         # m_i ~ Bernoulli(1 - p), drawn on the host from the global generator (reproducible), with the
         # training scale folded in so that forward and backward are each one multiplication.
-        keep = backend.rng().random(x.shape, dtype="float32") >= self.p
+        u = backend.rng().random(x.shape, dtype="float32")
         scale = 1.0 if self.scale_at_test else 1.0 / (1.0 - self.p)
+        fast = cpu.dropout(x, u, self.p, scale)     # the same mask and product, one pass on the CPU's threads
+        if fast is not None:
+            out, self._mask = fast
+            return out
+        keep = u >= self.p
         mask = xp.asarray(keep, dtype=x.dtype)
         if scale != 1.0:
             mask *= scale
@@ -62,7 +67,8 @@ class Dropout(Module):
     def backward(self, grad_output):
         if self._mask is None:
             return grad_output * self._scale if self._scale != 1.0 else grad_output
-        return grad_output * self._mask
+        fast = cpu.masked(grad_output, self._mask)
+        return grad_output * self._mask if fast is None else fast
 
     def extra_repr(self) -> str:
         return f"p={self.p}" + (", scale_at_test=True" if self.scale_at_test else "")

@@ -11,6 +11,7 @@ where δ = ∂C/∂z is the gradient that arrives from above, one row per exampl
 """
 from __future__ import annotations
 
+from .. import cpu
 from . import init as _init
 from .module import Module, Parameter
 
@@ -52,19 +53,19 @@ class Linear(Module):
         if x.dtype != self.weight.data.dtype:
             x = x.astype(self.weight.data.dtype)
         self._x = x  # cached for ∂C/∂W = δᵀ a
-        z = x @ self.weight.data.T
+        z = cpu.matmul(x, self.weight.data.T)                  # x Wᵀ, its rows on the CPU's threads
         if self.bias is not None:
             z += self.bias.data
         return z if len(self._lead) == 1 else z.reshape(*self._lead, self.out_features)
 
     def backward(self, grad_output):
         delta = grad_output if grad_output.ndim == 2 else grad_output.reshape(-1, self.out_features)
-        self.weight.grad += delta.T @ self._x                    # BP4
+        self.weight.grad += cpu.matmul(delta.T, self._x)         # BP4
         if self.bias is not None:
             self.bias.grad += delta.sum(axis=0)                  # BP3
         if not self.needs_input_grad:                            # the first layer: nobody reads ∂C/∂x
             return None
-        grad_input = delta @ self.weight.data                    # BP2 (σ' is the activation's job)
+        grad_input = cpu.matmul(delta, self.weight.data)         # BP2 (σ' is the activation's job)
         return grad_input if len(self._lead) == 1 else grad_input.reshape(*self._lead, self.in_features)
 
     def extra_repr(self) -> str:

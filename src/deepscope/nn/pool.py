@@ -25,7 +25,7 @@ Shape:
 """
 from __future__ import annotations
 
-from .. import backend
+from .. import backend, cpu
 from .conv import _pair
 from .module import Module
 
@@ -108,11 +108,17 @@ class MaxPool2d(_Pool2d):
     def forward(self, x):
         xp = backend.xp_of(x)
         self._start(x)
-        out = self._fold(x, lambda v: xp.copy(v, order="K"), lambda o, v: xp.maximum(o, v, out=o))
+        self._arg = None
+        if cpu.fast(x):   # the same max, one pass in the CPU's threads, remembering where it was
+            out, self._arg = cpu.maxpool2d_forward(x, self.kernel_size, self.stride)
+        else:
+            out = self._fold(x, lambda v: xp.copy(v, order="K"), lambda o, v: xp.maximum(o, v, out=o))
         self._x, self._out = x, out
         return out
 
     def backward(self, grad_output):
+        if self._arg is not None and cpu.fast(grad_output):
+            return cpu.maxpool2d_backward(grad_output, self._arg, self._x, self.kernel_size, self.stride)
         # Route each window's gradient to its first maximum (row-major offset order, as PyTorch does):
         # offset (l, m) takes it where x equals the window's maximum and no earlier offset took it.
         taken = None
@@ -142,12 +148,17 @@ class AvgPool2d(_Pool2d):
     def forward(self, x):
         xp = backend.xp_of(x)
         self._start(x)
-        total = self._fold(x, lambda v: xp.copy(v, order="K"), lambda o, v: xp.add(o, v, out=o))
+        if cpu.fast(x):   # the same sum, one pass in the CPU's threads
+            total = cpu.sumpool2d_forward(x, self.kernel_size, self.stride)
+        else:
+            total = self._fold(x, lambda v: xp.copy(v, order="K"), lambda o, v: xp.add(o, v, out=o))
         self._like = x
         return total * (1.0 / (self.kernel_size[0] * self.kernel_size[1]))
 
     def backward(self, grad_output):
         share = grad_output * (1.0 / (self.kernel_size[0] * self.kernel_size[1]))
+        if cpu.fast(share, self._like):
+            return cpu.sumpool2d_backward(share, self._like, self.kernel_size, self.stride)
         return self._scatter(lambda i, j: share, self._like, share.dtype)
 
 
@@ -165,7 +176,10 @@ class L2Pool2d(_Pool2d):
     def forward(self, x):
         xp = backend.xp_of(x)
         self._start(x)
-        total = self._fold(x, lambda v: v * v, lambda o, v: xp.add(o, v * v, out=o))
+        if cpu.fast(x):   # the same sum of squares, one pass in the CPU's threads
+            total = cpu.sumpool2d_forward(x, self.kernel_size, self.stride, squares=True)
+        else:
+            total = self._fold(x, lambda v: v * v, lambda o, v: xp.add(o, v * v, out=o))
         out = xp.sqrt(total)
         self._x, self._out = x, out
         return out
@@ -175,5 +189,7 @@ class L2Pool2d(_Pool2d):
         # ∂C/∂a / a, with 0 where a = 0 (an all-zero window): no division by zero, no warning.
         nonzero = self._out > 0
         ratio = xp.where(nonzero, grad_output / xp.where(nonzero, self._out, 1), 0).astype(grad_output.dtype)
+        if cpu.fast(ratio, self._x):
+            return cpu.sumpool2d_backward(ratio, self._x, self.kernel_size, self.stride, times_x=True)
         views = {(i, j): v for i, j, v in self._offsets(self._x)}
         return self._scatter(lambda i, j: ratio * views[(i, j)], self._x, ratio.dtype)

@@ -1,0 +1,169 @@
+"""Compiled CPU loops (numba) behind ``deepscope.cpu``: each is one pass over its shard of the data.
+
+Every function here is the explicit loop of an equation that a layer file states and computes with NumPy
+(the reference); ``deepscope.cpu`` runs them on shards of the mini-batch in its threads (``nogil``: the
+threads run at once) and ``tests/test_cpu.py`` checks each against the layer's NumPy expression.
+Compiled on first use and cached on disk (``cache=True``), so only the first run on a machine pays the
+compile time. This module imports numba at its top; ``deepscope.cpu`` imports it lazily, on first use.
+"""
+from __future__ import annotations
+
+import math
+
+from numba import njit
+
+_jit = njit(cache=True, nogil=True, fastmath=False, boundscheck=False)
+
+
+# -- convolution --------------------------------------------------------------------------------------
+@_jit
+def col2im(dcols, dx, sh, sw):
+    """dx[c, n, s·j + l, s·k + m] += dcols[c, l, m, n, j, k]: ∂C/∂x̃ from ∂C/∂X (dx zeroed, (C, N, H̃, W̃))."""
+    c_, kh, kw, n_, ho, wo = dcols.shape
+    for c in range(c_):
+        for n in range(n_):
+            for l in range(kh):
+                for m in range(kw):
+                    for j in range(ho):
+                        for k in range(wo):
+                            dx[c, n, j * sh + l, k * sw + m] += dcols[c, l, m, n, j, k]
+
+
+# -- pooling, on planes (P, H, W): P = N·C in memory order ---------------------------------------------
+@_jit
+def maxpool_forward(x, out, arg, kh, kw, sh, sw):
+    """out = max over each window; arg = l·kw + m of its first maximum in row-major order (NaN propagates)."""
+    p_, ho, wo = out.shape
+    for p in range(p_):
+        for j in range(ho):
+            for k in range(wo):
+                best = x[p, j * sh, k * sw]
+                at = 0
+                nan = False
+                for l in range(kh):
+                    for m in range(kw):
+                        v = x[p, j * sh + l, k * sw + m]
+                        nan |= v != v
+                        if v > best:
+                            best = v
+                            at = l * kw + m
+                out[p, j, k] = best if not nan else math.nan
+                arg[p, j, k] = at
+
+
+@_jit
+def maxpool_backward(g, arg, dx, kw, sh, sw):
+    """dx[window's first maximum] += g (dx zeroed)."""
+    p_, ho, wo = g.shape
+    for p in range(p_):
+        for j in range(ho):
+            for k in range(wo):
+                a = arg[p, j, k]
+                dx[p, j * sh + a // kw, k * sw + a % kw] += g[p, j, k]
+
+
+@_jit
+def sumpool_forward(x, out, kh, kw, sh, sw, squares):
+    """out = Σ over each window of x (or of x² when ``squares``)."""
+    p_, ho, wo = out.shape
+    for p in range(p_):
+        for j in range(ho):
+            for k in range(wo):
+                s = x[p, j * sh, k * sw] * 0
+                for l in range(kh):
+                    for m in range(kw):
+                        v = x[p, j * sh + l, k * sw + m]
+                        s += v * v if squares else v
+                out[p, j, k] = s
+
+
+@_jit
+def sumpool_backward(g, x, dx, kh, kw, sh, sw, times_x):
+    """dx[window] += g (or g · x[window] when ``times_x``) (dx zeroed)."""
+    p_, ho, wo = g.shape
+    for p in range(p_):
+        for j in range(ho):
+            for k in range(wo):
+                gv = g[p, j, k]
+                for l in range(kh):
+                    for m in range(kw):
+                        u, v = j * sh + l, k * sw + m
+                        dx[p, u, v] += gv * x[p, u, v] if times_x else gv
+
+
+# -- elementwise, on flat contiguous shards -------------------------------------------------------------
+@_jit
+def sigmoid(z, out):
+    """σ(z) = 1/(1+e^{-z}) with e^{-|z|} (no overflow): 1/(1+e) for z ≥ 0, e/(1+e) for z < 0."""
+    for i in range(z.size):
+        e = math.exp(-abs(z[i]))
+        r = 1.0 / (1.0 + e)
+        out[i] = r if z[i] >= 0 else e * r
+
+
+@_jit
+def sigmoid_backward(g, a, out):
+    """∂C/∂z = ∂C/∂a ⊙ a(1-a)."""
+    for i in range(g.size):
+        out[i] = g[i] * a[i] * (1.0 - a[i])
+
+
+@_jit
+def tanh_backward(g, a, out):
+    """∂C/∂z = ∂C/∂a ⊙ (1-a²)."""
+    for i in range(g.size):
+        out[i] = g[i] * (1.0 - a[i] * a[i])
+
+
+@_jit
+def relu(z, out, mask):
+    """a = max(0, z) as z·[z > 0], and the mask [z > 0]."""
+    for i in range(z.size):
+        keep = z[i] > 0
+        mask[i] = keep
+        out[i] = z[i] if keep else z[i] * 0
+
+
+@_jit
+def masked(g, mask, out):
+    """out = g ⊙ mask (ReLU's backward: mask = [z > 0]; dropout's: mask = m/(1-p))."""
+    for i in range(g.size):
+        out[i] = g[i] * mask[i]
+
+
+@_jit
+def dropout(x, u, p, scale, out, mask):
+    """mask = [u ≥ p]·scale (m ~ Bernoulli(1-p) from uniform u), out = x ⊙ mask."""
+    for i in range(x.size):
+        m = scale if u[i] >= p else 0.0
+        mask[i] = m
+        out[i] = x[i] * mask[i]
+
+
+# -- optimiser updates on the flat parameter buffer --------------------------------------------------------
+@_jit
+def sgd(w, g, v, lr, momentum, decay, n_decayed):
+    """v ← μv - η(∇C + λ'w), w ← w + v (λ' on the first ``n_decayed`` entries: the weights); μ = 0 and no v:
+    w ← (1 - ηλ') w - η ∇C."""
+    if v.size == 0:
+        for i in range(w.size):
+            d = decay if i < n_decayed else 0.0
+            w[i] = w[i] * (1.0 - lr * d) - lr * g[i] if d != 0.0 else w[i] - lr * g[i]
+    else:
+        for i in range(w.size):
+            d = decay if i < n_decayed else 0.0
+            vi = v[i] * momentum - lr * g[i]
+            if d != 0.0:
+                vi -= (lr * d) * w[i]
+            v[i] = vi
+            w[i] += vi
+
+
+@_jit
+def adam(w, g, m, v, lr_c1, b1, b2, c2, eps, decay, n_decayed):
+    """m ← β₁m + (1-β₁)g, v ← β₂v + (1-β₂)g², w ← w - (η/c₁) m/(√(v/c₂) + ε), g = ∇C + λ'w on the weights."""
+    for i in range(w.size):
+        gi = g[i] + decay * w[i] if i < n_decayed and decay != 0.0 else g[i]
+        m[i] = m[i] * b1 + (1 - b1) * gi
+        v[i] = v[i] * b2 + (1 - b2) * gi * gi
+        w[i] -= lr_c1 * m[i] / (math.sqrt(v[i] / c2) + eps)

@@ -1,0 +1,447 @@
+"""The CPU's cores: deepscope's thread count, its thread pool, and the parallel fast paths of the layers.
+
+One setting governs every thread deepscope runs: :func:`set_num_threads` (``deepscope.set_num_threads``,
+``--threads`` on the command line; default ``$OMP_NUM_THREADS``, else the cores this process may use).
+deepscope splits each mini-batch into that many shards and runs a shard in each thread: the im2col copy, the
+GEMMs and col2im of a convolution, poolings, activations, dropout, the GEMMs of a linear layer, and the
+optimizer's update over one flat buffer. BLAS (OpenBLAS, through threadpoolctl) is held at one thread per
+shard, so the process never runs more threads than asked for. That is also the measured default for a
+shared machine: OpenBLAS's own threads spin-wait between calls, and on a loaded 2-core machine they turned
+0.2 ms GEMMs into 45-117 ms; deepscope's threads sleep while they wait.
+
+A fast path takes only NumPy arrays (:func:`fast`): CuPy arrays, and any run where numba is missing, take
+the layer's own NumPy/CuPy expression, which is also the reference each fast path is tested against
+(``tests/test_cpu.py``). The loops themselves are in ``deepscope._kernels`` (compiled by numba on first use).
+
+    >>> import deepscope
+    >>> deepscope.set_num_threads(2)
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+
+import numpy
+from threadpoolctl import threadpool_limits
+
+_lock = threading.Lock()
+_num_threads = None
+_pool = None
+_kernels = None            # deepscope._kernels once imported; False when numba is unavailable
+_enabled = True
+_local = threading.local()
+
+
+# -- the thread count ------------------------------------------------------------------------------------
+def default_num_threads() -> int:
+    """``$OMP_NUM_THREADS`` if set (a positive integer), else the number of cores this process may use."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def set_num_threads(n: int) -> None:
+    """Run deepscope's work on ``n`` threads (and BLAS at one thread inside each)."""
+    global _num_threads, _pool
+    if isinstance(n, bool) or not isinstance(n, (int, numpy.integer)) or n < 1:
+        raise ValueError(f"set_num_threads: expected a positive integer, got {n!r}")
+    with _lock:
+        _num_threads = int(n)
+        if _pool is not None and _pool.size != _num_threads:
+            _pool.close()
+            _pool = None
+    _limit_blas()
+
+
+def get_num_threads() -> int:
+    """The number of threads deepscope runs on."""
+    if _num_threads is None:
+        set_num_threads(default_num_threads())
+    return _num_threads
+
+
+def _limit_blas() -> None:
+    # One BLAS thread: each of deepscope's threads calls BLAS on its own shard (see the module docstring).
+    threadpool_limits(1, user_api="blas")
+
+
+# -- the pool ----------------------------------------------------------------------------------------------
+class _Pool:
+    """``size - 1`` worker threads that sleep on a queue; the calling thread runs the first shard itself."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._tasks = [queue.SimpleQueue() for _ in range(size - 1)]
+        self._done = queue.SimpleQueue()
+        for q in self._tasks:
+            threading.Thread(target=self._work, args=(q,), daemon=True, name="deepscope-worker").start()
+
+    def _work(self, tasks):
+        _local.busy = True       # work started from a worker runs inline (no nesting)
+        while True:
+            item = tasks.get()
+            if item is None:
+                return
+            fn, i, args = item
+            try:
+                self._done.put((i, fn(*args), None))
+            except BaseException as e:  # noqa: BLE001 - handed to the caller, which re-raises it
+                self._done.put((i, None, e))
+
+    def run(self, fn, shards):
+        for q, (i, args) in zip(self._tasks, enumerate(shards[1:], 1)):
+            q.put((fn, i, args))
+        results, error = [None] * len(shards), None
+        try:
+            results[0] = fn(*shards[0])
+        except BaseException as e:  # noqa: BLE001
+            error = e
+        for _ in range(len(shards) - 1):
+            i, r, e = self._done.get()
+            results[i] = r
+            error = error or e
+        if error is not None:
+            raise error
+        return results
+
+    def close(self):
+        for q in self._tasks:
+            q.put(None)
+
+
+def _reset_after_fork():
+    global _pool, _lock
+    _pool, _lock = None, threading.Lock()   # the child has none of the parent's threads
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+set_num_threads(default_num_threads())
+
+
+def split(n: int, parts: int) -> list:
+    """``range(n)`` as at most ``parts`` contiguous ``(start, stop)`` pieces of near-equal size."""
+    parts = max(1, min(parts, n))
+    return [(n * i // parts, n * (i + 1) // parts) for i in range(parts)]
+
+
+def parallel(fn, n: int, min_per_shard: int = 1) -> list:
+    """``[fn(start, stop) for (start, stop) in split(n, k)]`` with the k shards run at once on the pool, k ≤
+    the thread count and every shard at least ``min_per_shard`` long (smaller work runs in one call)."""
+    global _pool
+    k = min(get_num_threads(), max(1, n // max(1, min_per_shard)))
+    if k <= 1 or getattr(_local, "busy", False) or not _lock.acquire(blocking=False):
+        return [fn(0, n)]
+    try:
+        _local.busy = True
+        if _pool is None:
+            _pool = _Pool(_num_threads)
+        return _pool.run(fn, split(n, k))
+    finally:
+        _local.busy = False
+        _lock.release()
+
+
+# -- when a fast path applies ----------------------------------------------------------------------------
+def kernels():
+    """``deepscope._kernels``, or None when numba is not installed."""
+    global _kernels
+    if _kernels is None:
+        try:
+            from . import _kernels as k  # numba is heavy (~0.5 s to import): only when a fast path first runs
+            _kernels = k
+        except ImportError:
+            _kernels = False
+    return _kernels or None
+
+
+def fast(*arrays) -> bool:
+    """True when the CPU fast paths apply: all arrays NumPy float32/float64, numba present, not disabled."""
+    if not _enabled:
+        return False
+    for a in arrays:
+        if type(a) is not numpy.ndarray or a.dtype.kind != "f":
+            return False
+    return kernels() is not None
+
+
+class reference:
+    """Context manager: run the layers' NumPy reference expressions instead of the fast paths (tests)."""
+
+    def __enter__(self):
+        global _enabled
+        self._was, _enabled = _enabled, False
+
+    def __exit__(self, *exc):
+        global _enabled
+        _enabled = self._was
+
+
+def _flat(a):
+    """The 1-D view, in memory order, of an array whose elements fill one block (no copy), else None."""
+    r = a.ravel(order="K")
+    return r if r.size <= 1 or numpy.shares_memory(r, a) else None
+
+
+def _element_strides(a):
+    return tuple(s // a.itemsize for s in a.strides)
+
+
+ELEMENTS_PER_SHARD = 32_768     # below this an elementwise shard is not worth a thread hand-over
+
+
+def elementwise(kernel, like, *arrays, out_dtypes=(None,)):
+    """Run ``kernel(*inputs, *outputs)`` on matching 1-D shards of ``arrays`` (all shaped and laid out like
+    ``like``) and of new output arrays (one per entry of ``out_dtypes``, None = ``like``'s dtype), the shards
+    on the threads; returns the outputs, laid out like ``like``; None when the layouts differ (the caller
+    then takes its reference path)."""
+    outs = [numpy.empty_like(like, dtype=d) for d in out_dtypes]
+    strides = _element_strides(like)
+    every = list(arrays) + outs
+    if any(a.shape != like.shape or _element_strides(a) != strides or min(a.strides, default=0) < 0
+           for a in every):
+        return None
+    flats = [_flat(a) for a in every]
+    if any(f is None for f in flats):
+        return None
+
+    def shard(s, e):
+        kernel(*(f[s:e] for f in flats))
+
+    parallel(shard, flats[0].size, ELEMENTS_PER_SHARD)
+    return outs
+
+
+# -- linear algebra ---------------------------------------------------------------------------------------
+MACS_PER_SHARD = 400_000        # below this a GEMM shard is not worth a thread hand-over
+
+
+def matmul(a, b):
+    """``a @ b`` for 2-D NumPy arrays, the rows of ``a`` split over the threads."""
+    m, k = a.shape
+    n = b.shape[1]
+    rows = max(1, MACS_PER_SHARD // max(1, k * n))
+    if m < 2 * rows or get_num_threads() == 1 or not fast(a, b):
+        return a @ b
+    out = numpy.empty((m, n), dtype=numpy.result_type(a, b))
+
+    def shard(s, e):
+        numpy.matmul(a[s:e], b, out=out[s:e])
+
+    parallel(shard, m, rows)
+    return out
+
+
+# -- convolution: the mini-batch in shards, each shard in chunks whose columns stay in cache ---------------
+COLUMN_BYTES_PER_CHUNK = 1 << 20
+
+
+def _conv_plan(x, weight, stride, padding):
+    n, c, h, w = x.shape
+    o, _, kh, kw = weight.shape
+    (sh, sw), (ph, pw) = stride, padding
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    per_image = c * kh * kw * ho * wo
+    chunk = max(1, COLUMN_BYTES_PER_CHUNK // (per_image * x.itemsize))
+    min_images = max(1, MACS_PER_SHARD // (o * per_image))
+    return n, c, o, kh, kw, ho, wo, chunk, min_images
+
+
+def _columns(xc, kh, kw, stride, padding, a, b):
+    """X for images a:b: every receptive field of x̃ as a column, (C, kh, kw, b-a, H_out, W_out), from ``xc``,
+    the input as (C, N, H, W) (x̃: padded by p zeros)."""
+    (sh, sw), (ph, pw) = stride, padding
+    x = xc[:, a:b]
+    if ph or pw:
+        c, n, h, w = x.shape
+        xpad = numpy.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
+        xpad[:, :, ph:ph + h, pw:pw + w] = x
+        x = xpad
+    c, n, h, w = x.shape
+    ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+    s_c, s_n, s_h, s_w = x.strides
+    view = numpy.lib.stride_tricks.as_strided(x, (c, kh, kw, n, ho, wo), (s_c, s_h, s_w, s_n, s_h * sh, s_w * sw),
+                                              writeable=False)
+    return numpy.ascontiguousarray(view)
+
+
+def conv2d_forward(x, weight, bias, stride, padding):
+    """Conv2d's forward, Z = W X + b, on shards of the mini-batch (X, the im2col columns, built chunk by
+    chunk and not kept). Returns z as ``(N, out, H_out, W_out)``, a view of channel-major memory."""
+    n, c, o, kh, kw, ho, wo, chunk, min_images = _conv_plan(x, weight, stride, padding)
+    w2 = weight.reshape(o, -1)
+    xc = x.transpose(1, 0, 2, 3)                                                # (C, N, H, W)
+    z = numpy.empty((o, n, ho, wo), dtype=weight.dtype)
+    z2 = z.reshape(o, n * ho * wo)
+    hw = ho * wo
+
+    def shard(s, e):
+        for a in range(s, e, chunk):
+            b = min(e, a + chunk)
+            cols = _columns(xc, kh, kw, stride, padding, a, b)
+            za = w2 @ cols.reshape(c * kh * kw, -1)                                    # Z = W X
+            if bias is None:
+                z2[:, a * hw:b * hw] = za
+            else:
+                numpy.add(za, bias[:, None], out=z2[:, a * hw:b * hw])                 #   + b
+
+    parallel(shard, n, min_images)
+    return z.transpose(1, 0, 2, 3)
+
+
+def conv2d_backward(x, weight, grad_output, stride, padding, input_grad=True):
+    """Conv2d's backward on shards of the mini-batch: returns (∂C/∂W, ∂C/∂b, ∂C/∂x or None), with
+    ∂C/∂W = Δ Xᵀ, ∂C/∂b = Σ δ, ∂C/∂X = Wᵀ Δ scattered back by col2im (X rebuilt chunk by chunk)."""
+    k = kernels()
+    n, c, o, kh, kw, ho, wo, chunk, min_images = _conv_plan(x, weight, stride, padding)
+    (ph, pw), (h, w) = padding, x.shape[2:]
+    w2 = weight.reshape(o, -1)
+    xc = x.transpose(1, 0, 2, 3)                                                # (C, N, H, W)
+    dxpad = numpy.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=weight.dtype) if input_grad else None
+    g = grad_output.transpose(1, 0, 2, 3)                                       # (out, N, Ho, Wo)
+
+    def shard(s, e):
+        dw = numpy.zeros_like(w2)
+        db = numpy.zeros(o, dtype=weight.dtype)
+        for a in range(s, e, chunk):
+            b = min(e, a + chunk)
+            cols = _columns(xc, kh, kw, stride, padding, a, b)
+            delta = g[:, a:b].reshape(o, -1)
+            dw += delta @ cols.reshape(c * kh * kw, -1).T                               # ∂C/∂W = Δ Xᵀ
+            db += delta.sum(axis=1)                                                     # ∂C/∂b = Σ δ
+            if input_grad:
+                dcols = (w2.T @ delta).reshape(c, kh, kw, b - a, ho, wo)                # ∂C/∂X = Wᵀ Δ
+                k.col2im(dcols, dxpad[:, a:b], *stride)                                 # col2im
+        return dw, db
+
+    parts = parallel(shard, n, min_images)
+    dw, db = parts[0]
+    for dw_, db_ in parts[1:]:
+        dw += dw_
+        db += db_
+    dx = None if dxpad is None else dxpad[:, :, ph:ph + h, pw:pw + w].transpose(1, 0, 2, 3)
+    return dw.reshape(weight.shape), db, dx
+
+
+# -- pooling: the feature maps as planes, in shards ----------------------------------------------------
+def _planes(x, order=None):
+    """``x`` (N, C, H, W) as C-contiguous planes (P, H, W), P = N·C in memory order, and that order: (0, 1)
+    for N-major memory, (1, 0) for channel-major. With ``order`` given, in that order (copying if need be)."""
+    if order is None:
+        order = (1, 0) if x.strides[1] > x.strides[0] else (0, 1)
+    a = x.transpose(*order, 2, 3)
+    if not a.flags.c_contiguous:
+        a = numpy.ascontiguousarray(a)
+    return a.reshape(-1, *x.shape[2:]), order
+
+
+def _unplanes(planes, order, n, c):
+    """Planes back to (N, C, h, w), a view."""
+    lead = (n, c) if order == (0, 1) else (c, n)
+    return planes.reshape(*lead, *planes.shape[1:]).transpose(*order, 2, 3)
+
+
+def _pool_run(kernel, planes):
+    """``kernel(start, stop)`` over shards of ``planes`` (P, H, W)."""
+    parallel(kernel, planes.shape[0], max(1, ELEMENTS_PER_SHARD // max(1, planes.shape[1] * planes.shape[2])))
+
+
+def _pool_out(xp_, kernel, stride, dtype=None):
+    (kh, kw), (sh, sw) = kernel, stride
+    ho, wo = (xp_.shape[1] - kh) // sh + 1, (xp_.shape[2] - kw) // sw + 1
+    return numpy.empty((xp_.shape[0], ho, wo), dtype=dtype or xp_.dtype)
+
+
+def maxpool2d_forward(x, kernel, stride):
+    """(max over each window, index l·kw + m of its first maximum as planes + their order)."""
+    k = kernels()
+    xp_, order = _planes(x)
+    out, arg = _pool_out(xp_, kernel, stride), _pool_out(xp_, kernel, stride, numpy.int32)
+    _pool_run(lambda s, e: k.maxpool_forward(xp_[s:e], out[s:e], arg[s:e], *kernel, *stride), xp_)
+    return _unplanes(out, order, *x.shape[:2]), (arg, order)
+
+
+def maxpool2d_backward(grad_output, arg, x_like, kernel, stride):
+    """∂C/∂x: each window's gradient added at its first maximum (``arg`` from :func:`maxpool2d_forward`)."""
+    k = kernels()
+    arg, order = arg
+    g, _ = _planes(grad_output, order)
+    dx = numpy.zeros((arg.shape[0],) + x_like.shape[2:], dtype=grad_output.dtype)
+    _pool_run(lambda s, e: k.maxpool_backward(g[s:e], arg[s:e], dx[s:e], kernel[1], *stride), dx)
+    return _unplanes(dx, order, *x_like.shape[:2])
+
+
+def sumpool2d_forward(x, kernel, stride, squares=False):
+    """Σ over each window of x (of x² with ``squares``)."""
+    k = kernels()
+    xp_, order = _planes(x)
+    out = _pool_out(xp_, kernel, stride)
+    _pool_run(lambda s, e: k.sumpool_forward(xp_[s:e], out[s:e], *kernel, *stride, squares), xp_)
+    return _unplanes(out, order, *x.shape[:2])
+
+
+def sumpool2d_backward(grad_output, x_like, kernel, stride, times_x=False):
+    """∂C/∂x[window] += g (g · x[window] with ``times_x``, x = ``x_like``)."""
+    k = kernels()
+    xp_, order = _planes(x_like)
+    g, _ = _planes(grad_output, order)
+    dx = numpy.zeros(xp_.shape, dtype=grad_output.dtype)
+    _pool_run(lambda s, e: k.sumpool_backward(g[s:e], xp_[s:e], dx[s:e], *kernel, *stride, times_x), dx)
+    return _unplanes(dx, order, *x_like.shape[:2])
+
+
+# -- activations and dropout: one pass over flat shards ------------------------------------------------
+def _same_float(*arrays) -> bool:
+    return fast(*arrays) and all(a.dtype == arrays[0].dtype for a in arrays)
+
+
+def sigmoid(z):
+    """σ(z) in one pass, or None where the fast path does not apply."""
+    if not _same_float(z):
+        return None
+    out = elementwise(kernels().sigmoid, z, z)
+    return out and out[0]
+
+
+def sigmoid_backward(g, a):
+    """∂C/∂a ⊙ a(1-a), or None."""
+    if not _same_float(g, a):
+        return None
+    out = elementwise(kernels().sigmoid_backward, g, g, a)
+    return out and out[0]
+
+
+def tanh_backward(g, a):
+    """∂C/∂a ⊙ (1-a²), or None."""
+    if not _same_float(g, a):
+        return None
+    out = elementwise(kernels().tanh_backward, g, g, a)
+    return out and out[0]
+
+
+def relu(z):
+    """(max(0, z), [z > 0]), or None."""
+    if not _same_float(z):
+        return None
+    return elementwise(kernels().relu, z, z, out_dtypes=(None, numpy.bool_))
+
+
+def masked(g, mask):
+    """g ⊙ mask (mask boolean or of g's dtype), or None."""
+    if not (_same_float(g) and type(mask) is numpy.ndarray) or mask.dtype not in (g.dtype, numpy.bool_):
+        return None
+    out = elementwise(kernels().masked, g, g, mask)
+    return out and out[0]
+
+
+def dropout(x, u, p, scale):
+    """(x ⊙ m, m) with m = [u ≥ p]·scale in x's dtype, or None."""
+    if not _same_float(x) or type(u) is not numpy.ndarray:
+        return None
+    dropout_ = kernels().dropout
+    return elementwise(lambda x_, u_, out, mask: dropout_(x_, u_, p, scale, out, mask), x, x, u,
+                       out_dtypes=(None, None))
