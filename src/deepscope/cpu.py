@@ -18,6 +18,7 @@ the layer's own NumPy/CuPy expression, which is also the reference each fast pat
 """
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import threading
@@ -71,47 +72,66 @@ def _limit_blas() -> None:
 
 
 # -- the pool ----------------------------------------------------------------------------------------------
+class _Job:
+    """One ``parallel`` call: shards taken in turn by whichever thread is free, the caller included."""
+
+    def __init__(self, fn, shards):
+        self.fn, self.shards = fn, shards
+        self.next = itertools.count()          # next(count) is atomic: each shard is taken exactly once
+        self.results = [None] * len(shards)
+        self.error = None
+        self.left = len(shards)
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+
+    def work(self):
+        """Run shards until none is left to take."""
+        while True:
+            i = next(self.next)
+            if i >= len(self.shards):
+                return
+            try:
+                self.results[i] = self.fn(*self.shards[i])
+            except BaseException as e:  # noqa: BLE001 - handed to the caller, which re-raises it
+                self.error = self.error or e
+            with self.lock:
+                self.left -= 1
+                if self.left == 0:
+                    self.done.set()
+
+
 class _Pool:
-    """``size - 1`` worker threads that sleep on a queue; the calling thread runs the first shard itself."""
+    """``size - 1`` worker threads that sleep on a queue until there is work. The caller takes shards too and
+    never waits for a worker that has not started: on a loaded machine a sleeping thread may wake late, and
+    then the caller simply runs its shards as well (the work is never held up by a late thread)."""
 
     def __init__(self, size: int):
         self.size = size
-        self._tasks = [queue.SimpleQueue() for _ in range(size - 1)]
-        self._done = queue.SimpleQueue()
-        for q in self._tasks:
-            threading.Thread(target=self._work, args=(q,), daemon=True, name="deepscope-worker").start()
+        self._tasks = queue.SimpleQueue()
+        for _ in range(size - 1):
+            threading.Thread(target=self._work, daemon=True, name="deepscope-worker").start()
 
-    def _work(self, tasks):
+    def _work(self):
         _local.busy = True       # work started from a worker runs inline (no nesting)
         while True:
-            item = tasks.get()
-            if item is None:
+            job = self._tasks.get()
+            if job is None:
                 return
-            fn, i, args = item
-            try:
-                self._done.put((i, fn(*args), None))
-            except BaseException as e:  # noqa: BLE001 - handed to the caller, which re-raises it
-                self._done.put((i, None, e))
+            job.work()
 
     def run(self, fn, shards):
-        for q, (i, args) in zip(self._tasks, enumerate(shards[1:], 1)):
-            q.put((fn, i, args))
-        results, error = [None] * len(shards), None
-        try:
-            results[0] = fn(*shards[0])
-        except BaseException as e:  # noqa: BLE001
-            error = e
-        for _ in range(len(shards) - 1):
-            i, r, e = self._done.get()
-            results[i] = r
-            error = error or e
-        if error is not None:
-            raise error
-        return results
+        job = _Job(fn, shards)
+        for _ in range(min(self.size, len(shards)) - 1):
+            self._tasks.put(job)
+        job.work()
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.results
 
     def close(self):
-        for q in self._tasks:
-            q.put(None)
+        for _ in range(self.size - 1):
+            self._tasks.put(None)
 
 
 def _reset_after_fork():
@@ -191,7 +211,7 @@ def _element_strides(a):
     return tuple(s // a.itemsize for s in a.strides)
 
 
-ELEMENTS_PER_SHARD = 32_768     # below this an elementwise shard is not worth a thread hand-over
+ELEMENTS_PER_SHARD = 65_536     # below this an elementwise shard is not worth a thread hand-over
 
 
 def elementwise(kernel, like, *arrays, out_dtypes=(None,)):
@@ -217,7 +237,7 @@ def elementwise(kernel, like, *arrays, out_dtypes=(None,)):
 
 
 # -- linear algebra ---------------------------------------------------------------------------------------
-MACS_PER_SHARD = 400_000        # below this a GEMM shard is not worth a thread hand-over
+MACS_PER_SHARD = 2_000_000      # below this a GEMM shard is not worth a thread hand-over
 
 
 def matmul(a, b):
@@ -241,14 +261,18 @@ COLUMN_BYTES_PER_CHUNK = 1 << 20
 
 
 def _conv_plan(x, weight, stride, padding):
+    """Sizes, and the mini-batch cut into chunks of images whose columns fit in ``COLUMN_BYTES_PER_CHUNK``.
+    The chunks do not depend on the thread count (so neither do the results: partial sums are added in
+    chunk order); the threads take whole chunks, at least ``min_chunks`` each."""
     n, c, h, w = x.shape
     o, _, kh, kw = weight.shape
     (sh, sw), (ph, pw) = stride, padding
     ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
     per_image = c * kh * kw * ho * wo
-    chunk = max(1, COLUMN_BYTES_PER_CHUNK // (per_image * x.itemsize))
-    min_images = max(1, MACS_PER_SHARD // (o * per_image))
-    return n, c, o, kh, kw, ho, wo, chunk, min_images
+    size = max(1, COLUMN_BYTES_PER_CHUNK // (per_image * x.itemsize))
+    chunks = [(a, min(n, a + size)) for a in range(0, n, size)]
+    min_chunks = max(1, -(-MACS_PER_SHARD // (o * per_image * size)))
+    return n, c, o, kh, kw, ho, wo, chunks, min_chunks
 
 
 def _columns(xc, kh, kw, stride, padding, a, b):
@@ -270,9 +294,9 @@ def _columns(xc, kh, kw, stride, padding, a, b):
 
 
 def conv2d_forward(x, weight, bias, stride, padding):
-    """Conv2d's forward, Z = W X + b, on shards of the mini-batch (X, the im2col columns, built chunk by
-    chunk and not kept). Returns z as ``(N, out, H_out, W_out)``, a view of channel-major memory."""
-    n, c, o, kh, kw, ho, wo, chunk, min_images = _conv_plan(x, weight, stride, padding)
+    """Conv2d's forward, Z = W X + b, chunk by chunk of the mini-batch on the threads (X, the im2col columns,
+    built per chunk and not kept). Returns z as ``(N, out, H_out, W_out)``, a view of channel-major memory."""
+    n, c, o, kh, kw, ho, wo, chunks, min_chunks = _conv_plan(x, weight, stride, padding)
     w2 = weight.reshape(o, -1)
     xc = x.transpose(1, 0, 2, 3)                                                # (C, N, H, W)
     z = numpy.empty((o, n, ho, wo), dtype=weight.dtype)
@@ -280,8 +304,7 @@ def conv2d_forward(x, weight, bias, stride, padding):
     hw = ho * wo
 
     def shard(s, e):
-        for a in range(s, e, chunk):
-            b = min(e, a + chunk)
+        for a, b in chunks[s:e]:
             cols = _columns(xc, kh, kw, stride, padding, a, b)
             za = w2 @ cols.reshape(c * kh * kw, -1)                                    # Z = W X
             if bias is None:
@@ -289,15 +312,15 @@ def conv2d_forward(x, weight, bias, stride, padding):
             else:
                 numpy.add(za, bias[:, None], out=z2[:, a * hw:b * hw])                 #   + b
 
-    parallel(shard, n, min_images)
+    parallel(shard, len(chunks), min_chunks)
     return z.transpose(1, 0, 2, 3)
 
 
 def conv2d_backward(x, weight, grad_output, stride, padding, input_grad=True):
-    """Conv2d's backward on shards of the mini-batch: returns (∂C/∂W, ∂C/∂b, ∂C/∂x or None), with
-    ∂C/∂W = Δ Xᵀ, ∂C/∂b = Σ δ, ∂C/∂X = Wᵀ Δ scattered back by col2im (X rebuilt chunk by chunk)."""
+    """Conv2d's backward chunk by chunk on the threads: returns (∂C/∂W, ∂C/∂b, ∂C/∂x or None), with
+    ∂C/∂W = Δ Xᵀ, ∂C/∂b = Σ δ, ∂C/∂X = Wᵀ Δ scattered back by col2im (X rebuilt per chunk)."""
     k = kernels()
-    n, c, o, kh, kw, ho, wo, chunk, min_images = _conv_plan(x, weight, stride, padding)
+    n, c, o, kh, kw, ho, wo, chunks, min_chunks = _conv_plan(x, weight, stride, padding)
     (ph, pw), (h, w) = padding, x.shape[2:]
     w2 = weight.reshape(o, -1)
     xc = x.transpose(1, 0, 2, 3)                                                # (C, N, H, W)
@@ -305,22 +328,20 @@ def conv2d_backward(x, weight, grad_output, stride, padding, input_grad=True):
     g = grad_output.transpose(1, 0, 2, 3)                                       # (out, N, Ho, Wo)
 
     def shard(s, e):
-        dw = numpy.zeros_like(w2)
-        db = numpy.zeros(o, dtype=weight.dtype)
-        for a in range(s, e, chunk):
-            b = min(e, a + chunk)
+        parts = []
+        for a, b in chunks[s:e]:
             cols = _columns(xc, kh, kw, stride, padding, a, b)
             delta = g[:, a:b].reshape(o, -1)
-            dw += delta @ cols.reshape(c * kh * kw, -1).T                               # ∂C/∂W = Δ Xᵀ
-            db += delta.sum(axis=1)                                                     # ∂C/∂b = Σ δ
+            parts.append((delta @ cols.reshape(c * kh * kw, -1).T,                     # ∂C/∂W = Δ Xᵀ
+                          delta.sum(axis=1)))                                           # ∂C/∂b = Σ δ
             if input_grad:
                 dcols = (w2.T @ delta).reshape(c, kh, kw, b - a, ho, wo)                # ∂C/∂X = Wᵀ Δ
                 k.col2im(dcols, dxpad[:, a:b], *stride)                                 # col2im
-        return dw, db
+        return parts
 
-    parts = parallel(shard, n, min_images)
+    parts = [p for shard_parts in parallel(shard, len(chunks), min_chunks) for p in shard_parts]
     dw, db = parts[0]
-    for dw_, db_ in parts[1:]:
+    for dw_, db_ in parts[1:]:                                                  # in chunk order, whatever the threads
         dw += dw_
         db += db_
     dx = None if dxpad is None else dxpad[:, :, ph:ph + h, pw:pw + w].transpose(1, 0, 2, 3)

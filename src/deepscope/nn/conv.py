@@ -167,7 +167,8 @@ class Conv2d(Module):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         ho, wo = grad_output.shape[2], grad_output.shape[3]
         if cpu.fast(grad_output, self._x):   # the same three lines below, on shards, in the CPU's threads
-            dw, db, dx = cpu.conv2d_backward(self._x, self.weight.data, grad_output, self.stride, self.padding)
+            dw, db, dx = cpu.conv2d_backward(self._x, self.weight.data, grad_output, self.stride, self.padding,
+                                             input_grad=self.needs_input_grad)
             self.weight.grad += dw                                               # ∂C/∂W = Δ Xᵀ
             if self.bias is not None:
                 self.bias.grad += db                                             # ∂C/∂b = Σ δ

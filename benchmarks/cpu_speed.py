@@ -1,0 +1,278 @@
+"""Every core of the CPU (issue 11): deepscope against PyTorch (CPU) at 1 and 2 threads, in one process.
+
+For FC 784-100-10 (sigmoid), rung 1, rung 3 and the dropout net (nets as in conv_speed.py, log-likelihood
+cost, plain SGD, the first layer skipping ∂C/∂x in both frameworks) at mini-batches 10, 64 and 256 it
+measures training images/s of deepscope and PyTorch with 1 and with 2 threads (``deepscope.set_num_threads``
+and ``torch.set_num_threads`` switched in the same process). Each repeat times all four (framework × threads)
+in a rotating order; the table gives medians of the repeats. Also, in the same run:
+
+  * scaling: deepscope's 2-thread / 1-thread throughput;
+  * the float32 GEMM peak at 1 and 2 threads (a 2048³ NumPy matmul, OpenBLAS at that many threads) and
+    the fraction of it each training run reaches (FLOPs per image: 3 × 2 × multiply-adds of the conv and FC
+    layers, as conv_speed.py);
+  * [784,30,10] (sigmoid, cross-entropy, ``fit``) against a network2.py-style per-example loop at m = 10
+    and 64 (fc_speed.py's loop), 1 thread;
+  * peak memory of a training step (conv_speed.py's yardstick: peak-RSS growth in a fresh process, both
+    frameworks at the same thread count);
+  * the OpenBLAS spin-wait check behind deepscope's default: 64×784 by 784×100 GEMMs with OpenBLAS's own 2
+    threads against one, while the other engineers' processes load the machine.
+
+    python benchmarks/cpu_speed.py                 # writes benchmarks/results/cpu_speed.json
+    python benchmarks/cpu_speed.py --quick         # a quick check that it runs
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
+
+import deepscope as ds
+from deepscope import nn, optim
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import conv_speed  # noqa: E402
+import fc_speed  # noqa: E402
+
+NETS = ("fc100", "rung1", "rung3", "dropout")
+BATCHES = (10, 64, 256)
+ETA = 0.03
+
+
+def build(name):
+    if name == "fc100":
+        return nn.Sequential(nn.Flatten(), nn.Linear(784, 100), nn.Sigmoid(), nn.Linear(100, 10))
+    return conv_speed.build_deepscope(name)
+
+
+class Deepscope:
+    def __init__(self, name, batch, seed=0):
+        ds.manual_seed(seed)
+        self.net = build(name)
+        self.net[0].needs_input_grad = False          # the data needs no gradient (PyTorch skips it too)
+        self.cost = nn.LogLikelihoodCost()
+        self.opt = optim.SGD(self.net.parameters(), lr=ETA)
+        rng = np.random.default_rng(seed)
+        self.x = rng.random((batch, 1, 28, 28), dtype=np.float32)
+        self.y = rng.integers(0, 10, batch)
+
+    def step(self):
+        self.net.train()
+        self.cost(self.net(self.x), self.y)
+        self.opt.zero_grad()
+        self.net.backward(self.cost.backward())
+        self.opt.step()
+
+
+class Torch:
+    def __init__(self, name, batch, seed=0):
+        ds.manual_seed(seed)
+        ours = build(name)
+        if name == "fc100":
+            T = torch.nn
+            self.net = T.Sequential(T.Flatten(), T.Linear(784, 100), T.Sigmoid(), T.Linear(100, 10))
+            self.net.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
+        else:
+            self.net = conv_speed.build_torch(name, ours)
+        self.opt = torch.optim.SGD(self.net.parameters(), lr=ETA)
+        rng = np.random.default_rng(seed)
+        self.x = torch.from_numpy(rng.random((batch, 1, 28, 28), dtype=np.float32))
+        self.y = torch.from_numpy(rng.integers(0, 10, batch))
+
+    def step(self):
+        self.net.train()
+        loss = torch.nn.functional.cross_entropy(self.net(self.x), self.y)
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+
+
+def set_threads(n):
+    ds.set_num_threads(n)
+    torch.set_num_threads(n)
+
+
+def flops_per_image(name):
+    """2 × multiply-adds of the conv and FC layers for one image (forward)."""
+    x, total = np.zeros((1, 1, 28, 28), np.float32), 0
+    for m in build(name):
+        y = m(x)
+        if isinstance(m, nn.Conv2d):
+            total += 2 * y.size * m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, nn.Linear):
+            total += 2 * m.in_features * m.out_features
+        x = y
+    return total
+
+
+def gemm_peak(threads, repeats=7, n=2048):
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).random((n, n), dtype=np.float32)
+    with threadpool_limits(threads, user_api="blas"):
+        a @ b
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            a @ b
+            ts.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / statistics.median(ts)
+
+
+def training_speed(name, batch, repeats, images, threads=(1, 2)):
+    """{(framework, threads): median images/s}, all four timed in each repeat in a rotating order."""
+    iters = max(2, images // batch)
+    runners = {"deepscope": Deepscope(name, batch), "pytorch": Torch(name, batch)}
+    keys = [(fw, t) for t in threads for fw in runners]
+    times = {k: [] for k in keys}
+    for fw, t in keys:                                  # warm-up: first-call costs, allocations, compilation
+        set_threads(t)
+        for _ in range(2):
+            runners[fw].step()
+    for rep in range(repeats):
+        for fw, t in keys[rep % len(keys):] + keys[:rep % len(keys)]:
+            set_threads(t)
+            t0 = time.perf_counter()
+            for _ in range(iters):
+                runners[fw].step()
+            times[(fw, t)].append(time.perf_counter() - t0)
+    return {k: iters * batch / statistics.median(v) for k, v in times.items()}
+
+
+def network2_comparison(repeats, images):
+    """[784,30,10]: deepscope's fit against the per-example loop, 1 thread, m = 10 and 64."""
+    set_threads(1)
+    rng = np.random.default_rng(0)
+    X = rng.random((images, 784), dtype=np.float32)
+    y = rng.integers(0, 10, images)
+    rows = []
+    for m in (10, 64):
+        fns = {"deepscope": fc_speed.deepscope_run([784, 30, 10], X, y, m),
+               "network2": fc_speed.network2_run([784, 30, 10], X, y, m)}
+        for fn in fns.values():
+            fn()
+        times = {k: [] for k in fns}
+        for _ in range(repeats):
+            for k, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t0)
+        ips = {k: images / statistics.median(v) for k, v in times.items()}
+        rows.append({"net": "[784,30,10]", "batch": m, "deepscope_images_per_s": ips["deepscope"],
+                     "network2_images_per_s": ips["network2"], "ratio": ips["deepscope"] / ips["network2"]})
+    return rows
+
+
+def blas_spin_check(repeats=200):
+    """Median ms of a 64×784 by 784×100 GEMM with OpenBLAS at 1 and at 2 of its own threads."""
+    rng = np.random.default_rng(0)
+    a, b = rng.random((64, 784), dtype=np.float32), rng.random((784, 100), dtype=np.float32)
+    out = {}
+    for t in (1, 2, 1, 2):
+        with threadpool_limits(t, user_api="blas"):
+            ts = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                a @ b
+                ts.append(time.perf_counter() - t0)
+        out.setdefault(f"openblas_{t}_threads", []).append({"median_ms": 1e3 * statistics.median(ts),
+                                                              "max_ms": 1e3 * max(ts)})
+    return out
+
+
+def memory(name, batch, threads):
+    """Peak-RSS growth of two training steps, in a fresh process per framework (conv_speed.py's measure)."""
+    code = ("import sys, json; sys.path.insert(0, {here!r}); import cpu_speed as c, conv_speed as cs; "
+            "c.set_threads({t}); r = (c.Deepscope if {fw!r} == 'deepscope' else c.Torch)({name!r}, {batch}); "
+            "open('/proc/self/clear_refs', 'w').write('5'); base = cs._vm('VmRSS'); r.step(); r.step(); "
+            "print(json.dumps(cs._vm('VmHWM') - base))")
+    out = {}
+    for fw in ("deepscope", "pytorch"):
+        import subprocess
+        res = subprocess.run([sys.executable, "-c", code.format(here=str(HERE), t=threads, fw=fw, name=name,
+                                                                   batch=batch)],
+                             capture_output=True, text=True, check=True)
+        out[fw] = int(res.stdout.strip().splitlines()[-1])
+    return out
+
+
+def load():
+    return os.getloadavg()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repeats", type=int, default=None, help="default 5 (3 with --quick)")
+    ap.add_argument("--nets", default=",".join(NETS))
+    ap.add_argument("--batches", default=",".join(map(str, BATCHES)))
+    ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--out", default="cpu_speed.json", help="file name under benchmarks/results/")
+    args = ap.parse_args(argv)
+    repeats = args.repeats or (3 if args.quick else 5)
+    images = 256 if args.quick else 1280
+    load_before = load()
+    print(f"load average before: {load_before}")
+    peaks = {t: gemm_peak(t) for t in (1, 2)}
+    print(f"float32 GEMM peak: 1 thread {peaks[1] / 1e9:.1f} GFLOP/s, 2 threads {peaks[2] / 1e9:.1f} GFLOP/s")
+    spin = blas_spin_check()
+    print("OpenBLAS 64x784x100 GEMM, ms (median, max):",
+          {k: [(round(v['median_ms'], 3), round(v['max_ms'], 1)) for v in vs] for k, vs in spin.items()})
+    header = (f"{'net':8} {'m':>4} | {'ds 1t':>7} {'pt 1t':>7} {'ratio':>5} | {'ds 2t':>7} {'pt 2t':>7} {'ratio':>5} | "
+              f"{'ds 2t/1t':>8} | {'%peak 1t':>8} {'%peak 2t':>8} | {'mem ds/pt':>9}")
+    print(header + "\n" + "-" * len(header))
+    rows = []
+    for name in args.nets.split(","):
+        fpi = flops_per_image(name)
+        for batch in map(int, args.batches.split(",")):
+            s = training_speed(name, batch, repeats, images)
+            row = {"net": name, "batch": batch, "flops_per_image_forward": fpi,
+                   "images_per_s": {f"{fw}_{t}thread": v for (fw, t), v in s.items()},
+                   "ratio_1thread": s[("deepscope", 1)] / s[("pytorch", 1)],
+                   "ratio_2threads": s[("deepscope", 2)] / s[("pytorch", 2)],
+                   "deepscope_scaling_2_over_1": s[("deepscope", 2)] / s[("deepscope", 1)],
+                   "pytorch_scaling_2_over_1": s[("pytorch", 2)] / s[("pytorch", 1)],
+                   "deepscope_fraction_of_gemm_peak": {f"{t}thread": s[("deepscope", t)] * 3 * fpi / peaks[t]
+                                                       for t in (1, 2)}}
+            mem = "      n/a"
+            if not args.no_memory:
+                row["peak_rss_growth_bytes_2threads"] = m = memory(name, batch, 2)
+                row["memory_ratio"] = m["deepscope"] / max(1, m["pytorch"])
+                mem = f"{row['memory_ratio']:9.2f}"
+            rows.append(row)
+            f = row["deepscope_fraction_of_gemm_peak"]
+            print(f"{name:8} {batch:4d} | {s[('deepscope', 1)]:7.0f} {s[('pytorch', 1)]:7.0f} {row['ratio_1thread']:5.2f} | "
+                  f"{s[('deepscope', 2)]:7.0f} {s[('pytorch', 2)]:7.0f} {row['ratio_2threads']:5.2f} | "
+                  f"{row['deepscope_scaling_2_over_1']:8.2f} | {100 * f['1thread']:7.1f}% {100 * f['2thread']:7.1f}% | "
+                  f"{mem}", flush=True)
+    ratios = [r[k] for r in rows for k in ("ratio_1thread", "ratio_2threads")]
+    geomean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+    print(f"geometric mean of the deepscope/PyTorch ratios: {geomean:.2f} (min {min(ratios):.2f})")
+    n2 = network2_comparison(repeats, 1000 if args.quick else 5000)
+    for r in n2:
+        print(f"[784,30,10] m={r['batch']}: deepscope {r['deepscope_images_per_s']:.0f} img/s, network2 loop "
+              f"{r['network2_images_per_s']:.0f} img/s: {r['ratio']:.1f}x")
+    load_after = load()
+    print(f"load average after: {load_after}")
+    result = {"command": "python benchmarks/cpu_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "machine": conv_speed.platform.platform(), "cpu_count": os.cpu_count(), "numpy": np.__version__,
+              "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "repeats": repeats,
+              "images_per_timing": images, "load_average_before": load_before, "load_average_after": load_after,
+              "gemm_peak_flops": {f"{t}thread": p for t, p in peaks.items()}, "openblas_spin_check": spin,
+              "rows": rows, "geometric_mean_ratio": geomean, "min_ratio": min(ratios), "network2": n2}
+    path = HERE / "results" / args.out
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote benchmarks/results/{args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,282 @@
+"""deepscope.cpu: every fast path equals the layer's own NumPy expression (run under ``cpu.reference()``), at
+one thread and sharded over several (thresholds lowered so that even small arrays are split), for both
+memory layouts a layer meets (N-major input, channel-major conv outputs) and both dtypes."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import deepscope as ds
+from deepscope import cpu, nn, optim
+
+pytestmark = pytest.mark.skipif(cpu.kernels() is None, reason="numba is not installed")
+
+
+@pytest.fixture(params=[1, 3], ids=["1thread", "3threads"])
+def threads(request, monkeypatch):
+    """Run at 1 thread, and at 3 with every size threshold at its minimum (so the shards are tiny and uneven)."""
+    was = cpu.get_num_threads()
+    cpu.set_num_threads(request.param)
+    if request.param > 1:
+        monkeypatch.setattr(cpu, "ELEMENTS_PER_SHARD", 1)
+        monkeypatch.setattr(cpu, "MACS_PER_SHARD", 1)
+        monkeypatch.setattr(cpu, "COLUMN_BYTES_PER_CHUNK", 1)
+    yield request.param
+    cpu.set_num_threads(was)
+
+
+def _close(dtype):
+    return dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=2e-5, atol=2e-6)
+
+
+def _layout(a, channel_major):
+    """``a`` (N, C, H, W) stored channel-major (as deepscope's conv outputs are) or N-major."""
+    if not channel_major:
+        return np.ascontiguousarray(a)
+    return np.ascontiguousarray(a.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+
+
+def _both(layer, x, g):
+    """(output, ∂C/∂x, parameter gradients) from the fast path and from the reference path."""
+    results, grad = [], None
+    for ctx in (cpu.reference, _nothing):
+        with ctx():
+            for p in layer.parameters():
+                p.grad[...] = 0
+            y = layer(x)
+            grad = _layout(g(y.shape), True) if grad is None else grad     # the same δ for both paths
+            dx = layer.backward(grad)
+            results.append((y.copy(), None if dx is None else dx.copy(), [p.grad.copy() for p in layer.parameters()]))
+    return results
+
+
+class _nothing:
+    def __enter__(self):
+        pass
+
+    def __exit__(self, *exc):
+        pass
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("channel_major", [False, True])
+@pytest.mark.parametrize("kernel,stride,padding,bias", [(3, 1, 0, True), ((3, 2), (1, 2), (0, 1), False),
+                                                        (2, 2, 2, True)])
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_conv2d_fast_path_equals_reference(threads, dtype, channel_major, kernel, stride, padding, bias, input_grad):
+    ds.manual_seed(0)
+    conv = nn.Conv2d(3, 4, kernel, stride=stride, padding=padding, bias=bias).to(dtype)
+    conv.needs_input_grad = input_grad
+    rng = np.random.default_rng(1)
+    x = _layout(rng.standard_normal((5, 3, 9, 8)).astype(dtype), channel_major)
+    (y0, dx0, g0), (y1, dx1, g1) = _both(conv, x, lambda s: rng.standard_normal(s).astype(dtype))
+    np.testing.assert_allclose(y1, y0, **_close(dtype))
+    for a, b in zip(g1, g0):
+        np.testing.assert_allclose(a, b, **_close(dtype))
+    if input_grad:
+        np.testing.assert_allclose(dx1, dx0, **_close(dtype))
+    else:
+        assert dx0 is None and dx1 is None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("channel_major", [False, True])
+@pytest.mark.parametrize("pool", [nn.MaxPool2d, nn.AvgPool2d, nn.L2Pool2d])
+@pytest.mark.parametrize("kernel,stride", [(2, None), (3, 2), ((2, 3), (1, 2))])
+def test_pooling_fast_paths_equal_reference(threads, dtype, channel_major, pool, kernel, stride):
+    layer = pool(kernel, stride)
+    rng = np.random.default_rng(2)
+    x = rng.integers(-3, 4, (4, 3, 9, 10)).astype(dtype)        # small integers: many ties for max pooling
+    x = _layout(x, channel_major)
+    (y0, dx0, _), (y1, dx1, _) = _both(layer, x, lambda s: rng.standard_normal(s).astype(dtype))
+    np.testing.assert_allclose(y1, y0, **_close(dtype))
+    np.testing.assert_allclose(dx1, dx0, **_close(dtype))
+    if pool is nn.MaxPool2d:                                     # the max and its routing are exact
+        np.testing.assert_array_equal(y1, y0)
+        if stride is None:                                       # (overlapping windows add in another order)
+            np.testing.assert_array_equal(dx1, dx0)
+
+
+def test_maxpool_fast_path_propagates_nan(threads):
+    x = np.zeros((2, 2, 4, 4), np.float32)
+    x[1, 0, 2, 3] = np.nan
+    y = nn.MaxPool2d(2)(x)
+    with cpu.reference():
+        ref = nn.MaxPool2d(2)(x)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
+    assert np.isnan(y).sum() == 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layer", [nn.Sigmoid, nn.Tanh, nn.ReLU, nn.Identity])
+@pytest.mark.parametrize("channel_major", [False, True])
+def test_activation_fast_paths_equal_reference(threads, dtype, layer, channel_major):
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((6, 3, 5, 7)).astype(dtype) * 8
+    z[0, 0, 0, :3] = [0, 200, -200]                              # the sigmoid's tails and ReLU's kink
+    z = _layout(z, channel_major)
+    (y0, dx0, _), (y1, dx1, _) = _both(layer(), z, lambda s: rng.standard_normal(s).astype(dtype))
+    np.testing.assert_allclose(y1, y0, **_close(dtype))
+    np.testing.assert_allclose(dx1, dx0, **_close(dtype))
+
+
+def test_activation_with_mismatched_layouts_takes_the_reference_path(threads):
+    """grad_output N-major while the cached activation is channel-major: still the right answer."""
+    rng = np.random.default_rng(4)
+    z = _layout(rng.standard_normal((4, 3, 5, 5)).astype(np.float32), True)
+    g = np.ascontiguousarray(rng.standard_normal(z.shape).astype(np.float32))
+    s = nn.Sigmoid()
+    a = s(z)
+    expect = g * a * (1 - a)
+    np.testing.assert_allclose(s.backward(g), expect, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("scale_at_test", [False, True])
+def test_dropout_fast_path_draws_the_same_mask(threads, dtype, scale_at_test):
+    x = np.random.default_rng(5).standard_normal((64, 300)).astype(dtype)
+    g = np.random.default_rng(6).standard_normal((64, 300)).astype(dtype)
+    outs = []
+    for ctx in (cpu.reference, _nothing):
+        with ctx():
+            ds.manual_seed(7)
+            d = nn.Dropout(0.3, scale_at_test=scale_at_test)
+            outs.append((d(x), d.backward(g)))
+    np.testing.assert_array_equal(outs[1][0], outs[0][0])
+    np.testing.assert_array_equal(outs[1][1], outs[0][1])
+
+
+@pytest.mark.parametrize("shape", [(1, 7, 3), (50, 40, 30), (300, 784, 100)])
+def test_matmul_splits_rows_and_equals_numpy(threads, shape):
+    m, k, n = shape
+    rng = np.random.default_rng(8)
+    a, b = rng.standard_normal((m, k)), rng.standard_normal((k, n))
+    np.testing.assert_allclose(cpu.matmul(a, b), a @ b, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(cpu.matmul(b.T, a.T), b.T @ a.T, rtol=1e-12, atol=1e-12)   # transposed views
+    a32, b32 = a.astype(np.float32), b.astype(np.float32)
+    assert cpu.matmul(a32, b32).dtype == np.float32
+    exact = a32.astype(np.float64) @ b32                 # float32: as close to the exact product as NumPy's own
+    assert np.abs(cpu.matmul(a32, b32) - exact).max() <= 2 * np.abs(a32 @ b32 - exact).max() + 1e-6
+
+
+# -- the optimizers over one flat buffer, against the per-parameter update written out -----------------
+def _net(dtype="float32"):
+    ds.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 3), nn.ReLU(), nn.Linear(3, 2)).to(dtype)
+
+
+def _fill_grads(model, seed):
+    rng = np.random.default_rng(seed)
+    for p in model.parameters():
+        p.grad[...] = rng.standard_normal(p.grad.shape)
+
+
+@pytest.mark.parametrize("momentum,decay,clip", [(0.0, 0.0, None), (0.0, 0.01, None), (0.9, 0.01, 0.5)])
+def test_sgd_flat_update_equals_the_per_parameter_update(threads, momentum, decay, clip):
+    model = _net("float64")
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=momentum, weight_decay=decay, clip_norm=clip)
+    ws = [p.data.copy() for p in model.parameters()]
+    vs = [np.zeros_like(w) for w in ws]
+    for step in range(3):
+        _fill_grads(model, step)
+        gs = [p.grad.copy() for p in model.parameters()]
+        if clip is not None:
+            norm = np.sqrt(sum((g * g).sum() for g in gs))
+            gs = [g * (clip / (norm + 1e-6)) if norm > clip else g for g in gs]
+        for w, v, g in zip(ws, vs, gs):
+            d = decay if w.ndim >= 2 else 0.0                   # weights only, as the book
+            if momentum:
+                v[...] = momentum * v - 0.1 * (g + d * w)
+                w += v
+            else:
+                w[...] = (1 - 0.1 * d) * w - 0.1 * g
+        opt.step()
+        for p, w in zip(model.parameters(), ws):
+            np.testing.assert_allclose(p.data, w, rtol=1e-12, atol=1e-12)
+
+
+def test_adam_flat_update_equals_the_per_parameter_update(threads):
+    model = _net("float64")
+    opt = optim.Adam(model.parameters(), lr=0.01, weight_decay=0.1)
+    ws = [p.data.copy() for p in model.parameters()]
+    ms, vs = [np.zeros_like(w) for w in ws], [np.zeros_like(w) for w in ws]
+    for step in range(1, 4):
+        _fill_grads(model, step)
+        for w, m, v, p in zip(ws, ms, vs, model.parameters()):
+            g = p.grad + (0.1 * w if w.ndim >= 2 else 0)
+            m[...] = 0.9 * m + 0.1 * g
+            v[...] = 0.999 * v + 0.001 * g * g
+            w -= 0.01 / (1 - 0.9 ** step) * m / (np.sqrt(v / (1 - 0.999 ** step)) + 1e-8)
+        opt.step()
+        for p, w in zip(model.parameters(), ws):
+            np.testing.assert_allclose(p.data, w, rtol=1e-12, atol=1e-12)
+
+
+def test_flat_buffer_follows_replaced_parameters_and_zero_grad_is_one_buffer():
+    model = _net()
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    assert all(np.shares_memory(p.grad, opt.flat.grad) for p in model.parameters())
+    _fill_grads(model, 0)
+    opt.zero_grad()
+    assert not any(p.grad.any() for p in model.parameters())
+    state = {k: v + 1 for k, v in model.state_dict().items()}
+    model.load_state_dict(state)                                  # replaces every p.data
+    _fill_grads(model, 1)
+    expect = [p.data - 0.1 * p.grad for p in model.parameters()]
+    opt.step()
+    for p, e in zip(model.parameters(), expect):
+        np.testing.assert_allclose(p.data, e, rtol=1e-6)
+        assert np.shares_memory(p.data, opt.flat.data)
+    model.to("float64")
+    opt.step()
+    assert opt.flat.data.dtype == np.float64 and all(v.dtype == np.float64 for v in opt.velocity)
+
+
+def test_a_shared_parameter_is_updated_once():
+    lin = nn.Linear(2, 2)
+    opt = optim.SGD(lin.parameters() + lin.parameters(), lr=1.0)
+    lin.weight.grad[...] = 1
+    before = lin.weight.data.copy()
+    opt.step()
+    np.testing.assert_allclose(lin.weight.data, before - 1)
+
+
+# -- the pool and the setting -------------------------------------------------------------------------------
+def test_parallel_runs_the_shards_on_several_threads_and_reraises():
+    cpu.set_num_threads(3)
+    seen = []
+    barrier = threading.Barrier(3, timeout=10)       # passes only if three shards run at the same time
+
+    def shard(s, e):
+        barrier.wait()
+        seen.append(threading.get_ident())
+        return (s, e)
+
+    assert cpu.parallel(shard, 10) == [(0, 3), (3, 6), (6, 10)]
+    assert len(set(seen)) == 3
+
+    def boom(s, e):
+        if s:
+            raise RuntimeError("shard failed")
+
+    with pytest.raises(RuntimeError, match="shard failed"):
+        cpu.parallel(boom, 10)
+    assert cpu.parallel(lambda s, e: cpu.parallel(lambda a, b: (a, b), 4), 2) == [[(0, 4)], [(0, 4)]]  # nested: inline
+    cpu.set_num_threads(cpu.default_num_threads())
+
+
+def test_set_num_threads_rejects_nonsense_and_honours_omp_num_threads():
+    for bad in (0, -1, 1.5, "2", True):
+        with pytest.raises(ValueError, match="positive integer"):
+            ds.set_num_threads(bad)
+    code = "import deepscope, threadpoolctl; print(deepscope.get_num_threads(), " \
+           "[i['num_threads'] for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas'])"
+    env = dict(os.environ, OMP_NUM_THREADS="3")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    n, blas = out.stdout.split(" ", 1)
+    assert n == "3" and set(eval(blas)) == {1}       # deepscope's 3 threads, each calling one-threaded BLAS
