@@ -37,6 +37,7 @@ from threadpoolctl import threadpool_limits
 
 import deepscope as ds
 from deepscope import nn, optim
+from deepscope.train import step
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -67,10 +68,7 @@ class Deepscope:
 
     def step(self):
         self.net.train()
-        self.cost(self.net(self.x), self.y)
-        self.opt.zero_grad()
-        self.net.backward(self.cost.backward())
-        self.opt.step()
+        step(self.net, self.cost, self.opt, self.x, self.y)
 
 
 class Torch:
@@ -268,7 +266,7 @@ def main(argv=None):
               "images_per_timing": images, "load_average_before": load_before, "load_average_after": load_after,
               "gemm_peak_flops": {f"{t}thread": p for t, p in peaks.items()}, "openblas_spin_check": spin,
               "rows": rows, "geometric_mean_ratio": geomean, "min_ratio": min(ratios), "network2": n2}
-    path = HERE / "results" / args.out
+    path = HERE / "results" / Path(args.out).name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote benchmarks/results/{args.out}")
