@@ -42,8 +42,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import io
+from . import files
 from .errors import ConfigError, DataError
+from .runs import Run
 
 # One BLAS thread per trial: Tune already runs one trial per core.
 TRIAL_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -173,7 +174,7 @@ class SweepFolder:
             raise DataError(f"{path} exists and is not empty; choose another --out")
         path.mkdir(parents=True, exist_ok=True)
         folder = cls(path, command, trials)
-        io.write_json(path / "sweep.json", {"command": folder.command, "trials": [asdict(t) for t in trials]})
+        files.write_json(path / "sweep.json", {"command": folder.command, "trials": [asdict(t) for t in trials]})
         return folder
 
     @classmethod
@@ -217,7 +218,7 @@ class SweepFolder:
         """Add (or replace) a trial's row and rewrite the tables at once, atomically."""
         self.rows[row["trial"]] = row
         ordered = [self.rows[t.name] for t in self.trials if t.name in self.rows]
-        io.write_json(self.path / "trials.json", ordered)
+        files.write_json(self.path / "trials.json", ordered)
         columns = ["trial"] + self.keys + ["seed", "status", "best_epoch", "val_acc", "test_acc", "seconds",
                                            "resumed_after_epoch", "node_id", "error"]
 
@@ -227,27 +228,18 @@ class SweepFolder:
                 w.writeheader()
                 for r in ordered:
                     w.writerow({**r.get("options", {}), **r})
-        io.atomic_write(self.path / "trials.csv", write)
+        files.atomic_write(self.path / "trials.csv", write)
 
 
 # --------------------------------------------------------------------------------- a trial, in a Ray worker
 
 def _run_metrics(run_dir: Path) -> list[dict]:
-    """The per-epoch records a run has written so far."""
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:   # a line being written right now
-            break
-    return records
+    """The per-epoch records a run has written so far (the run rewrites them atomically)."""
+    return Run.open(run_dir).history.records if Run.is_run(run_dir) else []
 
 
 def _has_checkpoint(run_dir: Path) -> bool:
-    return (run_dir / "checkpoint.safetensors").exists()
+    return Run.is_run(run_dir) and Run.open(run_dir).has_checkpoint
 
 
 def _best(records: list[dict]) -> dict:
