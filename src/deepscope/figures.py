@@ -10,9 +10,11 @@ and the README shows.
     plot_compare    depth × activation × init: speed-ratio and accuracy heatmaps
     plot_filters    first-layer filters at initialisation, trained, and their change
     plot_errors     misclassified images titled "true → predicted"
+    image_png       one greyscale image as PNG bytes (the HTML report embeds them)
 """
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -142,3 +144,11 @@ def plot_errors(images: np.ndarray, true, pred, path, title: str) -> Path:
         ax.imshow(img.reshape(28, 28), cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(f"{t} → {p}", fontsize=8)
     return _save(plt, fig, path, title, tight_bbox=True)
+
+
+def image_png(image: np.ndarray, vmin: float = 0.0, vmax: float = 1.0, cmap: str = "Greys") -> bytes:
+    """One greyscale image ``(h, w)`` as PNG bytes, one pixel per value (dark = large, like the other figures)."""
+    plt = _pyplot()
+    buf = io.BytesIO()
+    plt.imsave(buf, np.asarray(image, dtype=np.float64), cmap=cmap, vmin=vmin, vmax=vmax, format="png")
+    return buf.getvalue()

@@ -1,0 +1,35 @@
+"""Small real runs for the report tests (seconds each, on the MNIST sample shipped with deepscope)."""
+import json
+from pathlib import Path
+
+import numpy as np
+from deepscope import arch, backend, io, nn, optim
+from deepscope.data import load_mnist
+from deepscope.scope import LearningSpeedRecorder, speed_experiment
+from deepscope.train import fit
+
+CONV = "conv6x5-maxpool2-fc20-softmax10:relu"
+
+
+def sample_mnist(n_train=300, n_eval=200):
+    data = load_mnist(download=False, verbose=False)          # the embedded sample: no network, no cache
+    cut = lambda split, n: (split[0][:n], split[1][:n])     # noqa: E731
+    return cut(data.train, n_train), cut(data.validation, n_eval), cut(data.test, n_eval), data.source
+
+
+def train_run(path: Path, arch_string=CONV, epochs=2, eta=0.03, every=3, seed=0, callbacks=()):
+    """What `deepscope train --report` does, on 300 sample images: config.json, metrics, speed records, model."""
+    train, validation, test, source = sample_mnist()
+    backend.manual_seed(seed)
+    model = arch.build(arch_string, init="he")
+    path.mkdir(parents=True)
+    io.write_json(path / "config.json", {"arch": arch_string, "epochs": epochs, "batch_size": 16, "eta": eta,
+                                         "momentum": 0.9, "lmbda": 0.1, "optimizer": "sgd", "init": "he",
+                                         "seed": seed, "dataset": "mnist", "train_size": len(train[0]),
+                                         "data_source": source, "n_train": len(train[0])})
+    opt = optim.SGD(model.parameters(), lr=eta, momentum=0.9, weight_decay=optim.book_weight_decay(0.1, 300))
+    rec = LearningSpeedRecorder(model, every=every, run_dir=path)
+    fit(model, nn.LogLikelihoodCost(), opt, train, epochs=epochs, batch_size=16, validation=validation,
+        test=test, run_dir=path, callbacks=[rec, *callbacks], progress=False)
+    rec.remove()
+    return path
