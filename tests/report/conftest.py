@@ -1,12 +1,10 @@
 """Small real runs of every kind a report reads, made once per test session."""
-import csv
-import json
-
 import numpy as np
 import pytest
 
-from deepscope import io
+from deepscope.runs import Run
 from deepscope.scope import speed_experiment
+from deepscope.sweep import SweepFolder, expand
 from report_runs import CONV, sample_mnist, train_run
 
 
@@ -36,32 +34,23 @@ def text_run(runs_dir):
 @pytest.fixture(scope="session")
 def scope_run(runs_dir):
     train, *_ = sample_mnist(n_train=100)
-    path = runs_dir / "scope-speed"
     X = np.asarray(train[0]).reshape(len(train[0]), -1)
-    speed_experiment([784, 12, 12, 10], steps=6, seeds=2, data=(X, train[1]), out=path, progress=False)
-    return path
+    with Run.create(runs_dir / "scope-speed", "scope-speed") as run:    # as `deepscope scope speed` does
+        speed_experiment([784, 12, 12, 10], steps=6, seeds=2, data=(X, train[1]), out=run.path, progress=False)
+    return run.path
 
 
 @pytest.fixture(scope="session")
 def sweep_run(runs_dir):
-    """A sweep folder as `deepscope sweep` writes it (sweep.json, trials.json, trials.csv, one run per trial)."""
+    """A sweep folder written by deepscope.sweep's own SweepFolder (sweep.json, trials.json/csv), its two trials
+    trained here in-process (`deepscope sweep` would run them on Ray: slow to start, tested in test_sweep)."""
     path = runs_dir / "sweep"
-    trials, rows = [], []
-    for k, eta in enumerate((0.01, 0.1)):
-        name = f"eta={eta}-seed=0"
-        trials.append({"options": {"eta": eta}, "seed": 0, "name": name})
-        run = train_run(path / name, eta=eta, epochs=2, every=50)
-        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        best = max(records, key=lambda r: (r["val_acc"], -r["epoch"]))
-        rows.append({"trial": name, "options": {"eta": eta}, "seed": 0, "status": "done",
-                     "best_epoch": best["epoch"], "val_acc": best["val_acc"], "test_acc": best["test_acc"],
-                     "seconds": 1.0 + k})
-    io.write_json(path / "sweep.json", {"command": ["train", "--arch", CONV, "--epochs", "2"], "trials": trials})
-    io.write_json(path / "trials.json", rows)
-    with open(path / "trials.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, ["trial", "eta", "seed", "status", "best_epoch", "val_acc", "test_acc", "seconds"],
-                           extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({**r["options"], **r})
+    trials = expand(grid=[("eta", ["0.01", "0.1"])])
+    folder = SweepFolder.create(path, ["train", "--arch", CONV, "--epochs", "2"], trials)
+    for k, trial in enumerate(trials):
+        run = Run.open(train_run(folder.run_dir(trial), eta=float(trial.options["eta"]), epochs=2, every=50))
+        best = run.history.best
+        folder.record({"trial": trial.name, "options": trial.options, "seed": trial.seed, "status": "done",
+                       "best_epoch": best["epoch"], "val_acc": best["val_acc"], "test_acc": best["test_acc"],
+                       "seconds": 1.0 + k})
     return path

@@ -2,10 +2,10 @@
 import json
 from pathlib import Path
 
-import numpy as np
-from deepscope import arch, backend, io, nn, optim
+from deepscope import arch, backend, nn, optim
 from deepscope.data import load_mnist
-from deepscope.scope import LearningSpeedRecorder, speed_experiment
+from deepscope.runs import Run
+from deepscope.scope import LearningSpeedRecorder
 from deepscope.train import fit
 
 CONV = "conv6x5-maxpool2-fc20-softmax10:relu"
@@ -22,14 +22,15 @@ def train_run(path: Path, arch_string=CONV, epochs=2, eta=0.03, every=3, seed=0,
     train, validation, test, source = sample_mnist()
     backend.manual_seed(seed)
     model = arch.build(arch_string, init="he")
-    path.mkdir(parents=True)
-    io.write_json(path / "config.json", {"arch": arch_string, "epochs": epochs, "batch_size": 16, "eta": eta,
-                                         "momentum": 0.9, "lmbda": 0.1, "optimizer": "sgd", "init": "he",
-                                         "seed": seed, "dataset": "mnist", "train_size": len(train[0]),
-                                         "data_source": source, "n_train": len(train[0])})
+    run = Run.create(path, "train")
+    run.write_config({"arch": arch_string, "epochs": epochs, "batch_size": 16, "eta": eta, "momentum": 0.9,
+                      "lmbda": 0.1, "optimizer": "sgd", "init": "he", "seed": seed, "dataset": "mnist",
+                      "train_size": len(train[0]), "data_source": source, "n_train": len(train[0])},
+                     "deepscope train")
     opt = optim.SGD(model.parameters(), lr=eta, momentum=0.9, weight_decay=optim.book_weight_decay(0.1, 300))
-    rec = LearningSpeedRecorder(model, every=every, run_dir=path)
-    fit(model, nn.LogLikelihoodCost(), opt, train, epochs=epochs, batch_size=16, validation=validation,
-        test=test, run_dir=path, callbacks=[rec, *callbacks], progress=False)
+    rec = LearningSpeedRecorder(model, every=every, run_dir=run.path)
+    with run:
+        fit(model, nn.LogLikelihoodCost(), opt, train, epochs=epochs, batch_size=16, validation=validation,
+            test=test, run=run, callbacks=[rec, *callbacks])
     rec.remove()
     return path

@@ -1,20 +1,20 @@
 """A report that follows a run while it trains: a ``fit`` callback that rewrites the page.
 
-    live = LiveReport(run_dir, every=1000)
-    fit(model, cost, opt, train, epochs=30, batch_size=10, run_dir=run_dir, callbacks=[recorder, live])
-    live.finish()                                          # the final page: no reloading, every panel
+    live = LiveReport(run.path, every=1000)
+    fit(model, cost, opt, train, epochs=30, batch_size=10, run=run, callbacks=[ProgressBar(), recorder, live])
 
-After every epoch (and every ``every`` optimizer steps, for the speed panels) the page is written again,
-atomically, and reloads itself in the browser every ``refresh`` seconds. What needs a pass over the test set
-(misclassified images, the confusion matrix) waits for :meth:`finish`.
+After every epoch is saved (and every ``every`` optimizer steps, for the speed panels) the page is written
+again, atomically, and reloads itself in the browser every ``refresh`` seconds. What needs a pass over the test
+set (misclassified images, the confusion matrix) waits for the end of training, when the final page (no
+reloading) is written.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+from .. import files
 from . import source
 from .page import default_out, render
-from .. import io
 
 
 class LiveReport:
@@ -26,28 +26,27 @@ class LiveReport:
         self.run_dir = Path(run_dir)
         self.out = Path(out) if out is not None else default_out([self.run_dir])
         self.every, self.refresh = int(every), int(refresh)
-        self.pending: dict | None = None    # the epoch record fit has not written yet when it calls us
         self.writes = 0
 
-    def write(self, live: bool = True) -> Path:
-        run = source.open_run(self.run_dir)
-        if self.pending is not None and all(r.get("epoch") != self.pending.get("epoch") for r in run.metrics):
-            run.metrics.append(self.pending)
-        html = render([run], live=live, refresh=self.refresh)
-        io.atomic_write(self.out, lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
+    def write(self, live: bool = True, refresh: int | None = None) -> Path:
+        refresh = self.refresh if refresh is None else refresh
+        html = render([source.open_run(self.run_dir)], live=live, refresh=refresh)
+        files.atomic_write(self.out, html)
         self.writes += 1
         return self.out
 
     # -- deepscope.train.fit callbacks ---------------------------------------------------------------
     def on_step(self, step, model, optimizer) -> None:
-        if self.every and step % self.every == 0 and (self.run_dir / "config.json").exists():
+        if self.every and step % self.every == 0:
             self.write()
 
-    def on_epoch_end(self, epoch, metrics) -> None:
-        self.pending = dict(metrics)
+    def on_record(self, epoch, record) -> None:
         self.write()
 
-    def finish(self) -> Path:
-        """The final report: every panel, no reloading."""
-        self.pending = None
-        return self.write(live=False)
+    def on_fit_end(self, history, stopped) -> None:
+        if not history.records:
+            return
+        if isinstance(stopped, BaseException):   # interrupted or failed: stop reloading, skip the test-set pass
+            self.write(live=True, refresh=0)
+        else:
+            self.write(live=False)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import jinja2
 
-from .. import __version__, io
+from .. import __version__, files
 from ..errors import DataError
 from . import panels as _panels
 from . import source
@@ -43,7 +43,9 @@ def _specs_json(all_panels) -> str:
 
 
 def render(runs: list[source.RunData], live: bool = False, refresh: int = 10) -> str:
-    """The HTML text of the report of ``runs`` (several: side by side, with a comparison first)."""
+    """The HTML text of the report of ``runs`` (several: side by side, with a comparison first). ``live``: a
+    run still training, whose page reloads itself every ``refresh`` seconds (0: never) and leaves out what needs
+    a pass over the test set."""
     sections = [{"data": run, "facts": _panels.summary(run), "panels": _panels.run_panels(run, i, live=live)}
                 for i, run in enumerate(runs)]
     comparison = _panels.comparison_panels(runs) if len(runs) > 1 else []
@@ -51,7 +53,7 @@ def render(runs: list[source.RunData], live: bool = False, refresh: int = 10) ->
     title = (f"deepscope report: {runs[0].name}" if len(runs) == 1 else
              f"deepscope report: {len(runs)} runs")
     return _template().render(
-        title=title, runs=sections, comparison=comparison, refresh=refresh if live else None,
+        title=title, runs=sections, comparison=comparison, refresh=refresh if live and refresh else None,
         written=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z"), version=__version__,
         specs_json=jinja2.filters.Markup(_specs_json(all_panels)),
         vega_js=jinja2.filters.Markup(vega_javascript()))
@@ -82,5 +84,4 @@ def write_report(paths, out=None, live: bool = False, refresh: int = 10) -> Path
     if out.exists() and GENERATOR not in out.read_text(encoding="utf-8", errors="replace")[:2000]:
         raise DataError(f"report: {out} exists and is not a deepscope report; choose another --out")
     html = render(runs, live=live, refresh=refresh)
-    io.atomic_write(out, lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
-    return out
+    return files.atomic_write(out, html)

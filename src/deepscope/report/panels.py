@@ -201,9 +201,8 @@ def correlations(trained: np.ndarray, initial: np.ndarray) -> np.ndarray:
 
 
 def filter_panel(run, prefix) -> list[Panel]:
-    if not run.has_model:
-        return []
-    trained = source.first_layer_filters(source.load_model(run))
+    model = source.load_model(run)
+    trained = source.first_layer_filters(model) if model is not None else None
     if trained is None:
         return []
     init_model = source.initial_model(run)
@@ -240,14 +239,13 @@ def filter_panel(run, prefix) -> list[Panel]:
 
 def error_panels(run, prefix) -> list[Panel]:
     """Misclassified test images (true → predicted, by class name) and the confusion matrix."""
-    if not run.has_model:
-        return []
-    test = source.test_set(run)
+    model = source.load_model(run)
+    test = source.test_set(run) if model is not None else None
     if test is None:
         return []
     from ..train import predict_logits
     X, y, classes, images = test
-    pred = predict_logits(source.load_model(run), X).argmax(axis=1)
+    pred = predict_logits(model, X).argmax(axis=1)
     y = np.asarray(y)
     wrong = np.flatnonzero(pred != y)
     counts = np.zeros((len(classes), len(classes)), dtype=np.int64)

@@ -1,4 +1,5 @@
-"""What a report reads from a run folder: the one place in :mod:`deepscope.report` that knows a run's files.
+"""What a report reads from a run folder, through :class:`deepscope.runs.Run` (the folder's owner) and
+:class:`deepscope.sweep.SweepFolder`; the one place in :mod:`deepscope.report` that opens a run.
 
 A folder is recognised by what it holds:
 
@@ -11,12 +12,11 @@ A folder is recognised by what it holds:
     scope-time   time.json (``deepscope scope time``)
     sweep        trials.csv or trials.json (``deepscope sweep``)
 
-and every run may hold ``metrics.jsonl`` (one record per epoch) and ``speed.jsonl`` (the learning-speed
-recorder's records). Nothing here writes to a run folder.
+and every run may hold its metrics (one record per epoch) and ``speed.jsonl`` (the learning-speed recorder's
+records). Nothing here writes to a run folder.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import shlex
@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from ..runs import Run
+from ..sweep import SweepFolder
 
 # config keys that are facts about the run, not options of the command that made it
 _NOT_OPTIONS = {"data_source", "n_train", "task", "rung", "title", "book", "runs", "ensemble", "expanded",
@@ -60,17 +62,6 @@ class RunData:
     def name(self) -> str:
         return self.path.name
 
-    @property
-    def has_model(self) -> bool:
-        return (self.path / "model.safetensors").is_file()
-
-
-def _json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path} is not valid JSON: {e}") from None
-
 
 def _jsonl(path: Path) -> list:
     """JSON lines; a last line cut short (a run still writing it) is skipped, any other bad line is an error."""
@@ -90,15 +81,20 @@ def _jsonl(path: Path) -> list:
     return out
 
 
-def _kind(path: Path, config: dict) -> str | None:
-    if (path / "trials.csv").is_file() or (path / "trials.json").is_file():
+SPEED = "speed.jsonl"                                   # the learning-speed recorder's file in a run
+_EXPERIMENTS = (("compare.json", "scope-compare"), ("time.json", "scope-time"), ("summary.json", "scope-speed"))
+
+
+def _kind(path: Path) -> str | None:
+    if (path / "sweep.json").is_file():
         return "sweep"
-    if (path / "compare.json").is_file():
-        return "scope-compare"
-    if (path / "time.json").is_file():
-        return "scope-time"
-    if (path / "summary.json").is_file() and (path / "speed.jsonl").is_file():
-        return "scope-speed"
+    if not Run.is_run(path):
+        return None
+    run = Run.open(path)
+    for name, kind in _EXPERIMENTS:
+        if run.file(name).is_file():
+            return kind
+    config = run.config
     if config.get("task") in ("row-mnist", "char-lm"):
         return config["task"]
     if "rung" in config:
@@ -109,71 +105,58 @@ def _kind(path: Path, config: dict) -> str | None:
 
 
 def expand(paths) -> list[Path]:
-    """The run folders the given paths name: a folder of runs (``deepscope book ch6``'s, a sweep's trials are
-    not expanded) stands for the runs inside it, in name order."""
+    """The run folders the given paths name: a folder of runs (``deepscope book ch6``'s) stands for the runs
+    inside it, in name order (a sweep stays one: its report shows its trials)."""
     out = []
     for p in map(Path, paths):
         if not p.is_dir():
             raise DataError(f"no such run folder: {p}")
-        if _kind(p, _config_of(p)) is None:
-            inner = sorted(q for q in p.iterdir() if q.is_dir() and _kind(q, _config_of(q)) is not None)
+        if _kind(p) is None:
+            inner = sorted(q for q in p.iterdir() if q.is_dir() and _kind(q) is not None)
             if not inner:
-                raise DataError(f"{p} is not a run folder (no config.json, metrics.jsonl or experiment results)")
+                raise DataError(f"{p} is not a run folder (no config.json, metrics or experiment results)")
             out.extend(inner)
         else:
             out.append(p)
     return out
 
 
-def _config_of(path: Path) -> dict:
-    cfg = path / "config.json"
-    return _json(cfg) if cfg.is_file() else {}
-
-
 def open_run(path) -> RunData:
     """Read a run folder (see the module docstring for the kinds)."""
     path = Path(path)
-    config = _config_of(path)
-    kind = _kind(path, config)
+    kind = _kind(path)
     if kind is None:
         raise DataError(f"{path} is not a run folder deepscope report knows")
-    extras = {}
-    speed = _jsonl(path / "speed.jsonl")
+    extras, config, metrics, speed = {}, {}, [], []
+    if kind == "sweep":
+        config, extras["trials"], extras["runs"] = _sweep(path)
+    else:
+        run = Run.open(path)
+        config, metrics, speed = dict(run.config), run.history.records, _jsonl(run.file(SPEED))
     if kind == "scope-speed":
-        config = {k: v for k, v in _json(path / "summary.json").items()
+        config = {k: v for k, v in run.load_json("summary.json").items()
                   if k in ("layers", "activation", "init", "steps", "eta", "lmbda", "n", "seeds")}
     elif kind == "scope-compare":
-        data = _json(path / "compare.json")
+        data = run.load_json("compare.json")
         config, extras["compare"] = data["config"], data["cells"]
     elif kind == "scope-time":
-        data = _json(path / "time.json")
-        extras["time"] = data.pop("norms")
-        config = data
-    elif kind == "sweep":
-        config, extras["trials"], extras["runs"] = _sweep(path)
-    elif kind == "char-lm":
-        if (path / "sample.txt").is_file():
-            extras["sample"] = (path / "sample.txt").read_text(encoding="utf-8")
+        config = run.load_json("time.json")
+        extras["time"] = config.pop("norms")
+    elif kind == "char-lm" and run.file("sample.txt").is_file():
+        extras["sample"] = run.file("sample.txt").read_text(encoding="utf-8")
     return RunData(path=path, kind=kind, config=config, command=reproduce_command(kind, config),
-                   metrics=_jsonl(path / "metrics.jsonl"), speed=speed, extras=extras)
+                   metrics=metrics, speed=speed, extras=extras)
 
 
 def _sweep(path: Path):
     """A sweep folder (``deepscope sweep``): its settings, its trials as flat dicts (an option ``lr`` becomes
-    the column ``options.lr``) and the trials' own run folders."""
-    saved = _json(path / "sweep.json") if (path / "sweep.json").is_file() else {}
-    if (path / "trials.json").is_file():
-        trials = _json(path / "trials.json")
-        trials = trials.get("trials", trials) if isinstance(trials, dict) else trials
-    else:
-        with open(path / "trials.csv", newline="", encoding="utf-8") as f:
-            trials = [{k: _number(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
-    trials = [_flat(t) for t in trials]
-    keys = list(dict.fromkeys(k for t in saved.get("trials", []) for k in t.get("options", {})))
-    config = {"trial command": shlex.join(["deepscope", *saved.get("command", [])]) if saved.get("command") else None,
-              "options": keys, "trials": len(saved.get("trials", [])) or len(trials), "metric": "val_acc"}
-    runs = [open_run(path / str(t["trial"])) for t in trials
-            if t.get("trial") is not None and (path / str(t["trial"]) / "metrics.jsonl").is_file()]
+    the column ``options.lr``) and the trials' own runs."""
+    folder = SweepFolder.open(path)
+    trials = [_flat(folder.rows[t.name]) for t in folder.trials if t.name in folder.rows]
+    config = {"trial command": shlex.join(["deepscope", *folder.command]), "options": folder.keys,
+              "trials": len(folder.trials), "metric": "val_acc"}
+    runs = [open_run(folder.run_dir(t)) for t in folder.trials
+            if t.name in folder.rows and _kind(folder.run_dir(t)) is not None]
     return config, trials, runs
 
 
@@ -187,22 +170,11 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _number(text):
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except (TypeError, ValueError):
-            pass
-    return text
-
-
 def reproduce_command(kind: str, config: dict) -> str:
-    """The command line that makes this run again: the one the run recorded, else one rebuilt from its config."""
+    """The command line that makes this run again: the command the run names (or its kind's), with the
+    options its config records."""
     if kind == "sweep":
         return f"{config.get('trial command')}  (one run per trial, each with its options, --seed and --out)"
-    if config.get("command"):
-        cmd = config["command"]
-        return shlex.join(cmd) if isinstance(cmd, list) else str(cmd)
     if kind == "ch6":
         parts = ["deepscope", "book", "ch6", config["rung"], "--epochs", str(config.get("epochs")),
                  "--seed", str(config.get("seed", 0))]
@@ -211,7 +183,7 @@ def reproduce_command(kind: str, config: dict) -> str:
         if config.get("quirks"):
             parts.append("--quirks")
         return shlex.join(parts)
-    parts = COMMANDS[kind].split()
+    parts = str(config.get("command") or COMMANDS[kind]).split()
     for key, value in config.items():
         if key in _NOT_OPTIONS or value is None or value is False:
             continue
@@ -231,9 +203,13 @@ def reproduce_command(kind: str, config: dict) -> str:
 # -- the model of a run and what it was before training -----------------------------------------------------
 
 def load_model(run: RunData):
-    """The run's saved model (its best-validation weights)."""
-    from .. import io
-    return io.load(run.path)
+    """The run's saved model (its best-validation weights), or None when it has none."""
+    if run.kind in ("sweep", "scope-speed", "scope-compare", "scope-time"):
+        return None
+    try:
+        return Run.open(run.path).load_model()
+    except DataError:
+        return None
 
 
 def initial_model(run: RunData):
