@@ -96,7 +96,7 @@ def torch_mnist():
 
 def ds_lm():
     deepscope.manual_seed(0)
-    model = nn.Sequential(nn.Embedding(65, 64), nn.RNN(64, 256, stateful=True), nn.AllSteps(),
+    model = nn.Sequential(nn.Embedding(65, 64), nn.RNN(64, 256, stateful=True),
                           nn.Linear(256, 65, init="xavier"))
     cost, opt = nn.SequenceLogLikelihood(), optim.Adam(model.parameters(), lr=2e-3, clip_norm=5.0)
     return ds_step(model, cost, opt)

@@ -7,27 +7,9 @@ from deepscope import nn
 from deepscope.errors import DataError, ShapeError
 from deepscope.gradcheck import check_loss, check_module, numerical_grad
 
+from test_lstm_gru import _Both
+
 torch = pytest.importorskip("torch")
-
-
-class _Both(nn.Module):
-    """Wraps an RNN so the checked output holds both `output` and `h_n` (every element weighted by r)."""
-
-    def __init__(self, rnn):
-        super().__init__()
-        self.rnn = rnn
-
-    def forward(self, x, h0=None):
-        out, h_n = self.rnn(x, h0)
-        self._split = out.size
-        return np.concatenate([out.ravel(), h_n.ravel()])
-
-    def backward(self, g):
-        out_shape = self.rnn._states[0].shape  # (T+1, N, H)
-        D, L = self.rnn.num_directions, self.rnn.num_layers
-        T, N, H = out_shape[0] - 1, out_shape[1], out_shape[2]
-        shape = (N, T, D * H) if self.rnn.batch_first else (T, N, D * H)
-        return self.rnn.backward(g[: self._split].reshape(shape), g[self._split:].reshape(L * D, N, H))
 
 
 def _rnn64(**kw):
@@ -80,7 +62,8 @@ def _torch_parity(layers, bidir, f, batch_first=True, bias=True):
     g_out = rng.standard_normal((N, T, D * H) if batch_first else (T, N, D * H))
     g_hn = rng.standard_normal((layers * D, N, H))
 
-    out, h_n = ours(x, h0)
+    out = ours(x, h0)
+    h_n = ours.h_n
     ours.zero_grad()
     gx = ours.backward(g_out, g_hn)
 
@@ -112,8 +95,8 @@ def test_rnn_matches_pytorch_time_major_no_bias():
 def test_rnn_default_h0_is_zero_and_call_with_h0():
     rnn = _rnn64(input_size=3, hidden_size=4)
     x = np.random.default_rng(0).standard_normal((2, 5, 3))
-    out1, h1 = rnn(x)
-    out2, h2 = rnn(x, np.zeros((1, 2, 4)))
+    out1, h1 = rnn(x), rnn.h_n
+    out2 = rnn(x, np.zeros((1, 2, 4)))
     np.testing.assert_array_equal(out1, out2)
     np.testing.assert_array_equal(out1[:, -1], h1[0])
 
@@ -121,7 +104,7 @@ def test_rnn_default_h0_is_zero_and_call_with_h0():
 def test_grad_states_are_total_state_gradients():
     rnn = _rnn64(input_size=3, hidden_size=4, nonlinearity="tanh")
     x = np.random.default_rng(0).standard_normal((2, 6, 3))
-    out, _ = rnn(x)
+    out = rnn(x)
     g = np.zeros_like(out)
     g[:, -1] = 1.0  # cost depends on the last step only
     rnn.backward(g)
@@ -161,11 +144,11 @@ def test_pytorch_like_default_init_is_seeded_and_bounded():
 def test_stateful_truncated_bptt_carries_state_without_gradient():
     rnn = _rnn64(input_size=3, hidden_size=4)
     x = np.random.default_rng(0).standard_normal((2, 10, 3))
-    full, h_full = rnn(x)
+    full, h_full = rnn(x), rnn.h_n
     rnn.stateful = True
     rnn.reset_state()
-    a, _ = rnn(x[:, :4])
-    b, h_b = rnn(x[:, 4:])
+    a = rnn(x[:, :4])
+    b, h_b = rnn(x[:, 4:]), rnn.h_n
     np.testing.assert_allclose(np.concatenate([a, b], axis=1), full, rtol=1e-12)
     np.testing.assert_allclose(h_b, h_full, rtol=1e-12)
     # backward of the second chunk stops at its first step: only the second chunk's inputs are involved
@@ -174,8 +157,8 @@ def test_stateful_truncated_bptt_carries_state_without_gradient():
     assert gx.shape == (2, 6, 3)
     # same as an explicit h0 = previous h_n (no gradient flows into the earlier chunk)
     rnn2 = _rnn64(input_size=3, hidden_size=4)
-    _, h_a = rnn2(x[:, :4])
-    b2, _ = rnn2(x[:, 4:], h_a)
+    rnn2(x[:, :4])
+    b2 = rnn2(x[:, 4:], rnn2.h_n)
     rnn2.zero_grad()
     rnn2.backward(np.ones_like(b2))
     np.testing.assert_allclose(rnn.weight_hh_l0.grad, rnn2.weight_hh_l0.grad, rtol=1e-12)
@@ -190,7 +173,7 @@ def test_rnn_in_sequential_classifier():
 
 def test_rnn_in_sequential_per_step_head():
     deepscope.manual_seed(0)
-    model = nn.Sequential(nn.RNN(3, 4, num_layers=2), nn.AllSteps(), nn.Linear(4, 7)).to("float64")
+    model = nn.Sequential(nn.RNN(3, 4, num_layers=2), nn.Linear(4, 7)).to("float64")
     x = np.random.default_rng(0).standard_normal((2, 6, 3))
     assert model(x).shape == (2, 6, 7)
     check_module(model, x, max_entries=40)
@@ -213,7 +196,7 @@ def test_rnn_bad_input_messages():
 
 def test_rnn_float32_default_and_config():
     rnn = nn.RNN(3, 4, bidirectional=True)
-    out, h = rnn(np.zeros((2, 5, 3)))
+    out, h = rnn(np.zeros((2, 5, 3))), rnn.h_n
     assert out.dtype == np.float32 and out.shape == (2, 5, 8) and h.shape == (2, 2, 4)
     cfg = rnn.config()
     assert cfg["type"] == "RNN" and cfg["args"]["bidirectional"] is True
@@ -261,7 +244,7 @@ def test_embedding_bad_input():
 
 def test_embedding_rnn_language_model_gradcheck():
     deepscope.manual_seed(0)
-    model = nn.Sequential(nn.Embedding(7, 3), nn.RNN(3, 4), nn.AllSteps(), nn.Linear(4, 7)).to("float64")
+    model = nn.Sequential(nn.Embedding(7, 3), nn.RNN(3, 4), nn.Linear(4, 7)).to("float64")
     idx = np.random.default_rng(0).integers(0, 7, (2, 5))
     y = np.random.default_rng(1).integers(0, 7, (2, 5))
     cost = nn.SequenceLogLikelihood()

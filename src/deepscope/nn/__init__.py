@@ -4,7 +4,7 @@ from .activation import ACTIVATIONS, Identity, LogSoftmax, ReLU, Sigmoid, Softma
 from .linear import Flatten, Linear
 from .loss import COSTS, CrossEntropyCost, LogLikelihoodCost, Loss, QuadraticCost, no_such_name
 from .module import Concat, Module, Parameter, Residual, Sequential
-from .recurrent import RNN, AllSteps, LastStep, SequenceLogLikelihood
+from .recurrent import GRU, LSTM, RNN, AllSteps, LastStep, Recurrent, SequenceLogLikelihood
 from .embedding import Embedding
 from .conv import Conv2d
 from .pool import AvgPool2d, L2Pool2d, MaxPool2d

@@ -1,31 +1,42 @@
-"""The basic recurrent network (Elman RNN), trained by backpropagation through time.
+"""Recurrent layers — the Elman RNN, the LSTM and the GRU — trained by backpropagation through time.
 
-A recurrent layer reads a sequence x_1 … x_T one step at a time and keeps a state s_t that summarises
+A recurrent layer reads a sequence x_1 … x_T one step at a time and keeps a state h_t that summarises
 what it has seen. Unrolled in time it is a deep feedforward net with one layer per step, all steps
-sharing the same weights, so everything the book says about deep nets (ch. 5) holds here too: the
-gradient reaching step k from step t is multiplied by W^T diag f'(net_i) once for every step in
-between, and it vanishes (or explodes) geometrically.
+sharing the same weights, so everything the book says about deep nets (ch. 5) holds here too: in the
+plain RNN the gradient reaching step k from step t is multiplied by W^T diag f'(net_i) once for every
+step in between, and it vanishes (or explodes) geometrically. The LSTM (Hochreiter & Schmidhuber 1997)
+and the GRU (Cho et al. 2014) are the cures: their state is carried by an *additive* path
+(c_t = f_t ⊙ c_{t-1} + …, h_t = z_t ⊙ h_{t-1} + …) whose factor per step is a gate the net learns to hold
+near 1, so δ can travel many steps without shrinking. The equations of each cell are in its class.
 
-    forward     net_t = U x_t + W s_{t-1} + b            (U = weight_ih, W = weight_hh, b = b_ih + b_hh)
-                s_t   = f(net_t),        s_0 = h0 (zeros by default)
+What the three share (:class:`Recurrent`):
 
-    backward    δ_t   = ∂C/∂net_t = (∂C/∂s_t) ⊙ f'(net_t),
-                ∂C/∂s_t = g_t + W^T δ_{t+1}                (g_t: the gradient arriving from above at step t)
-                unrolled:  δ_k = δ_t ∏_{i=k+1}^{t} W^T diag f'(net_i)      (what reaches step k from step t)
-                ∂C/∂W += Σ_t δ_t s_{t-1}^T      ∂C/∂U += Σ_t δ_t x_t^T      ∂C/∂b += Σ_t δ_t
-                ∂C/∂x_t = U^T δ_t               ∂C/∂h0 = W^T δ_1
+* Stacked layers feed the states of layer k-1 as the inputs x_t of layer k. A bidirectional layer runs a
+  second, independent network from t = T down to 1 and concatenates the two states, [h_t^→, h_t^←].
+* The input part of every step, U x_t + b, is one GEMM over all steps; only the recurrent part W h_{t-1}
+  is left for the loop. In backward, ∂C/∂U, ∂C/∂W, ∂C/∂b and ∂C/∂x are one GEMM each over all steps; the
+  loop carries only ∂C/∂h_{t-1} (and the LSTM's ∂C/∂c_{t-1}).
+* PyTorch's names, layouts, gate order and initialisation (``weight_ih_l{k}[_reverse]`` of shape
+  ``(G·H, I)``, ``weight_hh_l{k}[_reverse]`` ``(G·H, H)``, ``bias_ih_…``, ``bias_hh_…``; G = 1, 4, 3
+  for RNN, LSTM, GRU), so a state dict moves between deepscope and ``torch.nn.RNN/LSTM/GRU`` unchanged.
 
-Stacked layers feed the states of layer k-1 as the inputs x_t of layer k. A bidirectional layer runs a
-second, independent network from t = T down to 1 and concatenates the two states, [s_t^→, s_t^←].
+The one difference from PyTorch, by design: **the layer returns one array**, the output sequence, so it
+composes in ``Sequential`` like any other layer. The final states are attributes — ``h_n`` (and, for the
+LSTM, ``c_n``) — and their gradients, if the cost uses them, are extra arguments of ``backward``:
 
-The layer keeps PyTorch's ``torch.nn.RNN`` names, layouts and return values, so a state dict moves
-between the two unchanged.
+    PyTorch                                   deepscope
+    out, h_n = rnn(x, h0)                     out = rnn(x, h0);           h_n = rnn.h_n
+    out, (h_n, c_n) = lstm(x, (h0, c0))       out = lstm(x, (h0, c0));    h_n, c_n = lstm.h_n, lstm.c_n
+    (autograd)                                gx = lstm.backward(g_out, grad_h_n, grad_c_n);  lstm.grad_h0, lstm.grad_c0
 
-Using an RNN inside ``Sequential``: ``forward`` returns the pair ``(output, h_n)`` and ``backward``
-accepts the matching pair ``(grad_output, grad_h_n)``. Put :class:`LastStep` after it to classify a
-sequence from the last step's output (``Sequential(RNN(28, 128), LastStep(), Linear(128, 10))``), or
-:class:`AllSteps` to keep every step for a per-step head (``Sequential(Embedding(65, 32), RNN(32, 256),
-AllSteps(), Linear(256, 65))``, with :class:`SequenceLogLikelihood` as the cost).
+To classify a sequence from its last step put :class:`LastStep` after the layer
+(``Sequential(LSTM(28, 128), LastStep(), Linear(128, 10))``); a per-step head follows it directly
+(``Sequential(Embedding(65, 32), LSTM(32, 256), Linear(256, 65))``, with :class:`SequenceLogLikelihood`).
+
+Truncated BPTT: with ``stateful=True`` a forward without an initial state starts from the previous call's
+final state (carrying no gradient: backward stops at the chunk's first step), so a long text can be read in
+consecutive chunks; ``reset_state()`` starts over from zeros, and a change of batch size does too.
+Clipping is the optimiser's ``clip_norm`` (the global gradient norm, as ``torch.nn.utils.clip_grad_norm_``).
 """
 from __future__ import annotations
 
@@ -40,7 +51,6 @@ from .loss import LogLikelihoodCost, Loss
 from .module import Module, Parameter
 
 NONLINEARITIES = ("tanh", "relu", "sigmoid", "identity")
-INITS = ("pytorch", "orthogonal", "irnn")
 
 
 def _f(name, net, out):
@@ -67,82 +77,63 @@ def _f_prime(name, s):
     return None  # identity: f' = 1
 
 
-class RNN(Module):
-    """A multi-layer Elman RNN, s_t = f(U x_t + W s_{t-1} + b), with BPTT written out.
+def _sigmoid_from_tanh(a):
+    """σ in place on ``a``, which holds tanh(u/2): σ(u) = (1 + tanh(u/2)) / 2 (two passes, no overflow)."""
+    a *= 0.5
+    a += 0.5
 
-    Args:
-        input_size: features per step of the input, I.
-        hidden_size: size of the state s_t, H.
-        num_layers: stacked recurrent layers, L (default 1).
-        nonlinearity: f, one of ``"tanh"`` (default), ``"relu"``, ``"sigmoid"``, ``"identity"``.
-        bias: whether the layer has biases ``bias_ih`` and ``bias_hh`` (default True).
-        batch_first: inputs and outputs are ``(N, T, ·)`` if True (default), ``(T, N, ·)`` if False.
-            (PyTorch's default is False; deepscope's sequences are batch-first.)
-        bidirectional: add a second network that reads the sequence backwards (D = 2).
-        init: ``"pytorch"`` (default): every weight and bias ~ U(-1/√H, 1/√H), drawn from the global
-            generator; ``"orthogonal"``: the same, but W a random orthogonal matrix (all its singular values
-            1, so W^T neither shrinks nor grows δ on its own; Saxe et al. 2014); ``"irnn"`` (Le, Jaitly &
-            Hinton 2015, for ``nonlinearity="relu"``): W = identity, biases 0, U ~ N(0, 0.001²).
-        stateful: truncated BPTT. When True, a forward without ``h0`` starts from the last ``h_n`` (which
-            carries no gradient: backward stops at the chunk's first step), so a long sequence can be fed in
-            consecutive chunks. ``reset_state()`` starts over from zeros; a change of batch size does too.
-            Passing ``h0 = previous h_n`` explicitly does the same thing.
 
-    Shape:
-        - x: ``(N, T, I)`` (``(T, N, I)`` if not batch_first).
-        - h0: ``(L*D, N, H)``, optional (zeros).
-        - output: ``(N, T, D*H)``, the last layer's states at every step (forward and backward
-          directions concatenated).
-        - h_n: ``(L*D, N, H)``, every layer's and direction's final state (for the backward direction, the
-          state after reading x_1).
+class Recurrent(Module):
+    """The machinery RNN, LSTM and GRU share: parameters, layers, directions, batch_first, initial and
+    final states, stateful reading, and the loop over layers and directions in forward and backward.
 
-    ``backward(grad_output, grad_h_n=None)`` takes ∂C/∂output (or the pair ``(∂C/∂output, ∂C/∂h_n)``;
-    either part may be None) and returns ∂C/∂x. It also stores:
-
-    Attributes:
-        weight_ih_l{k}[_reverse]: ``(H, I)`` for k = 0, ``(H, D*H)`` for k > 0 (U).
-        weight_hh_l{k}[_reverse]: ``(H, H)`` (W).
-        bias_ih_l{k}[_reverse], bias_hh_l{k}[_reverse]: ``(H,)``.
-        grad_h0: ∂C/∂h0, ``(L*D, N, H)``, after backward.
-        grad_states: after backward, a list with one array per layer and direction (index k*D + d), each
-            ∂C/∂s_t for every step, ``(N, T, H)`` (``(T, N, H)`` if not batch_first), in time order. This
-            is the total gradient reaching s_t — from the layer above and from s_{t+1} — the quantity
-            whose norm shrinks as t moves away from the cost (the gradient-through-time instrument reads it).
+    A subclass sets ``GATES`` (G: weight rows per hidden unit), ``STATES`` (("h",) or ("h", "c")) and
+    ``GATE_NAMES`` (with each gate's nonlinearity), and writes the cell: ``_run`` (one layer and direction
+    forward over all steps) and ``_bptt`` (the same, backward).
     """
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
-                 bias: bool = True, batch_first: bool = True, bidirectional: bool = False,
-                 init: str = "pytorch", stateful: bool = False):
+    GATES = 1
+    STATES = ("h",)
+    GATE_NAMES: tuple = ()
+    INITS = ("pytorch", "orthogonal")
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = True, bidirectional: bool = False, init: str = "pytorch",
+                 stateful: bool = False):
         super().__init__()
-        if nonlinearity not in NONLINEARITIES:
-            raise ValueError(f"RNN: nonlinearity must be one of {', '.join(NONLINEARITIES)}, got {nonlinearity!r}")
-        if init not in INITS:
-            raise ValueError(f"RNN: init must be one of {', '.join(INITS)}, got {init!r}")
+        name = type(self).__name__
+        if init not in self.INITS:
+            raise ValueError(f"{name}: init must be one of {', '.join(self.INITS)}, got {init!r}")
         if int(num_layers) < 1 or int(hidden_size) < 1 or int(input_size) < 1:
-            raise ValueError("RNN: input_size, hidden_size and num_layers must be positive")
+            raise ValueError(f"{name}: input_size, hidden_size and num_layers must be positive")
         self.input_size, self.hidden_size, self.num_layers = int(input_size), int(hidden_size), int(num_layers)
-        self.nonlinearity, self.bias, self.batch_first = nonlinearity, bool(bias), bool(batch_first)
+        self.bias, self.batch_first = bool(bias), bool(batch_first)
         self.bidirectional = bool(bidirectional)
         self.num_directions = 2 if bidirectional else 1
         self.stateful = bool(stateful)
+        self.init = init
         self._state = None
-        H, dtype, rng = self.hidden_size, backend.default_dtype(), backend.rng()
+        self._init_parameters()
+
+    def _init_parameters(self):
+        """PyTorch's initialisation, drawn in PyTorch's order (per layer, per direction: w_ih, w_hh, b_ih,
+        b_hh), every entry ~ U(-1/√H, 1/√H). With ``init="orthogonal"`` each gate's H×H block of W is then a
+        random orthogonal matrix (all singular values 1: W^T neither shrinks nor grows δ; Saxe et al. 2014)."""
+        H, G, dtype, rng = self.hidden_size, self.GATES, backend.default_dtype(), backend.rng()
         k = 1.0 / math.sqrt(H)
-        # Parameters are drawn in PyTorch's order: per layer, per direction, w_ih, w_hh, b_ih, b_hh.
         for layer in range(self.num_layers):
             in_size = self.input_size if layer == 0 else H * self.num_directions
             for suffix in self._suffixes(layer):
-                if init in ("pytorch", "orthogonal"):
-                    w_ih = rng.uniform(-k, k, (H, in_size))
-                    w_hh = rng.uniform(-k, k, (H, H))
-                    b_ih, b_hh = rng.uniform(-k, k, H), rng.uniform(-k, k, H)
-                    if init == "orthogonal":
-                        q, r = numpy.linalg.qr(rng.standard_normal((H, H)))
-                        w_hh = q * numpy.sign(numpy.diag(r))     # uniformly distributed orthogonal matrix
-                else:  # irnn
+                if self.init == "irnn":  # RNN only: W = identity, biases 0, U ~ N(0, 0.001²)
                     w_ih = rng.standard_normal((H, in_size)) * 0.001
-                    w_hh = backend.xp().eye(H)
-                    b_ih = b_hh = backend.xp().zeros(H)
+                    w_hh = numpy.eye(H)
+                    b_ih = b_hh = numpy.zeros(H)
+                else:
+                    w_ih = rng.uniform(-k, k, (G * H, in_size))
+                    w_hh = rng.uniform(-k, k, (G * H, H))
+                    b_ih, b_hh = rng.uniform(-k, k, G * H), rng.uniform(-k, k, G * H)
+                if self.init == "orthogonal":
+                    w_hh = numpy.concatenate([_orthogonal(rng, H) for _ in range(G)])
                 setattr(self, "weight_ih" + suffix, Parameter(backend.asarray(w_ih, dtype=dtype)))
                 setattr(self, "weight_hh" + suffix, Parameter(backend.asarray(w_hh, dtype=dtype)))
                 if self.bias:
@@ -152,12 +143,38 @@ class RNN(Module):
     def _suffixes(self, layer):
         return [f"_l{layer}", f"_l{layer}_reverse"][: self.num_directions]
 
+    def _p(self, name, suffix):
+        return getattr(self, name + suffix)
+
     def reset_state(self) -> None:
         """Forget the carried state (stateful mode): the next forward starts from zeros."""
         self._state = None
 
     # -- forward -----------------------------------------------------------------------------------
-    def forward(self, x, h0=None):
+    def _initial_states(self, hx, N, xp, dtype):
+        """The initial states as a list (h0, or h0 and c0), each ``(L*D, N, H)``, checked."""
+        shape = (self.num_layers * self.num_directions, N, self.hidden_size)
+        if hx is None and self.stateful and self._state is not None and self._state[0].shape[1] == N:
+            return self._state
+        if hx is None:
+            return [xp.zeros(shape, dtype=dtype) for _ in self.STATES]
+        if len(self.STATES) == 1:
+            parts = [hx]
+        elif isinstance(hx, (tuple, list)):
+            parts = list(hx)
+        else:
+            raise ShapeError(f"{self.describe()}: expected hx = (h0, c0), got one array")
+        if len(parts) != len(self.STATES):
+            raise ShapeError(f"{self.describe()}: expected hx = ({', '.join(s + '0' for s in self.STATES)}), "
+                             f"got {len(parts)} arrays")
+        for s, p in zip(self.STATES, parts):
+            if tuple(p.shape) != shape:
+                raise ShapeError(f"{self.describe()}: expected {s}0 of shape {shape}, got {tuple(p.shape)}")
+        return [p.astype(dtype, copy=False) for p in parts]
+
+    def forward(self, x, hx=None):
+        """Run the sequence ``x`` from the initial state ``hx`` (h0, or (h0, c0) for the LSTM; zeros by
+        default). Returns the last layer's states at every step; sets ``h_n`` (and ``c_n``)."""
         L, D, H = self.num_layers, self.num_directions, self.hidden_size
         if x.ndim != 3 or x.shape[2] != self.input_size:
             raise self.shape_error("(N, T, %d)" % self.input_size if self.batch_first
@@ -169,157 +186,481 @@ class RNN(Module):
         T, N = xt.shape[0], xt.shape[1]
         if T == 0:
             raise self.shape_error("a sequence of at least one step", x.shape)
-        if h0 is None and self.stateful and self._state is not None and self._state.shape[1] == N:
-            h0 = self._state
-        if h0 is None:
-            h0 = xp.zeros((L * D, N, H), dtype=dtype)
-        elif tuple(h0.shape) != (L * D, N, H):
-            raise ShapeError(f"{self.describe()}: expected h0 of shape {(L * D, N, H)}, got {tuple(h0.shape)}")
-        h0 = h0.astype(dtype, copy=False)
+        init = self._initial_states(hx, N, xp, dtype)
 
-        # Cached for backward. Per layer: its input (T, N, I_k); per layer and direction: the states
-        # S (T+1, N, H) and the input in that direction's reading order as one (T*N, I_k) matrix.
-        self._inputs, self._states, self._seqs = [], [], []
-        h_n = xp.empty((L * D, N, H), dtype=dtype)
+        # Cached for backward, per layer and direction (index k = layer*D + d): the input in that
+        # direction's reading order as one (T*N, I_k) matrix, and what the cell keeps (``_run``'s cache).
+        self._seqs, self._caches, self.gates = [], [], []
+        finals = [xp.empty((L * D, N, H), dtype=dtype) for _ in self.STATES]
         layer_in = xt
         for layer in range(L):
-            self._inputs.append(layer_in)
             outs = []
             for d, suffix in enumerate(self._suffixes(layer)):
+                k = layer * D + d
                 seq = layer_in if d == 0 else layer_in[::-1]      # the order this direction reads in
                 seq2 = seq.reshape(T * N, -1)                     # (a copy unless already contiguous)
-                S = self._run(seq2, h0[layer * D + d], suffix)
-                self._states.append(S)
+                cache, hs, last, gates = self._run(seq2, [s[k] for s in init], suffix)
                 self._seqs.append(seq2)
-                h_n[layer * D + d] = S[-1]
-                outs.append(S[1:] if d == 0 else S[:0:-1])        # back in time order
+                self._caches.append(cache)
+                self.gates.append(gates)
+                for f, v in zip(finals, last):
+                    f[k] = v
+                outs.append(hs if d == 0 else hs[::-1])          # back in time order
             layer_in = outs[0] if D == 1 else xp.concatenate(outs, axis=2)
         output = layer_in.transpose(1, 0, 2) if self.batch_first else layer_in
-        output = xp.ascontiguousarray(output)
+        self.h_n = finals[0]
+        if len(finals) > 1:
+            self.c_n = finals[1]
         if self.stateful:
-            self._state = h_n.copy()
-        return output, h_n
-
-    def _run(self, seq2, h0, suffix):
-        """One layer, one direction: states S[0] = h0, S[t] = f(U x_t + W S[t-1] + b) for t = 1..T, where
-        ``seq2`` holds x_1..x_T stacked as a (T*N, I) matrix."""
-        xp = backend.xp_of(seq2)
-        N = h0.shape[0]
-        T = seq2.shape[0] // N
-        U, W = getattr(self, "weight_ih" + suffix).data, getattr(self, "weight_hh" + suffix).data
-        # U x_t for every step in one GEMM (plus both biases); only W s_{t-1} is left for the loop.
-        net = (seq2 @ U.T).reshape(T, N, -1)
-        if self.bias:
-            net += getattr(self, "bias_ih" + suffix).data + getattr(self, "bias_hh" + suffix).data
-        S = xp.empty((T + 1,) + h0.shape, dtype=net.dtype)
-        S[0] = h0
-        Wt = W.T
-        buf = xp.empty_like(h0)
-        for t in range(T):
-            xp.matmul(S[t], Wt, out=buf)
-            net[t] += buf                                       # net_t = U x_t + W s_{t-1} + b
-            _f(self.nonlinearity, net[t], S[t + 1])             # s_t = f(net_t)
-        return S
+            self._state = [f.copy() for f in finals]
+        return xp.ascontiguousarray(output)
 
     # -- backward ----------------------------------------------------------------------------------
-    def backward(self, grad_output, grad_h_n=None):
-        if isinstance(grad_output, tuple):
-            grad_output, grad_h_n = grad_output
+    def backward(self, grad_output, grad_h_n=None, grad_c_n=None):
+        """∂C/∂x from ∂C/∂output (None if the cost uses only the final states) and, optionally, ∂C/∂h_n and
+        (LSTM) ∂C/∂c_n. Accumulates every parameter's gradient; sets ``grad_h0`` (and ``grad_c0``) and
+        ``grad_states``. Returns None if ``needs_input_grad`` is False."""
         L, D, H = self.num_layers, self.num_directions, self.hidden_size
-        S0 = self._states[0]
-        T, N = S0.shape[0] - 1, S0.shape[1]
-        xp = backend.xp_of(S0)
+        seq0 = self._seqs[0]
+        N = self.h_n.shape[1]
+        T = seq0.shape[0] // N
+        dtype = self.h_n.dtype
+        xp = backend.xp_of(seq0)
         out_shape = (N, T, D * H) if self.batch_first else (T, N, D * H)
         if grad_output is None:
-            g = xp.zeros((T, N, D * H), dtype=S0.dtype)
+            g = xp.zeros((T, N, D * H), dtype=dtype)
         else:
             if tuple(grad_output.shape) != out_shape:
                 raise ShapeError(f"{self.describe()}: expected grad_output of shape {out_shape}, "
                                  f"got {tuple(grad_output.shape)}")
             g = grad_output.transpose(1, 0, 2) if self.batch_first else grad_output
-        if grad_h_n is not None and tuple(grad_h_n.shape) != (L * D, N, H):
-            raise ShapeError(f"{self.describe()}: expected grad_h_n of shape {(L * D, N, H)}, "
-                             f"got {tuple(grad_h_n.shape)}")
+        finals = [grad_h_n, grad_c_n][: len(self.STATES)]
+        for s, gf in zip(self.STATES, finals):
+            if gf is not None and tuple(gf.shape) != (L * D, N, H):
+                raise ShapeError(f"{self.describe()}: expected grad_{s}_n of shape {(L * D, N, H)}, "
+                                 f"got {tuple(gf.shape)}")
 
-        self.grad_h0 = xp.empty((L * D, N, H), dtype=S0.dtype)
+        grads0 = [xp.empty((L * D, N, H), dtype=dtype) for _ in self.STATES]
         self.grad_states = [None] * (L * D)
         for layer in reversed(range(L)):
-            x = self._inputs[layer]
-            grad_x = xp.zeros(x.shape, dtype=S0.dtype)
+            need_dx = layer > 0 or self.needs_input_grad
+            grad_x = None
             for d, suffix in enumerate(self._suffixes(layer)):
                 k = layer * D + d
                 gd = g[:, :, d * H:(d + 1) * H]
-                # ∂C/∂s_t from above, in this direction's reading order (a fresh copy: it is written to).
+                # ∂C/∂h_t from above, in this direction's reading order (a fresh copy: it is written to).
                 G = xp.array(gd if d == 0 else gd[::-1], copy=True)
                 if grad_h_n is not None:
                     G[-1] += grad_h_n[k]                            # h_n is the last state read
-                delta, self.grad_h0[k] = self._bptt(G, self._seqs[k], self._states[k], suffix)
-                gx = delta.reshape(T * N, H) @ getattr(self, "weight_ih" + suffix).data   # ∂C/∂x_t = U^T δ_t
-                gx = gx.reshape(T, N, -1)
-                if d == 0:
-                    grad_x += gx
-                else:
-                    grad_x += gx[::-1]
-                gs = G if d == 0 else G[::-1]                       # G now holds ∂C/∂s_t
+                grad_c = None if grad_c_n is None else grad_c_n[k]
+                d_in, g0 = self._bptt(G, grad_c, self._caches[k], self._seqs[k], suffix)
+                for a, v in zip(grads0, g0):
+                    a[k] = v
+                gs = G if d == 0 else G[::-1]                       # G now holds ∂C/∂h_t
                 self.grad_states[k] = xp.ascontiguousarray(gs.transpose(1, 0, 2) if self.batch_first else gs)
+                if need_dx:
+                    gx = (d_in @ self._p("weight_ih", suffix).data).reshape(T, N, -1)   # ∂C/∂x_t = U^T δ_t
+                    if grad_x is None:
+                        grad_x = gx if d == 0 else xp.ascontiguousarray(gx[::-1])
+                    else:
+                        grad_x += gx if d == 0 else gx[::-1]
             g = grad_x
+        self.grad_h0 = grads0[0]
+        if len(grads0) > 1:
+            self.grad_c0 = grads0[1]
+        if g is None:
+            return None
         return xp.ascontiguousarray(g.transpose(1, 0, 2)) if self.batch_first else g
 
-    def _bptt(self, G, seq2, S, suffix):
-        """Backpropagation through time for one layer and direction.
+    # -- the cell (subclasses) ---------------------------------------------------------------------
+    def _run(self, seq2, init, suffix):
+        """One layer and direction forward. ``seq2`` holds x_1..x_T stacked as a (T*N, I) matrix, ``init``
+        the initial states. Returns (cache for ``_bptt``, states h_1..h_T as (T, N, H), the final states,
+        the gates {name: (T, N, H)} in reading order)."""
+        raise NotImplementedError
 
-        G: (T, N, H) gradient from above at each step, turned in place into ∂C/∂s_t. Returns δ (T, N, H)
-        and ∂C/∂h0 = W^T δ_1, and accumulates the parameter gradients.
-        """
+    def _bptt(self, G, grad_c, cache, seq2, suffix):
+        """One layer and direction backward. ``G`` (T, N, H) holds the gradient from above at every step and
+        is turned in place into ∂C/∂h_t. Accumulates the parameter gradients; returns ∂C/∂(U x_t) as a
+        (T*N, G*H) matrix (so ∂C/∂x = that @ U) and the gradients of the initial states."""
+        raise NotImplementedError
+
+    def _input_part(self, seq2, N, suffix, scale=None):
+        """U x_t for every step as one GEMM, ``(T, N, G*H)``; ``scale`` (G*H,) multiplies U's rows."""
+        U = self._p("weight_ih", suffix).data
+        if scale is not None:
+            U = U * scale[:, None]
+        return (seq2 @ U.T).reshape(seq2.shape[0] // N, N, -1)
+
+    def extra_repr(self) -> str:
+        return ", ".join(self._repr_parts())
+
+    def _repr_parts(self) -> list:
+        parts = [f"{self.input_size}", f"{self.hidden_size}"]
+        if self.num_layers != 1:
+            parts.append(f"num_layers={self.num_layers}")
+        if self.bidirectional:
+            parts.append("bidirectional=True")
+        if not self.batch_first:
+            parts.append("batch_first=False")
+        return parts
+
+
+def _orthogonal(rng, n):
+    """A random n×n orthogonal matrix, uniformly distributed (QR of a Gaussian matrix, signs fixed)."""
+    q, r = numpy.linalg.qr(rng.standard_normal((n, n)))
+    return q * numpy.sign(numpy.diag(r))
+
+
+class RNN(Recurrent):
+    """A multi-layer Elman RNN, h_t = f(U x_t + W h_{t-1} + b), with BPTT written out.
+
+        forward     net_t = U x_t + W h_{t-1} + b          (U = weight_ih, W = weight_hh, b = b_ih + b_hh)
+                    h_t   = f(net_t),        h_0 = h0 (zeros by default)
+
+        backward    ∂C/∂h_t = g_t + W^T δ_{t+1}            (g_t: the gradient arriving from above at step t)
+                    δ_t   = ∂C/∂net_t = ∂C/∂h_t ⊙ f'(net_t)
+                    unrolled:  δ_k = δ_t ∏_{i=k+1}^{t} W^T diag f'(net_i)      (what reaches step k from step t)
+                    ∂C/∂W += Σ_t δ_t h_{t-1}^T      ∂C/∂U += Σ_t δ_t x_t^T      ∂C/∂b += Σ_t δ_t
+                    ∂C/∂x_t = U^T δ_t               ∂C/∂h0 = W^T δ_1
+
+    Args:
+        input_size: features per step of the input, I.
+        hidden_size: size of the state h_t, H.
+        num_layers: stacked recurrent layers, L (default 1).
+        nonlinearity: f, one of ``"tanh"`` (default), ``"relu"``, ``"sigmoid"``, ``"identity"``.
+        bias: whether the layer has biases ``bias_ih`` and ``bias_hh`` (default True).
+        batch_first: inputs and outputs are ``(N, T, ·)`` if True (default), ``(T, N, ·)`` if False.
+            (PyTorch's default is False; deepscope's sequences are batch-first.)
+        bidirectional: add a second network that reads the sequence backwards (D = 2).
+        init: ``"pytorch"`` (default): every weight and bias ~ U(-1/√H, 1/√H), drawn from the global
+            generator; ``"orthogonal"``: the same, but W a random orthogonal matrix; ``"irnn"`` (Le, Jaitly &
+            Hinton 2015, for ``nonlinearity="relu"``): W = identity, biases 0, U ~ N(0, 0.001²).
+        stateful: truncated BPTT (see the module's docstring).
+
+    Shape:
+        - x: ``(N, T, I)`` (``(T, N, I)`` if not batch_first);  hx = h0: ``(L*D, N, H)``, optional (zeros).
+        - output: ``(N, T, D*H)``, the last layer's states at every step (directions concatenated).
+
+    Attributes:
+        weight_ih_l{k}[_reverse]: ``(H, I)`` for k = 0, ``(H, D*H)`` for k > 0 (U).
+        weight_hh_l{k}[_reverse]: ``(H, H)`` (W).   bias_ih_l{k}[_reverse], bias_hh_l{k}[_reverse]: ``(H,)``.
+        h_n: after forward, every layer's and direction's final state ``(L*D, N, H)`` (for the backward
+            direction, the state after reading x_1).
+        grad_h0: ∂C/∂h0, ``(L*D, N, H)``, after backward.
+        grad_states: after backward, one array per layer and direction (index k*D + d), ∂C/∂h_t at every
+            step, ``(N, T, H)`` (``(T, N, H)`` if not batch_first), in time order: the total gradient reaching
+            h_t (from the layer above and from h_{t+1}), whose norm the gradient-through-time instrument reads.
+        gates: after forward, one dict per layer and direction, {f: h_t at every step (T, N, H)} in reading
+            order (the units' activations, for the saturation instrument).
+    """
+
+    INITS = ("pytorch", "orthogonal", "irnn")
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                 bias: bool = True, batch_first: bool = True, bidirectional: bool = False,
+                 init: str = "pytorch", stateful: bool = False):
+        if nonlinearity not in NONLINEARITIES:
+            raise ValueError(f"RNN: nonlinearity must be one of {', '.join(NONLINEARITIES)}, got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        self.GATE_NAMES = ((nonlinearity, nonlinearity),)
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, bidirectional, init, stateful)
+
+    def _repr_parts(self) -> list:
+        parts = super()._repr_parts()
+        if self.nonlinearity != "tanh":
+            parts.insert(3 if self.num_layers != 1 else 2, f"nonlinearity={self.nonlinearity!r}")
+        return parts
+
+    def _run(self, seq2, init, suffix):
+        """h_0 = h0, h_t = f(U x_t + W h_{t-1} + b) for t = 1..T."""
+        xp = backend.xp_of(seq2)
+        h0, = init
+        N = h0.shape[0]
+        net = self._input_part(seq2, N, suffix)                   # U x_t for every step: one GEMM
+        T = net.shape[0]
+        if self.bias:
+            net += self._p("bias_ih", suffix).data + self._p("bias_hh", suffix).data
+        S = xp.empty((T + 1,) + h0.shape, dtype=net.dtype)
+        S[0] = h0
+        Wt = self._p("weight_hh", suffix).data.T
+        buf = xp.empty_like(h0)
+        for t in range(T):
+            xp.matmul(S[t], Wt, out=buf)
+            net[t] += buf                                       # net_t = U x_t + W h_{t-1} + b
+            _f(self.nonlinearity, net[t], S[t + 1])             # h_t = f(net_t)
+        return S, S[1:], [S[-1]], {self.nonlinearity: S[1:]}
+
+    def _bptt(self, G, grad_c, S, seq2, suffix):
         xp = backend.xp_of(G)
         T, N, H = G.shape
-        w_ih, w_hh = getattr(self, "weight_ih" + suffix), getattr(self, "weight_hh" + suffix)
+        w_ih, w_hh = self._p("weight_ih", suffix), self._p("weight_hh", suffix)
         W = w_hh.data
         fp = _f_prime(self.nonlinearity, S[1:])                    # f'(net_t) for every step at once
         delta = xp.empty_like(G) if fp is not None else G
         carry = xp.empty_like(G[0])                                # W^T δ_{t+1}
         for t in reversed(range(T)):
             if t < T - 1:
-                G[t] += carry                                      # ∂C/∂s_t = g_t + W^T δ_{t+1}
+                G[t] += carry                                      # ∂C/∂h_t = g_t + W^T δ_{t+1}
             if fp is not None:
-                xp.multiply(G[t], fp[t], out=delta[t])             # δ_t = ∂C/∂s_t ⊙ f'(net_t)
+                xp.multiply(G[t], fp[t], out=delta[t])             # δ_t = ∂C/∂h_t ⊙ f'(net_t)
             xp.matmul(delta[t], W, out=carry)
         # Parameter gradients as one GEMM each, over all steps stacked.
         d2 = delta.reshape(T * N, H)
-        w_hh.grad += d2.T @ S[:-1].reshape(T * N, H)               # Σ_t δ_t s_{t-1}^T
+        w_hh.grad += d2.T @ S[:-1].reshape(T * N, H)               # Σ_t δ_t h_{t-1}^T
         w_ih.grad += d2.T @ seq2                                   # Σ_t δ_t x_t^T
         if self.bias:
             db = d2.sum(axis=0)
-            getattr(self, "bias_ih" + suffix).grad += db
-            getattr(self, "bias_hh" + suffix).grad += db
-        return delta, carry
+            self._p("bias_ih", suffix).grad += db                  # Σ_t δ_t
+            self._p("bias_hh", suffix).grad += db
+        return d2, [carry]                                         # ∂C/∂h0 = W^T δ_1
 
-    def extra_repr(self) -> str:
-        s = f"{self.input_size}, {self.hidden_size}"
-        if self.num_layers != 1:
-            s += f", num_layers={self.num_layers}"
-        if self.nonlinearity != "tanh":
-            s += f", nonlinearity={self.nonlinearity!r}"
-        if self.bidirectional:
-            s += ", bidirectional=True"
-        if not self.batch_first:
-            s += ", batch_first=False"
+
+class LSTM(Recurrent):
+    """A multi-layer long short-term memory network (Hochreiter & Schmidhuber 1997), PyTorch's formulation.
+
+    Each unit has a memory cell c_t, written and read through three gates (σ: the sigmoid):
+
+        forward   i_t = σ(U_i x_t + W_i h_{t-1} + b_i)         input gate: how much of g_t to write
+                  f_t = σ(U_f x_t + W_f h_{t-1} + b_f)         forget gate: how much of c_{t-1} to keep
+                  g_t = tanh(U_g x_t + W_g h_{t-1} + b_g)      the candidate
+                  o_t = σ(U_o x_t + W_o h_{t-1} + b_o)         output gate
+                  c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t              the additive path: ∂c_t/∂c_{t-1} = diag f_t
+                  h_t = o_t ⊙ tanh(c_t)
+
+    U = weight_ih holds [U_i; U_f; U_g; U_o] stacked (4H rows, PyTorch's gate order), W = weight_hh and
+    b = b_ih + b_hh likewise. With a_t = U x_t + W h_{t-1} + b the pre-activations of the four gates:
+
+        backward  ∂C/∂h_t = g_t + W^T ∂C/∂a_{t+1}                                 (g_t: from above)
+                  ∂C/∂c_t = ∂C/∂c_{t+1} ⊙ f_{t+1} + ∂C/∂h_t ⊙ o_t ⊙ (1 - tanh² c_t)   (the cell's path)
+                  ∂C/∂a_i = ∂C/∂c_t ⊙ g_t ⊙ i_t(1 - i_t)       ∂C/∂a_f = ∂C/∂c_t ⊙ c_{t-1} ⊙ f_t(1 - f_t)
+                  ∂C/∂a_g = ∂C/∂c_t ⊙ i_t ⊙ (1 - g_t²)         ∂C/∂a_o = ∂C/∂h_t ⊙ tanh c_t ⊙ o_t(1 - o_t)
+                  ∂C/∂W += Σ_t ∂C/∂a_t h_{t-1}^T   ∂C/∂U += Σ_t ∂C/∂a_t x_t^T   ∂C/∂b += Σ_t ∂C/∂a_t
+                  ∂C/∂x_t = U^T ∂C/∂a_t    ∂C/∂h0 = W^T ∂C/∂a_1    ∂C/∂c0 = ∂C/∂c_1 ⊙ f_1
+
+    Unrolled, what reaches c_k from c_t along the cell's path is ∂C/∂c_t ⊙ f_t ⊙ … ⊙ f_{k+1}: no weight
+    matrix and no f' in the product, so gradient survives as long as the forget gates stay open.
+
+    Args:
+        input_size, hidden_size, num_layers, bias, batch_first, bidirectional, stateful: as :class:`RNN`.
+        init: ``"pytorch"`` (default, every weight and bias ~ U(-1/√H, 1/√H)) or ``"orthogonal"`` (each gate's
+            H×H block of W a random orthogonal matrix).
+
+    Shape:
+        - x: ``(N, T, I)`` (``(T, N, I)`` if not batch_first);  hx = (h0, c0), each ``(L*D, N, H)``, optional.
+        - output: ``(N, T, D*H)``, h_t of the last layer at every step (directions concatenated).
+
+    Attributes:
+        weight_ih_l{k}[_reverse]: ``(4H, I)`` for k = 0, ``(4H, D*H)`` for k > 0.
+        weight_hh_l{k}[_reverse]: ``(4H, H)``.   bias_ih_l{k}[_reverse], bias_hh_l{k}[_reverse]: ``(4H,)``.
+        h_n, c_n: after forward, the final states ``(L*D, N, H)``.   grad_h0, grad_c0: after backward.
+        grad_states: ∂C/∂h_t at every step, as :class:`RNN`.
+        gates: after forward, one dict per layer and direction, {"i", "f", "g", "o": (T, N, H)}.
+    """
+
+    GATES = 4
+    STATES = ("h", "c")
+    GATE_NAMES = (("i", "sigmoid"), ("f", "sigmoid"), ("g", "tanh"), ("o", "sigmoid"))
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = True, bidirectional: bool = False, init: str = "pytorch",
+                 stateful: bool = False):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, bidirectional, init, stateful)
+
+    def _scale(self, dtype):
+        """[½, ½, 1, ½] per gate block: σ(a) = (1 + tanh(a/2))/2, so one tanh over all four gates computes
+        them all (the σ gates' pre-activations are halved on the way in)."""
+        xp = backend.xp()
+        s = xp.full(4 * self.hidden_size, 0.5, dtype=dtype)
+        s[2 * self.hidden_size:3 * self.hidden_size] = 1.0
         return s
+
+    def _run(self, seq2, init, suffix):
+        xp = backend.xp_of(seq2)
+        h0, c0 = init
+        N, H = h0.shape
+        s = self._scale(seq2.dtype)
+        A = self._input_part(seq2, N, suffix, s)                  # (U x_t) ⊙ s for every step: one GEMM
+        T = A.shape[0]
+        if self.bias:
+            A += (self._p("bias_ih", suffix).data + self._p("bias_hh", suffix).data) * s
+        Wt = (self._p("weight_hh", suffix).data * s[:, None]).T   # (H, 4H)
+        Hs = xp.empty((T + 1, N, H), dtype=A.dtype)
+        C = xp.empty((T + 1, N, H), dtype=A.dtype)
+        TC = xp.empty((T, N, H), dtype=A.dtype)
+        Hs[0], C[0] = h0, c0
+        buf = xp.empty((N, 4 * H), dtype=A.dtype)
+        tmp = xp.empty((N, H), dtype=A.dtype)
+        for t in range(T):
+            a = A[t]
+            xp.matmul(Hs[t], Wt, out=buf)
+            a += buf                                              # a_t = U x_t + W h_{t-1} + b (σ rows halved)
+            xp.tanh(a, out=a)
+            _sigmoid_from_tanh(a[:, :2 * H])                      # i_t, f_t
+            _sigmoid_from_tanh(a[:, 3 * H:])                      # o_t        (g_t = tanh a_g already)
+            i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+            xp.multiply(f, C[t], out=C[t + 1])
+            xp.multiply(i, g, out=tmp)
+            C[t + 1] += tmp                                       # c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t
+            xp.tanh(C[t + 1], out=TC[t])
+            xp.multiply(o, TC[t], out=Hs[t + 1])                  # h_t = o_t ⊙ tanh c_t
+        gates = {"i": A[:, :, :H], "f": A[:, :, H:2 * H], "g": A[:, :, 2 * H:3 * H], "o": A[:, :, 3 * H:]}
+        return (A, Hs, C, TC), Hs[1:], [Hs[-1], C[-1]], gates
+
+    def _bptt(self, G, grad_c, cache, seq2, suffix):
+        xp = backend.xp_of(G)
+        A, Hs, C, TC = cache
+        T, N, H = G.shape
+        i, f, g, o = A[:, :, :H], A[:, :, H:2 * H], A[:, :, 2 * H:3 * H], A[:, :, 3 * H:]
+        # The factors of every step at once (no recurrence in them); dA is then filled in place:
+        #   dA = [g i(1-i), c_{t-1} f(1-f), i (1-g²), tanh c ⊙ o(1-o)]  ⊙  [∂C/∂c_t ×3, ∂C/∂h_t]
+        dA = xp.empty((T, N, 4, H), dtype=A.dtype)
+        xp.multiply(g, i * (1 - i), out=dA[:, :, 0])
+        xp.multiply(C[:-1], f * (1 - f), out=dA[:, :, 1])
+        xp.multiply(i, 1 - g * g, out=dA[:, :, 2])
+        xp.multiply(TC, o * (1 - o), out=dA[:, :, 3])
+        K = o * (1 - TC * TC)                                      # ∂h_t/∂c_t
+        W = self._p("weight_hh", suffix).data
+        dc_next = xp.zeros((N, H), dtype=A.dtype) if grad_c is None else grad_c.astype(A.dtype, copy=True)
+        dc = xp.empty((N, H), dtype=A.dtype)
+        carry = xp.empty((N, H), dtype=A.dtype)                    # W^T ∂C/∂a_{t+1}
+        for t in reversed(range(T)):
+            if t < T - 1:
+                G[t] += carry                                      # ∂C/∂h_t = g_t + W^T ∂C/∂a_{t+1}
+            xp.multiply(G[t], K[t], out=dc)
+            dc += dc_next                                          # ∂C/∂c_t = ∂C/∂c_{t+1} ⊙ f_{t+1} + ∂C/∂h_t ⊙ ∂h_t/∂c_t
+            dA[t, :, :3] *= dc[:, None, :]                         # ∂C/∂a_i, ∂C/∂a_f, ∂C/∂a_g
+            dA[t, :, 3] *= G[t]                                    # ∂C/∂a_o
+            xp.multiply(dc, f[t], out=dc_next)                     # what reaches c_{t-1} along the cell
+            xp.matmul(dA[t].reshape(N, 4 * H), W, out=carry)
+        d2 = dA.reshape(T * N, 4 * H)
+        self._p("weight_hh", suffix).grad += d2.T @ Hs[:-1].reshape(T * N, H)   # Σ_t ∂C/∂a_t h_{t-1}^T
+        self._p("weight_ih", suffix).grad += d2.T @ seq2                        # Σ_t ∂C/∂a_t x_t^T
+        if self.bias:
+            db = d2.sum(axis=0)
+            self._p("bias_ih", suffix).grad += db
+            self._p("bias_hh", suffix).grad += db
+        return d2, [carry, dc_next]                                # ∂C/∂h0, ∂C/∂c0
+
+
+class GRU(Recurrent):
+    """A multi-layer gated recurrent unit network (Cho et al. 2014), PyTorch's formulation.
+
+        forward   r_t = σ(U_r x_t + b_ir + W_r h_{t-1} + b_hr)          reset gate
+                  z_t = σ(U_z x_t + b_iz + W_z h_{t-1} + b_hz)          update gate
+                  n_t = tanh(U_n x_t + b_in + r_t ⊙ (W_n h_{t-1} + b_hn))   the candidate
+                  h_t = (1 - z_t) ⊙ n_t + z_t ⊙ h_{t-1}                  the additive path: ∂h_t/∂h_{t-1} ∋ diag z_t
+
+    U = weight_ih holds [U_r; U_z; U_n] (3H rows, PyTorch's order), W = weight_hh likewise; the two biases
+    stay separate because b_hn sits inside r_t ⊙ (…). With a_r, a_z, a_n the pre-activations and
+    m_t = W_n h_{t-1} + b_hn:
+
+        backward  ∂C/∂h_t = g_t + ∂C/∂h_{t+1} ⊙ z_{t+1} + W^T ∂C/∂(W h_t)_{t+1}           (g_t: from above)
+                  ∂C/∂a_n = ∂C/∂h_t ⊙ (1 - z_t) ⊙ (1 - n_t²)
+                  ∂C/∂a_z = ∂C/∂h_t ⊙ (h_{t-1} - n_t) ⊙ z_t(1 - z_t)
+                  ∂C/∂a_r = ∂C/∂a_n ⊙ m_t ⊙ r_t(1 - r_t)
+                  input side   ∂C/∂(U x_t + b_i) = [∂C/∂a_r, ∂C/∂a_z, ∂C/∂a_n]
+                  hidden side  ∂C/∂(W h_{t-1} + b_h) = [∂C/∂a_r, ∂C/∂a_z, ∂C/∂a_n ⊙ r_t]
+                  ∂C/∂U += Σ_t (input side) x_t^T     ∂C/∂b_i += Σ_t (input side)
+                  ∂C/∂W += Σ_t (hidden side) h_{t-1}^T  ∂C/∂b_h += Σ_t (hidden side)
+                  ∂C/∂x_t = U^T (input side)     ∂C/∂h0 = ∂C/∂h_1 ⊙ z_1 + W^T (hidden side)_1
+
+    Args and Shape: as :class:`LSTM`, with hx = h0 only; 3H rows in place of 4H.
+
+    Attributes:
+        h_n, grad_h0, grad_states: as :class:`RNN`.   gates: {"r", "z", "n": (T, N, H)} per layer and direction.
+    """
+
+    GATES = 3
+    GATE_NAMES = (("r", "sigmoid"), ("z", "sigmoid"), ("n", "tanh"))
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = True, bidirectional: bool = False, init: str = "pytorch",
+                 stateful: bool = False):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, bidirectional, init, stateful)
+
+    def _run(self, seq2, init, suffix):
+        xp = backend.xp_of(seq2)
+        h0, = init
+        N, H = h0.shape
+        s = xp.full(3 * H, 0.5, dtype=seq2.dtype)                 # σ(a) = (1 + tanh(a/2))/2: halve r, z rows
+        s[2 * H:] = 1.0
+        GI = self._input_part(seq2, N, suffix, s)                 # (U x_t + b_i) ⊙ s, one GEMM
+        T = GI.shape[0]
+        Wt = (self._p("weight_hh", suffix).data * s[:, None]).T  # (H, 3H)
+        bh = self._p("bias_hh", suffix).data * s if self.bias else None
+        if self.bias:
+            GI += self._p("bias_ih", suffix).data * s
+        GH = xp.empty((T, N, 3 * H), dtype=GI.dtype)              # (W h_{t-1} + b_h) ⊙ s, kept for backward
+        RZ = xp.empty((T, N, 2 * H), dtype=GI.dtype)
+        Nn = xp.empty((T, N, H), dtype=GI.dtype)
+        Hs = xp.empty((T + 1, N, H), dtype=GI.dtype)
+        Hs[0] = h0
+        for t in range(T):
+            gh = GH[t]
+            xp.matmul(Hs[t], Wt, out=gh)
+            if bh is not None:
+                gh += bh
+            rz = RZ[t]
+            xp.add(GI[t, :, :2 * H], gh[:, :2 * H], out=rz)
+            xp.tanh(rz, out=rz)
+            _sigmoid_from_tanh(rz)                                # r_t, z_t
+            n = Nn[t]
+            xp.multiply(rz[:, :H], gh[:, 2 * H:], out=n)
+            n += GI[t, :, 2 * H:]
+            xp.tanh(n, out=n)                                     # n_t = tanh(U_n x + b_in + r ⊙ m_t)
+            h = Hs[t + 1]
+            xp.subtract(Hs[t], n, out=h)
+            h *= rz[:, H:]
+            h += n                                                # h_t = n_t + z_t ⊙ (h_{t-1} - n_t)
+        gates = {"r": RZ[:, :, :H], "z": RZ[:, :, H:], "n": Nn}
+        return (GH, RZ, Nn, Hs), Hs[1:], [Hs[-1]], gates
+
+    def _bptt(self, G, grad_c, cache, seq2, suffix):
+        xp = backend.xp_of(G)
+        GH, RZ, Nn, Hs = cache
+        T, N, H = G.shape
+        r, z = RZ[:, :, :H], RZ[:, :, H:]
+        m = GH[:, :, 2 * H:]                                       # m_t = W_n h_{t-1} + b_hn (unscaled row block)
+        # Factors of every step at once, turned in the loop into the gradients:
+        Kn = (1 - z) * (1 - Nn * Nn)                               # ∂C/∂a_n = ∂C/∂h_t ⊙ Kn
+        Kz = (Hs[:-1] - Nn) * z * (1 - z)                          # ∂C/∂a_z = ∂C/∂h_t ⊙ Kz
+        Kr = m * r * (1 - r)                                       # ∂C/∂a_r = ∂C/∂a_n ⊙ Kr
+        DI = xp.empty((T, N, 3 * H), dtype=G.dtype)                # input side  [a_r, a_z, a_n]
+        DH = xp.empty((T, N, 3 * H), dtype=G.dtype)                # hidden side [a_r, a_z, a_n ⊙ r]
+        W = self._p("weight_hh", suffix).data
+        carry = xp.empty((N, H), dtype=G.dtype)
+        for t in reversed(range(T)):
+            if t < T - 1:
+                G[t] += carry                                      # ∂C/∂h_t = g_t + (what h_{t+1} sends back)
+            dh, di, dhid = G[t], DI[t], DH[t]
+            xp.multiply(dh, Kn[t], out=di[:, 2 * H:])              # ∂C/∂a_n
+            xp.multiply(dh, Kz[t], out=di[:, H:2 * H])             # ∂C/∂a_z
+            xp.multiply(di[:, 2 * H:], Kr[t], out=di[:, :H])       # ∂C/∂a_r
+            dhid[:, :2 * H] = di[:, :2 * H]
+            xp.multiply(di[:, 2 * H:], r[t], out=dhid[:, 2 * H:])  # ∂C/∂m_t = ∂C/∂a_n ⊙ r_t
+            xp.matmul(dhid, W, out=carry)
+            carry += dh * z[t]                                     # ∂C/∂h_{t-1} = W^T (hidden side) + ∂C/∂h_t ⊙ z_t
+        di2, dh2 = DI.reshape(T * N, 3 * H), DH.reshape(T * N, 3 * H)
+        self._p("weight_ih", suffix).grad += di2.T @ seq2                       # Σ_t (input side) x_t^T
+        self._p("weight_hh", suffix).grad += dh2.T @ Hs[:-1].reshape(T * N, H)  # Σ_t (hidden side) h_{t-1}^T
+        if self.bias:
+            self._p("bias_ih", suffix).grad += di2.sum(axis=0)
+            self._p("bias_hh", suffix).grad += dh2.sum(axis=0)
+        return di2, [carry]
 
 
 class LastStep(Module):
-    """Selects the last time step of a sequence, so an :class:`RNN` can classify inside ``Sequential``.
-
-    Takes an RNN's ``(output, h_n)`` pair (or a plain sequence array) and returns ``output[:, -1]``.
-    Backward puts the gradient at the last step and zeros elsewhere, and hands the RNN the pair
-    ``(∂C/∂output, None)``. (For a bidirectional RNN, the backward direction's part of the last step has
-    read only x_T; use h_n in your own code if you need both full summaries.)
+    """Selects the last time step of a sequence, ``output[:, -1]``, so a recurrent layer can classify inside
+    ``Sequential``. Backward puts the gradient at the last step and zeros elsewhere. (For a bidirectional
+    layer, the backward direction's part of the last step has read only x_T; use ``h_n`` in your own
+    module if you need both full summaries.)
 
     Args:
         batch_first: sequences are ``(N, T, F)`` (default) or ``(T, N, F)``.
 
     Shape:
-        - Input: ``(N, T, F)`` or the pair ``((N, T, F), h_n)``.  Output: ``(N, F)``.
+        - Input: ``(N, T, F)``.  Output: ``(N, F)``.
     """
 
     def __init__(self, batch_first: bool = True):
@@ -327,12 +668,10 @@ class LastStep(Module):
         self.batch_first = bool(batch_first)
 
     def forward(self, x):
-        self._pair = isinstance(x, tuple)
-        seq = x[0] if self._pair else x
-        if seq.ndim != 3:
-            raise self.shape_error("(N, T, F)" if self.batch_first else "(T, N, F)", seq.shape)
-        self._shape, self._dtype = seq.shape, seq.dtype
-        return seq[:, -1] if self.batch_first else seq[-1]
+        if x.ndim != 3:
+            raise self.shape_error("(N, T, F)" if self.batch_first else "(T, N, F)", x.shape)
+        self._shape, self._dtype = x.shape, x.dtype
+        return x[:, -1] if self.batch_first else x[-1]
 
     def backward(self, grad_output):
         xp = backend.xp_of(grad_output)
@@ -341,26 +680,22 @@ class LastStep(Module):
             g[:, -1] = grad_output
         else:
             g[-1] = grad_output
-        return (g, None) if self._pair else g
+        return g
 
     def extra_repr(self) -> str:
         return "" if self.batch_first else "batch_first=False"
 
 
 class AllSteps(Module):
-    """Keeps every step of an RNN's output: takes the pair ``(output, h_n)`` and returns ``output``, so a
-    per-step head (``Linear`` accepts ``(N, T, F)``) can follow the RNN inside ``Sequential``.
-
-    Shape:
-        - Input: the pair ``((N, T, F), h_n)`` or an array ``(N, T, F)``.  Output: ``(N, T, F)``.
-    """
+    """The identity. Kept only so that models saved before the recurrent layers returned one array
+    (``Sequential(…, RNN, AllSteps, Linear)``) still load; new models need nothing between a recurrent
+    layer and a per-step head."""
 
     def forward(self, x):
-        self._pair = isinstance(x, tuple)
-        return x[0] if self._pair else x
+        return x
 
     def backward(self, grad_output):
-        return (grad_output, None) if self._pair else grad_output
+        return grad_output
 
     def extra_repr(self) -> str:
         return ""

@@ -1,7 +1,9 @@
 """Row-by-row MNIST: a recurrent net reads an image as a sequence of 28 rows of 28 pixels and classifies
 it from its last state,
 
-    s_t = tanh(U row_t + W s_{t-1} + b),  t = 1..28;      z = V s_28 + c;      a = softmax(z).
+    s_t = tanh(U row_t + W s_{t-1} + b),  t = 1..28;      z = V s_28 + c;      a = softmax(z)
+
+(or an LSTM or GRU in place of the tanh RNN, ``cell="lstm"``/``"gru"``).
 
 The gradient that trains U and W on the first rows has travelled back through 27 steps, so this is a
 small test of how well a recurrent net carries information (and gradient) through time.
@@ -23,9 +25,26 @@ def as_rows(X, normalize: bool = False):
     return ((X - MNIST_MEAN) / MNIST_STD).astype(X.dtype) if normalize else X
 
 
-def row_mnist_model(hidden: int = 128, nonlinearity: str = "tanh", init: str = "pytorch", num_layers: int = 1):
-    """``RNN(28, hidden) -> LastStep -> Linear(hidden, 10)``; the cost applies the softmax."""
-    return nn.Sequential(nn.RNN(28, hidden, num_layers=num_layers, nonlinearity=nonlinearity, init=init),
+CELLS = ("rnn", "lstm", "gru")
+
+
+def recurrent_layer(cell: str, input_size: int, hidden: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                    init: str = "pytorch", stateful: bool = False):
+    """``nn.RNN`` (with ``nonlinearity``), ``nn.LSTM`` or ``nn.GRU`` by name (``cell``: rnn, lstm, gru)."""
+    if cell == "rnn":
+        return nn.RNN(input_size, hidden, num_layers=num_layers, nonlinearity=nonlinearity, init=init,
+                      stateful=stateful)
+    if cell == "lstm":
+        return nn.LSTM(input_size, hidden, num_layers=num_layers, init=init, stateful=stateful)
+    if cell == "gru":
+        return nn.GRU(input_size, hidden, num_layers=num_layers, init=init, stateful=stateful)
+    raise ValueError(f"unknown cell {cell!r}: expected one of {', '.join(CELLS)}")
+
+
+def row_mnist_model(hidden: int = 128, nonlinearity: str = "tanh", init: str = "pytorch", num_layers: int = 1,
+                    cell: str = "rnn"):
+    """``RNN|LSTM|GRU(28, hidden) -> LastStep -> Linear(hidden, 10)``; the cost applies the softmax."""
+    return nn.Sequential(recurrent_layer(cell, 28, hidden, num_layers, nonlinearity, init),
                          nn.LastStep(), nn.Linear(hidden, 10, init="xavier"))
 
 
@@ -39,7 +58,7 @@ def make_optimizer(model, name: str = "adam", lr: float = 1e-3, momentum: float 
 
 def train_row_mnist(data, hidden=128, epochs=10, batch_size=64, lr=1e-3, optimizer="adam", momentum=0.9, clip=1.0,
                     nonlinearity="tanh", init="orthogonal", run=None, callbacks=None, train_size=None,
-                    normalize=True, schedule="cosine"):
+                    normalize=True, schedule="cosine", cell="rnn"):
     """Train :func:`row_mnist_model` on ``data`` (a :func:`deepscope.data.load_mnist` result).
 
     The defaults (128 tanh units, orthogonal W, standardised pixels, Adam 1e-3 decayed by a cosine schedule,
@@ -49,7 +68,7 @@ def train_row_mnist(data, hidden=128, epochs=10, batch_size=64, lr=1e-3, optimiz
     recurrent net learn faster. ``schedule="cosine"`` decays the learning rate to 0 along a half cosine over
     the epochs. ``run`` and ``callbacks`` are :func:`deepscope.train.fit`'s. Returns ``(model, history)``; the history has validation and test accuracy after every epoch.
     """
-    model = row_mnist_model(hidden, nonlinearity, init)
+    model = row_mnist_model(hidden, nonlinearity, init, cell=cell)
     opt = make_optimizer(model, optimizer, lr, momentum, clip=clip)
     callbacks = [ProgressBar()] if callbacks is None else list(callbacks)
     if schedule == "cosine":

@@ -21,22 +21,22 @@ from tqdm import tqdm
 from .. import backend, nn, optim
 from ..errors import DataError, NonFiniteError
 from ..train import step
+from .mnist import recurrent_layer
 
 
 def char_model(vocab_size: int, hidden: int = 256, embedding: int = 64, num_layers: int = 1,
-               nonlinearity: str = "tanh"):
-    """``Embedding(V, E) -> RNN(E, H, stateful) -> AllSteps -> Linear(H, V)`` (logits at every step)."""
+               nonlinearity: str = "tanh", cell: str = "rnn"):
+    """``Embedding(V, E) -> RNN|LSTM|GRU(E, H, stateful) -> Linear(H, V)`` (logits at every step)."""
     return nn.Sequential(nn.Embedding(vocab_size, embedding),
-                         nn.RNN(embedding, hidden, num_layers=num_layers, nonlinearity=nonlinearity,
-                                stateful=True),
-                         nn.AllSteps(), nn.Linear(hidden, vocab_size, init="xavier"))
+                         recurrent_layer(cell, embedding, hidden, num_layers, nonlinearity, stateful=True),
+                         nn.Linear(hidden, vocab_size, init="xavier"))
 
 
-def _rnn_of(model) -> nn.RNN:
+def _rnn_of(model) -> nn.Recurrent:
     for m in model.modules():
-        if isinstance(m, nn.RNN):
+        if isinstance(m, nn.Recurrent):
             return m
-    raise DataError("the model has no RNN layer")
+    raise DataError("the model has no recurrent layer")
 
 
 def evaluate_char_lm(model, corpus, split: str = "validation", batch_size: int = 32, seq_len: int = 100) -> float:
@@ -63,13 +63,16 @@ def evaluate_char_lm(model, corpus, split: str = "validation", batch_size: int =
 
 
 def train_char_lm(model, corpus, epochs: int = 10, batch_size: int = 32, seq_len: int = 100, lr: float = 2e-3,
-                  clip: float | None = 5.0, progress: bool = True, on_epoch_end=None, eval_batch_size: int = 32):
+                  clip: float | None = 5.0, progress: bool = True, on_epoch_end=None, eval_batch_size: int = 32,
+                  schedule: str = "none"):
     """Train ``model`` on ``corpus`` with Adam and truncated BPTT; return a list of per-epoch records
-    (``train_loss``, ``val_loss`` in nats/char, ``val_bpc``, ``seconds``, ``chars_per_s``)."""
+    (``train_loss``, ``val_loss`` in nats/char, ``val_bpc``, ``seconds``, ``chars_per_s``).
+    ``schedule="cosine"`` decays the learning rate to 0 along a half cosine over the epochs."""
     rnn = _rnn_of(model)
     if not rnn.stateful:
-        raise ValueError("train_char_lm needs a stateful RNN (RNN(..., stateful=True)) for truncated BPTT")
+        raise ValueError("train_char_lm needs a stateful recurrent layer (stateful=True) for truncated BPTT")
     opt = optim.Adam(model.parameters(), lr=lr, clip_norm=clip)
+    scheduler = optim.CosineLR(opt, epochs) if schedule == "cosine" else None
     cost = nn.SequenceLogLikelihood()
     xp, rng = backend.xp(), backend.rng()
     records = []
@@ -103,6 +106,8 @@ def train_char_lm(model, corpus, epochs: int = 10, batch_size: int = 32, seq_len
             on_epoch_end(epoch, record)
         if progress:
             tqdm.write(format_record(record))
+        if scheduler is not None:
+            scheduler.step(record)
     rnn.reset_state()
     return records
 
