@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from numba import njit
 
 _jit = njit(cache=True, nogil=True, fastmath=False, boundscheck=False)
@@ -33,22 +34,48 @@ def col2im(dcols, dx, sh, sw):
 @_jit
 def maxpool_forward(x, out, arg, kh, kw, sh, sw):
     """out = max over each window; arg = l·kw + m of its first maximum in row-major order (NaN propagates)."""
+    p_, h_, w_ = x.shape
+    ho, wo = out.shape[1], out.shape[2]
+    offsets = np.empty(kh * kw, np.int64)           # where offset (l, m) lies in a plane of h_·w_ numbers
+    for l in range(kh):
+        for m in range(kw):
+            offsets[l * kw + m] = l * w_ + m
+    for p in range(p_):
+        plane = x[p].reshape(h_ * w_)
+        for j in range(ho):
+            for k in range(wo):
+                base = j * sh * w_ + k * sw
+                best = plane[base]
+                at = 0
+                nan = best != best
+                for c in range(1, kh * kw):
+                    v = plane[base + offsets[c]]
+                    nan |= v != v
+                    if v > best:
+                        best = v
+                        at = c
+                out[p, j, k] = best if not nan else math.nan
+                arg[p, j, k] = at
+
+
+@_jit
+def maxpool2_forward(x, out, arg):
+    """maxpool_forward for the book's 2×2 windows with stride 2 (a loop the compiler unrolls)."""
     p_, ho, wo = out.shape
     for p in range(p_):
         for j in range(ho):
+            r0, r1, o, ar = x[p, 2 * j], x[p, 2 * j + 1], out[p, j], arg[p, j]
             for k in range(wo):
-                best = x[p, j * sh, k * sw]
-                at = 0
-                nan = False
-                for l in range(kh):
-                    for m in range(kw):
-                        v = x[p, j * sh + l, k * sw + m]
-                        nan |= v != v
-                        if v > best:
-                            best = v
-                            at = l * kw + m
-                out[p, j, k] = best if not nan else math.nan
-                arg[p, j, k] = at
+                a, b, c, d = r0[2 * k], r0[2 * k + 1], r1[2 * k], r1[2 * k + 1]
+                best, at = a, 0
+                if b > best:
+                    best, at = b, 1
+                if c > best:
+                    best, at = c, 2
+                if d > best:
+                    best, at = d, 3
+                o[k] = math.nan if a != a or b != b or c != c or d != d else best
+                ar[k] = at
 
 
 @_jit
@@ -60,6 +87,27 @@ def maxpool_backward(g, arg, dx, kw, sh, sw):
             for k in range(wo):
                 a = arg[p, j, k]
                 dx[p, j * sh + a // kw, k * sw + a % kw] += g[p, j, k]
+
+
+@_jit
+def maxpool2_backward(g, arg, dx):
+    """maxpool_backward for 2×2 windows with stride 2: writes every element of dx (no zeroing needed)."""
+    p_, ho, wo = g.shape
+    h_, w_ = dx.shape[1], dx.shape[2]
+    for p in range(p_):
+        for j in range(ho):
+            r0, r1, gr, ar = dx[p, 2 * j], dx[p, 2 * j + 1], g[p, j], arg[p, j]
+            for k in range(wo):
+                a, v = ar[k], gr[k]
+                r0[2 * k] = v if a == 0 else 0
+                r0[2 * k + 1] = v if a == 1 else 0
+                r1[2 * k] = v if a == 2 else 0
+                r1[2 * k + 1] = v if a == 3 else 0
+            for v in range(2 * wo, w_):              # a last odd column belongs to no window
+                r0[v] = 0
+                r1[v] = 0
+        for u in range(2 * ho, h_):                  # nor does a last odd row
+            dx[p, u, :] = 0
 
 
 @_jit

@@ -293,10 +293,12 @@ def _columns(xc, kh, kw, stride, padding, a, b):
     return numpy.ascontiguousarray(view)
 
 
-def conv2d_forward(x, weight, bias, stride, padding):
+def conv2d_forward(x, weight, bias, stride, padding, keep_columns=False):
     """Conv2d's forward, Z = W X + b, chunk by chunk of the mini-batch on the threads (X, the im2col columns,
-    built per chunk and not kept). Returns z as ``(N, out, H_out, W_out)``, a view of channel-major memory."""
+    built per chunk). Returns (z as ``(N, out, H_out, W_out)``, a view of channel-major memory; the columns of
+    every chunk if ``keep_columns``, for backward, else None)."""
     n, c, o, kh, kw, ho, wo, chunks, min_chunks = _conv_plan(x, weight, stride, padding)
+    kept = [None] * len(chunks) if keep_columns else None
     w2 = weight.reshape(o, -1)
     xc = x.transpose(1, 0, 2, 3)                                                # (C, N, H, W)
     z = numpy.empty((o, n, ho, wo), dtype=weight.dtype)
@@ -304,8 +306,11 @@ def conv2d_forward(x, weight, bias, stride, padding):
     hw = ho * wo
 
     def shard(s, e):
-        for a, b in chunks[s:e]:
+        for i in range(s, e):
+            a, b = chunks[i]
             cols = _columns(xc, kh, kw, stride, padding, a, b)
+            if kept is not None:
+                kept[i] = cols
             za = w2 @ cols.reshape(c * kh * kw, -1)                                    # Z = W X
             if bias is None:
                 z2[:, a * hw:b * hw] = za
@@ -313,12 +318,13 @@ def conv2d_forward(x, weight, bias, stride, padding):
                 numpy.add(za, bias[:, None], out=z2[:, a * hw:b * hw])                 #   + b
 
     parallel(shard, len(chunks), min_chunks)
-    return z.transpose(1, 0, 2, 3)
+    return z.transpose(1, 0, 2, 3), kept
 
 
-def conv2d_backward(x, weight, grad_output, stride, padding, input_grad=True):
+def conv2d_backward(x, weight, grad_output, stride, padding, input_grad=True, columns=None):
     """Conv2d's backward chunk by chunk on the threads: returns (∂C/∂W, ∂C/∂b, ∂C/∂x or None), with
-    ∂C/∂W = Δ Xᵀ, ∂C/∂b = Σ δ, ∂C/∂X = Wᵀ Δ scattered back by col2im (X rebuilt per chunk)."""
+    ∂C/∂W = Δ Xᵀ, ∂C/∂b = Σ δ, ∂C/∂X = Wᵀ Δ scattered back by col2im (X: ``columns`` kept by the forward, or
+    rebuilt per chunk)."""
     k = kernels()
     n, c, o, kh, kw, ho, wo, chunks, min_chunks = _conv_plan(x, weight, stride, padding)
     (ph, pw), (h, w) = padding, x.shape[2:]
@@ -329,8 +335,9 @@ def conv2d_backward(x, weight, grad_output, stride, padding, input_grad=True):
 
     def shard(s, e):
         parts = []
-        for a, b in chunks[s:e]:
-            cols = _columns(xc, kh, kw, stride, padding, a, b)
+        for i in range(s, e):
+            a, b = chunks[i]
+            cols = _columns(xc, kh, kw, stride, padding, a, b) if columns is None else columns[i]
             delta = g[:, a:b].reshape(o, -1)
             parts.append((delta @ cols.reshape(c * kh * kw, -1).T,                     # ∂C/∂W = Δ Xᵀ
                           delta.sum(axis=1)))                                           # ∂C/∂b = Σ δ
@@ -382,7 +389,10 @@ def maxpool2d_forward(x, kernel, stride):
     k = kernels()
     xp_, order = _planes(x)
     out, arg = _pool_out(xp_, kernel, stride), _pool_out(xp_, kernel, stride, numpy.int32)
-    _pool_run(lambda s, e: k.maxpool_forward(xp_[s:e], out[s:e], arg[s:e], *kernel, *stride), xp_)
+    if kernel == (2, 2) and stride == (2, 2):
+        _pool_run(lambda s, e: k.maxpool2_forward(xp_[s:e], out[s:e], arg[s:e]), xp_)
+    else:
+        _pool_run(lambda s, e: k.maxpool_forward(xp_[s:e], out[s:e], arg[s:e], *kernel, *stride), xp_)
     return _unplanes(out, order, *x.shape[:2]), (arg, order)
 
 
@@ -391,8 +401,12 @@ def maxpool2d_backward(grad_output, arg, x_like, kernel, stride):
     k = kernels()
     arg, order = arg
     g, _ = _planes(grad_output, order)
-    dx = numpy.zeros((arg.shape[0],) + x_like.shape[2:], dtype=grad_output.dtype)
-    _pool_run(lambda s, e: k.maxpool_backward(g[s:e], arg[s:e], dx[s:e], kernel[1], *stride), dx)
+    if kernel == (2, 2) and stride == (2, 2):
+        dx = numpy.empty((arg.shape[0],) + x_like.shape[2:], dtype=grad_output.dtype)
+        _pool_run(lambda s, e: k.maxpool2_backward(g[s:e], arg[s:e], dx[s:e]), dx)
+    else:
+        dx = numpy.zeros((arg.shape[0],) + x_like.shape[2:], dtype=grad_output.dtype)
+        _pool_run(lambda s, e: k.maxpool_backward(g[s:e], arg[s:e], dx[s:e], kernel[1], *stride), dx)
     return _unplanes(dx, order, *x_like.shape[:2])
 
 
