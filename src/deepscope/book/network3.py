@@ -45,6 +45,7 @@ from .. import backend, nn
 from ..errors import ArchitectureError, DataError, ShapeError
 from ..nn import init as _init
 from ..nn.activation import sigmoid as _sigmoid
+from .mnist_loader import expanded_training_data, find_expanded_mnist, find_mnist
 
 
 # -- activation functions (network3 passes these functions to the layers) -------------------------------
@@ -351,45 +352,17 @@ def load_data_shared(filename=None, data_dir=None):
     """MNIST as network3's ``[training_data, validation_data, test_data]``, each ``(X, y)`` with X float32
     ``(N, 1, 28, 28)`` in [0, 1] and y int64 ``(N,)`` (the book's 50k/10k/10k split).
 
-    The data come from :func:`deepscope.data.load_mnist` (its cache, a download, or its shipped sample).
-    ``filename`` is read as the book used it:
+    Found as the book's users keep it (:mod:`deepscope.book.mnist_loader`): ``filename`` (default: the book's
+    ``../data/mnist.pkl.gz``, relative to the working folder; a folder of MNIST files works too), then
+    deepscope's search (``data_dir``, ``$DEEPSCOPE_DATA``, the cache, a download), then the shipped sample
+    with a line saying so. The book's pickles are read with deepscope's safe unpickler (arrays only).
 
-    * None or a path to the book's ``mnist.pkl.gz`` that does not exist: deepscope's MNIST;
-    * a folder: ``load_mnist(data_dir=filename)``;
-    * a name containing ``expanded`` (the book's ``../data/mnist_expanded.pkl.gz``): the training set is
-      replaced by its one-pixel expansion (250,000 images, shuffled once, as expand_mnist.py did);
-    * an existing file (the book's ``mnist.pkl.gz`` or ``mnist_expanded.pkl.gz``): read by deepscope's
-      safe unpickler (arrays and tuples only).
+    A name containing ``expanded`` (the book's ``../data/mnist_expanded.pkl.gz``) is chapter 6's expanded
+    training set (250,000 images): read if the file exists, otherwise built from the same MNIST the
+    validation and test sets come from (:func:`deepscope.book.mnist_loader.find_expanded_mnist`).
     """
-    from .. import data as _data
-    from ..data.mnist import load_pickle
-
-    expanded = False
-    if filename is not None:
-        filename = os.fspath(filename)
-        expanded = "expanded" in os.path.basename(filename)
-        if os.path.isdir(filename):
-            data_dir = filename
-        elif os.path.isfile(filename):
-            return [(X.astype(numpy.float32).reshape(-1, 1, 28, 28), y.astype(numpy.int64))
-                    for X, y in load_pickle(filename)]
-        else:
-            print(f"deepscope: {filename} not found; using deepscope.data.load_mnist"
-                  + (" and expanding its training set" if expanded else ""))
-    mnist = _data.load_mnist(data_dir=data_dir)
-    training_data = mnist.train
-    if expanded:
-        training_data = expanded_training_data(training_data)
-    return [training_data, mnist.validation, mnist.test]
-
-
-def expanded_training_data(training_data, shuffle: bool = True):
-    """The book's expanded training set: each image and its four one-pixel shifts (5x), shuffled once with
-    the global generator (expand_mnist.py shuffled it; network3 never reshuffles)."""
-    from ..data.augment import expand_one_pixel
-
-    X, y = expand_one_pixel(*training_data)
-    if shuffle:
-        order = backend.rng().permutation(X.shape[0])
-        X, y = X[order], y[order]
-    return X, y
+    if filename is not None and "expanded" in os.path.basename(os.fspath(filename)):
+        mnist = find_expanded_mnist(filename, data_dir=data_dir)
+    else:
+        mnist = find_mnist(filename, data_dir=data_dir)
+    return [mnist.train, mnist.validation, mnist.test]

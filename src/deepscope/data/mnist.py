@@ -139,7 +139,7 @@ def load_mnist(dataset: str = "mnist", data_dir=None, download: bool = True, ver
         if files:
             return _from_idx(spec, dataset, files, source=str(folder), verify=False)
         if dataset == "mnist" and (folder / "mnist.pkl.gz").is_file():
-            return _from_pickle(folder / "mnist.pkl.gz")
+            return load_book_pickle(folder / "mnist.pkl.gz")
 
     if data_dir is not None:  # the user named a folder: never train on something else instead
         raise DataError(f"no {spec.title} files in {data_dir}: expected {', '.join(f + '[.gz]' for f in FILES)} "
@@ -310,7 +310,7 @@ def load_pickle(path):
         raise DataError(f"{path}: cannot read this pickle ({type(e).__name__}: {e})") from None
 
 
-def _from_pickle(path: Path) -> MNISTData:
+def load_book_pickle(path: Path) -> MNISTData:
     """The book's ``mnist.pkl.gz``: ((X, y) train, (X, y) validation, (X, y) test), X float32 (N, 784) in [0, 1)."""
     content = load_pickle(path)
     ok = isinstance(content, (tuple, list)) and len(content) == 3 and all(
