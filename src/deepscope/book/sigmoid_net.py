@@ -55,7 +55,7 @@ class SigmoidNetwork:
         for lin in self.linears:
             modules += [lin, nn.Sigmoid()]
         self.model = nn.Sequential(*modules[:-1]).to("float64")
-        self.linears[0].need_input_grad = False   # nobody reads ∂C/∂x of the data
+        self.model.needs_input_grad = False   # nobody reads ∂C/∂x of the data: the first layer skips it
 
     # -- the book's attributes ------------------------------------------------------------------------------
     @property
