@@ -12,7 +12,6 @@ in float64, with the book's random numbers (``np.random.randn``, ``random.shuffl
 """
 from __future__ import annotations
 
-import numpy as np
 
 from .network2 import QuadraticCost, sigmoid, sigmoid_prime
 from .sigmoid_net import SigmoidNetwork, stack
@@ -29,14 +28,10 @@ class Network(SigmoidNetwork):
         """Train by mini-batch stochastic gradient descent on ``training_data``, a list of ``(x, y)`` pairs
         (shuffled in place each epoch, as the book's). With ``test_data`` the number of test inputs
         classified correctly is printed after each epoch."""
-        if not isinstance(training_data, list):
-            training_data = list(training_data)
+        training_data, train, order = self.training_set(training_data)
         if test_data:
             n_test = len(test_data)
             test = stack(test_data)
-        n = len(training_data)
-        train = stack(training_data)
-        order = np.arange(n)
         loss, optimizer = self.loss(), self.optimizer(eta)
         for j in range(epochs):
             order = self.train_epoch(training_data, train, order, mini_batch_size, loss, optimizer)

@@ -95,14 +95,11 @@ class Network(SigmoidNetwork):
         training_accuracy)``, each of length ``epochs`` when its flag is set and empty otherwise; costs
         include the L2 term, accuracies are counts of correct examples.
         """
-        if not isinstance(training_data, list):
-            training_data = list(training_data)
+        training_data, train, order = self.training_set(training_data)
         if evaluation_data:
             n_data = len(evaluation_data)
             evaluation = stack(evaluation_data)
         n = len(training_data)
-        train = stack(training_data)
-        order = np.arange(n)
         loss, optimizer = self.loss(), self.optimizer(eta, lmbda, n)
         evaluation_cost, evaluation_accuracy = [], []
         training_cost, training_accuracy = [], []

@@ -127,6 +127,15 @@ class SigmoidNetwork:
         self.model.backward(loss.backward())
         optimizer.step()
 
+    @staticmethod
+    def training_set(training_data):
+        """``(training_data, data, order)`` for :meth:`train_epoch`: the list itself (a list is shuffled in
+        place, as the book's; anything else is copied into one), its examples stacked, and the identity order."""
+        if not isinstance(training_data, list):
+            training_data = list(training_data)
+        data = stack(training_data)
+        return training_data, data, np.arange(len(training_data))
+
     def train_epoch(self, training_data, data, order, mini_batch_size, loss, optimizer):
         """One epoch of the book's SGD: ``random.shuffle(training_data)`` (the list is shuffled in place, as
         the book's), then one step per mini-batch ``training_data[k:k+mini_batch_size]``. ``data`` is the list
