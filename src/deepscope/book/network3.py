@@ -48,6 +48,11 @@ from ..nn.activation import sigmoid as _sigmoid
 from .mnist_loader import expanded_training_data, find_expanded_mnist, find_mnist
 
 
+# network3's GPU flag. Theano compiled for the GPU when it was True; in deepscope a Network built while it is
+# True lives on the GPU (``model.to("cuda")``, CuPy; without CuPy and a GPU, one clear ConfigError).
+GPU = False
+
+
 # -- activation functions (network3 passes these functions to the layers) -------------------------------
 def linear(z):
     """a = z."""
@@ -83,6 +88,85 @@ def activation_module(fn) -> nn.Module:
         return nn.activation(fn)
     raise ArchitectureError(f"unknown activation_fn {fn!r}: use sigmoid, tanh, ReLU or linear from "
                             f"deepscope.book.network3 (or a deepscope.nn activation)")
+
+
+# -- what network3 exposed through Theano ------------------------------------------------------------------
+class SharedVariable:
+    """A layer's ``w`` or ``b`` as network3 exposed it (a Theano shared variable), over a deepscope Parameter.
+
+    ``eval()`` and ``get_value()`` return a NumPy copy in network3's layout (a fully connected layer's ``w`` is
+    ``(n_in, n_out)``, the transpose of deepscope's ``(n_out, n_in)``; conv filters and biases are as they are);
+    ``set_value(v)`` takes that layout. ``data`` and ``grad`` are the Parameter's own arrays (deepscope's layout).
+    """
+
+    def __init__(self, parameter, transpose: bool = False):
+        self.parameter = parameter
+        self.transpose = transpose
+
+    @property
+    def data(self):
+        return self.parameter.data
+
+    @data.setter
+    def data(self, value):
+        self.parameter.data = value
+
+    @property
+    def grad(self):
+        return self.parameter.grad
+
+    def eval(self):
+        value = backend.to_numpy(self.parameter.data)
+        return (value.T if self.transpose else value).copy()
+
+    def get_value(self, borrow: bool = False):
+        return self.eval()
+
+    def set_value(self, value, borrow: bool = False):
+        value = numpy.asarray(value)
+        value = value.T if self.transpose else value
+        if value.shape != tuple(self.parameter.data.shape):
+            raise ShapeError(f"set_value: expected shape {self.eval().shape}, got {numpy.shape(value.T if self.transpose else value)}")
+        self.parameter.data[...] = backend.to_device(value, backend.xp_of(self.parameter.data))
+
+    def __repr__(self):
+        return f"SharedVariable({self.eval().shape})"
+
+
+class SharedArray(numpy.ndarray):
+    """A data array as ``load_data_shared`` returned it in network3 (a Theano shared variable, or for the labels
+    ``T.cast(shared_y, "int32")``): a NumPy array that also answers ``eval()`` and ``get_value()``
+    (``test_data[1].eval()``, ``training_data[0].get_value(borrow=True)``) with itself as a plain array."""
+
+    def eval(self):
+        return self.view(numpy.ndarray)
+
+    def get_value(self, borrow: bool = False):
+        return self.view(numpy.ndarray)
+
+
+def shared(data):
+    """``(X, y)`` as network3's shared variables (:class:`SharedArray`)."""
+    return tuple(numpy.asarray(a).view(SharedArray) for a in data)
+
+
+def dropout_layer(layer, p_dropout):
+    """network3's ``dropout_layer``: ``layer`` with each entry kept with probability 1-p and zeroed otherwise,
+    unscaled; the mask comes from deepscope's generator (network3 drew it from Theano's RandomStreams)."""
+    xp = backend.xp_of(layer)
+    mask = backend.rng().random(layer.shape) >= p_dropout
+    return layer * backend.to_device(mask, xp, dtype=layer.dtype)
+
+
+class _NoTheano(AttributeError):
+    pass
+
+
+def _symbolic(name, instead):
+    """A property for a Theano symbol that has no deepscope counterpart: reading it says what to use."""
+    def fail(self):
+        raise _NoTheano(f"{name} was a Theano symbol in network3; deepscope computes directly: use {instead}")
+    return property(fail)
 
 
 # -- layers: network3's descriptions; Network turns them into deepscope modules ------------------------
@@ -134,7 +218,7 @@ class ConvPoolLayer:
         if quirks:
             conv.weight.data = _init.normal(self.filter_shape, self.init_std())
             conv.bias.data = _init.normal((c_out,), 1.0)
-        self.w, self.b = conv.weight, conv.bias
+        self.w, self.b = SharedVariable(conv.weight), SharedVariable(conv.bias)
         # network3: σ(maxpool(conv) + b); the bias is per map, so it commutes with the max.
         return [conv, nn.MaxPool2d(pool), activation_module(self.activation_fn)]
 
@@ -151,6 +235,8 @@ class FullyConnectedLayer:
     ``w.data`` is ``(n_out, n_in)`` (PyTorch's layout), the transpose of network3's ``(n_in, n_out)``.
     """
 
+    y_out = _symbolic("layer.y_out", "net.predict(X) (the most likely digit for each input)")
+
     def __init__(self, n_in, n_out, activation_fn=sigmoid, p_dropout=0.0):
         self.n_in, self.n_out = int(n_in), int(n_out)
         self.activation_fn = activation_fn
@@ -166,7 +252,7 @@ class FullyConnectedLayer:
         if quirks and not zero:
             lin.weight.data = _init.normal((self.n_out, self.n_in), self.init_std())
             lin.bias.data = _init.normal((self.n_out,), 1.0)
-        self.w, self.b = lin.weight, lin.bias
+        self.w, self.b = SharedVariable(lin.weight, transpose=True), SharedVariable(lin.bias)
         return lin
 
     def _head(self, quirks: bool, flatten: bool):
@@ -216,6 +302,9 @@ class Network:
         params: its Parameters, in order.
     """
 
+    x = _symbolic("net.x", "net.predict(X) or net.feedforward(X) on the inputs X themselves")
+    y = _symbolic("net.y", "the labels y themselves (net.accuracy((X, y)))")
+
     def __init__(self, layers, mini_batch_size, quirks: bool = True):
         self.layers = list(layers)
         self.mini_batch_size = int(mini_batch_size)
@@ -237,6 +326,8 @@ class Network:
                 raise ArchitectureError(f"Network: ConvPoolLayer {j} follows a fully connected layer")
             modules += layer.build(self.quirks, flatten=isinstance(prev, ConvPoolLayer))
         self.model = nn.Sequential(*modules)
+        if GPU:
+            self.model.to("cuda")    # network3's GPU flag: deepscope's device (CuPy; one clear error without it)
         self.params = self.model.parameters()
         self.cost = nn.LogLikelihoodCost()
         first = self.layers[0]
@@ -249,7 +340,7 @@ class Network:
         if int(numpy.prod(X.shape[1:])) != int(numpy.prod(self.input_shape)):
             raise ShapeError(f"Network: inputs of shape {tuple(X.shape)} do not fit the first layer, which "
                              f"takes {self.input_shape}")
-        return backend.asarray(X.reshape((n,) + tuple(self.input_shape)), dtype=self.model.dtype)
+        return backend.to_device(X.reshape((n,) + tuple(self.input_shape)), self.model.xp, dtype=self.model.dtype)
 
     def feedforward(self, X, batch_size: int = 1000):
         """The logits for ``X`` with the network in test mode (as a NumPy array)."""
@@ -310,7 +401,7 @@ class Network:
                     say("Training mini-batch number {0}".format(iteration))
                 idx = order[minibatch_index * mini_batch_size:(minibatch_index + 1) * mini_batch_size]
                 xb = self.inputs(training_x[idx])
-                yb = backend.asarray(y_all[idx])
+                yb = backend.to_device(y_all[idx], self.model.xp)
                 cost_ij = self.cost(self.model(xb), yb)
                 if not math.isfinite(cost_ij):
                     raise NonFiniteError(f"Network.SGD: the cost became {cost_ij} at iteration {iteration}; "
@@ -365,4 +456,5 @@ def load_data_shared(filename=None, data_dir=None):
         mnist = find_expanded_mnist(filename, data_dir=data_dir)
     else:
         mnist = find_mnist(filename, data_dir=data_dir)
-    return [mnist.train, mnist.validation, mnist.test]
+    return [shared(mnist.train), shared(mnist.validation), shared(mnist.test)]
+
