@@ -26,7 +26,7 @@ import random
 
 import numpy as np
 
-from .. import nn, optim
+from .. import nn, optim, train
 from ..errors import ShapeError
 from ..nn.activation import sigmoid
 from ..nn.loss import Loss
@@ -121,11 +121,9 @@ class SigmoidNetwork:
         return optim.SGD(self.model.parameters(), lr=eta, weight_decay=optim.book_weight_decay(lmbda, n))
 
     def step(self, loss, optimizer, X, Y):
-        """One mini-batch (rows of ``X``, ``Y``): forward, δ^L, backward (BP1-BP4), update."""
-        loss(self.model(X), Y)
-        optimizer.zero_grad()
-        self.model.backward(loss.backward())
-        optimizer.step()
+        """One mini-batch (rows of ``X``, ``Y``): forward, δ^L, backward (BP1-BP4), update
+        (:func:`deepscope.train.step`, which stops with a clear error if the cost is not finite)."""
+        train.step(self.model, loss, optimizer, X, Y)
 
     @staticmethod
     def training_set(training_data):
