@@ -8,7 +8,7 @@ and the README shows.
     plot_speed      the book's "Speed of learning": ‖∂C/∂b‖ per layer against steps, log y
     plot_time       the gradient through time ‖∂C/∂s_(T-k)‖ against k, one line per network
     plot_compare    depth × activation × init: speed-ratio and accuracy heatmaps
-    plot_filters    first-layer filters at initialisation, trained, and their change
+    plot_filters    first-layer filters (at initialisation, trained, and their change)
     plot_errors     misclassified images titled "true → predicted"
     image_png       one greyscale image as PNG bytes (the HTML report embeds them)
 """
@@ -115,18 +115,35 @@ def plot_compare(cells, depths, activations, inits, path) -> Path:
     return _save(plt, fig, path)
 
 
-def plot_filters(filters: np.ndarray, path, title: str = "first-layer filters") -> Path:
-    """A grid of filters ``(k, h, w)`` in one shared grey scale (light = small, dark = large weight, as in the book)."""
+def plot_filters(filters: np.ndarray, path, title: str = "first-layer filters", initial: np.ndarray | None = None
+                 ) -> Path:
+    """A grid of filters ``(k, h, w)`` in one shared grey scale (light = small, dark = large weight, as in the
+    book). With ``initial`` (the same filters before training), three grids: at initialisation, trained (one
+    grey scale for both), and the change trained − initial in its own scale centred on 0 (red +, blue −) —
+    what training wrote into them, which the trained grid alone hides when they stay close to their start."""
     plt = _pyplot()
     k = len(filters)
     cols = min(k, 10)
     rows = math.ceil(k / cols)
-    lo, hi = float(filters.min()), float(filters.max())
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 0.9 + 0.4), squeeze=False)
+    grids = [("trained", filters, "Greys", None)]
+    if initial is not None:
+        change = filters - initial
+        m = float(np.abs(change).max()) or 1.0
+        grids = [("at initialisation", initial, "Greys", None), grids[0],
+                 ("change: trained − initial (own scale, red +, blue −)", change, "RdBu_r", (-m, m))]
+    both = np.concatenate([g[1] for g in grids[:2]]) if initial is not None else filters
+    lo, hi = float(both.min()), float(both.max())
+    fig, axes = plt.subplots(rows * len(grids), cols, figsize=(cols * 0.9, len(grids) * (rows * 0.9 + 0.35) + 0.3),
+                             squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    for i, f in enumerate(filters):
-        axes.ravel()[i].imshow(f, cmap="Greys", vmin=lo, vmax=hi, interpolation="nearest")
+    for g, (label, images, cmap, limits) in enumerate(grids):
+        vmin, vmax = limits or (lo, hi)
+        for i, f in enumerate(images):
+            ax = axes[g * rows + i // cols, i % cols]
+            ax.imshow(f, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+        if len(grids) > 1:
+            axes[g * rows, 0].set_title(label, fontsize=8, loc="left", x=0.0, ha="left")
     return _save(plt, fig, path, title, tight_bbox=True)
 
 
@@ -146,9 +163,13 @@ def plot_errors(images: np.ndarray, true, pred, path, title: str) -> Path:
     return _save(plt, fig, path, title, tight_bbox=True)
 
 
-def image_png(image: np.ndarray, vmin: float = 0.0, vmax: float = 1.0, cmap: str = "Greys") -> bytes:
-    """One greyscale image ``(h, w)`` as PNG bytes, one pixel per value (dark = large, like the other figures)."""
-    plt = _pyplot()
+def image_png(image: np.ndarray, vmin: float = 0.0, vmax: float = 1.0) -> bytes:
+    """One greyscale image ``(h, w)`` as PNG bytes, one pixel per value, dark = large (the grey scale of the
+    figures above), for a page to embed."""
+    # Pillow (a dependency of matplotlib) encodes it directly: pyplot's import would cost ~1 s per process
+    from PIL import Image
+    scaled = (np.asarray(image, dtype=np.float64) - vmin) / ((vmax - vmin) or 1.0)
+    grey = np.round(255 * (1 - np.clip(scaled, 0, 1))).astype(np.uint8)
     buf = io.BytesIO()
-    plt.imsave(buf, np.asarray(image, dtype=np.float64), cmap=cmap, vmin=vmin, vmax=vmax, format="png")
+    Image.fromarray(grey, mode="L").save(buf, format="PNG")
     return buf.getvalue()

@@ -5,7 +5,7 @@ from pathlib import Path
 from deepscope import arch, backend, nn, optim
 from deepscope.data import load_mnist
 from deepscope.runs import Run
-from deepscope.scope import LearningSpeedRecorder
+from deepscope.report import live_callbacks
 from deepscope.train import fit
 
 CONV = "conv6x5-maxpool2-fc20-softmax10:relu"
@@ -18,7 +18,8 @@ def sample_mnist(n_train=300, n_eval=200):
 
 
 def train_run(path: Path, arch_string=CONV, epochs=2, eta=0.03, every=3, seed=0, callbacks=()):
-    """What `deepscope train --report` does, on 300 sample images: config.json, metrics, speed records, model."""
+    """What `deepscope train --report` does, on 300 sample images: a run with its config, metrics, speed records
+    (every ``every`` steps), model, and the report it keeps up to date (``report.html``)."""
     train, validation, test, source = sample_mnist()
     backend.manual_seed(seed)
     model = arch.build(arch_string, init="he")
@@ -28,9 +29,9 @@ def train_run(path: Path, arch_string=CONV, epochs=2, eta=0.03, every=3, seed=0,
                       "train_size": len(train[0]), "data_source": source, "n_train": len(train[0])},
                      "deepscope train")
     opt = optim.SGD(model.parameters(), lr=eta, momentum=0.9, weight_decay=optim.book_weight_decay(0.1, 300))
-    rec = LearningSpeedRecorder(model, every=every, run_dir=run.path)
+    report = live_callbacks(model, run.path, every=10, speed_every=every)
     with run:
         fit(model, nn.LogLikelihoodCost(), opt, train, epochs=epochs, batch_size=16, validation=validation,
-            test=test, run=run, callbacks=[rec, *callbacks])
-    rec.remove()
+            test=test, run=run, callbacks=[*report, *callbacks])
+    report[0].remove()
     return path

@@ -150,6 +150,24 @@ def test_filters_change_is_trained_minus_the_true_initial_weights(tmp_path):
     assert np.abs(source.first_layer_filters(other) - initial).max() > 0.05
 
 
+def test_live_report_follows_training_and_ends_as_a_full_page(tmp_path):
+    """During training the run's report.html reloads itself and holds every finished epoch; at the end it is
+    the full page (no reloading, confusion matrix and errors)."""
+    seen = []
+
+    class Look:   # runs after LiveReport in fit's callbacks
+        def on_record(self, epoch, record):
+            html = (tmp_path / "live" / "report.html").read_text(encoding="utf-8")
+            seen.append(epoch)
+            assert '<meta http-equiv="refresh"' in html and 'id="r0-confusion"' not in html
+            epochs = {r["epoch"] for r in _specs(html)["r0-accuracy"]["data"]["values"]}
+            assert epochs == set(range(1, epoch + 1))
+    train_run(tmp_path / "live", epochs=2, callbacks=[Look()])
+    assert seen == [1, 2]
+    html = (tmp_path / "live" / "report.html").read_text(encoding="utf-8")
+    assert "http-equiv" not in html and 'id="r0-confusion"' in html and 'id="r0-errors"' in html
+
+
 def test_several_runs_side_by_side(conv_run, text_run, tmp_path):
     html = write_report([conv_run, text_run], tmp_path / "both.html").read_text(encoding="utf-8")
     specs = _specs(html)
@@ -227,3 +245,14 @@ def test_report_in_chromium(kind, request, browser, tmp_path):
         Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, Path(SCREENSHOTS) / shot.name)
     page.close()
+
+
+def test_embedded_images_hold_the_pixels():
+    from io import BytesIO
+
+    from PIL import Image
+
+    from deepscope.figures import image_png
+    x = np.linspace(0, 1, 28 * 28).reshape(28, 28)
+    back = np.asarray(Image.open(BytesIO(image_png(x))))
+    np.testing.assert_array_equal(back, np.round(255 * (1 - x)).astype(np.uint8))   # dark = ink, as in MNIST plots

@@ -9,7 +9,7 @@ at initialisation, trained, and their change; misclassified test images and the 
 model's sample and bits per character; an experiment's results; a sweep's trials. :class:`LiveReport` rewrites
 it while a net trains.
 """
-from .live import LiveReport
+from .live import LiveReport, live_callbacks
 from .page import render, write_report
 
-__all__ = ["LiveReport", "render", "write_report"]
+__all__ = ["LiveReport", "live_callbacks", "render", "write_report"]

@@ -3,6 +3,9 @@
     live = LiveReport(run.path, every=1000)
     fit(model, cost, opt, train, epochs=30, batch_size=10, run=run, callbacks=[ProgressBar(), recorder, live])
 
+or ``callbacks=[ProgressBar(), *live_callbacks(model, run.path)]``, which is what ``--report`` adds to a
+training command.
+
 After every epoch is saved (and every ``every`` optimizer steps, for the speed panels) the page is written
 again, atomically, and reloads itself in the browser every ``refresh`` seconds. What needs a pass over the test
 set (misclassified images, the confusion matrix) waits for the end of training, when the final page (no
@@ -13,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import files
+from ..scope import LearningSpeedRecorder
 from . import source
 from .page import default_out, render
 
@@ -50,3 +54,9 @@ class LiveReport:
             self.write(live=True, refresh=0)
         else:
             self.write(live=False)
+
+
+def live_callbacks(model, run_dir, every: int = 1000, speed_every: int = 100) -> list:
+    """What ``--report`` adds to a training run: the learning-speed recorder (a record every ``speed_every``
+    steps, into the run's ``speed.jsonl``) and the live page (rewritten every epoch and every ``every`` steps)."""
+    return [LearningSpeedRecorder(model, every=speed_every, run_dir=run_dir), LiveReport(run_dir, every=every)]
