@@ -192,6 +192,7 @@ def test_incomplete_or_inconsistent_folder_raises(isolated):
 
 
 def test_sample_fallback(isolated, monkeypatch, capsys):
+    (isolated / "empty").mkdir()
     monkeypatch.setenv("DEEPSCOPE_DATA", str(isolated / "empty"))
     data = load_mnist(download=False)
     assert data.source == "embedded sample" and data.name == "mnist"
@@ -257,14 +258,14 @@ def test_download_checksum_mismatch_deletes_file_and_names_both_hashes(isolated,
     assert list(cache.iterdir()) == []
 
 
-def test_corrupt_cache_file_is_deleted(isolated):
+def test_corrupt_cache_file_is_named_and_kept(isolated):
     cache = isolated / "cache/deepscope/mnist"
     fake_mnist(cache)
     with pytest.raises(DataError) as err:
         load_mnist(download=False)
     msg = str(err.value)
-    assert "checksum mismatch" in msg and "deleted" in msg
-    assert len(list(cache.iterdir())) == 3
+    assert "SHA-256 checksum mismatch" in msg and "remove it to download it again" in msg
+    assert len(list(cache.iterdir())) == 4  # nothing a user put there is deleted
 
 
 def test_unreachable_mirrors_fall_back_to_sample(isolated, monkeypatch, capsys):
@@ -297,7 +298,13 @@ def test_fashion_download_checks_md5_of_gz(isolated, monkeypatch):
         load_mnist("fashion", verbose=False)
     assert hashlib.md5((mirror / "train-images-idx3-ubyte.gz").read_bytes()).hexdigest() in str(err.value)
     good = {f: hashlib.md5((mirror / (f + ".gz")).read_bytes()).hexdigest() for f in mnist_module.FILES}
+    with pytest.raises(DataError, match="MD5 checksum mismatch"):  # images are checked by MD5 of the .gz ...
+        load_mnist("fashion", verbose=False)
     monkeypatch.setitem(mnist_module._DATASETS, "fashion", dataclasses.replace(spec, md5_gz=good))
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz .*SHA-256 checksum mismatch"):
+        load_mnist("fashion", verbose=False)  # ... labels by the SHA-256 of the real files' bytes
+    sha = {f: sha256_of_idx(mirror / (f + ".gz")) for f in mnist_module.FILES if "labels" in f}
+    monkeypatch.setitem(mnist_module._DATASETS, "fashion", dataclasses.replace(spec, md5_gz=good, sha256=sha))
     assert load_mnist("fashion", verbose=False).source == str(isolated / "cache/deepscope/fashion")
 
 

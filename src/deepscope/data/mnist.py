@@ -23,12 +23,14 @@ and the 10,000 ``t10k`` images are the test set.
 """
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import gzip
 import hashlib
-import importlib
+import math
 import os
 import pickle
+import struct
 import sys
 import urllib.request
 import zlib
@@ -39,11 +41,11 @@ import numpy
 from .. import files
 from ..errors import DataError
 from . import idx
-from .idx import parse_idx
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
 SAMPLE_SPLITS = ("train", "validation", "test")
+MAX_IMAGES = 100_000   # per file; MNIST's largest holds 60,000. Checked on the header, before reading
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +54,8 @@ class _Spec:
     mirrors: tuple          # base URLs, tried in order
     subdirs: tuple          # subfolder names a data folder may use for this data set
     classes: tuple
-    sha256: dict | None = None   # SHA-256 of each DECOMPRESSED file
-    md5_gz: dict | None = None   # MD5 of each .gz file as published by the authors
+    sha256: dict | None = None   # SHA-256 of each DECOMPRESSED file (what identifies the data, whatever packed it)
+    md5_gz: dict | None = None   # MD5 of the .gz files as published, for the files whose SHA-256 we lack
 
 
 _DATASETS = {
@@ -70,20 +72,24 @@ _DATASETS = {
             "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
         },
     ),
-    # We could not obtain SHA-256 sums of the decompressed Fashion-MNIST files from a trustworthy source, so a
-    # download is checked against the MD5 sums of the .gz files that Zalando Research publishes in the data set's
-    # README, and every file's IDX structure (type, 28x28 images, matching counts) is checked as for MNIST.
+    # Fashion-MNIST: the SHA-256 of the two decompressed label files were computed from Zalando Research's own
+    # files (github.com/zalandoresearch/fashion-mnist, data/fashion/, whose .gz match the MD5 sums published in
+    # its README). We could not obtain its two image files, so they are identified by those published MD5 sums of
+    # their .gz when downloaded (a re-compressed copy is checked for structure only, never deleted); the labels
+    # alone tell Fashion-MNIST from MNIST.
     "fashion": _Spec(
         title="Fashion-MNIST",
         mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
         subdirs=("fashion", "fashion-mnist", "fashion_mnist"),
         classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                  "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        sha256={
+            "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+            "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+        },
         md5_gz={
             "train-images-idx3-ubyte": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-            "train-labels-idx1-ubyte": "25c81989df183df01b3e8a0aad5dffbe",
             "t10k-images-idx3-ubyte": "bef4ecab320f06d8554ea6380940ec79",
-            "t10k-labels-idx1-ubyte": "bb300cfdad3c16e7a12a480ee83cd310",
         },
     ),
 }
@@ -96,8 +102,10 @@ class MNISTData:
     Attributes:
         train, validation, test: the splits.
         name: ``"mnist"`` or ``"fashion"``.
-        source: the folder or file the images came from, or ``"embedded sample"``.
+        source: the absolute path of the folder or file the images came from, or ``"embedded sample"``.
         classes: the names of the ten classes.
+        sha256: the SHA-256 of each file's decompressed bytes, by file name.
+        verified: the files whose decompressed SHA-256 matched the data set's published files.
     """
     name: str
     train: tuple
@@ -105,6 +113,14 @@ class MNISTData:
     test: tuple
     source: str
     classes: tuple
+    sha256: dict = dataclasses.field(default_factory=dict)
+    verified: tuple = ()
+
+    @property
+    def identity(self) -> dict:
+        """What a run records about its data, to find and check the same data again."""
+        return {"dataset": self.name, "source": self.source, "sha256": dict(self.sha256),
+                "verified": list(self.verified)}
 
     def __repr__(self):
         sizes = "/".join(f"{len(s[1]):,}" for s in (self.train, self.validation, self.test))
@@ -137,7 +153,7 @@ def load_mnist(dataset: str = "mnist", data_dir=None, download: bool = True, ver
             missing = ", ".join(f"{f}[.gz]" for f in FILES if f not in files)
             raise DataError(f"{folder}: has some {spec.title} files but lacks {missing}")
         if files:
-            return _from_idx(spec, dataset, files, source=str(folder), verify=False)
+            return _from_idx(spec, dataset, files, source=folder, verify=False)
         if dataset == "mnist" and (folder / "mnist.pkl.gz").is_file():
             return load_book_pickle(folder / "mnist.pkl.gz")
 
@@ -148,7 +164,7 @@ def load_mnist(dataset: str = "mnist", data_dir=None, download: bool = True, ver
     cache = cache_dir() / dataset
     files = _find_idx_files(cache)
     if len(files) == len(FILES):
-        return _from_idx(spec, dataset, files, source=str(cache), verify=True)
+        return _from_idx(spec, dataset, files, source=cache, verify=True)
 
     reason = "download=False"
     if download:
@@ -157,7 +173,7 @@ def load_mnist(dataset: str = "mnist", data_dir=None, download: bool = True, ver
                 if name not in files:
                     files[name] = download_file(spec.mirrors, name + ".gz", cache, sha256=_get(spec.sha256, name),
                                                 md5=_get(spec.md5_gz, name), progress=verbose)
-            return _from_idx(spec, dataset, files, source=str(cache), verify=False)
+            return _from_idx(spec, dataset, files, source=cache, verify=False)
         except _DownloadFailed as e:
             reason = f"download failed: {e}"
 
@@ -173,12 +189,14 @@ def load_mnist(dataset: str = "mnist", data_dir=None, download: bool = True, ver
 
 def load_sample() -> MNISTData:
     """The MNIST sample shipped in the package (see ``scripts/build_mnist_sample.py``)."""
-    splits = []
+    splits, sums = [], {}
     for split in SAMPLE_SPLITS:
-        images = _read(SAMPLE_DIR / f"{split}-images-idx3-ubyte.gz")
-        labels = _read(SAMPLE_DIR / f"{split}-labels-idx1-ubyte.gz")
-        splits.append(_pair(images, labels, SAMPLE_DIR / f"{split}-images-idx3-ubyte.gz"))
-    return MNISTData("mnist", *splits, source="embedded sample", classes=_DATASETS["mnist"].classes)
+        pair = []
+        for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
+            pair.append(idx.load_idx(SAMPLE_DIR / f"{split}-{kind}.gz"))
+            sums[f"{split}-{kind}"] = pair[-1][1]
+        splits.append(_pair(pair[0][0], pair[1][0], SAMPLE_DIR / f"{split}-images-idx3-ubyte.gz"))
+    return MNISTData("mnist", *splits, source="embedded sample", classes=_DATASETS["mnist"].classes, sha256=sums)
 
 
 def cache_dir() -> Path:
@@ -190,8 +208,15 @@ def cache_dir() -> Path:
 # ---------------------------------------------------------------------------------------------- finding files
 
 def _user_folders(spec, data_dir):
-    roots = [Path(r).expanduser() for r in (data_dir, os.environ.get("DEEPSCOPE_DATA")) if r]
-    for root in roots:
+    """The folders to search, absolute: ``data_dir``'s, then ``$DEEPSCOPE_DATA``'s. A path that does not exist is
+    an error wherever it came from (a typo must not quietly train on the embedded sample)."""
+    named = [(data_dir, "data_dir"), (os.environ.get("DEEPSCOPE_DATA"), "$DEEPSCOPE_DATA")]
+    for root, by in named:
+        if not root:
+            continue
+        root = Path(root).expanduser().absolute()
+        if not root.is_dir():
+            raise DataError(f"no such folder: {root} (named by {by})")
         for sub in spec.subdirs:
             yield root / sub
         yield root
@@ -209,34 +234,67 @@ def _find_idx_files(folder: Path) -> dict:
 
 
 def _get(table, name):
-    return table[name] if table else None
+    return table.get(name) if table else None
 
 
 # ---------------------------------------------------------------------------------------------- reading
 
-def _read(path: Path, sha256=None, md5=None) -> numpy.ndarray:
-    """The array in the IDX file ``path``; with ``sha256``/``md5`` given, also verify the checksum (and delete
-    the file on a mismatch)."""
-    raw = idx.read_raw(path)
-    if md5 is not None and raw[:2] == b"\x1f\x8b":
-        _verify(path, "MD5", hashlib.md5(raw).hexdigest(), md5)
-    data = idx.decompress(raw, path)
-    if sha256 is not None:
-        _verify(path, "SHA-256", hashlib.sha256(data).hexdigest(), sha256)
-    return parse_idx(data, name=str(path))
+def _mnist_shaped(shape, dtype):
+    """What is wrong with an IDX header for MNIST's images ``(N, 28, 28)`` or labels ``(N,)``, or None."""
+    if dtype != numpy.uint8 or not (len(shape) == 1 or (len(shape) == 3 and shape[1:] == (28, 28))):
+        return f"expected uint8 images of shape (N, 28, 28) or labels (N,), got {dtype} {tuple(shape)}"
+    if shape[0] > MAX_IMAGES:
+        return f"header declares {shape[0]:,} items, more than the {MAX_IMAGES:,} an MNIST file may hold"
+    return None
 
 
-def _verify(path: Path, kind: str, actual: str, expected: str) -> None:
-    if actual != expected:
-        path.unlink(missing_ok=True)
-        raise DataError(f"{path}: {kind} checksum mismatch (expected {expected}, got {actual}); the file was deleted")
+def _read(path: Path, sha256=None, md5=None):
+    """``(array, sha256)`` of the IDX file ``path``; with ``sha256`` (of the decompressed bytes) or, for a file
+    whose SHA-256 we lack, ``md5`` (of the .gz as published) given, verify it (a mismatch is a DataError; the
+    file is left where it is)."""
+    array, actual = idx.load_idx(path, expect=_mnist_shaped)
+    if sha256 is not None and actual != sha256:
+        raise DataError(f"{path}: SHA-256 checksum mismatch (expected {sha256}, got {actual})")
+    if sha256 is None and md5 is not None:
+        got = _md5(path)
+        if got != md5:
+            raise DataError(f"{path}: MD5 checksum mismatch (expected {md5}, got {got})")
+    return array, actual
 
 
-def _from_idx(spec, dataset, files, source, verify) -> MNISTData:
-    arrays = {}
+def _md5(path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def identify(sha256: dict) -> dict:
+    """``{dataset: [file names]}``: which known data sets the files with these decompressed SHA-256 sums
+    belong to (a file matches when its hash is the published file's)."""
+    return {name: [f for f in FILES if spec.sha256 and spec.sha256.get(f) == sha256.get(f)]
+            for name, spec in _DATASETS.items()}
+
+
+def _from_idx(spec, dataset, files, source: Path, verify: bool) -> MNISTData:
+    """The data set in ``files``; refused if its files are another known data set's. With ``verify``
+    (the cache), every file whose SHA-256 is published must match it."""
+    arrays, sums = {}, {}
     for name, path in files.items():
-        sums = dict(sha256=_get(spec.sha256, name), md5=_get(spec.md5_gz, name)) if verify else {}
-        arrays[name] = _read(path, **sums)
+        try:
+            arrays[name], sums[name] = _read(path, sha256=_get(spec.sha256, name) if verify else None)
+        except DataError as e:
+            if not verify:
+                raise
+            raise DataError(f"{e}: not the published file; remove it to download it again") from None
+    matches = identify(sums)
+    for other, hits in matches.items():
+        if other != dataset and hits:
+            title = _DATASETS[other].title
+            raise DataError(f"{source} holds {title}, not {spec.title} (its {hits[0]} is {title}'s, by SHA-256); "
+                            f"ask for dataset {other!r}, or give a folder of {spec.title}")
+    verified = tuple(matches[dataset])
     X, y = _pair(arrays["train-images-idx3-ubyte"], arrays["train-labels-idx1-ubyte"],
                  files["train-images-idx3-ubyte"])
     test = _pair(arrays["t10k-images-idx3-ubyte"], arrays["t10k-labels-idx1-ubyte"], files["t10k-images-idx3-ubyte"])
@@ -244,8 +302,8 @@ def _from_idx(spec, dataset, files, source, verify) -> MNISTData:
         raise DataError(f"{files['train-images-idx3-ubyte']}: {len(y)} training images are too few to split")
     n_val = round(len(y) / 6)  # MNIST: the last 10,000 of 60,000
     n_train = len(y) - n_val
-    return MNISTData(dataset, (X[:n_train], y[:n_train]), (X[n_train:], y[n_train:]), test, source=source,
-                     classes=spec.classes)
+    return MNISTData(dataset, (X[:n_train], y[:n_train]), (X[n_train:], y[n_train:]), test, source=str(source),
+                     classes=spec.classes, sha256=sums, verified=verified)
 
 
 def _pair(images, labels, path):
@@ -262,19 +320,69 @@ def _pair(images, labels, path):
 
 # ---------------------------------------------------------------------------------------------- the book's pickle
 
-class _ArraysOnlyUnpickler(pickle.Unpickler):
+# The most decompressed bytes a pickle may hold (the book's mnist.pkl.gz holds 220 MB).
+MAX_PICKLE_BYTES = 1 << 30
+
+
+class _CheckedArray(numpy.ndarray):
+    """An array being unpickled: its state (shape, dtype, bytes) is checked before NumPy allocates anything."""
+
+    def __new__(cls, *args, **kwargs):  # ndarray(shape) named by a pickle would allocate what the file lacks
+        raise DataError(f"refused to build an array of shape {args[0] if args else '?'!r} from nothing in this pickle")
+
+    def __setstate__(self, state):
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise DataError("malformed array state in this pickle")
+        shape, dtype, _, data = state[-4:]
+        dtype = numpy.dtype(dtype)
+        if dtype.hasobject:
+            raise DataError("refused an array of Python objects in this pickle (only numbers are allowed)")
+        if not isinstance(data, (bytes, str)):
+            raise DataError(f"malformed array data in this pickle ({type(data).__name__})")
+        if not (isinstance(shape, tuple) and all(isinstance(d, int) and d >= 0 for d in shape)) \
+                or math.prod(shape) * dtype.itemsize != len(data):
+            raise DataError(f"an array in this pickle declares shape {shape!r} of {dtype} but holds {len(data):,} bytes")
+        super().__setstate__(state)
+
+
+def _new_array(subtype, shape, dtype):
+    """``numpy.core.multiarray._reconstruct``, which NumPy's pickles call with an empty shape before filling the
+    array from its state: any other shape would allocate memory the file does not hold."""
+    if subtype not in (numpy.ndarray, _CheckedArray) or tuple(shape) not in ((0,), ()):
+        raise DataError(f"refused to build an array of shape {shape!r} from nothing in this pickle")
+    return numpy.ndarray.__new__(_CheckedArray, (0,), dtype)
+
+
+def _frombuffer(buffer, dtype, shape, order):
+    """``numpy.core.numeric._frombuffer`` (protocol 5 pickles): an array over bytes the file holds."""
+    return numpy.frombuffer(buffer, dtype=numpy.dtype(dtype)).reshape(shape, order=order)
+
+
+def _dtype(*args):
+    dtype = numpy.dtype(*args)
+    if dtype.hasobject:
+        raise DataError("refused an array of Python objects in this pickle (only numbers are allowed)")
+    return dtype
+
+
+class _ArraysOnlyUnpickler(pickle._Unpickler):
     """An unpickler that can build NumPy arrays, tuples and lists, and refuses every other global.
 
     A pickle can name any importable callable (``os.system``, ``builtins.eval``...) and have it called while
     loading; this one only admits what ``ndarray.__reduce__`` produces: ``_reconstruct`` / ``_frombuffer``,
     ``ndarray``, ``dtype``, and ``_codecs.encode`` (how Python 3 writes bytes in a protocol-2 pickle; it only
-    turns a string into bytes).
+    turns a string into bytes). Each is replaced by a checked version, so that a small file cannot ask for a
+    huge array: an array's declared size must equal the bytes the file holds for it.
+
+    It is Python's pure-Python unpickler (``pickle._Unpickler``): that one asks its file for each
+    length-prefixed object (bytes, strings) before building it, so :class:`_Bounded` refuses a declared length
+    the file cannot hold; the C unpickler allocates first.
     """
 
     _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+        ("numpy.core.multiarray", "_reconstruct"): _new_array, ("numpy._core.multiarray", "_reconstruct"): _new_array,
+        ("numpy.core.numeric", "_frombuffer"): _frombuffer, ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+        ("numpy", "ndarray"): _CheckedArray, ("numpy", "dtype"): _dtype, ("_codecs", "encode"): codecs.encode,
     }
 
     def __init__(self, file, name):
@@ -284,30 +392,75 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) not in self._ALLOWED:
             raise DataError(f"{self.name}: refused to load {module}.{name} (only NumPy arrays are allowed in this pickle)")
-        if module == "numpy":
-            return getattr(numpy, name)
-        if module == "_codecs":
-            import _codecs
-            return _codecs.encode
-        submodule = module.rsplit(".", 1)[1]
-        try:
-            return getattr(importlib.import_module("numpy._core." + submodule), name)
-        except ImportError:  # NumPy 1.x
-            return getattr(importlib.import_module("numpy.core." + submodule), name)
+        return self._ALLOWED[(module, name)]
+
+    def _load_bytearray8(self):  # pickle's own allocates the declared length before reading it
+        (n,) = struct.unpack("<Q", self.read(8))
+        self.append(bytearray(self.read(n)))
+
+    dispatch = {**pickle._Unpickler.dispatch, pickle.BYTEARRAY8[0]: _load_bytearray8}
+
+
+class _Bounded:
+    """The file an unpickler reads: refuses any read that would take it past ``limit`` decompressed bytes in
+    all, before reading (so before anything of that size is allocated)."""
+
+    def __init__(self, stream, limit: int, name: str):
+        self.stream, self.left, self.name = stream, limit, name
+
+    def _refuse(self, n):
+        raise DataError(f"{self.name}: declares {n:,} more bytes than the {MAX_PICKLE_BYTES:,} deepscope reads "
+                        f"from a pickle")
+
+    def read(self, n=-1):
+        if n is None or n < 0:
+            n = self.left + 1
+        elif n > self.left:
+            self._refuse(n)
+        parts, got = [], 0
+        while got < n:
+            part = self.stream.read(min(n - got, 1 << 24))
+            if not part:
+                break
+            parts.append(part)
+            got += len(part)
+        if got > self.left:
+            self._refuse(got)
+        self.left -= got
+        return b"".join(parts)
+
+    def readline(self):
+        line = self.stream.readline(self.left + 1)
+        if len(line) > self.left:
+            self._refuse(len(line))
+        self.left -= len(line)
+        return line
 
 
 def load_pickle(path):
-    """The object in the (optionally gzipped) pickle ``path``, if it is built only of NumPy arrays and tuples."""
+    """The object in the (optionally gzipped) pickle ``path``, if it is built only of NumPy arrays and tuples
+    (each returned as a plain ``numpy.ndarray``)."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
             opener = gzip.open if f.read(2) == b"\x1f\x8b" else open
         with opener(path, "rb") as f:
-            return _ArraysOnlyUnpickler(f, str(path)).load()
-    except DataError:
-        raise
-    except (OSError, EOFError, zlib.error, pickle.UnpicklingError, ValueError, TypeError, AttributeError) as e:
+            content = _ArraysOnlyUnpickler(_Bounded(f, MAX_PICKLE_BYTES, str(path)), str(path)).load()
+    except DataError as e:
+        raise DataError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
+    except (OSError, EOFError, zlib.error, pickle.UnpicklingError, ValueError, TypeError, AttributeError,
+            IndexError, KeyError, MemoryError, RecursionError) as e:
         raise DataError(f"{path}: cannot read this pickle ({type(e).__name__}: {e})") from None
+    return _plain(content)
+
+
+def _plain(obj):
+    """``obj`` with every checked array turned back into a plain ndarray (tuples and lists kept)."""
+    if isinstance(obj, numpy.ndarray):
+        return obj.view(numpy.ndarray)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_plain(o) for o in obj)
+    return obj
 
 
 def load_book_pickle(path: Path) -> MNISTData:
@@ -363,7 +516,8 @@ def download_file(mirrors, filename, folder, sha256=None, md5=None, progress=Tru
             try:
                 _read(tmp, sha256=sha256, md5=md5)
             except DataError as e:
-                raise DataError(str(e).replace(str(tmp), f"{url} (downloaded as {tmp})")) from None
+                raise DataError(str(e).replace(str(tmp), f"{url} (downloaded as {tmp})")
+                                + "; the download was deleted") from None
 
         try:  # written to a temporary file, moved into place only once verified; removed on any failure
             return files.atomic_write(folder / filename, fetch)
