@@ -20,9 +20,11 @@ contains a class :func:`load` could not rebuild.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
+from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from . import backend, files, nn
@@ -120,36 +122,72 @@ def _with(stem: Path, suffix: str) -> Path:
     return stem.with_name(stem.name + suffix)
 
 
-def build_from_config(cfg: dict):
+# A layer's constructor arguments bound what it allocates. Before a model described in a file is built, the
+# product of each layer's integer arguments (in_features × out_features, channels × kernel, ...) must be at most
+# this many times the number of values in its weights file (or 2^22): a 150-byte model.json cannot make us
+# allocate gigabytes before load_state_dict finds that the weights do not fit.
+_ALLOC_SLACK, _ALLOC_FLOOR = 16, 1 << 22
+MAX_DESCRIPTION_BYTES = 1 << 24  # a model.json describes layers, not weights: 16 MB is plenty
+
+
+def _declared_size(args) -> int:
+    """The product of the positive integers in a layer's arguments (nested in lists too)."""
+    size = 1
+    for v in (args.values() if isinstance(args, dict) else args):
+        if isinstance(v, (list, tuple)):
+            size *= _declared_size(v)
+        elif isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            size *= v
+    return size
+
+
+def _stored_values(path) -> int:
+    """How many values the safetensors file ``path`` holds, read from its header alone."""
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise DataError(f"cannot read {path}: {e}") from None
+
+
+def build_from_config(cfg: dict, max_size: int | None = None):
     """Rebuild a module from :meth:`Module.config` output, admitting only deepscope.nn's classes and the
-    registered ones (the name read from the file is looked up in that table, never imported)."""
+    registered ones (the name read from the file is looked up in that table, never imported).
+    ``max_size``: refuse a layer whose arguments declare more (see ``_declared_size``) before building it."""
     kind = cfg.get("type") if isinstance(cfg, dict) else None
     cls = _classes().get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise DataError(f"model description names an unknown layer type {kind!r} (deepscope's layers and "
                         f"classes registered with deepscope.register only)")
     if kind == "Sequential":
-        return cls(*[build_from_config(c) for c in cfg["modules"]])
+        return cls(*[build_from_config(c, max_size) for c in cfg["modules"]])
     if kind == "Residual":
         shortcut = cfg.get("shortcut")
-        return cls(build_from_config(cfg["block"]), None if shortcut is None else build_from_config(shortcut))
+        return cls(build_from_config(cfg["block"], max_size),
+                   None if shortcut is None else build_from_config(shortcut, max_size))
     if kind == "Concat":
-        return cls(*[build_from_config(c) for c in cfg["branches"]], dim=cfg.get("dim", 1))
-    args = _modules_in(cfg.get("args", {}))
+        return cls(*[build_from_config(c, max_size) for c in cfg["branches"]], dim=cfg.get("dim", 1))
+    args = cfg.get("args", {})
+    if not isinstance(args, dict):
+        raise DataError(f"model description: the arguments of {kind} must be an object, got {args!r}")
+    if max_size is not None and _declared_size(args) > max_size:
+        raise DataError(f"model description declares {kind}({', '.join(f'{k}={v!r}' for k, v in args.items())}), "
+                        f"far larger than the weights saved with it")
+    args = _modules_in(args, max_size)
     try:
         return cls(**args)
     except TypeError as e:
         raise DataError(f"cannot build {kind} from the arguments {cfg.get('args')}: {e}") from None
 
 
-def _modules_in(obj):
+def _modules_in(obj, max_size=None):
     """Constructor arguments with every ``{"module": config}`` (a module argument) rebuilt."""
     if isinstance(obj, dict):
         if set(obj) == {"module"} and isinstance(obj["module"], dict):
-            return build_from_config(obj["module"])
-        return {k: _modules_in(v) for k, v in obj.items()}
+            return build_from_config(obj["module"], max_size)
+        return {k: _modules_in(v, max_size) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_modules_in(v) for v in obj]
+        return [_modules_in(v, max_size) for v in obj]
     return obj
 
 
@@ -162,16 +200,21 @@ def load(path):
     desc_path = _with(stem, ".json")
     if not desc_path.exists():
         raise DataError(f"no saved model at {path} (expected {desc_path})")
+    if desc_path.stat().st_size > MAX_DESCRIPTION_BYTES:
+        raise DataError(f"{desc_path}: {desc_path.stat().st_size:,} bytes is too large for a model description "
+                        f"(at most {MAX_DESCRIPTION_BYTES:,})")
     try:
         desc = json.loads(desc_path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise DataError(f"{desc_path} is not valid JSON: {e}") from None
+    weights = _with(stem, ".safetensors")
+    max_size = max(_ALLOC_SLACK * _stored_values(weights), _ALLOC_FLOOR) if weights.exists() else _ALLOC_FLOOR
     rng_state = backend.get_rng_state()
     try:
-        model = build_from_config(desc["model"])
-    except DataError:
-        raise
-    except (KeyError, TypeError, ValueError) as e:
+        model = build_from_config(desc["model"], max_size)
+    except DataError as e:
+        raise DataError(str(e) if str(e).startswith(str(desc_path)) else f"{desc_path}: {e}") from None
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as e:
         raise DataError(f"{desc_path}: cannot build the model it describes ({type(e).__name__}: {e})") from None
     finally:
         backend.set_rng_state(rng_state)   # building drew initial weights that the saved ones replace
