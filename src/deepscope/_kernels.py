@@ -208,6 +208,16 @@ def sgd(w, g, v, lr, momentum, decay, n_decayed):
 
 
 @_jit
+def sgd_pytorch(w, g, v, lr, momentum, decay, n_decayed):
+    """PyTorch's momentum: v ← μv + (∇C + λ'w), w ← w - ηv (λ' on the first ``n_decayed`` entries)."""
+    for i in range(w.size):
+        gi = g[i] + decay * w[i] if i < n_decayed and decay != 0.0 else g[i]
+        vi = v[i] * momentum + gi
+        v[i] = vi
+        w[i] -= lr * vi
+
+
+@_jit
 def adam(w, g, m, v, lr_c1, b1, b2, c2, eps, decay, n_decayed):
     """m ← β₁m + (1-β₁)g, v ← β₂v + (1-β₂)g², w ← w - (η/c₁) m/(√(v/c₂) + ε), g = ∇C + λ'w on the weights."""
     for i in range(w.size):

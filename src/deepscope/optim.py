@@ -1,11 +1,16 @@
 """Optimisers and learning-rate schedules.
 
-SGD with momentum and L2 weight decay (the book's ch. 3):
+SGD with momentum and L2 weight decay (the book's ch. 3). Two ways of writing momentum are in use; with a constant
+η they take the same steps, and they part when η changes (a schedule):
 
-    v ← μ v - η (∇C + λ' w)          (λ' = weight_decay; weights only, never biases)
-    w ← w + v
+    momentum_form="pytorch" (default; torch.optim.SGD):   v ← μ v + (∇C + λ' w),   w ← w - η v
+    momentum_form="book" (the book's ch. 3):               v ← μ v - η (∇C + λ' w),  w ← w + v
 
-With μ = 0 this is network2's update w ← (1 - ηλ/n) w - η ∇C when ``weight_decay = λ/n`` (n the size of the
+(λ' = weight_decay; weights only, never biases.) In the book's form the velocity carries the η of past steps, so
+after η is halved the weights still move by the old η's velocity, and at η = 0 they keep moving; in PyTorch's
+form η scales the whole step when it is taken, so η = 0 stops the weights at once.
+
+With μ = 0 both are network2's update w ← (1 - ηλ/n) w - η ∇C when ``weight_decay = λ/n`` (n the size of the
 training set): use :func:`book_weight_decay` to express the book's λ. PyTorch's ``weight_decay`` is the same
 λ' (PyTorch decays biases too unless told otherwise; we follow the book and leave biases alone).
 
@@ -35,6 +40,17 @@ def clip_grad_norm(params, max_norm: float) -> float:
         for p in params:
             p.grad *= scale
     return total
+
+
+def check_number(owner: str, name: str, value, ok, must: str) -> float:
+    """``value`` as a float if it is a finite number for which ``ok(value)`` holds; else a ConfigError in one line."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{owner}: {name} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(number) or not ok(number):
+        raise ConfigError(f"{owner}: {name} must be {must}, got {value!r}")
+    return number
 
 
 def _is_weight(shape) -> bool:
@@ -110,11 +126,11 @@ class Optimizer:
         self.params = list(params)
         if not self.params:
             raise ConfigError(f"{type(self).__name__}: no parameters to optimise")
-        if lr <= 0:
-            raise ConfigError(f"{type(self).__name__}: learning rate must be positive, got {lr}")
-        self.lr = float(lr)
-        self.weight_decay = float(weight_decay)
-        self.clip_norm = clip_norm
+        owner = type(self).__name__
+        self.lr = check_number(owner, "lr", lr, lambda v: v > 0, "a positive number")
+        self.weight_decay = check_number(owner, "weight_decay", weight_decay, lambda v: v >= 0, "at least 0")
+        self.clip_norm = None if clip_norm is None else check_number(owner, "clip_norm", clip_norm, lambda v: v > 0,
+                                                                     "a positive number (or None)")
         self.last_grad_norm = None
         self.steps = 0
         self.flat = FlatParameters(self.params)
@@ -162,15 +178,24 @@ class SGD(Optimizer):
 
     Args:
         params: the parameters (``model.parameters()``).
-        lr: η, the learning rate.
-        momentum: μ (0 = plain SGD).
-        weight_decay: λ' added as λ'w to each weight's gradient (see :func:`book_weight_decay`).
+        lr: η, the learning rate (positive).
+        momentum: μ in [0, 1) (0 = plain SGD).
+        weight_decay: λ' ≥ 0 added as λ'w to each weight's gradient (see :func:`book_weight_decay`).
         clip_norm: clip the global gradient norm to this value before each step (None = off).
+        momentum_form: ``"pytorch"`` (default: v ← μv + ∇C, w ← w - ηv, as ``torch.optim.SGD``) or ``"book"``
+            (v ← μv - η∇C, w ← w + v); see the module's docstring for where they differ.
     """
 
-    def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0, clip_norm=None):
+    FORMS = ("pytorch", "book")
+
+    def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0, clip_norm=None,
+                 momentum_form: str = "pytorch"):
         super().__init__(params, lr, weight_decay, clip_norm)
-        self.momentum = float(momentum)
+        self.momentum = check_number("SGD", "momentum", momentum, lambda v: 0 <= v < 1, "in [0, 1)")
+        if momentum_form not in self.FORMS:
+            raise ConfigError(f"SGD: momentum_form must be one of {', '.join(map(repr, self.FORMS))}, "
+                              f"got {momentum_form!r}")
+        self.momentum_form = momentum_form
         self._v = self.flat.state() if momentum else None
 
     @property
@@ -195,14 +220,21 @@ class SGD(Optimizer):
                 if decay:
                     w[:nd] *= 1.0 - lr * decay                  # network2: w <- (1 - ηλ/n) w - η ∇C
                 w[...] -= lr * g
-            else:
+            elif book:
                 v[...] *= mu                                    # v <- μ v - η (∇C + λ' w)
                 v[...] -= lr * g
                 if decay:
                     v[:nd] -= (lr * decay) * w[:nd]
                 w[...] += v                                     # w <- w + v
+            else:
+                v[...] *= mu                                    # v <- μ v + (∇C + λ' w)
+                v[...] += g
+                if decay:
+                    v[:nd] += decay * w[:nd]
+                w[...] -= lr * v                                # w <- w - η v
 
-        kernel = cpu.kernels() and cpu.kernels().sgd
+        book = self.momentum_form == "book"
+        kernel = cpu.kernels() and (cpu.kernels().sgd if book or v is None else cpu.kernels().sgd_pytorch)
         empty = backend.xp_of(w).empty(0, dtype=w.dtype)
         self._update(lambda w_, g_, v_, n: kernel(w_, g_, v_, lr, mu, decay, n), w, g,
                      empty if v is None else v, reference=reference)
@@ -210,14 +242,20 @@ class SGD(Optimizer):
     def state_dict(self) -> dict:
         state = super().state_dict()
         if self._v is not None:
+            state["momentum_form"] = self.momentum_form
             state["velocity"] = [backend.to_numpy(v).copy() for v in self.velocity]
         return state
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         if self._v is not None and "velocity" in state:
+            velocity = state["velocity"]
+            saved_form = state.get("momentum_form", "book")  # checkpoints written before the two forms existed
+            if saved_form != self.momentum_form:  # the same motion in the other convention: v_book = -η v_pytorch
+                scale = -self.lr if self.momentum_form == "book" else -1.0 / self.lr
+                velocity = [backend.to_numpy(v) * scale for v in velocity]
             self._sync()
-            self.flat.load(self._v, state["velocity"], self.params)
+            self.flat.load(self._v, velocity, self.params)
 
 
 class Adam(Optimizer):
@@ -230,8 +268,11 @@ class Adam(Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, clip_norm=None):
         super().__init__(params, lr, weight_decay, clip_norm)
-        self.betas = (float(betas[0]), float(betas[1]))
-        self.eps = float(eps)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ConfigError(f"Adam: betas must be a pair (β₁, β₂), got {betas!r}")
+        self.betas = tuple(check_number("Adam", f"betas[{i}]", b, lambda v: 0 <= v < 1, "in [0, 1)")
+                           for i, b in enumerate(betas))
+        self.eps = check_number("Adam", "eps", eps, lambda v: v > 0, "a positive number")
         self._m, self._v = self.flat.state(), self.flat.state()
 
     @property

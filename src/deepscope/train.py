@@ -34,7 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import backend
-from .errors import ConfigError, NonFiniteError, ShapeError
+from .errors import ConfigError, DataError, NonFiniteError, ShapeError
 from .runs import History
 from .scope.anomaly import AnomalyDetector
 
@@ -121,8 +121,12 @@ def fit(model, cost, optimizer, train, epochs: int, batch_size: int, validation=
         callbacks: see the module's docstring. Default: ``[ProgressBar()]``; pass ``[]`` for silence.
     """
     train = train if isinstance(train, Batches) else Batches(*train)
-    if batch_size < 1:
-        raise ConfigError(f"fit: batch_size must be >= 1, got {batch_size}")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ConfigError(f"fit: {name} must be a whole number >= 1, got {value!r}")
+    if len(train) == 0:
+        raise ConfigError("fit: no training examples (train holds 0 inputs)")
+    check_inputs("fit", train.X)
     callbacks = [ProgressBar()] if callbacks is None else list(callbacks)
     history, start = History(), 0
     if run is not None:
@@ -340,6 +344,23 @@ def predict_logits(model, X, batch_size: int = 1000):
     return np.concatenate(outs) if outs else np.zeros((0,))
 
 
+def check_inputs(who: str, X) -> None:
+    """Refuse inputs a net would take without complaint and answer wrongly: raw uint8 pixels (0..255, where the
+    nets expect [0, 1]) and NaN or infinite values (whose outputs would count as some class)."""
+    dtype = getattr(X, "dtype", None)
+    if dtype is None:
+        return
+    if dtype == np.uint8:
+        raise DataError(f"{who}: the inputs are uint8 (raw pixel values 0..255?): scale them to floats in [0, 1] "
+                        f"first, e.g. X.astype('float32') / 255")
+    if dtype.kind in "fc" and len(X):
+        xp = backend.xp_of(X)
+        bad = ~xp.isfinite(X).reshape(len(X), -1).all(axis=1)
+        if bool(bad.any()):
+            raise DataError(f"{who}: {int(bad.sum()):,} of {len(X):,} inputs hold NaN or infinity "
+                            f"(the first is input {int(xp.argmax(bad))})")
+
+
 def evaluate(model, X, y, batch_size: int = 1000) -> float:
     """Classification accuracy of ``model`` on ``(X, y)``, in [0, 1]. ``y`` holds integer labels, or one-hot
     vectors (network.py's training data), which count by their largest entry."""
@@ -347,6 +368,7 @@ def evaluate(model, X, y, batch_size: int = 1000) -> float:
         raise ShapeError(f"evaluate: {len(X)} inputs but {len(y)} labels")
     if len(X) == 0:
         return float("nan")
+    check_inputs("evaluate", X)
     logits = predict_logits(model, X, batch_size)
     predicted = logits.argmax(axis=-1)
     y = backend.to_numpy(y)

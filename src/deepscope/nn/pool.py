@@ -20,6 +20,11 @@ holds offset (l, m) of every window at once. Forward combines these slices; back
 strided slices of ∂C/∂x, so overlapping windows (stride < kernel) accumulate correctly, and nothing
 needs ``add.at``. When windows do not overlap each element belongs to one window and backward assigns.
 
+Integer input (e.g. uint8 pixels) is converted to the default float dtype first, as ``Conv2d`` and ``Linear``
+convert it to their weights' dtype: an average or a sum of squares computed in uint8 would wrap around. L2
+pooling sums its squares in at least float32 (in float16, squares of small values underflow to 0 and of
+large ones overflow to inf) and returns the input's dtype.
+
 Shape:
     - Input: ``(N, C, H, W)``.  Output: ``(N, C, H_out, W_out)``.
 """
@@ -42,7 +47,8 @@ class _Pool2d(Module):
                              f"kernel_size={kernel_size}, stride={stride}")
 
     def _start(self, x):
-        """Check ``x``, remember its shape and return (H_out, W_out)."""
+        """Check ``x``, remember its shape and (H_out, W_out), and return it as floats (integer input converted
+        to the default dtype)."""
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         if x.ndim != 4:
             raise self.shape_error("(N, C, H, W)", x.shape)
@@ -50,7 +56,7 @@ class _Pool2d(Module):
             raise self.shape_error(f"(N, C, H, W) with H >= {kh} and W >= {kw}", x.shape)
         self._x_shape = x.shape
         self._ho, self._wo = (x.shape[2] - kh) // sh + 1, (x.shape[3] - kw) // sw + 1
-        return self._ho, self._wo
+        return x if x.dtype.kind == "f" else x.astype(backend.default_dtype())
 
     def _offsets(self, a):
         """Yield ``(l, m, a[:, :, l::s, m::s])`` for every kernel offset, each slice cut to H_out×W_out."""
@@ -107,7 +113,7 @@ class MaxPool2d(_Pool2d):
 
     def forward(self, x):
         xp = backend.xp_of(x)
-        self._start(x)
+        x = self._start(x)
         self._arg = None
         if cpu.fast(x):   # the same max, one pass in the CPU's threads, remembering where it was
             out, self._arg = cpu.maxpool2d_forward(x, self.kernel_size, self.stride)
@@ -147,7 +153,7 @@ class AvgPool2d(_Pool2d):
 
     def forward(self, x):
         xp = backend.xp_of(x)
-        self._start(x)
+        x = self._start(x)
         if cpu.fast(x):   # the same sum, one pass in the CPU's threads
             total = cpu.sumpool2d_forward(x, self.kernel_size, self.stride)
         else:
@@ -175,12 +181,14 @@ class L2Pool2d(_Pool2d):
 
     def forward(self, x):
         xp = backend.xp_of(x)
-        self._start(x)
-        if cpu.fast(x):   # the same sum of squares, one pass in the CPU's threads
+        x = self._start(x)
+        if cpu.fast(x) and x.dtype.itemsize >= 4:   # the same sum of squares, one pass in the CPU's threads
             total = cpu.sumpool2d_forward(x, self.kernel_size, self.stride, squares=True)
         else:
-            total = self._fold(x, lambda v: v * v, lambda o, v: xp.add(o, v * v, out=o))
-        out = xp.sqrt(total)
+            wide = xp.promote_types(x.dtype, xp.float32)  # float16 squares under- and overflow
+            total = self._fold(x, lambda v: xp.square(v, dtype=wide),
+                               lambda o, v: xp.add(o, xp.square(v, dtype=wide), out=o))
+        out = xp.sqrt(total).astype(x.dtype, copy=False)
         self._x, self._out = x, out
         return out
 
