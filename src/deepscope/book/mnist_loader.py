@@ -33,9 +33,8 @@ import sys
 
 import numpy as np
 
-from .. import backend
 from ..data import load_mnist
-from ..data.augment import expand_one_pixel
+from ..data.augment import expanded_training_data  # also the book's name here
 from ..data.mnist import MNISTData, load_book_pickle
 
 BOOK_FILE = os.path.join("..", "data", "mnist.pkl.gz")
@@ -118,13 +117,3 @@ def find_expanded_mnist(filename=None, data_dir=None, verbose: bool = True) -> M
               f"({len(base.train[1]):,} images and their one-pixel shifts: {len(train[1]):,}), as expand_mnist.py "
               f"does; validation and test come from the same MNIST", file=sys.stderr)
     return dataclasses.replace(base, train=train, source=f"{base.source} (training set expanded)")
-
-
-def expanded_training_data(training_data, shuffle: bool = True):
-    """The book's expanded training set: each image and its four one-pixel shifts (5x), shuffled once with
-    deepscope's generator (expand_mnist.py shuffled it once; network3 never reshuffles)."""
-    X, y = expand_one_pixel(*training_data)
-    if shuffle:
-        order = backend.rng().permutation(X.shape[0])
-        X, y = X[order], y[order]
-    return X, y

@@ -68,3 +68,22 @@ def expand_one_pixel(X, y):
     X5 = shifted.reshape((5 * len(X),) + tuple(X.shape[1:]))
     y5 = backend.xp_of(y).repeat(y, 5, axis=0)
     return X5, y5
+
+
+def expanded_training_data(training_data, shuffle: bool = True):
+    """The book's expanded training set as network3 used it (``mnist_expanded.pkl.gz``): each image and its four
+    one-pixel shifts (5x, see :func:`expand_one_pixel`), shuffled once with the global generator as
+    ``expand_mnist.py`` did (network3 never reshuffles).
+
+    Args:
+        training_data: ``(X, y)``.
+        shuffle: shuffle the 5N examples once (default True, as the book).
+
+    Returns:
+        ``(X5, y5)``.
+    """
+    X, y = expand_one_pixel(*training_data)
+    if shuffle:
+        order = backend.rng().permutation(X.shape[0])
+        X, y = X[order], y[order]
+    return X, y
