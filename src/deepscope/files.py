@@ -32,13 +32,15 @@ def atomic_write(path, content) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TEMP_SUFFIX, dir=path.parent)
+    mode = 0o666 & ~_umask()
     try:
-        os.fchmod(fd, 0o666 & ~_umask())   # mkstemp makes 0600: follow the umask like open() does
+        os.fchmod(fd, mode)                # mkstemp makes 0600: follow the umask like open() does
         if callable(content):
             os.close(fd)
             fd = -1
             content(Path(tmp))
+            os.chmod(tmp, mode)            # the writer may have made the file anew (safetensors does, 0600)
             fd = os.open(tmp, os.O_RDONLY)
         else:
             data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
@@ -56,6 +58,21 @@ def atomic_write(path, content) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+_TEMP_SUFFIX = ".tmp"
+
+
+def remove_stale_temps(folder) -> list:
+    """Remove the temporary files that writes in ``folder`` left behind when their process was killed
+    (``kill -9`` or a power cut during :func:`atomic_write`: nothing can clean up then). Only for a folder no
+    other process is writing to, e.g. a run this process holds. Returns the paths removed."""
+    removed = []
+    for tmp in Path(folder).glob(f".*.*{_TEMP_SUFFIX}"):
+        if tmp.is_file() and not tmp.is_symlink():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def _fsync_dir(folder: Path) -> None:

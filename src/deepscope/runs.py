@@ -197,6 +197,7 @@ class Run:
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()}: {' '.join(['deepscope', *sys.argv[1:]])}\n".encode())
         self._lock_fd = fd
+        files.remove_stale_temps(self.path)  # what a crashed writer of this run left (we are now its only writer)
 
     def close(self) -> None:
         """Let go of the run (another process may then resume it)."""

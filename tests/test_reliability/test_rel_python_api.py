@@ -66,7 +66,7 @@ def test_fit_arguments(epochs, batch_size, message):
     before = [p.data.copy() for p in model.parameters()]
     with pytest.raises(ConfigError) as err:
         fit(model, nn.LogLikelihoodCost(), optim.SGD(model.parameters(), lr=0.1), data(), epochs=epochs,
-            batch_size=batch_size, progress=False)
+            batch_size=batch_size, callbacks=[])
     assert str(err.value) == message
     assert all(np.array_equal(a, p.data) for a, p in zip(before, model.parameters()))  # nothing trained
 
@@ -76,7 +76,7 @@ def test_fit_on_no_examples_is_refused_not_a_loss_of_zero():
     X, y = data()
     with pytest.raises(ConfigError) as err:
         fit(model, nn.LogLikelihoodCost(), optim.SGD(model.parameters(), lr=0.1), (X[:0], y[:0]), epochs=1,
-            batch_size=4, progress=False)
+            batch_size=4, callbacks=[])
     assert str(err.value) == "fit: no training examples (train holds 0 inputs)"
 
 
@@ -88,7 +88,7 @@ def test_uint8_images_are_refused_with_the_fix():
                 "e.g. X.astype('float32') / 255")
     with pytest.raises(DataError) as err:
         fit(model, nn.LogLikelihoodCost(), optim.SGD(model.parameters(), lr=0.1), (X, y), epochs=1, batch_size=4,
-            progress=False)
+            callbacks=[])
     assert str(err.value) == "fit: " + expected
     with pytest.raises(DataError) as err:
         evaluate(model, X, y)
@@ -115,7 +115,7 @@ def test_fit_refuses_nan_inputs_before_training():
     X[3, 0] = np.nan
     with pytest.raises(DataError, match=r"^fit: 1 of 12 inputs hold NaN or infinity \(the first is input 3\)$"):
         fit(model, nn.LogLikelihoodCost(), optim.SGD(model.parameters(), lr=0.1), (X, y), epochs=1, batch_size=4,
-            progress=False)
+            callbacks=[])
 
 
 @pytest.mark.parametrize("pool", [nn.AvgPool2d(2), nn.L2Pool2d(2), nn.MaxPool2d(2)])
