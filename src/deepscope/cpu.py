@@ -179,12 +179,15 @@ def kernels():
     return _kernels or None
 
 
+_FAST_DTYPES = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
+
+
 def fast(*arrays) -> bool:
     """True when the CPU fast paths apply: all arrays NumPy float32/float64, numba present, not disabled."""
     if not _enabled:
         return False
     for a in arrays:
-        if type(a) is not numpy.ndarray or a.dtype.kind != "f":
+        if type(a) is not numpy.ndarray or a.dtype not in _FAST_DTYPES:  # numba has no float16
             return False
     return kernels() is not None
 

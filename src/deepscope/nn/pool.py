@@ -182,7 +182,7 @@ class L2Pool2d(_Pool2d):
     def forward(self, x):
         xp = backend.xp_of(x)
         x = self._start(x)
-        if cpu.fast(x) and x.dtype.itemsize >= 4:   # the same sum of squares, one pass in the CPU's threads
+        if cpu.fast(x):   # the same sum of squares, one pass in the CPU's threads
             total = cpu.sumpool2d_forward(x, self.kernel_size, self.stride, squares=True)
         else:
             wide = xp.promote_types(x.dtype, xp.float32)  # float16 squares under- and overflow
