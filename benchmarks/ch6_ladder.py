@@ -10,7 +10,6 @@ experiment and is said so in the table (epochs run / book's epochs, training ima
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -21,6 +20,7 @@ import numpy as np
 
 import deepscope
 from deepscope.book import ch6
+from common import write_json
 
 
 def main(argv=None) -> int:
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
                   "machine": {"python": platform.python_version(), "numpy": np.__version__,
                               "cpus": os.cpu_count(), "deepscope": deepscope.__version__},
                   "date": time.strftime("%Y-%m-%d %H:%M:%S"), "results": results}
-        out.write_text(json.dumps(report, indent=1))
+        write_json(out, report)
     print()
     print(ch6.format_table(results))
     print(f"\nwritten to {out}")

@@ -1,14 +1,17 @@
 """Shared helpers for the benchmarks: timing with alternation and medians, machine description, JSON output."""
 from __future__ import annotations
 
-import json
 import os
 import platform
+import re
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from deepscope import files
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -35,11 +38,35 @@ def median(xs):
     return statistics.median(xs)
 
 
-def write_json(name: str, obj) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / name
-    path.write_text(json.dumps(obj, indent=1))
-    return path
+REPO = RESULTS.parent.parent
+
+
+def portable(value):
+    """``value`` with every absolute path made relative to the repository (``../shared/data/mnist``), and a
+    path in a temporary folder as ``$TMPDIR/...`` (anything else as ``<elsewhere>/NAME``): results committed to
+    the repository never name one machine's folders."""
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(v) for v in value]
+    if isinstance(value, str):   # a path, or a command line naming paths
+        return re.sub(r"(?<![\w.~$])/[^\s\"'=]+", lambda m: _portable_path(m.group(0)), value)
+    return value
+
+
+def _portable_path(path: str) -> str:
+    rel = os.path.relpath(path, REPO)
+    if not rel.startswith("../.."):   # in the repository, or beside it (../shared/data)
+        return rel
+    tmp = os.path.relpath(path, tempfile.gettempdir())
+    return f"$TMPDIR/{tmp}" if not tmp.startswith("..") else f"<elsewhere>/{Path(path).name}"
+
+
+def write_json(name, obj) -> Path:
+    """Write ``obj`` to ``benchmarks/results/NAME`` (or to ``name`` if it names a folder too), atomically, with
+    every path relative to the repository (:func:`portable`)."""
+    path = Path(name) if Path(name).parent != Path(".") else RESULTS / name
+    return files.write_json(path, portable(obj))
 
 
 def table(rows: list[dict], cols: list[str]) -> str:

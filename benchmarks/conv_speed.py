@@ -60,6 +60,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import deepscope as ds  # noqa: E402
 from deepscope import nn, optim  # noqa: E402
+from deepscope.train import step  # noqa: E402
+from common import write_json  # noqa: E402
 
 NETS = ("rung1", "rung3", "dropout")
 BATCHES = (10, 64, 256)
@@ -129,11 +131,7 @@ class DeepscopeRunner:
 
     def train_step(self):
         self.net.train()
-        out = self.net(self.x)
-        self.cost(out, self.y)
-        self.net.zero_grad()
-        self.net.backward(self.cost.backward())
-        self.opt.step()
+        step(self.net, self.cost, self.opt, self.x, self.y)
 
     def infer_step(self):
         self.net.eval()
@@ -311,7 +309,7 @@ def main(argv=None):
         "rows": rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(f"wrote {args.out}")
 
 

@@ -23,7 +23,6 @@ in a rotating order; the table gives medians of the repeats. Also, in the same r
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -42,6 +41,7 @@ from deepscope.train import step
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import conv_speed  # noqa: E402
+from common import write_json  # noqa: E402
 import fc_speed  # noqa: E402
 
 NETS = ("fc100", "rung1", "rung3", "dropout")
@@ -266,9 +266,7 @@ def main(argv=None):
               "images_per_timing": images, "load_average_before": load_before, "load_average_after": load_after,
               "gemm_peak_flops": {f"{t}thread": p for t, p in peaks.items()}, "openblas_spin_check": spin,
               "rows": rows, "geometric_mean_ratio": geomean, "min_ratio": min(ratios), "network2": n2}
-    path = HERE / "results" / Path(args.out).name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(Path(args.out).name, result)
     print(f"wrote benchmarks/results/{args.out}")
 
 

@@ -13,15 +13,16 @@ sample (τ = 0.8) from the best epoch's weights. Writes ``results/rnn_accuracy_<
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import deepscope as ds
 from deepscope.data import load_mnist
 from deepscope.data.text import load_corpus
+from deepscope.runs import Run
 from deepscope.sequence import char_model, sample, train_char_lm, train_row_mnist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -48,19 +49,12 @@ def run_text(args) -> dict:
     corpus = load_corpus(DATA / "tinyshakespeare/input.txt")
     ds.manual_seed(args.seed)
     model = char_model(len(corpus.vocab), args.hidden, 64, args.layers, cell=args.cell)
-    best = {"val_loss": float("inf")}
-
-    def on_epoch_end(epoch, record):
-        print(f"epoch {epoch}: train {record['train_loss']:.4f} validation {record['val_loss']:.4f} nats/char "
-              f"{record['chars_per_s']:,.0f} chars/s {record['seconds']:.0f} s", flush=True)
-        if record["val_loss"] < best["val_loss"]:
-            best.update(record, state=copy.deepcopy(model.state_dict()))
-
     t0 = time.perf_counter()
-    records = train_char_lm(model, corpus, epochs=args.epochs, lr=args.lr, progress=False,
-                            on_epoch_end=on_epoch_end, schedule="cosine")
-    wall = time.perf_counter() - t0
-    model.load_state_dict(best.pop("state"))
+    with tempfile.TemporaryDirectory() as tmp, Run.create(Path(tmp) / "run") as run:   # keeps the best model
+        records = train_char_lm(model, corpus, epochs=args.epochs, lr=args.lr, schedule="cosine", run=run)
+        wall = time.perf_counter() - t0
+        model = run.load_model()
+    best = min(records, key=lambda r: r["val_loss"])
     text = sample(model, corpus.vocab, 500, 0.8, prime="\n", seed=args.seed)
     print(f"char LM {args.cell.upper()}({args.hidden}) x{args.layers}: best validation {best['val_loss']:.4f} "
           f"nats/char at epoch {best['epoch']}, {wall:.0f} s\nsample (τ = 0.8):\n{text}")

@@ -16,7 +16,6 @@ number. Writes ``benchmarks/results/rnn_speed.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -44,6 +43,8 @@ import torch  # noqa: E402
 
 import deepscope  # noqa: E402
 from deepscope import nn, optim  # noqa: E402
+from deepscope.train import step  # noqa: E402
+from common import write_json  # noqa: E402
 
 torch.set_num_threads(ARGS.threads)
 
@@ -51,14 +52,8 @@ torch.set_num_threads(ARGS.threads)
 # -- row-by-row MNIST ----------------------------------------------------------------------------------------
 
 def ds_step(model, cost, opt):
-    """One deepscope training step: forward, cost, backward, update."""
-    def step(x, y):
-        out = model(x)
-        cost(out, y)
-        model.zero_grad()
-        model.backward(cost.backward())
-        opt.step()
-    return step
+    """One deepscope training step (:func:`deepscope.train.step`): forward, cost, backward, update."""
+    return lambda x, y: step(model, cost, opt, x, y)
 
 
 def ds_mnist():
@@ -174,7 +169,7 @@ def main():
               "cpus": os.cpu_count(), "rows": rows, "command": "python benchmarks/rnn_speed.py " +
               " ".join(sys.argv[1:])}
     Path(ARGS.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(ARGS.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(ARGS.out, result)
     print(f"wrote {ARGS.out}")
 
 

@@ -11,7 +11,6 @@ Writes ``benchmarks/results/scope_overhead.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -24,6 +23,8 @@ import deepscope
 from deepscope import backend, nn, optim
 from deepscope.data import load_mnist
 from deepscope.scope import LearningSpeedRecorder, build_net
+from deepscope.train import step
+from common import write_json
 
 
 def train(X, y, steps, batch, every=None) -> tuple[float, int, float, float]:
@@ -41,14 +42,14 @@ def train(X, y, steps, batch, every=None) -> tuple[float, int, float, float]:
     for k in range(steps):
         i = (k * batch) % (n - batch + 1)
         xb, yb = X[i:i + batch], y[i:i + batch]
-        cost(model(xb), yb)
-        model.zero_grad()
-        model.backward(cost.backward())
-        if rec:
-            t1 = time.perf_counter()
-            rec.before_step()
-            inside += time.perf_counter() - t1
-        opt.step()
+        def before_update(loss):
+            nonlocal inside
+            if rec:
+                t1 = time.perf_counter()
+                rec.before_step()
+                inside += time.perf_counter() - t1
+
+        step(model, cost, opt, xb, yb, before_update)
         if rec:
             t1 = time.perf_counter()
             rec.after_step()
@@ -103,7 +104,7 @@ def main():
               "data": ds.source, "threads_env": threads, "cpus": os.cpu_count(), "numpy": np.__version__,
               "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(f"wrote {args.out}")
 
 

@@ -287,7 +287,7 @@ def test_ch6_ensemble_rung_votes_among_its_nets(sample, monkeypatch):
 
 # -- CLI ----------------------------------------------------------------------------------------------
 def _parser():
-    from deepscope.book import cli
+    from deepscope.cli import book as cli
     p = argparse.ArgumentParser()
     cli.register(p.add_subparsers())
     return p
@@ -317,7 +317,7 @@ def test_cli_runs_a_step_and_saves_its_runs(tmp_path, capsys):
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "baseline" in out and "97.80%" in out and "1/60" in out
-    folder = tmp_path / "ch6-baseline"
+    folder = tmp_path  # --out names the run folder itself, as in every training command (was OUT/ch6-STEP)
     assert (folder / "results.json").exists() and (folder / "table.txt").exists()
     assert (folder / "baseline-1" / "metrics.jsonl").exists()
 

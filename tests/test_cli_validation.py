@@ -86,7 +86,7 @@ def test_an_arch_that_does_not_fit_fails_before_writing_a_run(tmp_path, offline,
 
 
 def test_ctrl_c_keeps_the_checkpoint_and_resume_finishes(tmp_path, offline, capsys, monkeypatch):
-    import deepscope.commands as commands
+    import deepscope.cli.train as commands
     real_fit = commands.fit
 
     class CtrlCInEpoch2:

@@ -176,3 +176,36 @@ def test_a_run_stopped_in_its_first_epoch_restarts(tmp_path):
         hist = fit(model, nn.LogLikelihoodCost(), optim.SGD(model.parameters(), lr=0.1), (X, y), epochs=2,
                    batch_size=10, run=run, callbacks=[])
     assert [r["epoch"] for r in hist.records] == [1, 2] and len(Run.open(tmp_path / "r").history) == 2
+
+
+# -- the commands: resume, a closed stdout -------------------------------------------------------------------
+def _text_args(corpus, out, epochs):
+    return ["rnn", "text", "--corpus", str(corpus), "--hidden", "8", "--embedding", "4", "--epochs", str(epochs),
+            "-m", "4", "--seq-len", "20", "--sample-length", "0", "--quiet", "--out", str(out)]
+
+
+def _numbers(run):
+    return [{k: v for k, v in r.items() if k not in ("seconds", "chars_per_s")} for r in Run.open(run).history.records]
+
+
+def test_rnn_text_resumes_to_the_same_numbers(tmp_path, capsys):
+    from deepscope.cli import main
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("to be or not to be, that is the question. " * 30)
+    assert main(_text_args(corpus, tmp_path / "straight", 2)) == 0
+    assert main(_text_args(corpus, tmp_path / "stopped", 1)) == 0
+    assert main(["rnn", "text", "--resume", str(tmp_path / "stopped"), "--epochs", "2", "--quiet"]) == 0
+    assert _numbers(tmp_path / "stopped") == _numbers(tmp_path / "straight") and len(_numbers(tmp_path / "straight")) == 2
+
+
+def test_a_closed_stdout_loses_no_finished_epoch(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("to be or not to be, that is the question. " * 30)
+    argv = [a for a in _text_args(corpus, tmp_path / "run", 3) if a != "--quiet"]
+    src = os.path.join(os.path.dirname(ds.__file__), "..")
+    proc = subprocess.Popen([sys.executable, "-m", "deepscope.cli", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": src})
+    proc.stdout.readline()          # `| head -1`: read the first line, then close the pipe
+    proc.stdout.close()
+    assert proc.wait() == 141
+    assert [r["epoch"] for r in Run.open(tmp_path / "run").history.records] == [1]   # saved before printed

@@ -222,7 +222,8 @@ def run_rung(rung, data=None, *, epochs: int | None = None, runs: int | None = N
         val_size: use only the first N validation images.
         quirks: train through network3 with its quirks instead of :func:`deepscope.train.fit`.
         seed: seed of the first net.
-        out: folder for the run folders (``OUT/<rung>-<k>``); None saves nothing.
+        out: folder for the run folders (``OUT/<rung>-<k>``); None saves nothing. A net whose run folder is
+            already there continues from its checkpoint (a finished one is not trained again).
 
     Returns:
         a dict: rung, book, ours (mean over runs of the test accuracy at best validation, or the vote's
@@ -248,7 +249,7 @@ def run_rung(rung, data=None, *, epochs: int | None = None, runs: int | None = N
     records, predictions = [], []
     for k in range(runs):
         backend.manual_seed(seed + k)
-        run = Run.create(out / f"{rung.name}-{k + 1}") if out is not None else None
+        run = _net_run(out / f"{rung.name}-{k + 1}") if out is not None else None
         if run is not None:
             run.write_config({
                 "rung": rung.name, "arch": rung.arch, **asdict(rung), "epochs": epochs, "seed": seed + k,
@@ -279,6 +280,12 @@ def run_rung(rung, data=None, *, epochs: int | None = None, runs: int | None = N
     if out is not None:
         files.write_json(out / f"{rung.name}-result.json", result)
     return result
+
+
+def _net_run(path):
+    """The run folder of one net: new, or taken back where an earlier (interrupted) ladder left it (its
+    checkpoint then continues the net where it stopped)."""
+    return Run.resume(path) if Run.is_run(path) else Run.create(path)
 
 
 def _predict(model, X, batch_size: int = 1000):

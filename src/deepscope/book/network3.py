@@ -42,9 +42,11 @@ from dataclasses import dataclass, field
 import numpy
 
 from .. import backend, nn
-from ..errors import ArchitectureError, DataError, ShapeError
+from ..errors import ArchitectureError, DataError, NonFiniteError, ShapeError
 from ..nn import init as _init
 from ..nn.activation import sigmoid as _sigmoid
+from ..optim import SGD as _SGD
+from ..train import step
 from .mnist_loader import expanded_training_data, find_expanded_mnist, find_mnist
 
 
@@ -376,9 +378,6 @@ class Network:
         validation accuracy is measured; at every new best (≥) the test accuracy too. Returns an
         :class:`SGDResult` (network3 returned nothing).
         """
-        from ..errors import NonFiniteError
-        from ..optim import SGD as _SGD
-
         say = print if verbose else (lambda *a, **k: None)
         training_x, training_y = training_data
         n = size(training_data)
@@ -402,13 +401,11 @@ class Network:
                 idx = order[minibatch_index * mini_batch_size:(minibatch_index + 1) * mini_batch_size]
                 xb = self.inputs(training_x[idx])
                 yb = backend.to_device(y_all[idx], self.model.xp)
-                cost_ij = self.cost(self.model(xb), yb)
-                if not math.isfinite(cost_ij):
-                    raise NonFiniteError(f"Network.SGD: the cost became {cost_ij} at iteration {iteration}; "
-                                         f"try a smaller eta (now {eta})")
-                self.model.zero_grad()
-                self.model.backward(self.cost.backward())
-                optimizer.step()
+                def finite(cost, iteration=iteration):
+                    if not math.isfinite(cost):
+                        raise NonFiniteError(f"Network.SGD: the cost became {cost} at iteration {iteration}; "
+                                             f"try a smaller eta (now {eta})")
+                cost_ij, _ = step(self.model, self.cost, optimizer, xb, yb, finite)   # update_mini_batch
                 cost_sum += cost_ij
             validation_accuracy = self.accuracy(validation_data, mini_batch_size)
             record = {"epoch": epoch, "cost": cost_sum / num_training_batches,

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from .. import backend, nn, optim
 from ..errors import DataError, NonFiniteError
+from ..runs import History
 from ..train import step
 from .mnist import recurrent_layer
 
@@ -63,11 +64,14 @@ def evaluate_char_lm(model, corpus, split: str = "validation", batch_size: int =
 
 
 def train_char_lm(model, corpus, epochs: int = 10, batch_size: int = 32, seq_len: int = 100, lr: float = 2e-3,
-                  clip: float | None = 5.0, progress: bool = True, on_epoch_end=None, eval_batch_size: int = 32,
-                  schedule: str = "none"):
-    """Train ``model`` on ``corpus`` with Adam and truncated BPTT; return a list of per-epoch records
-    (``train_loss``, ``val_loss`` in nats/char, ``val_bpc``, ``seconds``, ``chars_per_s``).
-    ``schedule="cosine"`` decays the learning rate to 0 along a half cosine over the epochs."""
+                  clip: float | None = 5.0, schedule: str = "none", run=None, progress: bool = True):
+    """Train ``model`` on ``corpus`` with Adam and truncated BPTT, one :func:`deepscope.train.step` per chunk;
+    return a list of per-epoch records (``train_loss``, ``val_loss`` in nats/char, ``val_bpc``, ``seconds``,
+    ``chars_per_s``). ``schedule="cosine"`` decays the learning rate to 0 along a half cosine over the epochs.
+
+    Given a :class:`deepscope.runs.Run`, every epoch is saved there (checkpoint, metrics, the model of the best
+    validation loss) before it is printed, and a run with a checkpoint continues where it stopped.
+    """
     rnn = _rnn_of(model)
     if not rnn.stateful:
         raise ValueError("train_char_lm needs a stateful recurrent layer (stateful=True) for truncated BPTT")
@@ -75,8 +79,11 @@ def train_char_lm(model, corpus, epochs: int = 10, batch_size: int = 32, seq_len
     scheduler = optim.CosineLR(opt, epochs) if schedule == "cosine" else None
     cost = nn.SequenceLogLikelihood()
     xp, rng = backend.xp(), backend.rng()
-    records = []
-    for epoch in range(1, epochs + 1):
+    checkpoint = run.load_checkpoint(model, opt) if run is not None else None
+    history = checkpoint.history if checkpoint else History()
+    if checkpoint and scheduler is not None:
+        scheduler.load_state_dict(checkpoint.state.get("Schedule", {}))
+    for epoch in range((checkpoint.epoch if checkpoint else 0) + 1, epochs + 1):
         model.train()
         rnn.reset_state()
         offset = int(rng.integers(seq_len))            # a different cut of the text every epoch
@@ -97,19 +104,23 @@ def train_char_lm(model, corpus, epochs: int = 10, batch_size: int = 32, seq_len
                 bar.set_postfix_str(f"loss {loss_sum / steps:.3f}", refresh=False)
         bar.close()
         train_seconds = time.perf_counter() - t0
-        val = evaluate_char_lm(model, corpus, "validation", eval_batch_size, seq_len)
+        val = evaluate_char_lm(model, corpus, "validation", batch_size, seq_len)
         record = {"epoch": epoch, "train_loss": loss_sum / max(steps, 1), "val_loss": val,
                   "val_bpc": val / math.log(2), "seconds": time.perf_counter() - t0,
                   "chars_per_s": steps * batch_size * seq_len / train_seconds}
-        records.append(record)
-        if on_epoch_end is not None:  # it saves the epoch: before anything is printed
-            on_epoch_end(epoch, record)
-        if progress:
-            tqdm.write(format_record(record))
+        history.append(record)
         if scheduler is not None:
             scheduler.step(record)
+        if run is not None:  # save first: a closed stdout (| head) never loses a finished epoch
+            if val <= min(r["val_loss"] for r in history.records):
+                run.save_model(model)
+            run.save_checkpoint(model, opt, epoch, history,
+                                {"Schedule": scheduler.state_dict()} if scheduler is not None else {})
+            run.write_metrics(history)
+        if progress:
+            tqdm.write(format_record(record))
     rnn.reset_state()
-    return records
+    return history.records
 
 
 def format_record(record: dict) -> str:

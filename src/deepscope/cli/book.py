@@ -3,20 +3,25 @@
     deepscope book ch6 --list
     deepscope book ch6 conv --epochs 2 --train-size 10000
     deepscope book ch6 relu --quirks            # through network3, with its quirks
-    deepscope book ch6 all --epochs 1 --train-size 5000
+    deepscope book ch6 all --epochs 1 --train-size 5000 --out runs/ladder
+    deepscope book ch6 --resume runs/ladder     # continue where it stopped
 
-Each net is saved in a run folder ``OUT/ch6-STEP[-N]/<rung>-<k>/`` (config.json, metrics.jsonl, the model);
-``results.json`` and ``table.txt`` beside them hold the book-vs-ours table, which is also printed.
+The run folder (``--out``, default ``runs/book-ch6-STEP-<date>-<time>``) holds the command's options, one run
+folder per net (``<rung>-<k>/``: config, metrics, checkpoint, the model), and ``results.json`` and
+``table.txt``: the book-vs-ours table, which is also printed.
 """
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from .. import files
-from ..runs import reserve
-from ..cli import existing_dir
+from ..book import ch6
 from ..errors import DeepscopeError
+from ..runs import Run
+from . import options
+
+COMMAND = "deepscope book ch6"
+SAVED = ("step", "epochs", "runs", "train_size", "val_size", "quirks", "seed", "data_dir")
 
 
 def register(subparsers) -> None:
@@ -33,43 +38,43 @@ def register(subparsers) -> None:
     p.add_argument("--list", action="store_true", help="list the steps with their settings and book numbers")
     p.add_argument("--epochs", type=int, help="epochs per net (default: the book's, 60 or 40)")
     p.add_argument("--runs", type=int, help="nets to train per step (default 1; the ensemble: 5)")
-    p.add_argument("--train-size", type=int, help="use only the first N training images (before expansion)")
     p.add_argument("--val-size", type=int, help="use only the first N validation images (default all 10,000)")
     p.add_argument("--quirks", action="store_true",
                    help="train through network3 with its quirks (init, L2 per mini-batch, fixed order, dropout)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first net (default 0)")
-    p.add_argument("--out", default="runs", help="parent folder of the run folders (default runs/)")
-    p.add_argument("--data-dir", type=existing_dir, help="folder with the MNIST IDX files (default: deepscope's cache)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    options.data(p, dataset=False)
+    options.training(p, "book-ch6-STEP")
     p.set_defaults(func=cmd_ch6)
     book.set_defaults(func=lambda args: (book.print_help(), 2)[1])
 
 
 def cmd_ch6(args) -> int:
-    from . import ch6
-
-    if args.list or not args.step:
+    if args.resume is None and (args.list or not args.step):
         print(ch6.list_rungs())
         if not args.list:
-            print("\nchoose a step: deepscope book ch6 STEP (or 'all')")
+            print("\nchoose a step: deepscope book ch6 STEP (or 'all'), or --resume RUN")
         return 0
-    names = list(ch6.RUNGS) if args.step == "all" else [ch6.get_rung(args.step).name]
-    for flag in ("epochs", "runs", "train_size", "val_size"):
-        value = getattr(args, flag)
+    run, opts = options.start(args, COMMAND, f"book-ch6-{args.step}", {k: getattr(args, k) for k in SAVED})
+    names = list(ch6.RUNGS) if opts["step"] == "all" else [ch6.get_rung(opts["step"]).name]
+    for flag in ("epochs", "runs", "val_size"):
+        value = opts[flag]
         if value is not None and value < 1:
             raise DeepscopeError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
-    out = reserve(Path(args.out) / f"ch6-{args.step}")
-    train, validation, test, source = ch6.load_data(args.data_dir, args.train_size, args.val_size)
-    results = []
-    for name in names:
-        r = ch6.run_rung(name, (train, validation, test), epochs=args.epochs, runs=args.runs, quirks=args.quirks,
-                         seed=args.seed, out=out, progress=not args.quiet, verbose=True)
-        r["data_source"] = source
-        results.append(r)
-        files.write_json(out / "results.json", results)
-        table = ch6.format_table(results)
-        files.atomic_write(out / "table.txt", table + "\n")
+    train, validation, test, source = ch6.load_data(opts["data_dir"], opts["train_size"], opts["val_size"])
+    run = run or Run.create(args.out, f"book-ch6-{opts['step']}", COMMAND)
+    opts["data_dir"] = options.absolute(opts["data_dir"])
+    with run:
+        run.write_config({**opts, "data_source": source}, COMMAND)
+        results = []
+        for name in names:
+            r = ch6.run_rung(name, (train, validation, test), epochs=opts["epochs"], runs=opts["runs"],
+                             quirks=opts["quirks"], seed=opts["seed"], out=run.path, progress=not args.quiet,
+                             verbose=not args.quiet)
+            r["data_source"] = source
+            results.append(r)
+            run.save_json("results.json", results)
+            table = ch6.format_table(results)
+            files.atomic_write(run.file("table.txt"), table + "\n")
     print()
     print(table)
-    print(f"\nsaved to {out}")
+    print(f"\nsaved to {run}")
     return 0

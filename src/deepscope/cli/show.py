@@ -12,9 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import existing_dir, nonnegative_int
-from .errors import DataError
-from .figures import plot_errors, plot_filters
+from .. import backend, load, nn
+from ..data import load_mnist
+from ..errors import DataError
+from ..figures import plot_errors, plot_filters
+from ..runs import Run
+from ..train import predict_logits
+from . import options
+from .options import existing_dir, nonnegative_int
 
 
 def register(sub) -> None:
@@ -46,7 +51,6 @@ def _out_path(args, default_name):
 def first_layer_filters(model) -> np.ndarray:
     """The first layer's receptive fields as images ``(k, h, w)``: a Conv2d's kernels (input channels
     averaged), or a Linear layer's rows seen as 28×28 images when it takes MNIST pixels."""
-    from . import backend, nn
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             return backend.to_numpy(m.weight.data).mean(axis=1)
@@ -57,18 +61,8 @@ def first_layer_filters(model) -> np.ndarray:
     raise DataError("the model has no Conv2d layer (nor a first Linear layer on 28x28 images) to show")
 
 
-def _load_model(run):
-    from . import load
-    return load(run)  # raises DataError (one line) when there is no saved model there
-
-
-def _run_config(run) -> dict:
-    from .runs import Run
-    return Run.open(run).config if Run.is_run(run) else {}
-
-
 def cmd_filters(args) -> int:
-    model = _load_model(args.run)
+    model = load(args.run)  # raises DataError (one line) when there is no saved model there
     filters = first_layer_filters(model)
     path = plot_filters(filters, _out_path(args, "filters.png"),
                         f"{len(filters)} first-layer filters of {Path(args.run).name}")
@@ -77,13 +71,9 @@ def cmd_filters(args) -> int:
 
 
 def cmd_errors(args) -> int:
-    from .data import load_mnist
-    from .train import predict_logits
-    cfg = _run_config(args.run)
-    if "task" in cfg:  # a recurrent run: say so rather than fail on the shape of its input
-        from .commands import image_run_config
-        image_run_config(args.run, "show errors")
-    model = _load_model(args.run)
+    # a run folder (a recurrent run is named for what it is), or a folder or stem holding a saved model
+    cfg = options.image_run(args.run, "show errors").config if Run.is_run(args.run) else {}
+    model = load(args.run)
     data = load_mnist(cfg.get("dataset", "mnist"), data_dir=args.data_dir or cfg.get("data_dir"))
     X, y = data.test
     pred = np.argmax(predict_logits(model, X), axis=1)

@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import argparse
 
-from ..runs import Run
-from ..cli import existing_dir, nonnegative_float, nonnegative_int, positive_float, positive_int
 from ..errors import DeepscopeError
+from ..runs import Run
+from ..scope import time_grad
+from ..scope.chain import chain_gradient, exploding_chain, format_chain, random_chain
+from ..scope.compare import run_compare, table
+from ..scope.experiment import speed_experiment, summarize
+from . import options
+from .options import nonnegative_float, nonnegative_int, positive_int
 
 EPILOG = """examples:
   deepscope scope speed --layers 784,30,30,30,30,10          the book's "Speed of learning" figure
@@ -14,17 +19,6 @@ EPILOG = """examples:
   deepscope scope compare --depths 4 --steps 1000             sigmoid/tanh/relu × large/book/he
   deepscope scope time --steps 30                             ‖∂C/∂s_(T-k)‖ against k in a fresh RNN
 """
-
-
-def _ints(text: str, what: str) -> list[int]:
-    """Comma-separated positive integers (layer sizes, depths)."""
-    try:
-        values = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise DeepscopeError(f"{what}: expected comma-separated integers like 784,30,10, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise DeepscopeError(f"{what}: expected comma-separated integers of at least 1, got {text!r}")
-    return values
 
 
 def _floats(text: str, what: str) -> list[float]:
@@ -55,14 +49,15 @@ def register(sub) -> None:
     s.add_argument("--layers", default="784,30,30,30,30,10", help="layer sizes (default: 784,30,30,30,30,10)")
     s.add_argument("--activation", default="sigmoid", choices=["sigmoid", "tanh", "relu"])
     s.add_argument("--init", default="book", choices=["book", "large", "xavier", "he"])
-    s.add_argument("--steps", type=nonnegative_int, default=500, help="full-batch steps (default 500; 0: only the speeds at init)")
+    s.add_argument("--steps", type=nonnegative_int, default=500,
+                   help="full-batch steps (default 500; 0: only the speeds at init)")
     s.add_argument("--seeds", type=positive_int, default=1, help="average over this many initialisations (default 1)")
-    s.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
-    s.add_argument("--eta", type=positive_float, default=0.1)
+    s.add_argument("--lr", "--eta", dest="lr", type=options.positive_float, default=0.1, metavar="η",
+                   help="learning rate η (default: %(default)s)")
     s.add_argument("--lmbda", type=nonnegative_float, default=5.0, help="L2 regularisation λ (network2's; default 5.0)")
-    s.add_argument("--n", type=positive_int, default=1000, help="training images (default 1000)")
-    s.add_argument("--out", default=None, help="run folder (default runs/scope-speed-<date>-<time>)")
-    s.add_argument("--data-dir", type=existing_dir, default=None, help="folder with the MNIST IDX files (default: $DEEPSCOPE_DATA, cache)")
+    options.data(s, train_size=1000, dataset=False)
+    options.run_folder(s, "scope-speed", resumable=False)
+    options.output(s)
     s.set_defaults(func=cmd_speed)
 
     c = ss.add_parser("chain", help="one sigmoid neuron per layer: ∂C/∂b_1 as a product of factors",
@@ -76,7 +71,7 @@ def register(sub) -> None:
     c.add_argument("--x", type=float, default=1.0, help="the input (default 1)")
     c.add_argument("--y", type=float, default=0.0, help="the target (default 0)")
     c.add_argument("--cost", default="quadratic", choices=["quadratic", "crossentropy"])
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=options.seed_int, default=0)
     c.set_defaults(func=cmd_chain)
 
     m = ss.add_parser("compare", help="a grid of depth × activation × init: speed ratio and accuracy",
@@ -86,43 +81,49 @@ def register(sub) -> None:
     m.add_argument("--activations", default="sigmoid,tanh,relu")
     m.add_argument("--inits", default="large,book,he")
     m.add_argument("--steps", type=nonnegative_int, default=1000, help="SGD steps per cell (mini-batch 10; default 1000)")
-    m.add_argument("--eta", type=positive_float, default=0.1)
-    m.add_argument("--n-train", type=positive_int, default=5000, help="training images (default 5000)")
+    m.add_argument("--lr", "--eta", dest="lr", type=options.positive_float, default=0.1, metavar="η",
+                   help="learning rate η (default: %(default)s)")
     m.add_argument("--n-val", type=positive_int, default=1000, help="validation images (default 1000)")
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--out", default=None, help="output folder (default runs/scope-compare-<date>-<time>)")
-    m.add_argument("--data-dir", type=existing_dir, default=None, help="folder with the MNIST IDX files (default: $DEEPSCOPE_DATA, cache)")
+    options.data(m, train_size=5000, dataset=False)
+    options.run_folder(m, "scope-compare", resumable=False)
+    options.output(m)
     m.set_defaults(func=cmd_compare)
 
-    try:
-        from . import time_grad  # noqa: F401  (needs deepscope.nn.RNN)
-    except ImportError:
-        pass
-    else:
-        t = ss.add_parser("time", help="‖∂C/∂s_(T-k)‖ against k for a fresh RNN: tanh, ReLU, identity-initialised",
-                          description=time_grad.__doc__.splitlines()[0])
-        t.add_argument("--steps", type=positive_int, default=30, help="sequence length T (default 30)")
-        t.add_argument("--hidden", type=positive_int, default=100, help="hidden units (default 100)")
-        t.add_argument("--batch", type=positive_int, default=32)
-        t.add_argument("--seed", type=int, default=0)
-        t.add_argument("--out", default=None, help="output folder (default runs/scope-time-<date>-<time>)")
-        t.set_defaults(func=cmd_time)
+    t = ss.add_parser("time", help="‖∂C/∂s_(T-k)‖ against k for a fresh RNN: tanh, ReLU, identity-initialised",
+                      description=time_grad.__doc__.splitlines()[0])
+    t.add_argument("--steps", type=positive_int, default=30, help="sequence length T (default 30)")
+    t.add_argument("--hidden", type=positive_int, default=100, help="hidden units (default 100)")
+    t.add_argument("--batch-size", "-m", "--batch", dest="batch_size", type=positive_int, default=32, metavar="M",
+                   help="sequences per batch (default: %(default)s)")
+    options.run_folder(t, "scope-time", resumable=False)
+    options.output(t)
+    t.set_defaults(func=cmd_time)
 
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
+def _run(args, prefix: str, config: dict) -> Run:
+    """The run folder of an experiment, holding its options."""
+    run = Run.create(args.out, prefix)
+    run.write_config({**config, "seed": args.seed}, f"deepscope scope {prefix.split('-', 1)[1]}")
+    return run
+
+
 def cmd_speed(args) -> int:
-    from .experiment import speed_experiment, summarize
-    layers = _ints(args.layers, "--layers")
+    layers = options.ints(args.layers, "--layers")
     if len(layers) < 3:
         raise DeepscopeError(f"--layers: need an input, at least one hidden layer and an output, got {args.layers}")
-    out = Run.create(args.out, "scope-speed").path
+    config = {"layers": layers, "activation": args.activation, "init": args.init, "steps": args.steps,
+              "seeds": args.seeds, "lr": args.lr, "lmbda": args.lmbda, "train_size": args.train_size,
+              "data_dir": args.data_dir}
+    run = _run(args, "scope-speed", config) if args.steps else None   # --steps 0 only prints, saves nothing
+    out = run.path if run else None
     hidden = len(layers) - 2
     print(f"speed of learning: {layers}, {args.activation} neurons, init {args.init}, {args.steps} full-batch steps "
-          f"(η={args.eta}, λ={args.lmbda}, n={args.n}), {args.seeds} seed(s)")
-    r = speed_experiment(layers, args.activation, args.init, steps=args.steps, seeds=args.seeds,
-                         seed=args.seed, eta=args.eta, lmbda=args.lmbda, n_train=args.n,
-                         out=out if args.steps else None, data_dir=args.data_dir)
+          f"(η={args.lr}, λ={args.lmbda}, n={args.train_size}), {args.seeds} seed(s)")
+    r = speed_experiment(layers, args.activation, args.init, steps=args.steps, seeds=args.seeds, seed=args.seed,
+                         eta=args.lr, lmbda=args.lmbda, n_train=args.train_size, out=out, progress=not args.quiet,
+                         data_dir=args.data_dir)
     s = summarize(r)
     print("‖∂C/∂b^l‖ at initialisation, hidden layers 1.." + str(hidden) +
           (f" (mean ± std over {args.seeds} seeds):" if args.seeds > 1 else ":"))
@@ -141,7 +142,6 @@ def cmd_speed(args) -> int:
 
 
 def cmd_chain(args) -> int:
-    from .chain import chain_gradient, exploding_chain, format_chain, random_chain
     if args.exploding:
         weights, biases = exploding_chain(args.depth, x=args.x)
     else:
@@ -159,22 +159,27 @@ def cmd_chain(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .compare import run_compare, table
-    depths = _ints(args.depths, "--depths")
+    depths = options.ints(args.depths, "--depths")
     acts = _names(args.activations, ["sigmoid", "tanh", "relu"], "--activations")
     inits = _names(args.inits, ["large", "book", "xavier", "he"], "--inits")
-    out = Run.create(args.out, "scope-compare").path
-    print(f"compare: depths {depths} × {acts} × {inits}; {args.steps} SGD steps (batch 10, η={args.eta}) on "
-          f"{args.n_train} images, accuracy on {args.n_val} validation images")
-    cells = run_compare(depths, acts, inits, steps=args.steps, eta=args.eta, n_train=args.n_train,
-                        n_val=args.n_val, seed=args.seed, out=out, data_dir=args.data_dir)
+    run = _run(args, "scope-compare", {"depths": depths, "activations": acts, "inits": inits, "steps": args.steps,
+                                       "lr": args.lr, "train_size": args.train_size, "n_val": args.n_val,
+                                       "data_dir": args.data_dir})
+    out = run.path
+    print(f"compare: depths {depths} × {acts} × {inits}; {args.steps} SGD steps (batch 10, η={args.lr}) on "
+          f"{args.train_size} images, accuracy on {args.n_val} validation images")
+    with run:
+        cells = run_compare(depths, acts, inits, steps=args.steps, eta=args.lr, n_train=args.train_size,
+                            n_val=args.n_val, seed=args.seed, out=out, progress=not args.quiet,
+                            data_dir=args.data_dir)
     print(table(cells, inits))
     print(f"table: {out / 'compare.md'}; figure: {out / 'compare.png'}")
     return 0
 
 
 def cmd_time(args) -> int:
-    from .time_grad import run_time
-    out = Run.create(args.out, "scope-time").path
-    run_time(steps=args.steps, hidden=args.hidden, batch=args.batch, seed=args.seed, out=out)
+    run = _run(args, "scope-time", {"steps": args.steps, "hidden": args.hidden, "batch_size": args.batch_size})
+    with run:
+        time_grad.run_time(steps=args.steps, hidden=args.hidden, batch=args.batch_size, seed=args.seed, out=run.path,
+                           progress=not args.quiet)
     return 0

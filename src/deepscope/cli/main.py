@@ -1,0 +1,59 @@
+"""``deepscope COMMAND ...``: the parser of every command, and one-line errors.
+
+Each group of subcommands is a module of this package with a ``register(subparsers)`` function; a subcommand
+stores its handler as ``func`` in its parser's defaults. Errors deepscope raises on purpose
+(:class:`deepscope.DeepscopeError`) are printed as one line.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .. import __version__
+from ..errors import DeepscopeError
+from . import book, rnn, scope, show, train
+from .options import Parser
+
+GROUPS = [train, book, show, scope, rnn]   # train/evaluate/predict, book ch6, show, scope ..., rnn ...
+
+EPILOG = """examples:
+  deepscope train                                  train the default chapter 6 convolutional net on MNIST
+  deepscope train --arch 784-30-10:sigmoid --epochs 30 -m 10 --lr 0.1 --lmbda 5.0 --momentum 0 --init book --schedule none
+  deepscope evaluate runs/train-20261127-101500
+  deepscope predict runs/train-20261127-101500 digit.png
+  deepscope book ch6 --list
+  deepscope scope speed --layers 784,30,30,30,10
+  deepscope rnn text --epochs 1
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="deepscope", description="Deep, convolutional and recurrent nets from scratch, with instruments.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"deepscope {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for group in GROUPS:
+        group.register(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+    except DeepscopeError as e:
+        print(f"deepscope: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ndeepscope: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `deepscope ... | head`: every finished epoch was saved before it was printed
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python exits
+        return 141
+    return int(result or 0)

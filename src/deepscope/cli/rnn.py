@@ -1,0 +1,147 @@
+"""``deepscope rnn mnist``, ``deepscope rnn text`` and ``deepscope rnn sample RUN``."""
+from __future__ import annotations
+
+import argparse
+import time
+
+from .. import backend, files
+from ..data import load_mnist
+from ..data.text import Vocabulary, load_corpus
+from ..errors import DataError
+from ..runs import Run
+from ..sequence.mnist import train_row_mnist
+from ..sequence.text import char_model, sample, train_char_lm
+from . import options
+from .options import momentum_float, nonnegative_float, nonnegative_int, positive_float, positive_int
+
+VOCAB = "vocab.json"   # the characters of a char-lm run, added to its run folder
+
+EXAMPLES = """examples:
+  deepscope rnn mnist --epochs 10                      row-by-row MNIST with a 128-unit tanh RNN (~98%)
+  deepscope rnn text --epochs 5                        char LM on the shipped Shakespeare excerpt
+  deepscope rnn text --corpus input.txt --hidden 256   char LM on your own text
+  deepscope rnn sample runs/rnn-text-20261127-101500 --length 500 --temperature 0.8 --prime ROMEO:
+"""
+MNIST, TEXT = "deepscope rnn mnist", "deepscope rnn text"
+MNIST_SAVED = ("hidden", "nonlinearity", "init", "epochs", "batch_size", "lr", "optimizer", "momentum", "clip",
+               "schedule", "no_normalize", "train_size", "seed", "data_dir")
+TEXT_SAVED = ("corpus", "hidden", "embedding", "layers", "seq_len", "batch_size", "epochs", "lr", "clip", "seed",
+              "sample_length")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("rnn", help="recurrent nets: row-by-row MNIST, character language models",
+                       description="Recurrent networks trained by backpropagation through time.",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    rnn_sub = p.add_subparsers(dest="rnn_command", metavar="TASK")
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+    m = rnn_sub.add_parser("mnist", help="classify MNIST digits read row by row (28 steps of 28 pixels)")
+    m.add_argument("--hidden", type=positive_int, default=128, help="hidden units (default: %(default)s)")
+    m.add_argument("--nonlinearity", choices=["tanh", "relu", "sigmoid", "identity"], default="tanh")
+    m.add_argument("--init", choices=["pytorch", "orthogonal", "irnn"], default="orthogonal",
+                   help="pytorch: U(-1/√H, 1/√H); orthogonal: the same with an orthogonal W; irnn: identity W "
+                        "(use with --nonlinearity relu) (default: %(default)s)")
+    options.optimisation(m, lr=1e-3, batch_size=64, epochs=None, epochs_default=10)
+    m.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    m.add_argument("--momentum", type=momentum_float, default=0.9,
+                   help="momentum of --optimizer sgd (default: %(default)s)")
+    m.add_argument("--clip", type=nonnegative_float, default=1.0,
+                   help="clip the gradient's global norm (0 = off; default: %(default)s)")
+    m.add_argument("--schedule", choices=["none", "cosine"], default="cosine",
+                   help="learning-rate schedule: cosine decays it to 0 over the epochs (default: %(default)s)")
+    m.add_argument("--no-normalize", action="store_true",
+                   help="feed raw pixels in [0, 1] (default: standardised, (x - 0.1307) / 0.3081)")
+    options.data(m, dataset=False)
+    options.training(m, "rnn-mnist")
+    m.set_defaults(func=cmd_mnist)
+
+    t = rnn_sub.add_parser("text", help="train a character-level language model")
+    t.add_argument("--corpus", default=None, help="UTF-8 text file (default: the shipped Shakespeare excerpt)")
+    t.add_argument("--hidden", type=positive_int, default=256, help="hidden units (default: %(default)s)")
+    t.add_argument("--embedding", type=positive_int, default=64, help="embedding size (default: %(default)s)")
+    t.add_argument("--layers", type=positive_int, default=1, help="stacked RNN layers (default: %(default)s)")
+    t.add_argument("--seq-len", type=positive_int, default=100, help="BPTT truncation length T (default: %(default)s)")
+    options.optimisation(t, lr=2e-3, batch_size=32, epochs=None, epochs_default=10)
+    t.add_argument("--clip", type=nonnegative_float, default=5.0,
+                   help="clip the gradient's global norm (0 = off; default: %(default)s)")
+    t.add_argument("--sample-length", type=nonnegative_int, default=300,
+                   help="characters sampled at the end (default: %(default)s)")
+    options.training(t, "rnn-text")
+    t.set_defaults(func=cmd_text)
+
+    s = rnn_sub.add_parser("sample", help="generate text from a trained character model")
+    s.add_argument("run", help="run folder written by `deepscope rnn text`")
+    s.add_argument("--length", type=positive_int, default=500, help="characters to generate (default: %(default)s)")
+    s.add_argument("--temperature", type=positive_float, default=0.8, help="softmax temperature τ (default: %(default)s)")
+    s.add_argument("--prime", default=None, help="text to start from (default: a newline)")
+    s.add_argument("--seed", type=options.seed_int, default=None)
+    s.set_defaults(func=cmd_sample)
+
+
+def cmd_mnist(args) -> int:
+    run, opts = options.start(args, MNIST, "rnn-mnist", {k: getattr(args, k) for k in MNIST_SAVED}, 10)
+    backend.manual_seed(opts["seed"])
+    data = load_mnist("mnist", data_dir=opts["data_dir"])
+    run = run or Run.create(args.out, "rnn-mnist", MNIST)
+    opts["data_dir"] = options.absolute(opts["data_dir"])
+    run.write_config({**opts, "task": "row-mnist", "data_source": data.source}, MNIST)
+    n = opts["train_size"] or len(data.train[1])
+    print(f"deepscope: RNN({opts['hidden']}, {opts['nonlinearity']}) on {n:,} MNIST images read row by row "
+          f"({data.source}); run folder {run}")
+    t0 = time.perf_counter()
+    with run:
+        _, history = train_row_mnist(
+            data, hidden=opts["hidden"], epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"],
+            optimizer=opts["optimizer"], momentum=opts["momentum"], clip=opts["clip"] or None,
+            nonlinearity=opts["nonlinearity"], init=opts["init"], run=run, callbacks=[] if args.quiet else None,
+            train_size=opts["train_size"], normalize=not opts["no_normalize"], schedule=opts["schedule"])
+    best, last = history.best, history.records[-1]
+    print(f"best validation accuracy {best['val_acc']:.2%} at epoch {best['epoch']} (test there "
+          f"{best['test_acc']:.2%}); last epoch test accuracy {last['test_acc']:.2%}; "
+          f"{time.perf_counter() - t0:.0f}s")
+    print(f"saved to {run}")
+    return 0
+
+
+def cmd_text(args) -> int:
+    run, opts = options.start(args, TEXT, "rnn-text", {k: getattr(args, k) for k in TEXT_SAVED}, 10)
+    backend.manual_seed(opts["seed"])
+    corpus = load_corpus(opts["corpus"])
+    for split in ("train", "validation"):  # fail now, not after the first epoch
+        if corpus.num_batches(split, opts["batch_size"], opts["seq_len"]) == 0:
+            raise DataError(f"{corpus.name}: its {split} part ({len(corpus.stream(split)):,} characters) is too "
+                            f"short for -m {opts['batch_size']} streams of --seq-len {opts['seq_len']}; "
+                            f"lower them or use a longer --corpus")
+    run = run or Run.create(args.out, "rnn-text", TEXT)
+    opts["corpus"] = options.absolute(opts["corpus"])
+    run.write_config({**opts, "task": "char-lm", "corpus_name": corpus.name}, TEXT)
+    run.save_json(VOCAB, {"chars": corpus.vocab.chars})
+    model = char_model(len(corpus.vocab), opts["hidden"], opts["embedding"], opts["layers"])
+    print(f"deepscope: character RNN ({opts['hidden']} units) on {corpus}; run folder {run}")
+    t0 = time.perf_counter()
+    with run:
+        records = train_char_lm(model, corpus, epochs=opts["epochs"], batch_size=opts["batch_size"],
+                                seq_len=opts["seq_len"], lr=opts["lr"], clip=opts["clip"] or None, run=run,
+                                progress=not args.quiet)
+        best = min(records, key=lambda r: r["val_loss"])
+        text = sample(run.load_model(), corpus.vocab, opts["sample_length"], 0.8, seed=opts["seed"]) \
+            if opts["sample_length"] else None
+        if text is not None:
+            files.atomic_write(run.file("sample.txt"), text)
+    print(f"best validation {best['val_loss']:.4f} nats/char ({best['val_bpc']:.3f} bits/char) at epoch "
+          f"{best['epoch']}; {time.perf_counter() - t0:.0f}s")
+    if text is not None:
+        print("sample (τ = 0.8):\n" + text)
+    print(f"saved to {run} (deepscope rnn sample {run})")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    run = Run.open(args.run) if Run.is_run(args.run) else None
+    if run is None or not run.file(VOCAB).is_file():
+        raise DataError(f"{args.run} is not a character-model run folder (no {VOCAB})")
+    vocab = Vocabulary(run.load_json(VOCAB)["chars"])
+    model = run.load_model()
+    print(sample(model, vocab, args.length, args.temperature, args.prime, seed=args.seed))
+    return 0

@@ -1,0 +1,209 @@
+"""``deepscope train``, ``deepscope evaluate RUN`` and ``deepscope predict RUN IMAGE.png``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .. import arch as _arch
+from .. import backend, load, nn, optim
+from ..data import expand_one_pixel, load_mnist
+from ..errors import DataError, ShapeError
+from ..runs import Run
+from ..train import Batches, DetectAnomaly, EarlyStopping, ProgressBar, Schedule, evaluate, fit, predict_logits
+from . import options
+from .options import existing_dir, momentum_float, nonnegative_float, positive_int
+
+# The default net of `deepscope train`: chapter 6's two conv-pool layers with ReLU (the book's rung 3),
+# trained with momentum so that it passes 99% on MNIST in a few epochs on two cores.
+DEFAULT = dict(arch="conv20x5-maxpool2-conv40x5-maxpool2-fc100-softmax10:relu", epochs=6, batch_size=32,
+               lr=0.03, momentum=0.9, lmbda=0.1, optimizer="sgd", cost=None, init="he", schedule="cosine")
+COMMAND = "deepscope train"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a net on MNIST (default: a chapter 6 convolutional net)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n"
+                              "  deepscope train\n"
+                              "  deepscope train --arch 784-30-10:sigmoid --epochs 30 -m 10 --lr 0.1 --lmbda 5.0 "
+                              "--momentum 0 --init book --schedule none\n"
+                              "  deepscope train --arch 784-100-10:sigmoid --epochs 60 -m 10 --lr 0.1 --lmbda 5.0 "
+                              "--momentum 0 --init book --schedule none\n"
+                              "  deepscope train --resume runs/train-20261127-101500 --epochs 10")
+    p.add_argument("--arch", default=DEFAULT["arch"],
+                   help="architecture string, e.g. 784-30-10:sigmoid or conv20x5-maxpool2-fc100-softmax10:relu "
+                        "(default: %(default)s)")
+    options.optimisation(p, lr=DEFAULT["lr"], batch_size=DEFAULT["batch_size"], epochs=None,
+                         epochs_default=DEFAULT["epochs"])
+    p.add_argument("--lmbda", type=nonnegative_float, default=DEFAULT["lmbda"],
+                   help="L2 regularisation λ, the book's way: w <- (1 - ηλ/n) w (default: %(default)s)")
+    p.add_argument("--momentum", type=momentum_float, default=DEFAULT["momentum"],
+                   help="momentum μ (default: %(default)s)")
+    p.add_argument("--optimizer", choices=["sgd", "adam"], default=DEFAULT["optimizer"])
+    p.add_argument("--cost", choices=sorted(nn.COSTS), default=DEFAULT["cost"],
+                   help="cost (default: what the architecture's output names, else crossentropy)")
+    p.add_argument("--init", choices=nn.init.SCHEMES, default=DEFAULT["init"],
+                   help="weight initialisation (default: %(default)s)")
+    p.add_argument("--schedule", choices=["none", "halve", "cosine"], default=DEFAULT["schedule"],
+                   help="'halve': the book's η/2 when validation accuracy stalls for --patience epochs; "
+                        "'cosine': η falls from --lr to 0 along a half cosine over the epochs "
+                        "(default: %(default)s)")
+    p.add_argument("--patience", type=positive_int, default=10, help="epochs without improvement for --schedule halve")
+    p.add_argument("--early-stopping", type=positive_int, default=None, metavar="N",
+                   help="stop when validation accuracy has not improved for N epochs")
+    options.data(p)
+    p.add_argument("--expand", action="store_true", help="the book's one-pixel expansion of the training set (5x)")
+    p.add_argument("--no-shuffle", action="store_true", help="keep the training order fixed (network3 did)")
+    p.add_argument("--detect-anomaly", action="store_true",
+                   help="stop at the first NaN/inf, naming the layer, the step and forward or backward")
+    options.training(p, "train")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="accuracy of a saved run on its validation and test sets")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--data-dir", type=existing_dir, default=None,
+                   help="folder with the IDX files (default: the run's, else $DEEPSCOPE_DATA, the cache, ...)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="classify a PNG image of a digit with a saved run")
+    p.add_argument("run", help="run folder")
+    p.add_argument("image", help="a PNG: one digit, light on dark like MNIST (dark on light is inverted)")
+    p.set_defaults(func=cmd_predict)
+
+
+# -- train --------------------------------------------------------------------------------------------------
+SAVED = ("arch", "epochs", "batch_size", "lr", "lmbda", "momentum", "optimizer", "cost", "init", "schedule",
+         "patience", "early_stopping", "dataset", "data_dir", "train_size", "expand", "no_shuffle", "seed",
+         "detect_anomaly")   # the options a run's config.json records and --resume reads back
+
+
+def cmd_train(args) -> int:
+    run, opts = options.start(args, COMMAND, "train", {k: getattr(args, k) for k in SAVED}, DEFAULT["epochs"])
+    backend.manual_seed(opts["seed"])
+    model = _arch.build(opts["arch"], init=opts["init"])  # a bad architecture fails before any data is read
+    data = load_mnist(opts["dataset"], data_dir=opts["data_dir"])
+    train = training_set(data, opts["train_size"], opts["expand"])
+    check_fits(model, opts["arch"], train)  # before anything is written to the run folder
+    cost_name = opts["cost"] or _arch.output_cost(opts["arch"]) or "crossentropy"
+    opt = make_optimizer(model, opts["optimizer"], opts["lr"], opts["momentum"],
+                         optim.book_weight_decay(opts["lmbda"], len(train[0])))
+    run = run or Run.create(args.out, "train", COMMAND)
+    opts["data_dir"] = options.absolute(opts["data_dir"])
+    run.write_config({**opts, "cost": cost_name, "data_source": data.source, "n_train": len(train[0])}, COMMAND)
+    print(f"deepscope: training {opts['arch']} on {len(train[0]):,} {opts['dataset']} images ({data.source}); "
+          f"run folder {run}")
+    callbacks = [] if args.quiet else [ProgressBar()]
+    scheduler = make_scheduler(opt, opts["schedule"], opts["epochs"], opts["patience"], opts["lr"])
+    callbacks += [Schedule(scheduler)] if scheduler is not None else []
+    callbacks += [EarlyStopping(opts["early_stopping"])] if opts["early_stopping"] else []
+    callbacks += [DetectAnomaly()] if opts["detect_anomaly"] else []
+    try:
+        with run:
+            history = fit(model, nn.COSTS[cost_name](), opt, Batches(*train, shuffle=not opts["no_shuffle"]),
+                          epochs=opts["epochs"], batch_size=opts["batch_size"], validation=data.validation,
+                          test=data.test, run=run, callbacks=callbacks)
+    except KeyboardInterrupt:
+        start = "" if args.quiet else "\n"  # below the progress bar, not glued to it
+        if run.has_checkpoint:
+            print(f"{start}deepscope: interrupted; continue with: {COMMAND} --resume {run}", file=sys.stderr)
+        else:
+            print(f"{start}deepscope: interrupted before the first epoch ended; nothing saved to resume",
+                  file=sys.stderr)
+        return 130
+    best = history.best
+    if best is None:
+        print("deepscope: nothing trained")
+        return 0
+    print(f"best validation accuracy {best['val_acc']:.2%} at epoch {best['epoch']}; "
+          f"test accuracy there {best['test_acc']:.2%}")
+    print(f"saved to {run} (deepscope evaluate {run})")
+    return 0
+
+
+def training_set(data, train_size: int | None, expand: bool):
+    """The book's training split cut to its first ``train_size`` images, expanded by one-pixel shifts if asked."""
+    X, y = data.train
+    if train_size:
+        X, y = X[:train_size], y[:train_size]
+    if expand:
+        X, y = expand_one_pixel(X, y)
+    return X, y
+
+
+def check_fits(model, arch: str, train) -> None:
+    """One forward pass on two images: a net that does not fit the data fails now, in one line."""
+    X, y = train
+    try:
+        out = predict_logits(model, X[:2])
+    except ShapeError as e:
+        raise DataError(f"--arch {arch} does not fit images of shape {tuple(X.shape[1:])}: {e}") from None
+    classes = int(np.max(y)) + 1
+    if out.ndim != 2 or out.shape[1] < classes:
+        raise DataError(f"--arch {arch} has {out.shape[-1]} outputs but the data has {classes} classes")
+
+
+def make_optimizer(model, name: str, lr: float, momentum: float, weight_decay: float):
+    if name == "adam":
+        return optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    return optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def make_scheduler(opt, schedule: str, epochs: int, patience: int, lr: float):
+    if schedule == "halve":
+        return optim.HalveOnPlateau(opt, patience, min_lr=lr / 128)
+    if schedule == "cosine":
+        return optim.CosineLR(opt, epochs)
+    return None
+
+
+# -- evaluate, predict ----------------------------------------------------------------------------------------
+def cmd_evaluate(args) -> int:
+    run = options.image_run(args.run, "evaluate")
+    cfg = run.config
+    model = run.load_model()
+    data = load_mnist(cfg.get("dataset", "mnist"), data_dir=args.data_dir or cfg.get("data_dir"))
+    for name, (X, y) in (("validation", data.validation), ("test", data.test)):
+        print(f"{name:10s} accuracy {evaluate(model, X, y):.2%} on {len(X):,} images ({data.source})")
+    return 0
+
+
+def read_digit_png(path) -> np.ndarray:
+    """A PNG as a (1, 1, 28, 28) float32 image in [0, 1], light digit on dark background like MNIST."""
+    import matplotlib.image as mpimg   # lazy: matplotlib is slow to import and only predict reads images
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"no such image: {path}")
+    try:
+        img = mpimg.imread(str(path))
+    except Exception as e:
+        raise DataError(f"cannot read {path} as an image: {e}") from None
+    img = np.asarray(img, dtype=np.float32)
+    if img.dtype.kind in "ui" or img.max() > 1.0:
+        img = img / 255.0
+    if img.ndim == 3:
+        img = img[..., :3].mean(axis=2)
+    if img.shape != (28, 28):
+        h, w = img.shape
+        if h % 28 or w % 28 or h // 28 != w // 28:
+            raise DataError(f"{path} is {h}x{w}: expected 28x28 (or a multiple of it, like 56x56)")
+        k = h // 28
+        img = img.reshape(28, k, 28, k).mean(axis=(1, 3))
+    if img.mean() > 0.5:  # dark digit on a light background: invert to MNIST's convention
+        img = 1.0 - img
+    return img.reshape(1, 1, 28, 28)
+
+
+def cmd_predict(args) -> int:
+    model = load(args.run)  # a run folder, or a model saved with deepscope.save
+    cfg = options.image_run(args.run, "predict").config if Run.is_run(args.run) else {}
+    cost_name = cfg.get("cost") or (_arch.output_cost(cfg["arch"]) if "arch" in cfg else None)
+    cost = nn.COSTS[cost_name or "loglikelihood"]()
+    logits = predict_logits(model, read_digit_png(args.image))
+    probs = backend.to_numpy(cost.activation(logits))[0]
+    top = int(probs.argmax())
+    print(f"{args.image}: {top}  (output {probs[top]:.3f}; all: "
+          + " ".join(f"{i}:{p:.2f}" for i, p in enumerate(probs)) + ")")
+    return 0
