@@ -19,6 +19,7 @@ import io
 import os
 import random
 import sys
+import time
 
 import numpy as np
 
@@ -50,7 +51,6 @@ def main(argv=None):
     sizes = [int(s) for s in args.sizes.split(",")]
     training_data = mnist_loader.load_data_wrapper()[0][:args.images]
     n = len(training_data)
-    import time
     times = {"deepscope": [], "book": []}
     nets = {}
     for r in range(args.repeats + 1):               # the first round warms up and is not counted
@@ -63,7 +63,7 @@ def main(argv=None):
                                                           nets["book"].weights + nets["book"].biases))
     ips = {k: n / median(v) for k, v in times.items()}
     row = {"net": str(sizes), "batch": args.batch, "images": n, "deepscope img/s": ips["deepscope"],
-           "book img/s": ips["book"], "speed-up": ips["deepscope"] / ips["book"], "max |Δw| after 1 epoch": diff}
+           "book img/s": ips["book"], "speed-up": ips["deepscope"] / ips["book"], "max |Δw| after 1 epoch": f"{diff:.1e}"}
     cols = ["net", "batch", "images", "deepscope img/s", "book img/s", "speed-up", "max |Δw| after 1 epoch"]
     print(table([row], cols))
     info = {"machine": machine(), "load_average": os.getloadavg(),

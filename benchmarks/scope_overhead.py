@@ -22,7 +22,8 @@ import numpy as np
 import deepscope
 from deepscope import backend, nn, optim
 from deepscope.data import load_mnist
-from deepscope.scope import LearningSpeedRecorder, build_net
+from deepscope.book.ch5 import build_net
+from deepscope.scope import LearningSpeedRecorder
 from deepscope.train import step
 from common import write_json
 

@@ -1,4 +1,5 @@
-"""Tests of the instruments (deepscope.scope): recorder, anomaly detector, chain, experiments, CLI."""
+"""Tests of the instruments (deepscope.scope): recorder, anomaly detector; and of the chapter 5 experiments
+that use them (deepscope.book.ch5: chain, speed experiment, compare) and their CLI."""
 import gzip
 import json
 from pathlib import Path
@@ -9,11 +10,11 @@ import pytest
 import deepscope
 from deepscope import nn, optim
 from deepscope.errors import NonFiniteError
-from deepscope.scope import (AnomalyDetector, LearningSpeedRecorder, chain_gradient, exploding_chain,
-                             random_chain, speed_experiment)
-from deepscope.scope import experiment as experiment_mod
-from deepscope.scope.chain import build_chain
-from deepscope.scope.compare import run_compare
+from deepscope.book.ch5 import chain_gradient, exploding_chain, random_chain, speed_experiment
+from deepscope.book.ch5 import experiment as experiment_mod
+from deepscope.book.ch5.chain import build_chain
+from deepscope.book.ch5.compare import run_compare
+from deepscope.scope import AnomalyDetector, LearningSpeedRecorder
 
 MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
@@ -324,7 +325,7 @@ def tiny_mnist(monkeypatch):
         train = synthetic(min(n_train, 200))
         return train, (synthetic(max(n_val, 1), seed=5) if n_val else None)
     monkeypatch.setattr(experiment_mod, "mnist_subset", fake)
-    import deepscope.scope.compare as compare_mod
+    import deepscope.book.ch5.compare as compare_mod
     monkeypatch.setattr(compare_mod, "mnist_subset", fake)
 
 

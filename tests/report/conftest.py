@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from deepscope.runs import Run
-from deepscope.scope import speed_experiment
+from deepscope.book.ch5 import speed_experiment
 from deepscope.sweep import SweepFolder, expand
 from report_runs import CONV, sample_mnist, train_run
 

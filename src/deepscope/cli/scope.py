@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import argparse
 
+from ..book.ch5 import (chain_gradient, exploding_chain, format_chain, random_chain, run_compare, speed_experiment,
+                        summarize, table)
 from ..errors import DeepscopeError
 from ..runs import Run
 from ..scope import time_grad
-from ..scope.chain import chain_gradient, exploding_chain, format_chain, random_chain
-from ..scope.compare import run_compare, table
-from ..scope.experiment import speed_experiment, summarize
 from . import options
 from .options import nonnegative_float, nonnegative_int, positive_int
 

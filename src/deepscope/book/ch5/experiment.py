@@ -24,14 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import backend, nn, optim
-from .speed import LearningSpeedRecorder, plot_speed
+from ... import backend, nn, optim
+from ...figures import plot_speed
+from ...scope import LearningSpeedRecorder
+from ...train import Batches, fit
 
 
 def mnist_subset(n_train: int = 1000, n_val: int = 0, data_dir=None, verbose: bool = True):
     """The first ``n_train`` training images of the book's split as ``(n, 784)`` float arrays and labels, and
     (optionally) the first ``n_val`` validation images (``deepscope.data.load_mnist``; ``data_dir`` optional)."""
-    from ..data import load_mnist
+    from ...data import load_mnist
     ds = load_mnist(data_dir=data_dir, verbose=verbose)
     X, y = ds.train
     if len(X) < n_train:
@@ -114,11 +116,10 @@ def speed_experiment(layers, activation: str = "sigmoid", init: str = "book", st
         cost = nn.CrossEntropyCost()
         opt = optim.SGD(model.parameters(), lr=eta, weight_decay=optim.book_weight_decay(lmbda, n))
         rec = LearningSpeedRecorder(model, every=1)
-        for _ in range(max(steps, 1)):          # steps = 0: only the speeds at initialisation
+        if steps:   # one full-batch step per "epoch"; the recorder reads ∂C/∂b before each update
+            fit(model, cost, opt, Batches(X, y, shuffle=False), epochs=steps, batch_size=n, callbacks=[rec])
+        else:       # only the speeds at initialisation
             full_batch_gradient(model, cost, X, y)
-            rec.before_step()
-            if steps:
-                opt.step()
             rec.after_step()
         rec.remove()
         all_speeds.append(rec.series("bias_grad")[1][:, :hidden])

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import backend, nn
-from ..nn.activation import sigmoid
+from ... import backend, nn
+from ...nn.activation import sigmoid
 
 
 def build_chain(weights, biases) -> nn.Sequential:

@@ -7,7 +7,8 @@ initialised and measured twice:
                1,000 training images (the book's speed measure). ≫ 1: the first layer learns far slower
                (vanishing gradient); ≪ 1: it learns faster (exploding gradient); ≈ 1: balanced.
     accuracy   validation accuracy after a short training: ``steps`` steps of mini-batch SGD (batch 10,
-               η = 0.1, no regularisation) on the first ``n_train`` training images. A run whose cost
+               η = 0.1, no regularisation, through ``deepscope.train.fit``: each epoch in a new order drawn from
+               deepscope's generator) on the first ``n_train`` training images. A run whose cost
                becomes non-finite is marked ``diverged``.
 
 Results: ``compare.md`` (a table), ``compare.json`` (every cell) and ``compare.png`` (heatmaps).
@@ -21,9 +22,26 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import backend, nn, optim
-from ..figures import plot_compare
+from ... import backend, nn, optim
+from ...errors import NonFiniteError
+from ...figures import plot_compare
+from ...train import fit
 from .experiment import build_net, hidden_speeds, mnist_subset
+
+
+class _Enough(Exception):
+    """Raised by :class:`_StopAfter` to end training mid-epoch."""
+
+
+class _StopAfter:
+    """A ``fit`` callback that ends training after ``steps`` optimizer steps."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def on_step(self, step, model, optimizer):
+        if step >= self.steps:
+            raise _Enough
 
 
 def run_cell(depth, activation, init, train, val, speed_data, steps=1000, batch_size=10, eta=0.1, seed=0) -> dict:
@@ -34,22 +52,16 @@ def run_cell(depth, activation, init, train, val, speed_data, steps=1000, batch_
     speeds = hidden_speeds(model, cost, *speed_data)
     opt = optim.SGD(model.parameters(), lr=eta)
     X, y = train
-    rng = np.random.default_rng(seed)
-    per_epoch = max(len(X) // batch_size, 1)
+    per_epoch = -(-len(X) // batch_size)
     diverged = False
     with np.errstate(over="ignore", invalid="ignore"):      # a diverging cell is reported, not warned about
-        for k in range(steps):
-            if k % per_epoch == 0:
-                order = rng.permutation(len(X))
-            i = (k % per_epoch) * batch_size
-            idx = order[i:i + batch_size]
-            loss = cost(model(X[idx]), y[idx])
-            if not math.isfinite(loss):
-                diverged = True
-                break
-            model.zero_grad()
-            model.backward(cost.backward())
-            opt.step()
+        try:
+            fit(model, cost, opt, (X, y), epochs=-(-steps // per_epoch), batch_size=batch_size,
+                callbacks=[_StopAfter(steps)])
+        except _Enough:
+            pass
+        except NonFiniteError:
+            diverged = True
         Xv, yv = val
         z = backend.to_numpy(model(Xv))
     acc = float((z.argmax(axis=1) == backend.to_numpy(yv)).mean()) if np.isfinite(z).all() else float("nan")
