@@ -112,6 +112,8 @@ def set_default_dtype(dtype) -> None:
 def manual_seed(seed: int) -> None:
     """Seed everything random in deepscope: initialisation, shuffling, dropout masks, augmentation."""
     global _rng, _seed
+    if isinstance(seed, bool) or not isinstance(seed, (int, numpy.integer)) or seed < 0:
+        raise ConfigError(f"the seed must be a whole number >= 0, got {seed!r}")
     _seed = int(seed)
     _rng = numpy.random.default_rng(_seed)
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import DataError
+
 LAYER_COLORS = ["#2A6EA6", "#FFA933", "#FF5555", "#55AA55", "#5555FF", "#AA55AA", "#555555"]
 
 
@@ -31,10 +33,24 @@ def _pyplot():
     return plt
 
 
+FORMATS = (".png", ".svg")
+
+
+def check_path(path) -> Path:
+    """``path`` as a Path if a figure can be written there (a .png or .svg name), else a DataError in one line;
+    commands call it before the work that makes the figure."""
+    path = Path(path)
+    if path.suffix.lower() not in FORMATS:
+        raise DataError(f"{path}: a figure is written as {' or '.join(FORMATS)}; name the file with one of them")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; name a {' or '.join(FORMATS)} file to write the figure to")
+    return path
+
+
 def _save(plt, fig, path, title: str | None = None, tight_bbox: bool = False) -> Path:
+    path = check_path(path)
     if title is not None:
         fig.suptitle(title, fontsize=9)
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, bbox_inches="tight" if tight_bbox else None)
     plt.close(fig)

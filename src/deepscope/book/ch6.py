@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy
 
 from .. import backend, files, nn, optim
-from ..errors import DeepscopeError
+from ..errors import DataError, DeepscopeError
 from ..runs import History, Run
 from . import network3 as n3
 
@@ -241,6 +241,9 @@ def run_rung(rung, data=None, *, epochs: int | None = None, runs: int | None = N
         if val_size:
             validation = (validation[0][:val_size], validation[1][:val_size])
     n_original = len(train[0])
+    if n_original < rung.mini_batch_size:  # network3 trains on whole mini-batches and scales λ by their number
+        raise DataError(f"{rung.name}: {n_original} training images are fewer than the rung's mini-batch of "
+                        f"{rung.mini_batch_size}; network3 trains on whole mini-batches only")
     if rung.expanded:
         backend.manual_seed(seed)
         train = n3.expanded_training_data(train)

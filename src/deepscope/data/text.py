@@ -26,6 +26,11 @@ CORPORA = Path(__file__).resolve().parent / "corpora"
 DEFAULT_CORPUS = CORPORA / "shakespeare.txt"
 
 
+def _short(obj) -> str:
+    text = repr(obj)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 class Vocabulary:
     """The characters of a corpus, each given an integer (its rank in sorted order).
 
@@ -34,10 +39,24 @@ class Vocabulary:
     """
 
     def __init__(self, chars):
+        if not isinstance(chars, (str, list, tuple)) or not all(isinstance(c, str) and len(c) == 1 for c in chars):
+            raise DataError(f"a vocabulary is a string or a list of one-character strings, got {_short(chars)}")
         self.chars = list(chars)
+        if not self.chars:
+            raise DataError("the vocabulary is empty")
         if len(set(self.chars)) != len(self.chars):
             raise DataError("vocabulary has repeated characters")
         self.index = {c: i for i, c in enumerate(self.chars)}
+
+    @classmethod
+    def from_saved(cls, saved, where) -> "Vocabulary":
+        """The vocabulary a run saved (``{"chars": [...]}``, e.g. its vocab.json); ``where`` names it in errors."""
+        if not isinstance(saved, dict) or "chars" not in saved:
+            raise DataError(f"{where}: expected an object with the vocabulary's \"chars\", got {_short(saved)}")
+        try:
+            return cls(saved["chars"])
+        except DataError as e:
+            raise DataError(f"{where}: {e}") from None
 
     @classmethod
     def from_text(cls, text: str) -> "Vocabulary":

@@ -19,7 +19,7 @@ import numpy
 from tqdm import tqdm
 
 from .. import backend, nn, optim
-from ..errors import DataError, NonFiniteError
+from ..errors import ConfigError, DataError, NonFiniteError
 from ..runs import History
 from ..train import step
 from .mnist import recurrent_layer
@@ -137,8 +137,16 @@ def sample(model, vocab, length: int = 500, temperature: float = 0.8, prime: str
 
     Raises DataError if ``prime`` has characters the model never saw.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
+    return "".join(generate(model, vocab, length, temperature, prime, seed))
+
+
+def generate(model, vocab, length: int = 500, temperature: float = 0.8, prime: str | None = None,
+             seed: int | None = None):
+    """:func:`sample` as it is written: yields the prime, then each character as soon as it is drawn (so a long
+    sample can be shown while it grows). p(c) ∝ exp((z_c - max z)/τ): subtracting the largest logit first keeps
+    every exponent ≤ 0, so even τ → 0 (greedy) gives a distribution, never inf - inf = NaN."""
+    if not temperature > 0 or not numpy.isfinite(temperature):
+        raise ConfigError(f"temperature must be a positive number, got {temperature}")
     if prime is None:
         prime = "\n" if "\n" in vocab.index else vocab.chars[0]
     if not prime:
@@ -154,14 +162,17 @@ def sample(model, vocab, length: int = 500, temperature: float = 0.8, prime: str
     model.eval()
     rng = numpy.random.default_rng(seed)
     xp = backend.xp()
-    logits = model(xp.asarray(ids[None, :]))[0, -1]      # read the prime; predict what follows
-    out = []
-    for _ in range(length):
-        z = backend.to_numpy(logits).astype(numpy.float64) / temperature
-        p = numpy.exp(z - z.max())
-        c = int(rng.choice(len(p), p=p / p.sum()))
-        out.append(c)
-        logits = model(xp.asarray([[c]]))[0, -1]
-    rnn.reset_state()
-    rnn.stateful = stateful
-    return prime + vocab.decode(out)
+    try:
+        logits = model(xp.asarray(ids[None, :]))[0, -1]      # read the prime; predict what follows
+        yield prime
+        for _ in range(length):
+            z = backend.to_numpy(logits).astype(numpy.float64)
+            p = numpy.exp((z - z.max()) / temperature)
+            if not numpy.isfinite(p).all():
+                raise NonFiniteError("the model's outputs are not finite (its weights hold NaN or infinity)")
+            c = int(rng.choice(len(p), p=p / p.sum()))
+            yield vocab.chars[c]
+            logits = model(xp.asarray([[c]]))[0, -1]
+    finally:
+        rnn.reset_state()
+        rnn.stateful = stateful
