@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ... import backend, nn, optim
+from ...data import load_mnist
 from ...figures import plot_speed
 from ...scope import LearningSpeedRecorder
 from ...train import Batches, fit
@@ -33,7 +34,6 @@ from ...train import Batches, fit
 def mnist_subset(n_train: int = 1000, n_val: int = 0, data_dir=None, verbose: bool = True):
     """The first ``n_train`` training images of the book's split as ``(n, 784)`` float arrays and labels, and
     (optionally) the first ``n_val`` validation images (``deepscope.data.load_mnist``; ``data_dir`` optional)."""
-    from ...data import load_mnist
     ds = load_mnist(data_dir=data_dir, verbose=verbose)
     X, y = ds.train
     if len(X) < n_train:
