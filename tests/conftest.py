@@ -1,11 +1,7 @@
-from pathlib import Path
-
 import pytest
 
 import deepscope
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-MNIST_DIR = SHARED_DATA / "mnist"
+from data_paths import MNIST_DIR
 
 
 @pytest.fixture(autouse=True)
@@ -20,7 +16,7 @@ def _seed_and_dtype():
 @pytest.fixture
 def mnist_dir():
     if not (MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
-        pytest.skip("real MNIST not available (../shared/data/mnist)")
+        pytest.skip(f"real MNIST not available ({MNIST_DIR}; set $DEEPSCOPE_DATA)")
     return MNIST_DIR
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from deepscope.book import ch6
 from deepscope.book import network3 as n3
 from deepscope.errors import ArchitectureError, DeepscopeError
 
-DATA = Path(__file__).resolve().parents[2] / "shared/data"
+from data_paths import DATA
 MNIST = DATA / "mnist"
 needs_mnist = pytest.mark.skipif(not (MNIST / "train-images-idx3-ubyte.gz").exists(),
                                  reason="real MNIST not in ../shared/data/mnist")

@@ -16,7 +16,7 @@ from deepscope.data import mnist as mnist_module
 from deepscope.data.augment import ONE_PIXEL_SHIFTS
 from deepscope.errors import DataError, ShapeError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared/data"
+from data_paths import DATA as SHARED
 REAL_MNIST = SHARED / "mnist"
 needs_mnist = pytest.mark.skipif(not (REAL_MNIST / "train-labels-idx1-ubyte.gz").is_file(),
                                  reason="no MNIST in ../shared/data")

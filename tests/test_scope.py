@@ -2,7 +2,6 @@
 that use them (deepscope.book.ch5: chain, speed experiment, compare) and their CLI."""
 import gzip
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from deepscope.book.ch5.chain import build_chain
 from deepscope.book.ch5.compare import run_compare
 from deepscope.scope import AnomalyDetector, LearningSpeedRecorder
 
-MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+from data_paths import MNIST_DIR
 
 
 def _sigmoid(z):

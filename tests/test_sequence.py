@@ -11,7 +11,7 @@ from deepscope.data.text import DEFAULT_CORPUS, CharCorpus, Vocabulary, load_cor
 from deepscope.errors import DataError
 from deepscope.sequence import char_model, evaluate_char_lm, sample, train_char_lm
 
-SHARED = Path(__file__).resolve().parents[2] / "shared/data"
+from data_paths import DATA as SHARED
 
 
 # -- corpus --------------------------------------------------------------------------------------------
@@ -117,3 +117,11 @@ def test_row_mnist_reaches_97_percent():
     _, history = train_row_mnist(data, hidden=128, epochs=10, batch_size=64, lr=1e-3, clip=1.0,
                                  init="orthogonal", schedule="cosine", callbacks=[])
     assert history.best["test_acc"] >= 0.97 and history.records[-1]["test_acc"] >= 0.97
+
+
+def test_char_batches_with_zero_batch_size_is_a_data_error():
+    from deepscope.data.text import CharCorpus
+    corpus = CharCorpus("hello world " * 20)
+    with pytest.raises(DataError, match="too short for 0 rows"):
+        list(corpus.batches("train", 0, 5))
+    assert corpus.num_batches("train", 0, 5) == 0

@@ -7,7 +7,7 @@ import pytest
 import deepscope as ds
 from deepscope import arch, nn, optim
 from deepscope.runs import Run
-from deepscope.train import Batches, EarlyStopping, evaluate, fit
+from deepscope.train import Batches, EarlyStopping, Schedule, evaluate, fit
 
 
 def blobs(n=600, k=3, d=8, seed=0):
@@ -162,3 +162,65 @@ def test_fc_architecture_string():
     assert kinds == ["Flatten", "Linear", "Tanh", "Linear", "Tanh", "Linear"]
     assert arch.output_cost("784-10") is None
     assert arch.output_cost("conv20x5-maxpool2-softmax10") == "loglikelihood"
+
+
+# -- resume and one-hot targets (moved from the core review's test_edge_cases.py) ---------------------
+def _early_run(tmp_path, name, stop_first_at=None):
+    X, y = blobs(300)
+
+    def make(seed):
+        ds.manual_seed(seed)
+        model = arch.build("8-16-3:sigmoid")
+        opt = optim.Adam(model.parameters(), lr=0.05)
+        return model, opt, optim.HalveOnPlateau(opt, patience=1)
+
+    kw = dict(batch_size=50, validation=(X[:100], y[:100]))
+    model, opt, sched = make(0)
+    ds.manual_seed(0)
+    with Run.create(tmp_path / name) as run:
+        if stop_first_at is None:
+            return fit(model, nn.CrossEntropyCost(), opt, (X, y), epochs=12, run=run,
+                       callbacks=[Schedule(sched), EarlyStopping(2)], **kw)
+        fit(model, nn.CrossEntropyCost(), opt, (X, y), epochs=stop_first_at, run=run,
+            callbacks=[Schedule(sched), EarlyStopping(2)], **kw)
+    model, opt, sched = make(9)
+    with Run.resume(tmp_path / name) as run:
+        return fit(model, nn.CrossEntropyCost(), opt, (X, y), epochs=12, run=run,
+                   callbacks=[Schedule(sched), EarlyStopping(2)], **kw)
+
+
+def test_resume_keeps_the_early_stopping_count(tmp_path):
+    straight = [(r["epoch"], r["val_acc"], r["lr"]) for r in _early_run(tmp_path, "a").records]
+    stopped = straight[-1][0]
+    assert 2 <= stopped < 12
+    resumed = [(r["epoch"], r["val_acc"], r["lr"]) for r in _early_run(tmp_path, "b", stopped - 1).records]
+    assert resumed == straight
+
+
+def test_resume_rewrites_metrics_from_the_checkpoint(tmp_path):
+    X, y = blobs(300)
+    ds.manual_seed(0)
+    model = arch.build("8-16-3:sigmoid")
+    opt = optim.SGD(model.parameters(), lr=0.5)
+    with Run.create(tmp_path) as run:
+        fit(model, nn.CrossEntropyCost(), opt, (X, y), epochs=1, batch_size=50, run=run, callbacks=[])
+    # Ctrl-C after the metrics line of epoch 2 was written but before its checkpoint was
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"epoch": 2, "train_loss": 0.0}) + "\n")
+    with Run.resume(tmp_path) as run:
+        fit(model, nn.CrossEntropyCost(), opt, (X, y), epochs=3, batch_size=50, run=run, callbacks=[])
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+
+
+def test_evaluate_and_fit_accept_one_hot_targets():
+    X, y = blobs(300)
+    Y = np.eye(3, dtype=np.float32)[y]
+    ds.manual_seed(0)
+    model = arch.build("8-16-3")
+    hist = fit(model, nn.CrossEntropyCost(), optim.SGD(model.parameters(), lr=0.5), (X, Y), epochs=2,
+               batch_size=10, validation=(X, Y), callbacks=[])
+    assert hist.records[-1]["train_acc"] > 0.9
+    assert hist.records[-1]["val_acc"] == ds.train.evaluate(model, X, y) > 0.9
+    with pytest.raises(ds.ShapeError, match=r"evaluate: labels of shape \(300, 2\) do not match"):
+        ds.train.evaluate(model, X, Y[:, :2])

@@ -1,4 +1,4 @@
-"""The layer contract (nn/module.py): the public backward runs the hooks, the input-gradient skip, names."""
+"""The layer contract (nn/module.py): the public backward runs the hooks, the input-gradient skip, state, modes."""
 import numpy as np
 import pytest
 
@@ -157,23 +157,37 @@ def test_fit_trains_a_custom_module_registered_out_of_data_order():
     assert hist.records[-1]["train_acc"] > 0.8
 
 
-def test_one_activation_registry():
-    assert set(nn.ACTIVATIONS) == {"sigmoid", "tanh", "relu", "linear"}
-    assert isinstance(nn.activation("ReLU"), nn.ReLU) and isinstance(nn.activation("identity"), nn.Identity)
-    assert [nn.activation_name(nn.activation(n)) for n in nn.ACTIVATIONS] == list(nn.ACTIVATIONS)
-    assert nn.activation_name(nn.Linear(2, 2)) is None
-    with pytest.raises(ValueError, match="unknown activation 'swish': expected one of sigmoid, tanh, relu, linear"):
-        nn.activation("swish")
-    assert arch._ACTS == tuple(nn.ACTIVATIONS)
+def test_state_dict_round_trip_and_errors():
+    a, b = nn.Sequential(nn.Linear(3, 4)), nn.Sequential(nn.Linear(3, 4))
+    b.load_state_dict(a.state_dict())
+    np.testing.assert_array_equal(a[0].weight.data, b[0].weight.data)
+    with pytest.raises(ds.ShapeError, match=r"0.weight has shape \(4, 3\), the model expects \(5, 3\)"):
+        nn.Sequential(nn.Linear(3, 5)).load_state_dict(a.state_dict())
+    with pytest.raises(KeyError, match="missing keys"):
+        nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)).load_state_dict(a.state_dict())
 
 
-def test_cross_entropy_names_are_unambiguous():
-    z = np.array([[2.0, -1.0, 0.5], [0.1, 0.2, -0.3]])
-    y = np.array([0, 2])
-    book = nn.CrossEntropyCost()(z, y)           # sigmoid outputs
-    softmax = nn.LogLikelihoodCost()(z, y)       # PyTorch's CrossEntropyLoss
-    assert abs(book - softmax) > 0.1
-    with pytest.raises(AttributeError, match="PyTorch's CrossEntropyLoss .* is LogLikelihoodCost"):
-        nn.CrossEntropyLoss
-    with pytest.raises(AttributeError, match="has no attribute 'Nothing'"):
-        nn.Nothing
+def test_train_eval_and_zero_grad():
+    m = nn.Sequential(nn.Linear(3, 4), nn.Tanh())
+    m.eval()
+    assert not any(x.training for x in m.modules())
+    m.train()
+    m(np.ones((2, 3), np.float32))
+    m.backward(np.ones((2, 4), np.float32))
+    assert np.any(m[0].weight.grad != 0)
+    m.zero_grad()
+    assert all(np.all(p.grad == 0) for p in m.parameters())
+
+
+def test_hooks_observe_without_changing_results():
+    m = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    x = np.ones((2, 3), np.float32)
+    seen = []
+    h1 = m[0].register_forward_hook(lambda mod, inp, out: seen.append(("f", out.shape)))
+    h2 = m[2].register_backward_hook(lambda mod, gi, go: seen.append(("b", gi.shape)))
+    out = m(x)
+    m.backward(np.ones_like(out))
+    assert seen == [("f", (2, 4)), ("b", (2, 4))]
+    h1.remove(), h2.remove()
+    m(x)
+    assert len(seen) == 2

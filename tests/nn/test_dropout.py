@@ -1,7 +1,7 @@
-"""Dropout: mask statistics, evaluation behaviour, reproducibility, gradient with the same mask."""
+"""Dropout: mask statistics, evaluation behaviour, reproducibility, gradient with the same mask, PyTorch given
+the mask."""
 import numpy as np
 import pytest
-import torch
 
 import deepscope as ds
 from deepscope import nn
@@ -79,6 +79,7 @@ def test_gradcheck_with_a_fixed_mask():
 
 
 def test_matches_pytorch_given_the_mask():
+    torch = pytest.importorskip("torch")
     ds.manual_seed(1)
     d = nn.Dropout(0.2)
     x = np.random.default_rng(0).standard_normal((8, 16))
