@@ -22,19 +22,23 @@ from .page import default_out, render
 
 
 class LiveReport:
-    """Rewrites ``out`` (default ``run_dir/report.html``) each epoch and every ``every`` steps (0: epochs only)."""
+    """Rewrites ``out`` (default ``run_dir/report.html``) each epoch and every ``every`` steps (0: epochs only).
 
-    def __init__(self, run_dir, out=None, every: int = 1000, refresh: int = 10):
+    ``test``: the test set the command already holds, ``(X, y, class names)`` with X as the net reads it, for
+    the final page's misclassified images and confusion matrix (without it they are read from the run's data).
+    """
+
+    def __init__(self, run_dir, out=None, every: int = 1000, refresh: int = 10, test=None):
         if every < 0:
             raise ValueError(f"LiveReport: every must be >= 0, got {every}")
         self.run_dir = Path(run_dir)
         self.out = Path(out) if out is not None else default_out([self.run_dir])
-        self.every, self.refresh = int(every), int(refresh)
+        self.every, self.refresh, self.test = int(every), int(refresh), test
         self.writes = 0
 
     def write(self, live: bool = True, refresh: int | None = None) -> Path:
         refresh = self.refresh if refresh is None else refresh
-        html = render([source.open_run(self.run_dir)], live=live, refresh=refresh)
+        html = render([source.open_run(self.run_dir)], live=live, refresh=refresh, test=self.test)
         files.atomic_write(self.out, html)
         self.writes += 1
         return self.out
@@ -56,7 +60,9 @@ class LiveReport:
             self.write(live=False)
 
 
-def live_callbacks(model, run_dir, every: int = 1000, speed_every: int = 100) -> list:
+def live_callbacks(model, run_dir, every: int = 1000, speed_every: int = 100, test=None) -> list:
     """What ``--report`` adds to a training run: the learning-speed recorder (a record every ``speed_every``
-    steps, into the run's ``speed.jsonl``) and the live page (rewritten every epoch and every ``every`` steps)."""
-    return [LearningSpeedRecorder(model, every=speed_every, run_dir=run_dir), LiveReport(run_dir, every=every)]
+    steps, into the run's ``speed.jsonl``) and the live page (rewritten every epoch and every ``every`` steps;
+    ``test`` as for :class:`LiveReport`)."""
+    return [LearningSpeedRecorder(model, every=speed_every, run_dir=run_dir, figure=False),
+            LiveReport(run_dir, every=every, test=test)]

@@ -42,11 +42,12 @@ def _specs_json(all_panels) -> str:
     return json.dumps(specs, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
 
 
-def render(runs: list[source.RunData], live: bool = False, refresh: int = 10) -> str:
+def render(runs: list[source.RunData], live: bool = False, refresh: int = 10, test=None) -> str:
     """The HTML text of the report of ``runs`` (several: side by side, with a comparison first). ``live``: a
     run still training, whose page reloads itself every ``refresh`` seconds (0: never) and leaves out what needs
-    a pass over the test set."""
-    sections = [{"data": run, "facts": _panels.summary(run), "panels": _panels.run_panels(run, i, live=live)}
+    a pass over the test set. ``test``: the first run's test set when the caller holds it (see
+    :class:`~deepscope.report.LiveReport`)."""
+    sections = [{"data": run, "facts": _panels.summary(run), "panels": _panels.run_panels(run, i, live=live, test=test if i == 0 else None)}
                 for i, run in enumerate(runs)]
     comparison = _panels.comparison_panels(runs) if len(runs) > 1 else []
     all_panels = comparison + [p for s in sections for p in s["panels"]]

@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from .. import figures
+from ..train import predict_logits
 from . import charts, source
 
 MAX_STEPS = 600          # at most this many recorded steps in a heatmap (every k-th record beyond)
@@ -237,13 +238,15 @@ def filter_panel(run, prefix) -> list[Panel]:
                   spec=charts.filter_grids("filters", rows, columns=10, size=size, titles=titles))]
 
 
-def error_panels(run, prefix) -> list[Panel]:
-    """Misclassified test images (true → predicted, by class name) and the confusion matrix."""
+def error_panels(run, prefix, test=None) -> list[Panel]:
+    """Misclassified test images (true → predicted, by class name) and the confusion matrix. ``test``:
+    ``(X, y, classes)`` given by the caller, else the run's test set read again."""
     model = source.load_model(run)
-    test = source.test_set(run) if model is not None else None
+    if model is None:
+        return []
+    test = (*test, test[0]) if test is not None else source.test_set(run)
     if test is None:
         return []
-    from ..train import predict_logits
     X, y, classes, images = test
     pred = predict_logits(model, X).argmax(axis=1)
     y = np.asarray(y)
@@ -337,8 +340,8 @@ def sweep_panels(run, prefix) -> list[Panel]:
     return out
 
 
-def run_panels(run: source.RunData, index: int, live: bool = False) -> list[Panel]:
-    """Every panel the run has data for, in reading order."""
+def run_panels(run: source.RunData, index: int, live: bool = False, test=None) -> list[Panel]:
+    """Every panel the run has data for, in reading order (``test``: see :func:`error_panels`)."""
     p = f"r{index}"
     panels = [config_panel(run, f"{p}-config")]
     panels += curve_panels(run, p)
@@ -351,7 +354,7 @@ def run_panels(run: source.RunData, index: int, live: bool = False) -> list[Pane
         panels += sweep_panels(run, p)
     panels += filter_panel(run, p)
     if not live:     # a pass over the test set: at the end of training, not every epoch
-        panels += error_panels(run, p)
+        panels += error_panels(run, p, test)
     panels += sample_panel(run, p)
     return panels
 

@@ -91,17 +91,20 @@ class LearningSpeedRecorder:
             the speed at initialisation.
         every: record every this many optimizer steps (record k for k = 0, every, 2·every, …).
         run_dir: if given, each record is appended to ``run_dir/speed.jsonl`` as it is made.
+        figure: with ``run_dir``, redraw ``run_dir/speed.png`` at the end of every epoch (the HTML report draws
+            the same records itself, so ``--report`` turns this off).
 
     Attributes:
         layers: the names (paths in the model, e.g. ``"0"``, ``"2"``) of the modules that own parameters.
         history: the records, a list of dicts ``{"step", "layers": {name: {...}}, "nonfinite"}``.
     """
 
-    def __init__(self, model, every: int = 1, run_dir=None):
+    def __init__(self, model, every: int = 1, run_dir=None, figure: bool = True):
         if every < 1:
             raise ValueError(f"LearningSpeedRecorder: every must be >= 1, got {every}")
         self.model, self.every = model, int(every)
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.figure = figure
         self._params = {}                       # module name -> (module, [(pname, Parameter)])
         self._activations = {}                  # module name -> (module, kind)
         for name, m in model.named_modules():
@@ -186,7 +189,7 @@ class LearningSpeedRecorder:
         self.after_step()
 
     def on_epoch_end(self, epoch, metrics) -> None:
-        if self.run_dir is not None and self.history:
+        if self.run_dir is not None and self.figure and self.history:
             self.plot(self.run_dir / "speed.png")
 
     # -- the measurement --------------------------------------------------------------------------------
