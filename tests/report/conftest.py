@@ -2,10 +2,12 @@
 import numpy as np
 import pytest
 
+from deepscope.cli import main
+
 from deepscope.runs import Run
 from deepscope.book.ch5 import speed_experiment
 from deepscope.sweep import SweepFolder, expand
-from report_runs import CONV, sample_mnist, train_run
+from report_runs import CONV, offline, sample_mnist, train_run
 
 
 @pytest.fixture(scope="session")
@@ -15,19 +17,24 @@ def runs_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def conv_run(runs_dir):
-    return train_run(runs_dir / "conv")
+    """`deepscope train --report` on 300 images of the shipped sample: speeds every 3 steps."""
+    path = runs_dir / "conv"
+    with offline():
+        assert main(["train", "--arch", CONV, "--train-size", "300", "--epochs", "2", "-m", "16", "--report",
+                     "--speed-every", "3", "--report-every", "10", "--quiet", "--out", str(path)]) == 0
+    return path
 
 
 @pytest.fixture(scope="session")
 def text_run(runs_dir):
-    from deepscope.cli import main
     corpus = runs_dir / "corpus.txt"
     rng = np.random.default_rng(0)
     words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "it"]
     corpus.write_text(" ".join(rng.choice(words, 1500)) + "\n", encoding="utf-8")
     path = runs_dir / "text"
     assert main(["rnn", "text", "--corpus", str(corpus), "--hidden", "16", "--embedding", "8", "--seq-len", "16",
-                 "-m", "4", "--epochs", "2", "--sample-length", "80", "--quiet", "--out", str(path)]) == 0
+                 "-m", "4", "--epochs", "2", "--sample-length", "80", "--quiet", "--report", "--speed-every", "5",
+                 "--out", str(path)]) == 0
     return path
 
 

@@ -1,11 +1,15 @@
 """Small real runs for the report tests (seconds each, on the MNIST sample shipped with deepscope)."""
-import json
+import contextlib
+import urllib.error
 from pathlib import Path
+
+import pytest
 
 from deepscope import arch, backend, nn, optim
 from deepscope.data import load_mnist
-from deepscope.runs import Run
+from deepscope.data import mnist as mnist_module
 from deepscope.report import live_callbacks
+from deepscope.runs import Run
 from deepscope.train import fit
 
 CONV = "conv6x5-maxpool2-fc20-softmax10:relu"
@@ -35,3 +39,13 @@ def train_run(path: Path, arch_string=CONV, epochs=2, eta=0.03, every=3, seed=0,
             test=test, run=run, callbacks=[*report, *callbacks])
     report[0].remove()
     return path
+
+
+@contextlib.contextmanager
+def offline():
+    """No download: the commands fall back to the MNIST sample shipped with deepscope."""
+    def fail(url, timeout=None):
+        raise urllib.error.URLError("offline in tests")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(mnist_module.urllib.request, "urlopen", fail)
+        yield

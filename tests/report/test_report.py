@@ -17,7 +17,8 @@ import deepscope
 from deepscope.errors import DataError
 from deepscope.report import source, write_report
 from deepscope.train import predict_logits
-from report_runs import train_run
+from deepscope.cli import main
+from report_runs import CONV, offline, train_run
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = os.environ.get("DEEPSCOPE_SCREENSHOTS")    # a folder: keep the browser tests' screenshots there
@@ -54,7 +55,8 @@ def check_panels(run_path, kind, data_of):
     if kind == "train":
         rows = data_of("r0-accuracy", "accuracy")
         assert {(r["epoch"], r["split"]): r["value"] for r in rows} == _curves_expected(run_path, ACC)
-    if kind in ("train", "scope-speed"):
+    if kind in ("train", "scope-speed", "char-lm"):
+        first = _jsonl(run_path / "speed.jsonl")[0]["layers"]
         for key in ("bias_grad", "update_ratio"):
             want = _speed_expected(run_path, key)
             for suffix, name in (("heatmap", f"{key}_heat"), ("lines", f"{key}_lines")):
@@ -63,7 +65,7 @@ def check_panels(run_path, kind, data_of):
                 assert got == pytest.approx(want, rel=1e-12)
                 # depth order: the layers appear in forward order
                 assert list(dict.fromkeys(r["layer"].split(":")[0] for r in rows)) == \
-                    list(_jsonl(run_path / "speed.jsonl")[0]["layers"])
+                    [name for name, entry in first.items() if entry.get(key) is not None]
     if kind == "train":
         health = data_of("r0-health", "health")
         want = {(s, n): v for (s, n), v in _speed_expected(run_path, "dead").items()}
@@ -100,7 +102,7 @@ PANELS = {  # the panels each kind of report must have
     "train": ["r0-config", "r0-accuracy", "r0-loss", "r0-bias_grad-heatmap", "r0-bias_grad-lines",
               "r0-update_ratio-heatmap", "r0-update_ratio-lines", "r0-health", "r0-filters", "r0-confusion",
               "r0-errors"],
-    "char-lm": ["r0-config", "r0-loss", "r0-bits", "r0-sample"],
+    "char-lm": ["r0-config", "r0-loss", "r0-bits", "r0-bias_grad-heatmap", "r0-update_ratio-heatmap", "r0-sample"],
     "scope-speed": ["r0-config", "r0-bias_grad-heatmap", "r0-bias_grad-lines"],
     "sweep": ["r0-config", "r0-trials", "r0-by-option", "r0-trial-curves"],
 }
@@ -140,13 +142,16 @@ def test_text_report_shows_the_sample_and_bits(text_run, tmp_path):
 
 
 def test_filters_change_is_trained_minus_the_true_initial_weights(tmp_path):
-    """The initial filters the report rebuilds from the seed are the weights training started from: with a
-    learning rate of 1e-12 the trained filters equal them to rounding."""
-    run = train_run(tmp_path / "still", eta=1e-12, epochs=1, seed=3)
+    """The initial filters the report rebuilds from a run's seed are the weights `deepscope train` started from:
+    with a learning rate of 1e-12 the trained filters equal them to rounding."""
+    run = tmp_path / "still"
+    with offline():
+        assert main(["train", "--arch", CONV, "--train-size", "64", "--epochs", "1", "--lr", "1e-12", "--momentum",
+                     "0", "--lmbda", "0", "--seed", "3", "--quiet", "--out", str(run)]) == 0
     trained = source.first_layer_filters(deepscope.load(run))
     initial = source.first_layer_filters(source.initial_model(source.open_run(run)))
     np.testing.assert_allclose(trained, initial, atol=1e-6)
-    other = deepscope.arch.build(source.open_run(run).config["arch"], init="he")   # another seed's draw
+    other = deepscope.arch.build(CONV, init="he")   # another seed's draw
     assert np.abs(source.first_layer_filters(other) - initial).max() > 0.05
 
 
@@ -256,3 +261,11 @@ def test_embedded_images_hold_the_pixels():
     x = np.linspace(0, 1, 28 * 28).reshape(28, 28)
     back = np.asarray(Image.open(BytesIO(image_png(x))))
     np.testing.assert_array_equal(back, np.round(255 * (1 - x)).astype(np.uint8))   # dark = ink, as in MNIST plots
+
+
+def test_report_command(conv_run, tmp_path, capsys):
+    out = tmp_path / "r.html"
+    assert main(["report", str(conv_run), "--out", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out and 'id="r0-filters"' in out.read_text(encoding="utf-8")
+    assert main(["report", str(tmp_path / "missing")]) == 1
+    assert capsys.readouterr().err.strip() == f"deepscope: error: no such run folder: {tmp_path / 'missing'}"

@@ -177,7 +177,7 @@ def load_data(data_dir=None, train_size: int | None = None, val_size: int | None
 
 
 # -- running a rung -------------------------------------------------------------------------------------
-def _train_one(rung: Rung, train, validation, test, epochs, quirks, run, progress, verbose):
+def _train_one(rung: Rung, train, validation, test, epochs, quirks, run, progress, verbose, more=()):
     """Train one net of the rung; return (predict, record): ``predict(X)`` gives the trained net's classes
     (final weights, as the book's ensemble used them) and record the best epoch's numbers."""
     t0 = time.perf_counter()
@@ -200,7 +200,8 @@ def _train_one(rung: Rung, train, validation, test, epochs, quirks, run, progres
         num_training_batches = len(train[0]) // rung.mini_batch_size
         opt = optim.SGD(model.parameters(), lr=rung.eta, weight_decay=rung.lmbda / num_training_batches)
         history = fit(model, nn.LogLikelihoodCost(), opt, train, epochs=epochs, batch_size=rung.mini_batch_size,
-                      validation=validation, test=test, run=run, callbacks=[ProgressBar()] if progress else [])
+                      validation=validation, test=test, run=run,
+                      callbacks=([ProgressBar()] if progress else []) + list(more))
         best = history.best
         predict = lambda X: _predict(model, X)  # noqa: E731
         record = {"val_acc": best["val_acc"], "test_acc": best["test_acc"], "best_epoch": best["epoch"],
@@ -211,7 +212,7 @@ def _train_one(rung: Rung, train, validation, test, epochs, quirks, run, progres
 
 def run_rung(rung, data=None, *, epochs: int | None = None, runs: int | None = None, train_size: int | None = None,
              val_size: int | None = None, quirks: bool = False, seed: int = 0, out=None, data_dir=None,
-             progress: bool = True, verbose: bool = True) -> dict:
+             progress: bool = True, verbose: bool = True, callbacks_for=None) -> dict:
     """Train a rung (``runs`` nets, seeds ``seed, seed+1, ...``) and return its result.
 
     Args:
@@ -262,7 +263,8 @@ def run_rung(rung, data=None, *, epochs: int | None = None, runs: int | None = N
             mode = "network3 quirks" if quirks else "deepscope fit"
             print(f"ch6 {rung.name}: net {k + 1}/{runs}, {rung.arch}, {epochs} epochs on {len(train[0]):,} images "
                   f"({mode})" + (f", run folder {run}" if run else ""))
-        predict, record = _train_one(rung, train, validation, test, epochs, quirks, run, progress, verbose)
+        more = callbacks_for(run) if callbacks_for is not None and run is not None and not quirks else ()
+        predict, record = _train_one(rung, train, validation, test, epochs, quirks, run, progress, verbose, more)
         if run is not None:
             run.close()
         records.append(record)

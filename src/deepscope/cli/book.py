@@ -43,6 +43,7 @@ def register(subparsers) -> None:
                    help="train through network3 with its quirks (init, L2 per mini-batch, fixed order, dropout)")
     options.data(p, dataset=False)
     options.training(p, "book-ch6-STEP")
+    options.report(p)
     p.set_defaults(func=cmd_ch6)
     book.set_defaults(func=lambda args: (book.print_help(), 2)[1])
 
@@ -68,7 +69,9 @@ def cmd_ch6(args) -> int:
         for name in names:
             r = ch6.run_rung(name, (train, validation, test), epochs=opts["epochs"], runs=opts["runs"],
                              quirks=opts["quirks"], seed=opts["seed"], out=run.path, progress=not args.quiet,
-                             verbose=not args.quiet)
+                             verbose=not args.quiet,
+                             callbacks_for=lambda net_run: options.report_callbacks(args, None, net_run,
+                                                                                    test=(*test, tuple("0123456789"))))
             r["data_source"] = source
             results.append(r)
             run.save_json("results.json", results)

@@ -12,16 +12,17 @@ import sys
 
 from .. import __version__
 from ..errors import DeepscopeError
-from . import book, rnn, scope, show, train
+from . import book, report, rnn, scope, show, train
 from .options import Parser
 
-GROUPS = [train, book, show, scope, rnn]   # train/evaluate/predict, book ch6, show, scope ..., rnn ...
+GROUPS = [train, book, show, report, scope, rnn]   # train/evaluate/predict, book ch6, show, report, scope, rnn
 
 EPILOG = """examples:
   deepscope train                                  train the default chapter 6 convolutional net on MNIST
   deepscope train --arch 784-30-10:sigmoid --epochs 30 -m 10 --lr 0.1 --lmbda 5.0 --momentum 0 --init book --schedule none
   deepscope evaluate runs/train-20261127-101500
   deepscope predict runs/train-20261127-101500 digit.png
+  deepscope report runs/train-20261127-101500       one HTML page: curves, speed of learning, filters
   deepscope book ch6 --list
   deepscope scope speed --layers 784,30,30,30,10
   deepscope rnn text --epochs 1

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from ..errors import DataError, DeepscopeError
+from ..report import live_callbacks
 from ..runs import Run
 
 # An alias's message names it as the user typed it: "--eta: must be positive" for --eta, "--lr: ..." for --lr.
@@ -97,6 +98,28 @@ def output(p) -> None:
     """--quiet: the same meaning in every command."""
     p.add_argument("--quiet", action="store_true",
                    help="no progress bars and no line per epoch: only the summary at the end")
+
+
+def report(p) -> None:
+    """--report and --report-every: the live HTML report of a training run."""
+    p.add_argument("--report", action="store_true",
+                   help="keep RUN/report.html up to date while training (it reloads itself in a browser) and "
+                        "record every layer's speed of learning for it (RUN/speed.jsonl)")
+    p.add_argument("--report-every", type=positive_int, default=1000, metavar="N",
+                   help="with --report, also rewrite the page every N steps, for its speed panels "
+                        "(default: %(default)s)")
+    p.add_argument("--speed-every", type=positive_int, default=100, metavar="N",
+                   help="with --report, record the speed of learning every N steps (default: %(default)s)")
+
+
+def report_callbacks(args, model, run, test=None) -> list:
+    """The callbacks --report adds (none without it), saying where the page is. ``test``: the command's test
+    set ``(X, y, class names)``, for the final page."""
+    if not args.report:
+        return []
+    callbacks = live_callbacks(model, run.path, every=args.report_every, speed_every=args.speed_every, test=test)
+    print(f"deepscope: live report {callbacks[-1].out} (open it in a browser; it reloads itself)")
+    return callbacks
 
 
 def data(p, train_size: int | None = None, dataset: bool = True) -> None:

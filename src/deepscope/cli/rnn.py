@@ -9,7 +9,8 @@ from ..data import load_mnist
 from ..data.text import Vocabulary, load_corpus
 from ..errors import DataError
 from ..runs import Run
-from ..sequence.mnist import train_row_mnist
+from ..train import ProgressBar
+from ..sequence.mnist import as_rows, train_row_mnist
 from ..sequence.text import char_model, sample, train_char_lm
 from . import options
 from .options import momentum_float, nonnegative_float, nonnegative_int, positive_float, positive_int
@@ -54,6 +55,7 @@ def register(sub) -> None:
                    help="feed raw pixels in [0, 1] (default: standardised, (x - 0.1307) / 0.3081)")
     options.data(m, dataset=False)
     options.training(m, "rnn-mnist")
+    options.report(m)
     m.set_defaults(func=cmd_mnist)
 
     t = rnn_sub.add_parser("text", help="train a character-level language model")
@@ -68,6 +70,7 @@ def register(sub) -> None:
     t.add_argument("--sample-length", type=nonnegative_int, default=300,
                    help="characters sampled at the end (default: %(default)s)")
     options.training(t, "rnn-text")
+    options.report(t)
     t.set_defaults(func=cmd_text)
 
     s = rnn_sub.add_parser("sample", help="generate text from a trained character model")
@@ -90,11 +93,13 @@ def cmd_mnist(args) -> int:
     print(f"deepscope: RNN({opts['hidden']}, {opts['nonlinearity']}) on {n:,} MNIST images read row by row "
           f"({data.source}); run folder {run}")
     t0 = time.perf_counter()
+    callbacks = ([] if args.quiet else [ProgressBar()]) + options.report_callbacks(   # the net: at fit's start
+        args, None, run, test=(as_rows(data.test[0], not opts["no_normalize"]), data.test[1], data.classes))
     with run:
         _, history = train_row_mnist(
             data, hidden=opts["hidden"], epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"],
             optimizer=opts["optimizer"], momentum=opts["momentum"], clip=opts["clip"] or None,
-            nonlinearity=opts["nonlinearity"], init=opts["init"], run=run, callbacks=[] if args.quiet else None,
+            nonlinearity=opts["nonlinearity"], init=opts["init"], run=run, callbacks=callbacks,
             train_size=opts["train_size"], normalize=not opts["no_normalize"], schedule=opts["schedule"])
     best, last = history.best, history.records[-1]
     print(f"best validation accuracy {best['val_acc']:.2%} at epoch {best['epoch']} (test there "
@@ -120,15 +125,18 @@ def cmd_text(args) -> int:
     model = char_model(len(corpus.vocab), opts["hidden"], opts["embedding"], opts["layers"])
     print(f"deepscope: character RNN ({opts['hidden']} units) on {corpus}; run folder {run}")
     t0 = time.perf_counter()
+    report = options.report_callbacks(args, model, run)
     with run:
         records = train_char_lm(model, corpus, epochs=opts["epochs"], batch_size=opts["batch_size"],
                                 seq_len=opts["seq_len"], lr=opts["lr"], clip=opts["clip"] or None, run=run,
-                                progress=not args.quiet)
+                                progress=not args.quiet, callbacks=report)
         best = min(records, key=lambda r: r["val_loss"])
         text = sample(run.load_model(), corpus.vocab, opts["sample_length"], 0.8, seed=opts["seed"]) \
             if opts["sample_length"] else None
         if text is not None:
             files.atomic_write(run.file("sample.txt"), text)
+            if report:
+                report[-1].write(live=False)   # the final page, with the sample
     print(f"best validation {best['val_loss']:.4f} nats/char ({best['val_bpc']:.3f} bits/char) at epoch "
           f"{best['epoch']}; {time.perf_counter() - t0:.0f}s")
     if text is not None:

@@ -60,6 +60,7 @@ def register(sub) -> None:
     p.add_argument("--detect-anomaly", action="store_true",
                    help="stop at the first NaN/inf, naming the layer, the step and forward or backward")
     options.training(p, "train")
+    options.report(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="accuracy of a saved run on its validation and test sets")
@@ -100,6 +101,7 @@ def cmd_train(args) -> int:
     callbacks += [Schedule(scheduler)] if scheduler is not None else []
     callbacks += [EarlyStopping(opts["early_stopping"])] if opts["early_stopping"] else []
     callbacks += [DetectAnomaly()] if opts["detect_anomaly"] else []
+    callbacks += options.report_callbacks(args, model, run, test=(*data.test, data.classes))
     try:
         with run:
             history = fit(model, nn.COSTS[cost_name](), opt, Batches(*train, shuffle=not opts["no_shuffle"]),

@@ -159,11 +159,11 @@ def speed_panels(run, prefix) -> list[Panel]:
     note = (f" Mean over {len(seeds)} seeds." if len(seeds) > 1 else "") + \
            (f" Every {stride}th recorded step is shown." if stride > 1 else "")
     out = []
-    for key, title, what in (
-            ("bias_grad", "Speed of learning ‖∂C/∂b‖ per layer",
+    for key, symbol, title, what in (
+            ("bias_grad", "‖∂C/∂b‖", "Speed of learning ‖∂C/∂b‖ per layer",
              "The book's speed of learning: the length of each layer's bias gradient (the mini-batch mean), "
              "layers in depth order (the input layer on top), log colour scale."),
-            ("update_ratio", "Update size ‖ΔW‖/‖W‖ per layer",
+            ("update_ratio", "‖ΔW‖/‖W‖", "Update size ‖ΔW‖/‖W‖ per layer",
              "The size of one optimizer step relative to the layer's weights (weight decay included); about "
              "1e-3 is the usual rule of thumb for a healthy learning rate. Log colour scale.")):
         data = [r for r in rows if r.get(key, 0) and r[key] > 0]
@@ -171,11 +171,11 @@ def speed_panels(run, prefix) -> list[Panel]:
             continue
         out.append(Panel(f"{prefix}-{key}-heatmap", title, what + note,
                          spec=charts.heatmap(f"{key}_heat", data, x="step", x2="step_end", y="layer", value=key,
-                                             y_sort=labels, x_title="step", value_title=key)))
+                                             y_sort=labels, x_title="step", value_title=symbol)))
         out.append(Panel(f"{prefix}-{key}-lines", title.split(" per layer")[0] + ": one line per layer",
                          "The same records as lines (log scale); click a layer in the legend to pick it out.",
                          spec=charts.lines(f"{key}_lines", data, "step", key, "layer", x_title="step",
-                                           y_title=key, log_y=True, color_sort=labels, height=240)))
+                                           y_title=symbol, log_y=True, color_sort=labels, height=240)))
     health = []
     for r in rows:
         for key in ("saturated", "dead"):

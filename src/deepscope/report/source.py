@@ -29,7 +29,7 @@ from ..runs import Run
 from ..sweep import SweepFolder
 
 # config keys that are facts about the run, not options of the command that made it
-_NOT_OPTIONS = {"data_source", "n_train", "task", "rung", "title", "book", "runs", "ensemble", "expanded",
+_NOT_OPTIONS = {"data_source", "n_train", "task", "rung", "corpus_name", "title", "book", "runs", "ensemble", "expanded",
                 "network3", "command", "func", "default_epochs", "out", "resume"}
 # the command of each kind, with the config keys that are its positional arguments
 COMMANDS = {"train": "deepscope train", "row-mnist": "deepscope rnn mnist", "char-lm": "deepscope rnn text",
@@ -133,15 +133,17 @@ def open_run(path) -> RunData:
     else:
         run = Run.open(path)
         config, metrics, speed = dict(run.config), run.history.records, _jsonl(run.file(SPEED))
-    if kind == "scope-speed":
+    # an experiment's own settings stand in for the config of folders written before experiments had one
+    if kind == "scope-speed" and not config:
         config = {k: v for k, v in run.load_json("summary.json").items()
                   if k in ("layers", "activation", "init", "steps", "eta", "lmbda", "n", "seeds")}
     elif kind == "scope-compare":
         data = run.load_json("compare.json")
-        config, extras["compare"] = data["config"], data["cells"]
+        config, extras["compare"] = config or data["config"], data["cells"]
     elif kind == "scope-time":
-        config = run.load_json("time.json")
-        extras["time"] = config.pop("norms")
+        data = run.load_json("time.json")
+        extras["time"] = data.pop("norms")
+        config = config or data
     elif kind == "char-lm" and run.file("sample.txt").is_file():
         extras["sample"] = run.file("sample.txt").read_text(encoding="utf-8")
     return RunData(path=path, kind=kind, config=config, command=reproduce_command(kind, config),
@@ -189,7 +191,7 @@ def reproduce_command(kind: str, config: dict) -> str:
             continue
         if kind == "scope-speed" and key == "layers":
             value = ",".join(map(str, value))
-        elif kind == "scope-speed" and key == "seeds":
+        elif kind == "scope-speed" and key == "seeds" and isinstance(value, list):
             value = len(value)
         elif kind == "scope-compare" and isinstance(value, list):
             value = ",".join(map(str, value))

@@ -88,7 +88,8 @@ class LearningSpeedRecorder:
 
     Args:
         model: any :class:`deepscope.nn.Module`. Attach the recorder before training so that record 0 is
-            the speed at initialisation.
+            the speed at initialisation. As a ``fit`` callback it may be left out: the recorder then watches
+            the model ``fit`` trains, from its first step.
         every: record every this many optimizer steps (record k for k = 0, every, 2·every, …).
         run_dir: if given, each record is appended to ``run_dir/speed.jsonl`` as it is made.
         figure: with ``run_dir``, redraw ``run_dir/speed.png`` at the end of every epoch (the HTML report draws
@@ -99,12 +100,21 @@ class LearningSpeedRecorder:
         history: the records, a list of dicts ``{"step", "layers": {name: {...}}, "nonfinite"}``.
     """
 
-    def __init__(self, model, every: int = 1, run_dir=None, figure: bool = True):
+    def __init__(self, model=None, every: int = 1, run_dir=None, figure: bool = True):
         if every < 1:
             raise ValueError(f"LearningSpeedRecorder: every must be >= 1, got {every}")
-        self.model, self.every = model, int(every)
+        self.every = int(every)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.figure = figure
+        self.model = None
+        self.history: list[dict] = []
+        self.steps = 0                          # optimizer steps seen so far
+        self._handles = []
+        if model is not None:
+            self._watch(model)
+
+    def _watch(self, model) -> None:
+        self.model = model
         self._params = {}                       # module name -> (module, [(pname, Parameter)])
         self._activations = {}                  # module name -> (module, kind)
         for name, m in model.named_modules():
@@ -117,9 +127,6 @@ class LearningSpeedRecorder:
         if not self._params:
             raise ValueError("LearningSpeedRecorder: the model has no parameters to watch")
         self.layers = list(self._params)
-        self.history: list[dict] = []
-        self.steps = 0                          # optimizer steps seen so far
-        self._handles = []
         self._order: list[str] = []             # modules in forward order (learned from the hooks)
         self._seen_order = set()
         self._outputs = {}                      # activation name -> its last output (a reference, no copy)
@@ -182,6 +189,17 @@ class LearningSpeedRecorder:
             self._arm()
 
     # -- deepscope.train.fit callbacks ----------------------------------------------------------------
+    def on_fit_start(self, model, optimizer, epoch) -> None:
+        """Watch ``model`` if no model was given, and count steps from the optimizer's (a resumed run's records
+        go on from where they stopped)."""
+        if self.model is None:
+            self._watch(model)
+        if optimizer.steps != self.steps:
+            self._disarm()
+            self.steps = optimizer.steps
+            if self._due():
+                self._arm()
+
     def on_before_step(self, step, model, optimizer) -> None:
         self.before_step()
 

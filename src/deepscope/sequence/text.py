@@ -21,7 +21,7 @@ from tqdm import tqdm
 from .. import backend, nn, optim
 from ..errors import ConfigError, DataError, NonFiniteError
 from ..runs import History
-from ..train import step
+from ..train import _call, step   # fit's way of calling callbacks
 from .mnist import recurrent_layer
 
 
@@ -64,13 +64,16 @@ def evaluate_char_lm(model, corpus, split: str = "validation", batch_size: int =
 
 
 def train_char_lm(model, corpus, epochs: int = 10, batch_size: int = 32, seq_len: int = 100, lr: float = 2e-3,
-                  clip: float | None = 5.0, schedule: str = "none", run=None, progress: bool = True):
+                  clip: float | None = 5.0, schedule: str = "none", run=None, progress: bool = True,
+                  callbacks=()):
     """Train ``model`` on ``corpus`` with Adam and truncated BPTT, one :func:`deepscope.train.step` per chunk;
     return a list of per-epoch records (``train_loss``, ``val_loss`` in nats/char, ``val_bpc``, ``seconds``,
     ``chars_per_s``). ``schedule="cosine"`` decays the learning rate to 0 along a half cosine over the epochs.
 
     Given a :class:`deepscope.runs.Run`, every epoch is saved there (checkpoint, metrics, the model of the best
-    validation loss) before it is printed, and a run with a checkpoint continues where it stopped.
+    validation loss) before it is printed, and a run with a checkpoint continues where it stopped. ``callbacks``:
+    objects with :func:`deepscope.train.fit`'s ``on_fit_start``, ``on_before_step``, ``on_step``, ``on_record``
+    and ``on_fit_end`` (all optional), called at the same moments (the CLI's ``--report``).
     """
     rnn = _rnn_of(model)
     if not rnn.stateful:
@@ -83,6 +86,7 @@ def train_char_lm(model, corpus, epochs: int = 10, batch_size: int = 32, seq_len
     history = checkpoint.history if checkpoint else History()
     if checkpoint and scheduler is not None:
         scheduler.load_state_dict(checkpoint.state.get("Schedule", {}))
+    _call(callbacks, "on_fit_start", model, opt, checkpoint.epoch if checkpoint else 0)
     for epoch in range((checkpoint.epoch if checkpoint else 0) + 1, epochs + 1):
         model.train()
         rnn.reset_state()
@@ -96,7 +100,9 @@ def train_char_lm(model, corpus, epochs: int = 10, batch_size: int = 32, seq_len
             def finite(loss, where=f"epoch {epoch}, step {steps + 1}"):
                 if not math.isfinite(loss):
                     raise NonFiniteError(f"the cost became {loss} at {where}")
+                _call(callbacks, "on_before_step", opt.steps + 1, model, opt)
             loss, _ = step(model, cost, opt, xp.asarray(x), xp.asarray(y), finite)
+            _call(callbacks, "on_step", opt.steps, model, opt)
             loss_sum += loss
             steps += 1
             bar.update(y.size)
@@ -117,9 +123,11 @@ def train_char_lm(model, corpus, epochs: int = 10, batch_size: int = 32, seq_len
             run.save_checkpoint(model, opt, epoch, history,
                                 {"Schedule": scheduler.state_dict()} if scheduler is not None else {})
             run.write_metrics(history)
+        _call(callbacks, "on_record", epoch, record)
         if progress:
             tqdm.write(format_record(record))
     rnn.reset_state()
+    _call(callbacks, "on_fit_end", history, None)
     return history.records
 
 
