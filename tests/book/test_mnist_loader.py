@@ -96,3 +96,20 @@ def test_a_hostile_or_broken_pickle_is_one_clear_error(book_folder, tmp_path, ba
         f.write(bad)
     with pytest.raises(DataError):
         mnist_loader.load_data()
+
+
+def test_the_books_expanded_file_of_lists_is_read(book_folder, tmp_path):
+    """expand_mnist.py pickles its training split as two lists: image arrays and NumPy-scalar labels."""
+    import gzip
+    import pickle
+
+    tr, va, te = mnist_loader.load_data()
+    pairs = [(x, y) for x, y in zip(tr[0][:60], tr[1][:60])]           # y: numpy.int64 scalars
+    expanded_training_data = [list(d) for d in zip(*pairs)]
+    with gzip.open(tmp_path / "data" / "mnist_expanded.pkl.gz", "wb") as f:
+        pickle.dump((expanded_training_data, va, te), f, protocol=2)
+    expanded, validation, test = network3.load_data_shared("../data/mnist_expanded.pkl.gz")
+    assert expanded[0].shape == (60, 1, 28, 28) and expanded[1].dtype == np.int64
+    np.testing.assert_array_equal(expanded[1], tr[1][:60])
+    np.testing.assert_array_equal(expanded[0].reshape(60, 784), tr[0][:60])
+    np.testing.assert_array_equal(test[1], te[1])

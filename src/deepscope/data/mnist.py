@@ -358,6 +358,17 @@ def _frombuffer(buffer, dtype, shape, order):
     return numpy.frombuffer(buffer, dtype=numpy.dtype(dtype)).reshape(shape, order=order)
 
 
+def _scalar(dtype, data=None):
+    """``numpy.core.multiarray.scalar``: one number of ``dtype`` from its bytes (how a pickle holds a NumPy
+    scalar, e.g. each label in the book's ``mnist_expanded.pkl.gz``)."""
+    dtype = _dtype(dtype)
+    if isinstance(data, str):   # written by Python 2, read with encoding="latin1"
+        data = data.encode("latin1")
+    if not isinstance(data, bytes) or len(data) != dtype.itemsize:
+        raise DataError(f"malformed {dtype} scalar in this pickle")
+    return numpy.frombuffer(data, dtype=dtype)[0]
+
+
 def _dtype(*args):
     dtype = numpy.dtype(*args)
     if dtype.hasobject:
@@ -370,7 +381,7 @@ class _ArraysOnlyUnpickler(pickle._Unpickler):
 
     A pickle can name any importable callable (``os.system``, ``builtins.eval``...) and have it called while
     loading; this one only admits what ``ndarray.__reduce__`` produces: ``_reconstruct`` / ``_frombuffer``,
-    ``ndarray``, ``dtype``, and ``_codecs.encode`` (how Python 3 writes bytes in a protocol-2 pickle; it only
+    ``ndarray``, ``dtype``, ``scalar`` (a NumPy number), and ``_codecs.encode`` (how Python 3 writes bytes in a protocol-2 pickle; it only
     turns a string into bytes). Each is replaced by a checked version, so that a small file cannot ask for a
     huge array: an array's declared size must equal the bytes the file holds for it.
 
@@ -383,6 +394,7 @@ class _ArraysOnlyUnpickler(pickle._Unpickler):
         ("numpy.core.multiarray", "_reconstruct"): _new_array, ("numpy._core.multiarray", "_reconstruct"): _new_array,
         ("numpy.core.numeric", "_frombuffer"): _frombuffer, ("numpy._core.numeric", "_frombuffer"): _frombuffer,
         ("numpy", "ndarray"): _CheckedArray, ("numpy", "dtype"): _dtype, ("_codecs", "encode"): codecs.encode,
+        ("numpy.core.multiarray", "scalar"): _scalar, ("numpy._core.multiarray", "scalar"): _scalar,
     }
 
     def __init__(self, file, name):
@@ -464,21 +476,37 @@ def _plain(obj):
 
 
 def load_book_pickle(path: Path) -> MNISTData:
-    """The book's ``mnist.pkl.gz``: ((X, y) train, (X, y) validation, (X, y) test), X float32 (N, 784) in [0, 1)."""
+    """The book's ``mnist.pkl.gz``: ((X, y) train, (X, y) validation, (X, y) test), X float32 (N, 784) in [0, 1).
+    Also the book's ``mnist_expanded.pkl.gz`` (written by its ``expand_mnist.py``), whose training split is a
+    pair of lists: 250,000 image arrays and their labels (NumPy scalars)."""
     content = load_pickle(path)
     ok = isinstance(content, (tuple, list)) and len(content) == 3 and all(
-        isinstance(s, (tuple, list)) and len(s) == 2 and all(isinstance(a, numpy.ndarray) for a in s)
-        for s in content)
+        isinstance(s, (tuple, list)) and len(s) == 2 and all(_array_like(a) for a in s) for s in content)
     if not ok:
         raise DataError(f"{path}: expected (train, validation, test), each a pair (images, labels) of arrays")
     splits = []
     for X, y in content:
+        X, y = _as_array(X, path), _as_array(y, path)
         if X.ndim != 2 or X.shape[1] != 784 or y.shape != (len(X),):
             raise DataError(f"{path}: expected images (N, 784) and labels (N,), got {X.shape} and {y.shape}")
         if len(y) and (y.min() < 0 or y.max() > 9):
             raise DataError(f"{path}: labels must lie in 0..9, found {y.min()}..{y.max()}")
         splits.append((X.astype(numpy.float32).reshape(-1, 1, 28, 28), y.astype(numpy.int64)))
     return MNISTData("mnist", *splits, source=str(path), classes=_DATASETS["mnist"].classes)
+
+
+def _array_like(a) -> bool:
+    """An array, or a list of arrays / numbers (how ``expand_mnist.py`` wrote its training split)."""
+    return isinstance(a, numpy.ndarray) or (
+        isinstance(a, list) and all(isinstance(v, (numpy.ndarray, numpy.number, int, float)) for v in a))
+
+
+def _as_array(a, path):
+    if isinstance(a, numpy.ndarray):
+        return a
+    if a and len({numpy.shape(v) for v in a}) != 1:
+        raise DataError(f"{path}: the items of a list in this pickle differ in shape")
+    return numpy.array(a)
 
 
 # ---------------------------------------------------------------------------------------------- downloading
