@@ -12,8 +12,8 @@ in a rotating order; the table gives medians of the repeats. Also, in the same r
     layers, as conv_speed.py);
   * [784,30,10] (sigmoid, cross-entropy, ``fit``) against a network2.py-style per-example loop at m = 10
     and 64 (fc_speed.py's loop), 1 thread;
-  * peak memory of a training step (conv_speed.py's yardstick: peak-RSS growth in a fresh process, both
-    frameworks at the same thread count);
+  * peak memory of a training step (peak-RSS growth over two steps, in a fresh process after a warm-up
+    step at mini-batch 2 and malloc_trim, both frameworks at 2 threads);
   * the OpenBLAS spin-wait check behind deepscope's default: 64×784 by 784×100 GEMMs with OpenBLAS's own 2
     threads against one, while the other engineers' processes load the machine.
 
@@ -26,6 +26,7 @@ import argparse
 import math
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -59,7 +60,7 @@ class Deepscope:
     def __init__(self, name, batch, seed=0):
         ds.manual_seed(seed)
         self.net = build(name)
-        self.net[0].needs_input_grad = False          # the data needs no gradient (PyTorch skips it too)
+        self.net.needs_input_grad = False             # the data needs no gradient (PyTorch skips it too)
         self.cost = nn.LogLikelihoodCost()
         self.opt = optim.SGD(self.net.parameters(), lr=ETA)
         rng = np.random.default_rng(seed)
@@ -186,18 +187,34 @@ def blas_spin_check(repeats=200):
     return out
 
 
+MEMORY_CHILD = """
+import ctypes, gc, json, sys
+sys.path.insert(0, {here!r})
+import cpu_speed as c, conv_speed as cs
+c.set_threads({threads})
+make = c.Deepscope if {fw!r} == "deepscope" else c.Torch
+warm = make({name!r}, 2)          # imports, compiled kernels, first-call set-up: not a step's memory
+warm.step()
+r = make({name!r}, {batch})
+del warm
+gc.collect()
+ctypes.CDLL("libc.so.6").malloc_trim(0)   # hand freed heap back, so the peak below is the step's own
+open("/proc/self/clear_refs", "w").write("5")
+base = cs._vm("VmRSS")
+r.step()
+r.step()
+print(json.dumps(cs._vm("VmHWM") - base))
+"""
+
+
 def memory(name, batch, threads):
-    """Peak-RSS growth of two training steps, in a fresh process per framework (conv_speed.py's measure)."""
-    code = ("import sys, json; sys.path.insert(0, {here!r}); import cpu_speed as c, conv_speed as cs; "
-            "c.set_threads({t}); r = (c.Deepscope if {fw!r} == 'deepscope' else c.Torch)({name!r}, {batch}); "
-            "open('/proc/self/clear_refs', 'w').write('5'); base = cs._vm('VmRSS'); r.step(); r.step(); "
-            "print(json.dumps(cs._vm('VmHWM') - base))")
+    """Peak memory of a training step: the peak-RSS growth over two steps at mini-batch ``batch``, in a fresh
+    process per framework, after a warm-up step at mini-batch 2 (imports, compiled kernels and first-call
+    set-up are not a step's memory) and ``malloc_trim``."""
     out = {}
     for fw in ("deepscope", "pytorch"):
-        import subprocess
-        res = subprocess.run([sys.executable, "-c", code.format(here=str(HERE), t=threads, fw=fw, name=name,
-                                                                   batch=batch)],
-                             capture_output=True, text=True, check=True)
+        code = MEMORY_CHILD.format(here=str(HERE), threads=threads, fw=fw, name=name, batch=batch)
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         out[fw] = int(res.stdout.strip().splitlines()[-1])
     return out
 

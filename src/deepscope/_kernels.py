@@ -23,11 +23,18 @@ def col2im(dcols, dx, sh, sw):
     c_, kh, kw, n_, ho, wo = dcols.shape
     for c in range(c_):
         for n in range(n_):
+            plane = dx[c, n]
             for l in range(kh):
                 for m in range(kw):
+                    src = dcols[c, l, m, n]
                     for j in range(ho):
-                        for k in range(wo):
-                            dx[c, n, j * sh + l, k * sw + m] += dcols[c, l, m, n, j, k]
+                        row, add = plane[j * sh + l], src[j]
+                        if sw == 1:                      # unit stride: a loop the compiler vectorises
+                            for k in range(wo):
+                                row[k + m] += add[k]
+                        else:
+                            for k in range(wo):
+                                row[k * sw + m] += add[k]
 
 
 # -- pooling, on planes (P, H, W): P = N·C in memory order ---------------------------------------------
@@ -143,10 +150,12 @@ def sumpool_backward(g, x, dx, kh, kw, sh, sw, times_x):
 @_jit
 def sigmoid(z, out):
     """σ(z) = 1/(1+e^{-z}) with e^{-|z|} (no overflow): 1/(1+e) for z ≥ 0, e/(1+e) for z < 0."""
+    one = z.dtype.type(1)                 # in z's precision, as NumPy computes it
     for i in range(z.size):
-        e = math.exp(-abs(z[i]))
-        r = 1.0 / (1.0 + e)
-        out[i] = r if z[i] >= 0 else e * r
+        zi = z[i]
+        e = np.exp(-np.abs(zi))
+        r = one / (one + e)
+        out[i] = r if zi >= 0 else e * r
 
 
 @_jit

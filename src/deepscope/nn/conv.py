@@ -148,12 +148,10 @@ class Conv2d(Module):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         n, _, h, w = x.shape
         ho, wo = output_size(h, kh, sh, ph), output_size(w, kw, sw, pw)
-        self._x_shape, self._x, self._cols, self._chunk_cols = x.shape, x, None, None
+        self._x_shape, self._x, self._cols = x.shape, x, None
         if cpu.fast(x):   # the same Z = W X + b, chunks of the mini-batch on the CPU's threads
             bias = None if self.bias is None else self.bias.data
-            z, self._chunk_cols = cpu.conv2d_forward(x, self.weight.data, bias, self.stride, self.padding,
-                                                     keep_columns=self.training)
-            return z
+            return cpu.conv2d_forward(x, self.weight.data, bias, self.stride, self.padding)
         cols = self._columns(self._pad(x))
         z = self.weight.data.reshape(self.out_channels, -1) @ cols          # Z = W X   (out, N·Ho·Wo)
         if self.bias is not None:
@@ -170,8 +168,7 @@ class Conv2d(Module):
         ho, wo = grad_output.shape[2], grad_output.shape[3]
         if cpu.fast(grad_output, self._x):   # the same three lines below, on shards, in the CPU's threads
             dw, db, dx = cpu.conv2d_backward(self._x, self.weight.data, grad_output, self.stride, self.padding,
-                                             input_grad=self.needs_input_grad, columns=self._chunk_cols)
-            self._chunk_cols = None
+                                             input_grad=self.needs_input_grad)
             self.weight.grad += dw                                               # ∂C/∂W = Δ Xᵀ
             if self.bias is not None:
                 self.bias.grad += db                                             # ∂C/∂b = Σ δ
