@@ -13,6 +13,7 @@ import pytest
 
 import deepscope as ds
 from deepscope import cpu, nn, optim
+from deepscope.cli.main import build_parser, main
 
 pytestmark = pytest.mark.skipif(cpu.kernels() is None, reason="numba is not installed")
 
@@ -282,3 +283,17 @@ def test_set_num_threads_rejects_nonsense_and_honours_omp_num_threads():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     n, blas = out.stdout.split(" ", 1)
     assert n == "3" and set(eval(blas)) == {1}       # deepscope's 3 threads, each calling one-threaded BLAS
+
+
+def test_threads_option_on_training_and_evaluating_commands(tmp_path, capsys):
+    parser = build_parser()
+    for argv in (["train"], ["book", "ch6", "relu"], ["rnn", "mnist"], ["rnn", "text"], ["scope", "speed"],
+                 ["evaluate", "RUN"], ["predict", "RUN", "x.png"]):
+        assert parser.parse_args(argv + ["--threads", "3"]).threads == 3, argv
+    was = cpu.get_num_threads()
+    try:
+        assert main(["evaluate", str(tmp_path / "no-such-run"), "--threads", "3"]) != 0   # fails: no run ...
+        assert cpu.get_num_threads() == 3                                                       # ... but applied first
+    finally:
+        cpu.set_num_threads(was)
+    capsys.readouterr()

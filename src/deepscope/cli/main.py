@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from .. import __version__
+from .. import __version__, set_num_threads
 from ..errors import DeepscopeError
 from . import book, report, rnn, scope, show, train
 from .options import Parser
@@ -46,6 +46,8 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if getattr(args, "threads", None):
+        set_num_threads(args.threads)     # --threads: one setting for deepscope's threads and BLAS
     try:
         result = args.func(args)
     except DeepscopeError as e:

@@ -5,6 +5,7 @@
     --train-size (aliases --n, --n-train)   use only the first N training images
     --epochs, --seed, --out, --resume, --data-dir, --dataset
     --quiet                        no progress bars; only the summary at the end (everywhere)
+    --threads N                    threads for deepscope and BLAS (every training and evaluating command)
 
 A command adds a group with one call (``options.run_folder(p, "train")``); an option every training command
 takes is one line in :func:`training`. Option types refuse a bad value at once, in one line, before any data is
@@ -95,9 +96,16 @@ def run_folder(p, prefix: str, resumable: bool = True) -> None:
 
 
 def output(p) -> None:
-    """--quiet: the same meaning in every command."""
+    """--quiet and --threads: the same meaning in every command."""
     p.add_argument("--quiet", action="store_true",
                    help="no progress bars and no line per epoch: only the summary at the end")
+    threads(p)
+
+
+def threads(p) -> None:
+    """--threads: how many threads deepscope (and BLAS within them) runs on; main() applies it."""
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                   help="threads for deepscope's work, BLAS included (default: $OMP_NUM_THREADS, else all cores)")
 
 
 def report(p) -> None:
