@@ -17,8 +17,9 @@ For mini-batches of 10, 64 and 256 it measures
     inference and 3× that for training (forward, ∂/∂input, ∂/∂weights).
 
 Timings alternate deepscope and PyTorch, repeat, and report medians: the machine is shared and noisy.
-Both frameworks get the same number of threads, ``--threads`` (default: the CPU cores): OpenBLAS (NumPy's
-matmul, set before NumPy is imported) and ``torch.set_num_threads``. The published results use
+Both frameworks get the same number of threads, ``--threads`` (default: the CPU cores):
+``deepscope.set_num_threads`` (deepscope's threads, BLAS at one thread in each) and ``torch.set_num_threads``.
+(benchmarks/cpu_speed.py measures 1 and 2 threads in one process.) The results published before issue 11 used
 ``--threads 1``: on the shared 2-core machine (load average 4-10) OpenBLAS with 2 threads collapsed in
 training (rung3, mini-batch 256: 39-58 images/s against PyTorch's 381-1730 in quick runs), while one
 thread each gave stable numbers. Input images are uniform random numbers (speed does not depend on the pixel values).
@@ -60,6 +61,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import deepscope as ds  # noqa: E402
 from deepscope import nn, optim  # noqa: E402
+
+ds.set_num_threads(THREADS)
 from deepscope.train import step  # noqa: E402
 from common import write_json  # noqa: E402
 
@@ -248,7 +251,7 @@ def main(argv=None):
     ap.add_argument("--nets", default=",".join(NETS))
     ap.add_argument("--batches", default=",".join(map(str, BATCHES)))
     ap.add_argument("--threads", type=int, default=THREADS,
-                    help="threads for OpenBLAS (NumPy) and for PyTorch (default: CPU cores)")
+                    help="threads for deepscope (deepscope.set_num_threads) and PyTorch (default: CPU cores)")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/conv_speed.json"))
     ap.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)

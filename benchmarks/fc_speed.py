@@ -9,7 +9,6 @@ Data: random images in [0,1] with random labels (throughput does not depend on t
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import numpy as np
@@ -98,11 +97,12 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--images", type=int, default=10000, help="images per timed epoch")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch threads (default: torch's own); set OPENBLAS_NUM_THREADS to match for NumPy")
+                   help="threads for deepscope (deepscope.set_num_threads) and torch (default: each its own)")
     p.add_argument("--out", default="fc_speed.json", help="file name under benchmarks/results/")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+        ds.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     X = rng.random((args.images, 784), dtype=np.float32)
     y = rng.integers(0, 10, args.images)
@@ -125,7 +125,7 @@ def main(argv=None):
     cols = ["net", "batch", "deepscope img/s", "torch img/s", "network2 img/s", "vs torch", "vs network2"]
     print()
     print(table(rows, cols))
-    info = {"machine": machine(), "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default (all cores)"),
+    info = {"machine": machine(), "deepscope_threads": ds.get_num_threads(),
             "command": "python " + " ".join(sys.argv), "repeats": args.repeats, "images": args.images}
     path = write_json(args.out, {**info, "rows": rows})
     print(f"\nwritten to {path}")

@@ -297,3 +297,30 @@ def test_threads_option_on_training_and_evaluating_commands(tmp_path, capsys):
     finally:
         cpu.set_num_threads(was)
     capsys.readouterr()
+
+
+def test_a_training_step_gives_the_same_numbers_at_any_thread_count(monkeypatch):
+    """Shards never change a sum's order (conv chunks do not depend on the thread count; their partial ∂C/∂W
+    are added in chunk order; GEMMs split by rows): 1 and 3 threads give bit-identical weights."""
+    from deepscope.train import step
+    monkeypatch.setattr(cpu, "ELEMENTS_PER_SHARD", 64)
+    monkeypatch.setattr(cpu, "MACS_PER_SHARD", 1000)
+    monkeypatch.setattr(cpu, "COLUMN_BYTES_PER_CHUNK", 20_000)
+    rng = np.random.default_rng(0)
+    x, y = rng.random((37, 1, 14, 14), dtype=np.float32), rng.integers(0, 10, 37)
+    weights, was = [], cpu.get_num_threads()
+    try:
+        for threads in (1, 3):
+            cpu.set_num_threads(threads)
+            ds.manual_seed(0)
+            net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(), nn.Conv2d(4, 6, 3),
+                                nn.Sigmoid(), nn.Flatten(), nn.Dropout(0.2), nn.Linear(150, 40), nn.Tanh(),
+                                nn.Linear(40, 10))
+            opt = optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+            for _ in range(3):
+                step(net, nn.LogLikelihoodCost(), opt, x, y)
+            weights.append([p.data.copy() for p in net.parameters()])
+    finally:
+        cpu.set_num_threads(was)
+    for a, b in zip(*weights):
+        np.testing.assert_array_equal(a, b)

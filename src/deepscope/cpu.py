@@ -2,12 +2,15 @@
 
 One setting governs every thread deepscope runs: :func:`set_num_threads` (``deepscope.set_num_threads``,
 ``--threads`` on the command line; default ``$OMP_NUM_THREADS``, else the cores this process may use).
-deepscope splits each mini-batch into that many shards and runs a shard in each thread: the im2col copy, the
-GEMMs and col2im of a convolution, poolings, activations, dropout, the GEMMs of a linear layer, and the
-optimizer's update over one flat buffer. BLAS (OpenBLAS, through threadpoolctl) is held at one thread per
-shard, so the process never runs more threads than asked for. That is also the measured default for a
-shared machine: OpenBLAS's own threads spin-wait between calls, and on a loaded 2-core machine they turned
-0.2 ms GEMMs into 45-117 ms; deepscope's threads sleep while they wait.
+deepscope cuts the work of a layer into pieces that its threads share: chunks of the mini-batch for the
+im2col copy, the GEMMs and col2im of a convolution, planes for poolings, flat ranges for activations, dropout
+and the optimizer's update over one flat buffer, row blocks for the GEMMs of a linear layer. The pieces do
+not depend on the thread count, so neither do the numbers a run computes. BLAS (OpenBLAS, through
+threadpoolctl) runs one thread inside each of deepscope's, so the process never runs more threads than asked
+for. That is what makes the default safe on a shared machine: OpenBLAS's own threads spin-wait between
+calls, and on the loaded 2-core machine of issue 11 they turned 0.09 ms GEMMs into 230-300 ms stalls
+(``benchmarks/cpu_speed.py``); deepscope's threads sleep while they wait, and the caller never waits for a
+worker that has not started (it takes the remaining pieces itself).
 
 A fast path takes only NumPy arrays (:func:`fast`): CuPy arrays, and any run where numba is missing, take
 the layer's own NumPy/CuPy expression, which is also the reference each fast path is tested against
@@ -244,18 +247,22 @@ MACS_PER_SHARD = 2_000_000      # below this a GEMM shard is not worth a thread 
 
 
 def matmul(a, b):
-    """``a @ b`` for 2-D NumPy arrays, the rows of ``a`` split over the threads."""
+    """``a @ b`` for 2-D arrays: for a large product, the rows of ``a`` in blocks (at most 8, each at least
+    ``MACS_PER_SHARD`` multiply-adds) that the threads share. The blocks do not depend on the thread count,
+    so neither does the result."""
     m, k = a.shape
     n = b.shape[1]
     rows = max(1, MACS_PER_SHARD // max(1, k * n))
-    if m < 2 * rows or get_num_threads() == 1 or not fast(a, b):
+    if m < 2 * rows or not fast(a, b):
         return a @ b
+    blocks = split(m, min(8, m // rows))
     out = numpy.empty((m, n), dtype=numpy.result_type(a, b))
 
     def shard(s, e):
-        numpy.matmul(a[s:e], b, out=out[s:e])
+        for lo, hi in blocks[s:e]:
+            numpy.matmul(a[lo:hi], b, out=out[lo:hi])
 
-    parallel(shard, m, rows)
+    parallel(shard, len(blocks))
     return out
 
 
