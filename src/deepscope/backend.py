@@ -123,6 +123,30 @@ def rng() -> numpy.random.Generator:
     return _rng
 
 
+_device_rngs: dict = {}
+
+
+def rng_for(xp_):
+    """The generator that draws arrays of the module ``xp_`` where they live: the global NumPy generator for
+    NumPy, for CuPy a CuPy generator on the GPU seeded from the same seed (so dropout masks are drawn on the
+    device, not copied there every step). Reseeded by :func:`manual_seed`."""
+    if xp_ is numpy:
+        return _rng
+    key = (xp_.__name__, _seed)
+    if key not in _device_rngs:
+        _device_rngs.clear()
+        _device_rngs[key] = xp_.random.default_rng(_seed)
+    return _device_rngs[key]
+
+
+def use_device(device: str):
+    """Make ``device`` ("cpu" or "cuda") the place new arrays go (:func:`asarray`, new parameters) and return
+    its array module; "cuda" without CuPy or a GPU is one :class:`ConfigError` line."""
+    global _xp
+    _xp = device_module(device)
+    return _xp
+
+
 def get_rng_state() -> dict:
     """The generator's state, for checkpoints (a JSON-serialisable dict)."""
     return _rng.bit_generator.state

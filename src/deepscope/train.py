@@ -92,8 +92,10 @@ class Batches:
     def __len__(self):
         return len(self.X)
 
-    def epoch(self, batch_size: int):
-        """The mini-batches of one epoch, as arrays of the current array module."""
+    def epoch(self, batch_size: int, xp=None):
+        """The mini-batches of one epoch, as arrays of ``xp`` (the model's array module; default the backend's):
+        the data stays on the host and goes to the device one mini-batch at a time."""
+        xp = backend.xp() if xp is None else xp
         n = len(self.X)
         order = backend.rng().permutation(n) if self.shuffle else np.arange(n)
         for i in range(0, n, batch_size):
@@ -101,7 +103,7 @@ class Batches:
             xb = self.X[idx]
             if self.augment is not None:
                 xb = self.augment(xb)
-            yield backend.asarray(xb), backend.asarray(self.y[idx])
+            yield xp.asarray(xb), xp.asarray(self.y[idx])
 
 
 def fit(model, cost, optimizer, train, epochs: int, batch_size: int, validation=None, test=None, run=None,
@@ -147,7 +149,7 @@ def fit(model, cost, optimizer, train, epochs: int, batch_size: int, validation=
             t0 = time.perf_counter()
             _call(callbacks, "on_epoch_start", epoch, epochs, len(train))
             loss_sum, correct, seen = 0.0, 0, 0
-            for xb, yb in train.epoch(batch_size):
+            for xb, yb in train.epoch(batch_size, model.xp):
                 count += 1
 
                 def before_update(loss, where=f"epoch {epoch}, step {count}"):
@@ -337,7 +339,7 @@ def predict_logits(model, X, batch_size: int = 1000):
     was_training = model.training
     model.eval()
     try:
-        outs = [backend.to_numpy(model(backend.asarray(X[i:i + batch_size])))
+        outs = [backend.to_numpy(model(model.xp.asarray(X[i:i + batch_size])))
                 for i in range(0, len(X), batch_size)]
     finally:
         model.train(was_training)

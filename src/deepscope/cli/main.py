@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from .. import __version__, set_num_threads
+from .. import __version__, backend, set_num_threads
 from ..errors import DeepscopeError
 from . import book, report, rnn, scope, show, train
 from .options import Parser
@@ -49,6 +49,8 @@ def main(argv=None) -> int:
     if getattr(args, "threads", None):
         set_num_threads(args.threads)     # --threads: one setting for deepscope's threads and BLAS
     try:
+        if getattr(args, "device", None):
+            backend.use_device(args.device)   # new parameters and mini-batches go there
         result = args.func(args)
     except DeepscopeError as e:
         print(f"deepscope: error: {e}", file=sys.stderr)

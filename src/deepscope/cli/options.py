@@ -6,6 +6,7 @@
     --epochs, --seed, --out, --resume, --data-dir, --dataset
     --quiet                        no progress bars; only the summary at the end (everywhere)
     --threads N                    threads for deepscope and BLAS (every training and evaluating command)
+    --device cpu|cuda              where parameters and mini-batches live (every training and evaluation command)
 
 A command adds a group with one call (``options.run_folder(p, "train")``); an option every training command
 takes is one line in :func:`training`. Option types refuse a bad value at once, in one line, before any data is
@@ -78,9 +79,16 @@ def existing_dir(text: str) -> str:
 
 # -- option groups --------------------------------------------------------------------------------------------
 def training(p, prefix: str, resumable: bool = True) -> None:
-    """What every training command takes: its run folder, seed and output options."""
+    """What every training command takes: its run folder, seed, device and output options."""
     run_folder(p, prefix, resumable)
+    device(p)
     output(p)
+
+
+def device(p) -> None:
+    """--device cpu|cuda: where the net's parameters and each mini-batch live (cuda needs the gpu extra)."""
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cpu (NumPy) or cuda (CuPy on an NVIDIA GPU; pip install -e '.[gpu]') (default: cpu)")
 
 
 def run_folder(p, prefix: str, resumable: bool = True) -> None:

@@ -79,6 +79,7 @@ def register(sub) -> None:
     s.add_argument("--temperature", type=positive_float, default=0.8, help="softmax temperature τ (default: %(default)s)")
     s.add_argument("--prime", default=None, help="text to start from (default: a newline)")
     s.add_argument("--seed", type=options.seed_int, default=None)
+    options.device(s)
     s.set_defaults(func=cmd_sample)
 
 

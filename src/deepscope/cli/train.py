@@ -68,12 +68,14 @@ def register(sub) -> None:
     p.add_argument("--data-dir", type=existing_dir, default=None,
                    help="folder with the IDX files (default: the run's, else $DEEPSCOPE_DATA, the cache, ...)")
     options.threads(p)
+    options.device(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="classify a PNG image of a digit with a saved run")
     p.add_argument("run", help="run folder")
     p.add_argument("image", help="a PNG: one digit, light on dark like MNIST (dark on light is inverted)")
     options.threads(p)
+    options.device(p)
     p.set_defaults(func=cmd_predict)
 
 

@@ -14,7 +14,8 @@ by 1 - p at test time. Backward uses the same mask as the forward it follows:
     train  ∂C/∂x = ∂C/∂y ⊙ m / (1 - p)   (inverted)     or   ∂C/∂y ⊙ m   (network3)
     eval   ∂C/∂x = ∂C/∂y                  (inverted)     or   (1 - p) ∂C/∂y (network3)
 
-The masks come from the global generator, so ``deepscope.manual_seed`` reproduces them.
+The masks come from the seeded generator of the device x lives on (``backend.rng_for``), so
+``deepscope.manual_seed`` reproduces them.
 """
 from __future__ import annotations
 
@@ -49,9 +50,9 @@ class Dropout(Module):
             self._mask = None
             self._scale = (1.0 - self.p) if self.scale_at_test else 1.0
             return x * self._scale if self._scale != 1.0 else x
-        # m_i ~ Bernoulli(1 - p), drawn on the host from the global generator (reproducible), with the
+        # m_i ~ Bernoulli(1 - p), drawn where x lives from the seeded generator (reproducible), with the
         # training scale folded in so that forward and backward are each one multiplication.
-        u = backend.rng().random(x.shape, dtype="float32")
+        u = backend.rng_for(xp).random(x.shape, dtype="float32")
         scale = 1.0 if self.scale_at_test else 1.0 / (1.0 - self.p)
         fast = cpu.dropout(x, u, self.p, scale)     # the same mask and product, one pass on the CPU's threads
         if fast is not None:

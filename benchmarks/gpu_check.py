@@ -1,0 +1,243 @@
+"""Everything issue 12 asks of a real GPU, in one script for one lease of the device machine.
+
+    python benchmarks/gpu_check.py layers speed train rungs --data-dir .gpu-data/mnist --out "$OUT"
+
+Sections (each writes ``OUT/gpu_<section>.json`` and never stops the others when it fails):
+
+  layers  every layer and cost on CuPy against the same layer on NumPy, same weights and inputs: the output and
+          every gradient (∂C/∂x and each Parameter.grad), float64 (rtol 1e-10) and float32 (rtol 1e-5);
+  speed   training images/s of rung 3 and the dropout net, deepscope on CuPy against PyTorch + cuDNN on the same
+          GPU, alternating, medians, at m = 10 / 64 / 256 / 1024 (the GPU synchronised before each clock read);
+  train   ``deepscope train --device cuda`` (the default net, full MNIST): wall time and test accuracy;
+  rungs   ``deepscope book ch6 ensemble --device cuda`` on expanded data: five dropout nets and their vote (the
+          book's last two rungs) with ``--epochs`` from ``--rung-epochs`` (the book's 40 do not fit a lease).
+
+Nothing here runs without CuPy and a GPU; on this project's CPU machines it says so and exits 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import deepscope as ds  # noqa: E402
+from deepscope import backend, nn, optim  # noqa: E402
+from deepscope.train import step  # noqa: E402
+
+TOL = {"float64": 1e-10, "float32": 1e-5}
+
+
+# -- layers ----------------------------------------------------------------------------------------------------
+def layer_cases():
+    """(name, constructor, input shape or integer input, integer input?) for every layer deepscope has."""
+    cases = [
+        ("Linear", lambda: nn.Linear(7, 5), (4, 7)),
+        ("Conv2d", lambda: nn.Conv2d(2, 3, 3), (2, 2, 8, 8)),
+        ("Conv2d stride 2 pad 1", lambda: nn.Conv2d(2, 3, 3, stride=2, padding=1), (2, 2, 9, 9)),
+        ("MaxPool2d", lambda: nn.MaxPool2d(2), (2, 3, 8, 8)),
+        ("MaxPool2d 3/2", lambda: nn.MaxPool2d(3, 2), (2, 3, 9, 9)),
+        ("AvgPool2d", lambda: nn.AvgPool2d(2), (2, 3, 8, 8)),
+        ("L2Pool2d", lambda: nn.L2Pool2d(2), (2, 3, 8, 8)),
+        ("ReLU", nn.ReLU, (4, 9)), ("Sigmoid", nn.Sigmoid, (4, 9)), ("Tanh", nn.Tanh, (4, 9)),
+        ("Softmax", nn.Softmax, (4, 9)), ("LogSoftmax", nn.LogSoftmax, (4, 9)),
+        ("Flatten", nn.Flatten, (2, 3, 4, 4)),
+        ("Dropout (eval)", lambda: nn.Dropout(0.5).eval(), (4, 9)),
+        ("RNN", lambda: nn.RNN(5, 6, num_layers=2, bidirectional=True), (3, 4, 5)),
+        ("LSTM", lambda: nn.LSTM(5, 6, num_layers=2, bidirectional=True), (3, 4, 5)),
+        ("GRU", lambda: nn.GRU(5, 6, num_layers=2, bidirectional=True), (3, 4, 5)),
+        ("Embedding", lambda: nn.Embedding(11, 4), "int"),
+    ]
+    for name, args in (("BatchNorm1d", (6,)), ("BatchNorm2d", (3,))):
+        if hasattr(nn, name):
+            shape = (5, 6) if name == "BatchNorm1d" else (4, 3, 5, 5)
+            cases.append((name, (lambda n=name, a=args: getattr(nn, n)(*a)), shape))
+    return cases
+
+
+def _grads(model, x, xp, seed):
+    out = model(x)
+    g = xp.asarray(np.random.default_rng(seed + 1).standard_normal(out.shape), dtype=out.dtype)
+    model.zero_grad()
+    dx = model.backward(g)
+    return {"out": out, "dx": dx, **{k: p.grad for k, p in model.named_parameters()}}
+
+
+def check_layer(name, make, shape, dtype, cupy):
+    backend.set_default_dtype(dtype)
+    ds.manual_seed(0)
+    cpu = make()
+    ds.manual_seed(0)
+    gpu = make().to("cuda")
+    gpu.load_state_dict(cpu.state_dict())
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 11, (3, 7)) if shape == "int" else rng.standard_normal(shape).astype(dtype)
+    a = _grads(cpu, x, np, 0)
+    b = _grads(gpu, cupy.asarray(x), cupy, 0)
+    worst = 0.0
+    for k, v in a.items():
+        if v is None:
+            assert b[k] is None, f"{k}: None on NumPy, an array on CuPy"
+            continue
+        w = backend.to_numpy(b[k])
+        err = float(np.max(np.abs(w - v) / (np.abs(v) + 1e-30 + TOL[dtype])) if v.size else 0.0)
+        worst = max(worst, err)
+        np.testing.assert_allclose(w, v, rtol=TOL[dtype], atol=TOL[dtype] * max(1.0, float(np.abs(v).max(initial=0))),
+                                   err_msg=f"{name} {dtype}: {k}")
+    return worst
+
+
+def costs(cupy):
+    out = {}
+    for name in ("LogLikelihoodCost", "CrossEntropyCost", "QuadraticCost"):
+        for dtype in ("float64", "float32"):
+            cost_cpu, cost_gpu = getattr(nn, name)(), getattr(nn, name)()
+            z = np.random.default_rng(1).standard_normal((6, 10)).astype(dtype)
+            y = np.arange(6) % 10
+            c1, c2 = float(cost_cpu(z, y)), float(cost_gpu(cupy.asarray(z), cupy.asarray(y)))
+            g1, g2 = cost_cpu.backward(), backend.to_numpy(cost_gpu.backward())
+            np.testing.assert_allclose(c2, c1, rtol=TOL[dtype])
+            np.testing.assert_allclose(g2, g1, rtol=TOL[dtype], atol=TOL[dtype])
+            out[f"{name} {dtype}"] = "ok"
+    return out
+
+
+def section_layers(args, cupy):
+    results = {}
+    for name, make, shape in layer_cases():
+        for dtype in ("float64", "float32"):
+            try:
+                results[f"{name} {dtype}"] = {"ok": True, "max_rel_err": check_layer(name, make, shape, dtype, cupy)}
+            except Exception as e:  # recorded, not fatal: the next layer is still checked
+                results[f"{name} {dtype}"] = {"ok": False, "error": f"{type(e).__name__}: {e}"[:400]}
+    backend.set_default_dtype("float32")
+    try:
+        results.update({k: {"ok": True} for k in costs(cupy)})
+    except Exception as e:
+        results["costs"] = {"ok": False, "error": f"{type(e).__name__}: {e}"[:400]}
+    results["all_ok"] = all(v.get("ok") for v in results.values() if isinstance(v, dict))
+    return results
+
+
+# -- speed -----------------------------------------------------------------------------------------------------
+def section_speed(args, cupy):
+    import torch
+    from conv_speed import build_deepscope, build_torch
+    backend.set_default_dtype("float32")
+    out = {"gpu": cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(), "torch": torch.__version__,
+           "cudnn": torch.backends.cudnn.version()}
+    for net in ("rung3", "dropout"):
+        for m in (10, 64, 256, 1024):
+            ds.manual_seed(0)
+            ours = build_deepscope(net)
+            theirs = build_torch(net, ours).cuda()
+            ours.to("cuda")
+            cost, opt = nn.LogLikelihoodCost(), optim.SGD(ours.parameters(), lr=0.03)
+            topt = torch.optim.SGD(theirs.parameters(), lr=0.03)
+            rng = np.random.default_rng(0)
+            x = rng.random((m, 1, 28, 28), dtype=np.float32)
+            y = rng.integers(0, 10, m)
+            xc, yc = cupy.asarray(x), cupy.asarray(y)
+            xt, yt = torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda()
+
+            def ds_step():
+                step(ours, cost, opt, xc, yc)
+
+            def torch_step():
+                loss = torch.nn.functional.cross_entropy(theirs(xt), yt)
+                topt.zero_grad()
+                loss.backward()
+                topt.step()
+
+            iters = max(5, min(200, 20000 // m))
+            times = {"deepscope": [], "pytorch": []}
+            fns = {"deepscope": (ds_step, cupy.cuda.Device().synchronize),
+                   "pytorch": (torch_step, torch.cuda.synchronize)}
+            for fn, sync in fns.values():
+                for _ in range(3):
+                    fn()
+                sync()
+            for rep in range(args.repeats):
+                for k in (("deepscope", "pytorch") if rep % 2 == 0 else ("pytorch", "deepscope")):
+                    fn, sync = fns[k]
+                    sync()
+                    t0 = time.perf_counter()
+                    for _ in range(iters):
+                        fn()
+                    sync()
+                    times[k].append(time.perf_counter() - t0)
+            ips = {k: iters * m / statistics.median(v) for k, v in times.items()}
+            out[f"{net} m={m}"] = {**ips, "ratio": ips["deepscope"] / ips["pytorch"]}
+            print(f"{net:8s} m={m:5d}  deepscope {ips['deepscope']:10,.0f} img/s  pytorch {ips['pytorch']:10,.0f}"
+                  f"  ratio {ips['deepscope'] / ips['pytorch']:.2f}", flush=True)
+    return out
+
+
+# -- whole runs through the CLI ----------------------------------------------------------------------------------
+def _deepscope(argv, log):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        rc = subprocess.call([sys.executable, "-m", "deepscope.cli", *argv], stdout=f, stderr=subprocess.STDOUT, env=env)
+    wall = time.perf_counter() - t0
+    tail = Path(log).read_text(errors="replace").splitlines()[-6:]
+    return {"argv": ["deepscope", *argv], "rc": rc, "wall_s": round(wall, 1), "tail": tail}
+
+
+def section_train(args, cupy):
+    run = Path(args.work) / "train-cuda"
+    return _deepscope(["train", "--device", "cuda", "--data-dir", args.data_dir, "--out", str(run), "--quiet"],
+                      Path(args.out) / "gpu_train.log")
+
+
+def section_rungs(args, cupy):
+    run = Path(args.work) / "ensemble-cuda"
+    return _deepscope(["book", "ch6", "ensemble", "--device", "cuda", "--data-dir", args.data_dir,
+                       "--epochs", str(args.rung_epochs), "--out", str(run), "--quiet"],
+                      Path(args.out) / "gpu_rungs.log")
+
+
+SECTIONS = {"layers": section_layers, "speed": section_speed, "train": section_train, "rungs": section_rungs}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("sections", nargs="*", default=list(SECTIONS), choices=list(SECTIONS))
+    p.add_argument("--data-dir", default=str(ROOT / ".gpu-data" / "mnist"))
+    p.add_argument("--out", default=os.environ.get("OUT", "gpu-results"))
+    p.add_argument("--work", default="/tmp/deepscope-gpu")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--rung-epochs", type=int, default=1)
+    args = p.parse_args()
+    try:
+        cupy = backend.device_module("cuda")
+    except ds.DeepscopeError as e:
+        print(f"gpu_check: {e}", file=sys.stderr)
+        return 2
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    for name in args.sections:
+        t0 = time.perf_counter()
+        try:
+            result = SECTIONS[name](args, cupy)
+        except Exception:
+            result = {"error": traceback.format_exc()[-2000:]}
+        result = {"section": name, "seconds": round(time.perf_counter() - t0, 1), **result}
+        Path(args.out, f"gpu_{name}.json").write_text(json.dumps(result, indent=1, default=str))
+        print(f"== {name}: {result['seconds']} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
