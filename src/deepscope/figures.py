@@ -11,6 +11,7 @@ and the README shows.
     plot_filters    first-layer filters (at initialisation, trained, and their change)
     plot_errors     misclassified images titled "true → predicted"
     image_png       one greyscale image as PNG bytes (the HTML report embeds them)
+    plot_sweep      a sweep's metric against its swept options, mean and band over seeds
 """
 from __future__ import annotations
 
@@ -189,3 +190,57 @@ def image_png(image: np.ndarray, vmin: float = 0.0, vmax: float = 1.0) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(grey, mode="L").save(buf, format="PNG")
     return buf.getvalue()
+
+
+def plot_sweep(summary, keys, metric: str, path) -> Path:
+    """A sweep's ``metric`` against its swept options: the first option along x, one panel per value of the
+    second, one line per combination of the others; each point the mean over seeds, the band min–max.
+    ``summary``: dicts with the option values (by key) and ``mean``, ``min``, ``max``, ``n``."""
+    plt = _pyplot()
+    keys = list(keys) or ["(none)"]
+    x_key, panel_key, line_keys = keys[0], (keys[1] if len(keys) > 1 else None), keys[2:]
+    rows = [{"(none)": "", **r} for r in summary]
+    xs = list(dict.fromkeys(r[x_key] for r in rows))
+    numeric = all(_is_number(x) for x in xs)
+    if numeric:
+        xs = sorted(xs, key=float)
+    position = {x: (float(x) if numeric else i) for i, x in enumerate(xs)}
+    panels = list(dict.fromkeys(r[panel_key] for r in rows)) if panel_key else [None]
+    lines = list(dict.fromkeys(tuple(r[k] for k in line_keys) for r in rows))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 1.2, 3.8), squeeze=False, sharey=True)
+    for ax, panel in zip(axes[0], panels):
+        for j, line in enumerate(lines):
+            pts = sorted((position[r[x_key]], r) for r in rows if (panel_key is None or r[panel_key] == panel)
+                         and tuple(r[k] for k in line_keys) == line)
+            if not pts:
+                continue
+            x = [p for p, _ in pts]
+            c = LAYER_COLORS[j % len(LAYER_COLORS)]
+            label = ", ".join(f"{k}={v}" for k, v in zip(line_keys, line)) or None
+            ax.plot(x, [r["mean"] for _, r in pts], "o-", color=c, label=label, markersize=4)
+            ax.fill_between(x, [r["min"] for _, r in pts], [r["max"] for _, r in pts], color=c, alpha=0.2,
+                            linewidth=0)
+        if numeric and min(map(float, xs)) > 0 and max(map(float, xs)) / min(map(float, xs)) > 20:
+            ax.set_xscale("log")
+        if not numeric:
+            ax.set_xticks(range(len(xs)), xs)
+        ax.set_xlabel(x_key)
+        ax.grid(True, alpha=0.3)
+        if panel_key:
+            ax.set_title(f"{panel_key} = {panel}", fontsize=9)
+    axes[0, 0].set_ylabel(metric)
+    if any(line for line in lines):
+        axes[0, -1].legend(fontsize=7, loc="best")
+    seeds = sorted({r["n"] for r in rows})
+    n = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]}"
+    fig.suptitle(f"{metric}: mean over {n} seed(s), band min–max", fontsize=10)
+    fig.tight_layout()
+    return _save(plt, fig, path)
+
+
+def _is_number(text) -> bool:
+    try:
+        float(text)
+    except (TypeError, ValueError):
+        return False
+    return True

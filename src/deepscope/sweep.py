@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import importlib.util
 import io as _stdio
 import json
 import logging
@@ -42,9 +43,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import files
+from . import figures, files
 from .errors import ConfigError, DataError
-from .runs import Run
+from .runs import History, Run
 
 # One BLAS thread per trial: Tune already runs one trial per core.
 TRIAL_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -111,6 +112,12 @@ def parse_space(text: str) -> tuple[str, Range]:
 
 def _is_key(key: str) -> bool:
     return bool(re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", key.strip()))
+
+
+def require_ray() -> None:
+    """Raise a one-line :class:`ConfigError` saying how to install Ray Tune when it is missing."""
+    if importlib.util.find_spec("ray") is None:
+        raise ConfigError(INSTALL_HINT)
 
 
 def expand(grid=(), seeds: int = 1, samples: int = 0, space=(), first_seed: int = 0,
@@ -221,20 +228,18 @@ class SweepFolder:
         files.write_json(self.path / "trials.json", ordered)
         columns = ["trial"] + self.keys + ["seed", "status", "best_epoch", "val_acc", "test_acc", "seconds",
                                            "resumed_after_epoch", "node_id", "error"]
-
-        def write(tmp):
-            with open(tmp, "w", newline="") as f:
-                w = csv.DictWriter(f, columns, extrasaction="ignore")
-                w.writeheader()
-                for r in ordered:
-                    w.writerow({**r.get("options", {}), **r})
-        files.atomic_write(self.path / "trials.csv", write)
+        text = _stdio.StringIO()
+        w = csv.DictWriter(text, columns, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for r in ordered:
+            w.writerow({**r.get("options", {}), **r})
+        files.atomic_write(self.path / "trials.csv", text.getvalue())
 
 
 # --------------------------------------------------------------------------------- a trial, in a Ray worker
 
 def _run_metrics(run_dir: Path) -> list[dict]:
-    """The per-epoch records a run has written so far (the run rewrites them atomically)."""
+    """The per-epoch records a trial's run has written so far (none before its folder exists)."""
     return Run.open(run_dir).history.records if Run.is_run(run_dir) else []
 
 
@@ -243,11 +248,10 @@ def _has_checkpoint(run_dir: Path) -> bool:
 
 
 def _best(records: list[dict]) -> dict:
-    """The book's protocol: the epoch of best validation accuracy (the last record if none has one)."""
-    if not records:
+    """The numbers of the book's protocol: the epoch of best validation accuracy (the last if none has one)."""
+    best = History(records).best
+    if best is None:
         return {}
-    with_val = [r for r in records if r.get("val_acc") is not None]
-    best = max(with_val, key=lambda r: (r["val_acc"], -r.get("epoch", 0))) if with_val else records[-1]
     row = {k: v for k, v in best.items() if isinstance(v, (int, float)) and k != "seconds"}
     row["best_epoch"] = best.get("epoch")
     return row
@@ -474,3 +478,21 @@ def summarize(rows: list[dict], keys: list[str], metric: str) -> list[dict]:
         out.append({**dict(zip(keys, config)), "n": len(v), "mean": float(v.mean()), "std": float(v.std()),
                     "min": float(v.min()), "max": float(v.max())})
     return out
+
+
+def write_figure(folder: SweepFolder, metric: str) -> Path | None:
+    """``sweep.png``: ``metric`` against the swept options, mean and band over seeds (None: nothing to plot)."""
+    summary = summarize(list(folder.rows.values()), folder.keys, metric)
+    if not summary:
+        return None
+    return figures.plot_sweep(summary, folder.keys, metric, folder.path / "sweep.png")
+
+
+def format_summary(rows: list[dict], keys: list[str], metric: str) -> list[str]:
+    """One line per configuration: ``metric`` as mean ± standard deviation over its seeds, and the count."""
+    lines = []
+    for s in summarize(rows, keys, metric):
+        config = " ".join(f"{k}={s[k]}" for k in keys) or "(no swept options)"
+        lines.append(f"  {config:40s} {metric} {s['mean']:.4f} ± {s['std']:.4f}  (n={s['n']}, "
+                     f"min {s['min']:.4f}, max {s['max']:.4f})")
+    return lines

@@ -1,0 +1,118 @@
+"""What Ray costs a sweep on this machine: starting Ray, and the time Tune adds to every trial.
+
+    python benchmarks/sweep_overhead.py [--trials 20] [--repeats 3]
+
+* start-up: ``ray.init`` as ``deepscope sweep`` makes it (local, no dashboard) and ``ray.shutdown``, medians;
+* per trial, empty: a sweep of ``--trials`` trials whose command returns at once, 1 and 2 workers: wall time
+  per trial (Tune's scheduling, the worker, reporting, the sweep's table) with Ray already running;
+* per trial, real: ``--trials`` short ``deepscope train`` runs (the shipped MNIST sample) through the sweep
+  with one worker, against the same runs called one after another in this process: the difference per trial.
+
+Prints a table and writes benchmarks/results/sweep_overhead.json.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.update({"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})  # as in a trial
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import median, table, write_json  # noqa: E402
+
+import ray  # noqa: E402
+
+from deepscope import sweep  # noqa: E402
+from deepscope.cli import main  # noqa: E402
+from deepscope.data import mnist as mnist_module  # noqa: E402
+
+TRAIN = ["train", "--arch", "784-30-10:sigmoid", "--epochs", "1", "-m", "10", "--momentum", "0",
+         "--schedule", "none", "--train-size", "1000", "--quiet"]
+
+
+def nothing(argv) -> int:
+    """A command that does nothing: what is left of a trial's time is the sweep's own."""
+    return 0
+
+
+def sample_dir(root: Path) -> Path:
+    d = root / "data"
+    d.mkdir()
+    for split, name in [("train", "train"), ("test", "t10k")]:
+        for kind in ("images-idx3", "labels-idx1"):
+            shutil.copy(mnist_module.SAMPLE_DIR / f"{split}-{kind}-ubyte.gz", d / f"{name}-{kind}-ubyte.gz")
+    return d
+
+
+def timed_sweep(root: Path, name: str, command, fn, trials: int, workers: int) -> float:
+    folder = sweep.SweepFolder.create(root / name, command, sweep.expand(seeds=trials))
+    t0 = time.perf_counter()
+    result = sweep.run(folder, fn, workers=workers, progress=False)
+    seconds = time.perf_counter() - t0
+    assert all(r["status"] == "done" for r in result.rows) and len(result.rows) == trials, result.rows
+    return seconds
+
+
+def main_(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args(argv)
+    root = Path(tempfile.mkdtemp(prefix="sweep-overhead-"))
+    try:
+        starts, stops = [], []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            sweep._start_ray(None, None)
+            t1 = time.perf_counter()
+            ray.shutdown()
+            starts.append(t1 - t0)
+            stops.append(time.perf_counter() - t1)
+
+        data = sample_dir(root)
+        command = [*TRAIN, "--data-dir", str(data)]
+        sweep._start_ray(None, None)
+        empty = {1: [], 2: []}
+        real, direct = [], []
+        for k in range(args.repeats):
+            for w in (1, 2):
+                empty[w].append(timed_sweep(root, f"empty-{w}-{k}", ["nothing"], nothing, args.trials, w))
+            real.append(timed_sweep(root, f"real-{k}", command, main, args.trials, 1))
+            t0 = time.perf_counter()
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                for s in range(args.trials):   # (a trial's output goes to its log file, not the terminal)
+                    assert main([*command, "--seed", str(s), "--out", str(root / f"direct-{k}" / str(s))]) == 0
+            direct.append(time.perf_counter() - t0)
+        ray.shutdown()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    n = args.trials
+    rows = [
+        {"what": "ray.init (local, no dashboard)", "seconds": median(starts)},
+        {"what": "ray.shutdown", "seconds": median(stops)},
+        {"what": "per empty trial, 1 worker", "seconds": median(empty[1]) / n},
+        {"what": "per empty trial, 2 workers", "seconds": median(empty[2]) / n},
+        {"what": "per train trial, through the sweep (1 worker)", "seconds": median(real) / n},
+        {"what": "per train trial, called directly in one process", "seconds": median(direct) / n},
+        {"what": "sweep overhead per train trial", "seconds": (median(real) - median(direct)) / n},
+    ]
+    print(f"Ray {ray.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} "
+          f"(the machine is shared: numbers are noisy); {n} trials, medians of {args.repeats}")
+    print(table(rows, ["what", "seconds"]))
+    write_json("sweep_overhead.json", {
+        "command": "python benchmarks/sweep_overhead.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "ray": ray.__version__, "cpu_count": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
+        "trials": n, "repeats": args.repeats, "train_command": TRAIN + ["--data-dir", "<the shipped sample>"],
+        "rows": rows, "raw": {"ray_init": starts, "ray_shutdown": stops, "empty_1_worker": empty[1],
+                              "empty_2_workers": empty[2], "train_sweep_1_worker": real, "train_direct": direct}})
+
+
+if __name__ == "__main__":
+    main_()
