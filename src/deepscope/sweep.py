@@ -338,8 +338,7 @@ def _tune_callback(folder: SweepFolder, bar):
             self._end(trial, status, result)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self._end(trial, "error", self.last.get(trial.trial_id, {}),
-                      error=str(getattr(trial, "error_msg", "") or "worker failed").strip().splitlines()[-1][:300])
+            self._end(trial, "error", self.last.get(trial.trial_id, {}), error=_last_error_line(trial))
 
         def _end(self, trial, status, result, error=None):
             self.running.discard(trial.trial_id)
@@ -363,6 +362,16 @@ def _tune_callback(folder: SweepFolder, bar):
             self._show()
 
     return Progress()
+
+
+def _last_error_line(trial) -> str:
+    """The last line of the exception Tune saved for a failed trial (its type and message)."""
+    path = getattr(trial, "error_file", None)
+    try:
+        lines = [line for line in Path(path).read_text().splitlines() if line.strip()] if path else []
+    except OSError:
+        lines = []
+    return (lines[-1].strip() if lines else "the trial's worker failed")[:300]
 
 
 _TUNE_KEYS = ("time_", "timestamp", "training_iteration", "iterations_since_restore", "pid", "date", "hostname",

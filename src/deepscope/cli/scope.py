@@ -6,7 +6,7 @@ import argparse
 from ..book.ch5 import (chain_gradient, exploding_chain, format_chain, random_chain, run_compare, speed_experiment,
                         summarize, table)
 from ..errors import DeepscopeError
-from ..runs import Run
+from ..runs import History, Run
 from ..scope import time_grad
 from . import options
 from .options import nonnegative_float, nonnegative_int, positive_int
@@ -171,6 +171,12 @@ def cmd_compare(args) -> int:
         cells = run_compare(depths, acts, inits, steps=args.steps, eta=args.lr, n_train=args.train_size,
                             n_val=args.n_val, seed=args.seed, out=out, progress=not args.quiet,
                             data_dir=args.data_dir)
+        # one metrics record per cell, numbered like epochs (val_acc: its validation accuracy), so that a sweep
+        # reads the cells of its trials like the epochs of any run
+        run.write_metrics(History([{"epoch": i + 1, "depth": c["depth"], "activation": c["activation"],
+                                    "init": c["init"], "ratio": c["ratio"], "diverged": c["diverged"],
+                                    "val_acc": None if c["diverged"] else c["accuracy"]}
+                                   for i, c in enumerate(cells)]))
     print(table(cells, inits))
     print(f"table: {out / 'compare.md'}; figure: {out / 'compare.png'}")
     return 0
