@@ -5,6 +5,7 @@ seconds each) and check that nothing of it is left running afterwards: a worker 
 middle of a trial (the trial continues from its checkpoint), and Ctrl-C followed by ``resume`` (nothing that
 had finished is run again).
 """
+import importlib.util
 import json
 import os
 import re
@@ -94,9 +95,40 @@ def test_summary_is_mean_and_spread_over_seeds():
     assert s["0.3"]["n"] == 1 and s["0.3"]["mean"] == pytest.approx(0.9)     # failed and empty rows left out
 
 
-# ----------------------------------------------------------------------------------------- on a local Ray
+# -------------------------------------------------------------------------------------------- the command
 
-ray = pytest.importorskip("ray", reason="the sweep tests need ray[tune] (the test extra)")
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                               reason="the sweep tests need ray[tune] (the test extra)")
+
+
+def test_without_ray_the_command_says_how_to_get_it(monkeypatch, capsys):
+    monkeypatch.setattr(sweep.importlib.util, "find_spec", lambda name: None)
+    assert main(["sweep", "--seeds", "2", "--", "train"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and 'pip install -e ".[sweep]"' in err
+
+
+@needs_ray
+@pytest.mark.parametrize("argv, message", [
+    (["--grid", "eta=0.1", "--", "train", "--bogus", "1"], "unrecognized arguments: --bogus 1"),
+    (["--grid", "eta=x", "--", "train"], "argument --eta: expected a number, got 'x'"),
+    (["--seeds", "2", "--", "train", "--seed", "3"], "the sweep sets --seed of each trial"),
+    (["--seeds", "2", "--", "train", "--out=x"], "the sweep sets --out of each trial"),
+    (["--seeds", "2"], "name the command to sweep after --"),
+    (["--grid", "eta=0.1", "--", "scope", "chain"], "unrecognized arguments: --eta 0.1 --out"),
+    (["--grid", "eta", "--", "train"], "expected KEY=V1,V2"),
+    (["--resume", "DIR", "--grid", "eta=1"], "give no command"),
+    (["--resume", "DIR"], "not a sweep folder"),
+])
+def test_bad_sweeps_stop_before_ray_starts_with_one_line(argv, message, tmp_path, capsys):
+    argv = [str(tmp_path) if a == "DIR" else a for a in argv]
+    assert main(["sweep", "--out", str(tmp_path / "s"), *argv] if "--resume" not in argv else ["sweep", *argv]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "s").exists()   # nothing written
+
+
+# ----------------------------------------------------------------------------------------- on a local Ray
 
 
 @pytest.fixture
@@ -130,6 +162,7 @@ def _epochs(run_dir: Path) -> list[int]:
     return [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@needs_ray
 def test_a_killed_worker_resumes_its_trial_from_the_checkpoint(tmp_path, mnist_sample):
     epochs = 8
     folder = sweep.SweepFolder.create(tmp_path / "sweep", [*TRAIN, "--epochs", str(epochs), "--data-dir",
@@ -175,7 +208,8 @@ sys.exit(130 if result.interrupted else 0)
 """
 
 
-def test_ctrl_c_keeps_finished_trials_and_resume_runs_only_the_rest(tmp_path, mnist_sample):
+@needs_ray
+def test_ctrl_c_keeps_finished_trials_and_resume_runs_only_the_rest(tmp_path, mnist_sample, capsys):
     import psutil
     out = tmp_path / "sweep"
     command = [*TRAIN, "--epochs", "5", "--data-dir", str(mnist_sample)]
@@ -201,8 +235,8 @@ def test_ctrl_c_keeps_finished_trials_and_resume_runs_only_the_rest(tmp_path, mn
     stamps = {t.name: {f.name: f.stat().st_mtime_ns for f in folder.run_dir(t).iterdir()} for t in finished}
 
     before = {p.pid for p in _children()}
-    result = sweep.run(folder, main, workers=2, progress=False)
-    assert result.ran == len(folder.trials) - len(finished)
+    assert main(["sweep", "--resume", str(out), "--workers", "2", "--quiet"]) == 0
+    assert f"{len(folder.trials) - len(finished)} of {len(folder.trials)} trials to run" in capsys.readouterr().out
     rows = json.loads((out / "trials.json").read_text())
     assert [r["trial"] for r in rows] == [t.name for t in folder.trials]
     assert all(r["status"] == "done" for r in rows)
@@ -211,4 +245,5 @@ def test_ctrl_c_keeps_finished_trials_and_resume_runs_only_the_rest(tmp_path, mn
         assert folder.log_path(t).read_text().count("[deepscope sweep]") == 1
     for t in folder.trials:
         assert _epochs(folder.run_dir(t)) == [1, 2, 3, 4, 5]
+    assert (out / "sweep.png").is_file() and (out / "trials.csv").read_text().count("\n") == 1 + len(rows)
     _assert_nothing_left(before)

@@ -114,9 +114,13 @@ def _is_key(key: str) -> bool:
     return bool(re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", key.strip()))
 
 
+def ray_available() -> bool:
+    return importlib.util.find_spec("ray") is not None
+
+
 def require_ray() -> None:
     """Raise a one-line :class:`ConfigError` saying how to install Ray Tune when it is missing."""
-    if importlib.util.find_spec("ray") is None:
+    if not ray_available():
         raise ConfigError(INSTALL_HINT)
 
 
@@ -475,12 +479,26 @@ def _start_ray(address: str | None, workers: int | None) -> None:
 
 # --------------------------------------------------------------------------------------------------- summary
 
+def records(folder: SweepFolder) -> list[dict]:
+    """Every metrics record (epoch, or cell of ``scope compare``) of every finished trial, with the trial's
+    options, seed and status: for commands whose run holds several results, not only its best."""
+    out = []
+    for t in folder.trials:
+        row = folder.rows.get(t.name, {})
+        if row.get("status") in FINAL:
+            out += [{**r, "options": t.options, "seed": t.seed, "status": row["status"]}
+                    for r in _run_metrics(folder.run_dir(t))]
+    return out
+
+
 def summarize(rows: list[dict], keys: list[str], metric: str) -> list[dict]:
-    """Mean, standard deviation, min and max of ``metric`` over seeds, for each configuration."""
+    """Mean, standard deviation, min and max of ``metric`` over seeds, for each configuration (``keys`` are
+    swept options, or fields of the rows themselves)."""
     groups: dict[tuple, list[float]] = {}
     for r in rows:
         if r.get("status") in FINAL and r.get(metric) is not None:
-            groups.setdefault(tuple(r["options"].get(k) for k in keys), []).append(float(r[metric]))
+            config = tuple(r.get("options", {}).get(k, r.get(k)) for k in keys)
+            groups.setdefault(config, []).append(float(r[metric]))
     out = []
     for config, values in groups.items():
         v = np.array(values)

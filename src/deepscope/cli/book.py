@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import argparse
 
-from .. import files
+from .. import files, sweep
 from ..book import ch6
 from ..errors import DeepscopeError
 from ..runs import Run
 from . import options
+from . import sweep as sweeps
 
 COMMAND = "deepscope book ch6"
 SAVED = ("step", "epochs", "runs", "train_size", "val_size", "quirks", "seed", "data_dir")
@@ -44,6 +45,7 @@ def register(subparsers) -> None:
     options.data(p, dataset=False)
     options.training(p, "book-ch6-STEP")
     options.report(p)
+    sweeps.add_parallel_options(p)   # the ensemble's nets are trials of a sweep when Ray is installed
     p.set_defaults(func=cmd_ch6)
     book.set_defaults(func=lambda args: (book.print_help(), 2)[1])
 
@@ -54,6 +56,8 @@ def cmd_ch6(args) -> int:
         if not args.list:
             print("\nchoose a step: deepscope book ch6 STEP (or 'all'), or --resume RUN")
         return 0
+    if args.step == "ensemble" and not args.quirks and args.resume is None and sweep.ray_available():
+        return _ensemble_by_sweep(args)
     run, opts = options.start(args, COMMAND, f"book-ch6-{args.step}", {k: getattr(args, k) for k in SAVED})
     names = list(ch6.RUNGS) if opts["step"] == "all" else [ch6.get_rung(opts["step"]).name]
     for flag in ("epochs", "runs", "val_size"):
@@ -80,4 +84,18 @@ def cmd_ch6(args) -> int:
     print()
     print(table)
     print(f"\nsaved to {run}")
+    return 0
+
+
+def _ensemble_by_sweep(args) -> int:
+    """The ensemble's nets as parallel trials of a sweep (Ray), then their plurality vote."""
+    for flag in ("epochs", "runs"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise DeepscopeError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    r = sweeps.ensemble(epochs=args.epochs, runs=args.runs, train_size=args.train_size, data_dir=args.data_dir,
+                        seed=args.seed, out=args.out, address=args.address, workers=args.workers,
+                        progress=not args.quiet)
+    print("members' test accuracy: " + ", ".join(f"{a:.2f}%" for a in r["members"]))
+    print(f"ensemble (plurality vote of {len(r['members'])} nets): {r['vote']:.2f}% (book: {r['book']:.2f}%)")
+    print(f"saved to {r['sweep']} (vote.json, trials.csv, one run folder per net)")
     return 0

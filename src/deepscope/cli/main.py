@@ -12,10 +12,10 @@ import sys
 
 from .. import __version__, backend, set_num_threads
 from ..errors import DeepscopeError
-from . import book, report, rnn, scope, show, train
+from . import book, report, rnn, scope, show, sweep, train
 from .options import Parser
 
-GROUPS = [train, book, show, report, scope, rnn]   # train/evaluate/predict, book ch6, show, report, scope, rnn
+GROUPS = [train, book, show, report, scope, rnn, sweep]   # train/evaluate/predict, book ch6, show, report, scope, rnn, sweep
 
 EPILOG = """examples:
   deepscope train                                  train the default chapter 6 convolutional net on MNIST
@@ -26,6 +26,7 @@ EPILOG = """examples:
   deepscope book ch6 --list
   deepscope scope speed --layers 784,30,30,30,10
   deepscope rnn text --epochs 1
+  deepscope sweep --grid lr=0.01,0.03,0.1 --seeds 3 -- train --epochs 2
 """
 
 

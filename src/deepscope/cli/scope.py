@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
+from .. import sweep
 from ..book.ch5 import (chain_gradient, exploding_chain, format_chain, random_chain, run_compare, speed_experiment,
                         summarize, table)
 from ..errors import DeepscopeError
 from ..runs import History, Run
 from ..scope import time_grad
 from . import options
+from . import sweep as sweeps
 from .options import nonnegative_float, nonnegative_int, positive_int
 
 EPILOG = """examples:
@@ -86,6 +89,8 @@ def register(sub) -> None:
     options.data(m, train_size=5000, dataset=False)
     options.run_folder(m, "scope-compare", resumable=False)
     options.output(m)
+    sweeps.add_parallel_options(m, "seeds --seed … --seed+K-1, one trial per depth and seed; the table gives "
+                                   "each cell's mean ± std over them")
     m.set_defaults(func=cmd_compare)
 
     t = ss.add_parser("time", help="‖∂C/∂s_(T-k)‖ against k for a fresh RNN: tanh, ReLU, identity-initialised",
@@ -161,6 +166,19 @@ def cmd_compare(args) -> int:
     depths = options.ints(args.depths, "--depths")
     acts = _names(args.activations, ["sigmoid", "tanh", "relu"], "--activations")
     inits = _names(args.inits, ["large", "book", "xavier", "he"], "--inits")
+    if args.seeds > 1:
+        sweep.require_ray()
+        r = sweeps.compare(depths, acts, inits, seeds=args.seeds, seed=args.seed, steps=args.steps, lr=args.lr,
+                           train_size=args.train_size, n_val=args.n_val, data_dir=args.data_dir, out=args.out,
+                           address=args.address, workers=args.workers, progress=not args.quiet)
+        print(r["table"])
+        print(f"table: {r['sweep'] / 'compare.md'}; figure: {r['figure']}; trials: {r['sweep'] / 'trials.csv'} "
+              f"({r['seconds']:.0f} s)")
+        if r["interrupted"] or r["missing"]:
+            print(f"deepscope scope compare: {r['missing']} trial(s) without a result; finish them with: "
+                  f"deepscope sweep --resume {r['sweep']}", file=sys.stderr)
+            return 130 if r["interrupted"] else 1
+        return 0
     run = _run(args, "scope-compare", {"depths": depths, "activations": acts, "inits": inits, "steps": args.steps,
                                        "lr": args.lr, "train_size": args.train_size, "n_val": args.n_val,
                                        "data_dir": args.data_dir})

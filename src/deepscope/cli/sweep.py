@@ -1,0 +1,207 @@
+"""``deepscope sweep [OPTIONS] -- COMMAND [OPTIONS]``: many runs of a training command side by side, on Ray."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io as _stdio
+import re
+import sys
+import time
+from pathlib import Path
+
+from .. import figures, files, sweep
+from ..book import ch6
+from ..data import load_mnist
+from ..errors import ConfigError
+from ..runs import Run, reserve
+from .options import nonnegative_int, positive_int
+
+EPILOG = """examples:
+  deepscope sweep --grid eta=0.01,0.03,0.1 --seeds 3 -- train --epochs 2
+  deepscope sweep --sample 20 --space eta=0.001:0.3:log --scheduler asha -- train --epochs 10
+  deepscope sweep --seeds 5 --grid depths=2,3,4 --grid activations=sigmoid,relu -- scope compare --steps 2000
+  deepscope sweep --address 127.0.0.1:6379 --grid eta=0.03,0.1 -- train       (a running Ray cluster)
+  deepscope sweep --resume runs/sweep-20261127-110000                          (only what is missing)
+
+Each trial is COMMAND with its options, the trial's --KEY VALUE, --seed S and --out SWEEP/TRIAL: an ordinary
+run folder. The sweep folder holds trials.csv / trials.json (options, seed, status, best-validation epoch,
+accuracies, seconds, Ray node) and sweep.png (the metric against the first swept option, one panel per value
+of the second, mean and band min-max over seeds). Without --address, Ray starts inside this process: one trial
+per core, one BLAS thread each.
+"""
+
+
+def _main():
+    """``deepscope``'s entry point: each trial runs its command through it (sent to the workers by reference)."""
+    from .main import main   # lazy: cli/main.py imports this module to register the command
+    return main
+
+
+def _parser():
+    from .main import build_parser   # lazy: as above
+    return build_parser()
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sweep", help="many runs of a training command side by side on Ray (grid, random search, seeds)",
+                       description="Run a deepscope training command many times on Ray Tune: over a grid of "
+                                   "options, random samples of a space, and seeds.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--address", default=None, help="join a running Ray cluster (default: start Ray in this process)")
+    p.add_argument("--workers", type=positive_int, default=None, help="trials at a time (default: one per CPU)")
+    p.add_argument("--seeds", type=positive_int, default=1, help="seeds per configuration: 0 … K-1 (default 1)")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="an option of COMMAND and its values (repeatable: the trials take every combination)")
+    p.add_argument("--sample", type=positive_int, default=0, metavar="N", help="N random points of the --space")
+    p.add_argument("--space", action="append", default=[], metavar="KEY=LOW:HIGH[:log]",
+                   help="a range to sample an option from, uniformly or log-uniformly (repeatable)")
+    p.add_argument("--scheduler", choices=["asha"], default=None,
+                   help="asha: stop trials early whose validation accuracy trails (Ray Tune's ASHA)")
+    p.add_argument("--metric", default=None, help="the number to plot (default: test_acc, else val_acc)")
+    p.add_argument("--max-failures", type=nonnegative_int, default=3,
+                   help="restarts of a trial whose worker died; it continues from its checkpoint (default 3)")
+    p.add_argument("--out", default=None, help="sweep folder (default runs/sweep-<date>-<time>)")
+    p.add_argument("--resume", metavar="DIR", default=None, help="run the trials of sweep DIR that have no result")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [OPTIONS]",
+                   help="the training command and its options, after --")
+    p.set_defaults(func=cmd_sweep)
+
+
+def add_parallel_options(p, seeds_help: str | None = None) -> None:
+    """--seeds (when ``seeds_help`` says what it does), --workers and --address: a command whose runs become
+    trials of a sweep on Ray."""
+    if seeds_help:
+        p.add_argument("--seeds", type=positive_int, default=1, metavar="K", help=f"run over K {seeds_help} (Ray)")
+    p.add_argument("--workers", type=positive_int, default=None, help="trials at a time (default: one per CPU)")
+    p.add_argument("--address", default=None, help="a running Ray cluster (default: Ray inside this process)")
+
+
+def _validate(command: list[str], trials: list[sweep.Trial]) -> None:
+    """Every trial's command line must parse, so that a typo stops the sweep before Ray starts."""
+    if not command:
+        raise ConfigError("name the command to sweep after --, e.g. deepscope sweep --seeds 3 -- train --epochs 2")
+    owned = sorted({a.split("=")[0] for a in command if a.split("=")[0] in ("--out", "--resume", "--seed")})
+    if owned:
+        raise ConfigError(f"the sweep sets {', '.join(owned)} of each trial; remove it from the command "
+                          f"(--seeds K gives seeds 0 … K-1)")
+    parser = _parser()
+    for trial in trials:
+        argv = sweep.trial_argv(command, trial, "SWEEP/TRIAL", resume=False)
+        said = _stdio.StringIO()
+        try:
+            with contextlib.redirect_stderr(said):
+                args = parser.parse_args(argv)
+        except SystemExit:
+            why = said.getvalue().strip().splitlines()[-1:] or ["?"]
+            why = re.sub(r"^[\w -]*: error: ", "", why[0]).split(" (see ")[0]
+            raise ConfigError(f"deepscope {' '.join(argv)}: {why}") from None
+        if getattr(args, "func", None) is None:
+            raise ConfigError(f"deepscope {' '.join(command)} is not a command that trains")
+
+
+def cmd_sweep(args) -> int:
+    sweep.require_ray()
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if args.resume is not None:
+        if command or args.grid or args.space or args.sample or args.seeds != 1 or args.out:
+            raise ConfigError("--resume DIR runs the trials DIR's sweep.json lists: give no command, "
+                              "--grid, --space, --sample, --seeds or --out with it")
+        folder = sweep.SweepFolder.open(args.resume)
+    else:
+        trials = sweep.expand([sweep.parse_grid(g) for g in args.grid], seeds=args.seeds, samples=args.sample,
+                              space=[sweep.parse_space(s) for s in args.space])
+        _validate(command, trials)
+        out = args.out or reserve(Path("runs") / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}")
+        folder = sweep.SweepFolder.create(out, command, trials)
+    return launch(folder, address=args.address, workers=args.workers, scheduler=args.scheduler,
+                  max_failures=args.max_failures, metrics=[args.metric] if args.metric else None,
+                  progress=not args.quiet)
+
+
+def launch(folder: sweep.SweepFolder, *, address=None, workers=None, scheduler=None, max_failures: int = 3,
+           metrics=None, progress: bool = True) -> int:
+    """Run a sweep's missing trials, print the mean ± std of ``metrics`` over seeds, draw the figure of the
+    first; the exit status (130 when interrupted, 1 when a trial failed)."""
+    todo = folder.missing()
+    print(f"deepscope sweep: {len(todo)} of {len(folder.trials)} trials to run of deepscope "
+          f"{' '.join(folder.command)}; sweep folder {folder.path}")
+    result = sweep.run(folder, _main(), address=address, workers=workers, scheduler=scheduler,
+                       max_failures=max_failures, progress=progress)
+    rows = result.rows
+    metrics = metrics or ["test_acc" if any("test_acc" in r for r in rows) else "val_acc"]
+    for metric in metrics:
+        for line in sweep.format_summary(rows, folder.keys, metric):
+            print(line)
+    figure = sweep.write_figure(folder, metrics[0])
+    print(f"trials: {folder.path / 'trials.csv'}" + (f"; figure: {figure}" if figure else "")
+          + f"; {len(rows)} of {len(folder.trials)} trials have results ({result.seconds:.0f} s)")
+    failed = [r for r in rows if r["status"] in ("failed", "error")]
+    if failed:
+        print(f"deepscope sweep: {len(failed)} trial(s) failed: {', '.join(r['trial'] for r in failed[:5])}"
+              f"{' …' if len(failed) > 5 else ''} (their logs: {folder.path / 'logs'})", file=sys.stderr)
+    if result.interrupted:
+        print(f"deepscope sweep: interrupted; continue with: deepscope sweep --resume {folder.path}",
+              file=sys.stderr)
+        return 130
+    return 1 if failed else 0
+
+
+def ensemble(*, epochs=None, runs=None, train_size=None, data_dir=None, seed=0, out=None, address=None,
+             workers=None, progress=True) -> dict:
+    """Chapter 6's ensemble as a sweep: its nets trained as parallel trials of ``deepscope train`` (seeds
+    ``seed`` …), then the plurality vote of their models (the best-validation weights) on the test set."""
+    rung = ch6.get_rung("ensemble")
+    command = ["train", "--arch", rung.arch, "--epochs", str(epochs or rung.epochs), "-m", str(rung.mini_batch_size),
+               "--lr", str(rung.eta), "--lmbda", str(rung.lmbda), "--momentum", "0", "--init", "book",
+               "--schedule", "none", "--quiet"]
+    command += ["--expand"] if rung.expanded else []
+    command += ["--train-size", str(train_size)] if train_size else []
+    command += ["--data-dir", str(Path(data_dir).resolve())] if data_dir else []
+    out = out or reserve(Path("runs") / f"book-ch6-ensemble-{time.strftime('%Y%m%d-%H%M%S')}")
+    folder = sweep.SweepFolder.create(out, command,
+                                      sweep.expand(seeds=runs or rung.runs, first_seed=seed))
+    print(f"ch6 ensemble: {len(folder.trials)} nets as trials of deepscope {' '.join(command)}; "
+          f"sweep folder {folder.path}")
+    result = sweep.run(folder, _main(), address=address, workers=workers, progress=progress)
+    done = [folder.run_dir(t) for t in folder.trials if folder.rows.get(t.name, {}).get("status") == "done"]
+    if result.interrupted or len(done) < len(folder.trials):
+        raise ConfigError(f"only {len(done)} of {len(folder.trials)} nets trained; finish them with "
+                          f"deepscope sweep --resume {folder.path}, then vote again")
+    X, y = load_mnist(data_dir=data_dir, verbose=False).test
+    predictions = [ch6._predict(Run.open(d).load_model(), X) for d in done]
+    votes = ch6.ensemble_predict(predictions)
+    summary = {"book": rung.book, "vote": 100.0 * float((votes == y).mean()),
+               "members": [100.0 * float((p == y).mean()) for p in predictions],
+               "sweep": str(folder.path), "command": command, "seconds": result.seconds}
+    files.write_json(folder.path / "vote.json", summary)
+    return summary
+
+
+def compare(depths, activations, inits, *, seeds: int, seed: int = 0, steps: int, lr: float, train_size: int,
+            n_val: int, data_dir=None, out=None, address=None, workers=None, progress: bool = True) -> dict:
+    """``scope compare`` over ``seeds`` seeds as a sweep: one trial per depth and seed (its activation × init
+    cells), then each cell's speed ratio and accuracy as mean ± std and min–max over the seeds."""
+    command = ["scope", "compare", "--activations", ",".join(activations), "--inits", ",".join(inits),
+               "--steps", str(steps), "--lr", str(lr), "--train-size", str(train_size), "--n-val", str(n_val),
+               "--quiet"] + (["--data-dir", str(Path(data_dir).resolve())] if data_dir else [])
+    out = out or reserve(Path("runs") / f"scope-compare-{time.strftime('%Y%m%d-%H%M%S')}")
+    folder = sweep.SweepFolder.create(out, command, sweep.expand([("depths", [str(d) for d in depths])],
+                                                                  seeds=seeds, first_seed=seed))
+    print(f"compare: depths {list(depths)} × {list(activations)} × {list(inits)} over seeds {seed}…{seed + seeds - 1}:"
+          f" {len(folder.trials)} trials of deepscope {' '.join(command)}; sweep folder {folder.path}")
+    result = sweep.run(folder, _main(), address=address, workers=workers, progress=progress)
+    cells = sweep.records(folder)
+    keys = ["depth", "activation", "init"]
+    accuracy = {tuple(s[k] for k in keys): s for s in sweep.summarize(cells, keys, "val_acc")}
+    ratio = {tuple(s[k] for k in keys): s for s in sweep.summarize(cells, keys, "ratio")}
+    lines = [f"{'depth':>5} {'activation':10} {'init':6} {'last/first speed':>22} {'accuracy (mean ± std, n)':>28}"]
+    for key, r in ratio.items():
+        a = accuracy.get(key)
+        acc = f"{a['mean']:.2%} ± {a['std']:.2%} (n={a['n']})" if a else "diverged"
+        lines.append(f"{key[0]:>5} {key[1]:10} {key[2]:6} {r['mean']:>12.3g} ± {r['std']:<8.2g} {acc:>28}")
+    files.atomic_write(folder.path / "compare.md", "\n".join(lines) + "\n")
+    figure = figures.plot_sweep(list(accuracy.values()), keys, "val_acc", folder.path / "compare.png") \
+        if accuracy else None
+    return {"table": "\n".join(lines), "figure": figure, "sweep": folder.path, "seconds": result.seconds,
+            "interrupted": result.interrupted, "missing": len(folder.missing())}
