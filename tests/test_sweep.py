@@ -142,14 +142,19 @@ def mnist_sample(tmp_path):
     return d
 
 
+def _psutil():
+    import ray  # noqa: F401  (Ray puts the psutil it ships on the path)
+    import psutil
+    return psutil
+
+
 def _children():
-    import psutil   # comes with Ray
-    return psutil.Process().children(recursive=True)
+    return _psutil().Process().children(recursive=True)
 
 
 def _assert_nothing_left(before=()):
     """No process this test started (Ray's GCS, raylet, workers) outlives it."""
-    import psutil
+    psutil = _psutil()
     deadline = time.time() + 15
     left = [p for p in _children() if p.pid not in before]
     while left and time.time() < deadline:
@@ -210,7 +215,7 @@ sys.exit(130 if result.interrupted else 0)
 
 @needs_ray
 def test_ctrl_c_keeps_finished_trials_and_resume_runs_only_the_rest(tmp_path, mnist_sample, capsys):
-    import psutil
+    psutil = _psutil()
     out = tmp_path / "sweep"
     command = [*TRAIN, "--epochs", "5", "--data-dir", str(mnist_sample)]
     env = {**os.environ, "PYTHONPATH": str(Path(sweep.__file__).parents[1])}
