@@ -45,6 +45,7 @@ METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.safetensors"
 LOCK = ".deepscope.lock"
 _OURS = {CONFIG, METRICS, CHECKPOINT, LOCK}
+_MODEL = {"model.json", "model.safetensors"}   # what deepscope.save writes into a run folder
 
 
 class History:
@@ -148,8 +149,9 @@ class Run:
             return
         if not out.is_dir():
             raise DataError(f"--out {out} is a file, not a folder; choose another --out")
-        names = {p.name for p in out.iterdir()}
-        if names <= {LOCK}:
+        names = {p.name for p in out.iterdir()} - {LOCK}
+        names = {n for n in names if not _temporary_of_ours(n)}  # a run another process is beginning, or a crash
+        if not names:
             return
         if CONFIG in names:
             hint = f", or continue it with {resume_hint} --resume {out}" if resume_hint else ""
@@ -349,6 +351,11 @@ def reserve(base) -> Path:
         except OSError as e:
             raise DataError(f"cannot create the run folder {path}: {e.strerror or e}") from None
     raise DataError(f"cannot find a free name for a run folder beside {base}")
+
+
+def _temporary_of_ours(name: str) -> bool:
+    """Whether ``name`` is the temporary file of an atomic write of one of a run's own files."""
+    return name.endswith(".tmp") and any(name.startswith(f".{own}.") for own in _OURS | _MODEL)
 
 
 def _some(names) -> str:

@@ -129,6 +129,9 @@ def fit(model, cost, optimizer, train, epochs: int, batch_size: int, validation=
     if len(train) == 0:
         raise ConfigError("fit: no training examples (train holds 0 inputs)")
     check_inputs("fit", train.X)
+    # an empty validation or test set measures nothing: an epoch's record then has no such accuracy (not NaN)
+    validation = validation if validation is not None and len(validation[1]) else None
+    test = test if test is not None and len(test[1]) else None
     callbacks = [ProgressBar()] if callbacks is None else list(callbacks)
     history, start = History(), 0
     if run is not None:

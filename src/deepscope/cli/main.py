@@ -56,10 +56,17 @@ def main(argv=None) -> int:
     except DeepscopeError as e:
         print(f"deepscope: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("\ndeepscope: interrupted", file=sys.stderr)
-        return 130
+    except MemoryError as e:  # e.g. --arch fc99999999999: numpy says how much it could not allocate
+        print(f"deepscope: error: not enough memory{': ' + str(e) if str(e) else ''}", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # `deepscope ... | head`: every finished epoch was saved before it was printed
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python exits
         return 141
+    except OSError as e:  # a read-only folder, a full disk, a file where a folder should be
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"deepscope: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ndeepscope: interrupted", file=sys.stderr)
+        return 130
     return int(result or 0)

@@ -35,7 +35,27 @@ class Parser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):
         self._argv = list(sys.argv[1:] if args is None else args)
-        return super().parse_known_args(args, namespace)
+        namespace, rest = super().parse_known_args(args, namespace)
+        # which options were typed (not defaults): --resume refuses a typed change of a run's settings
+        namespace.typed = getattr(namespace, "typed", set()) | self._typed()
+        return namespace, rest
+
+    def _typed(self) -> set:
+        typed = set()
+        longs = [o for o in self._option_string_actions if o.startswith("--")]
+        for arg in self._argv:
+            if arg == "--":
+                break
+            name = arg.split("=", 1)[0]
+            if name.startswith("--"):
+                matches = [name] if name in self._option_string_actions else [o for o in longs if o.startswith(name)]
+            elif name.startswith("-") and len(name) >= 2:
+                matches = [name[:2]]   # -m 10, -m10
+            else:
+                continue
+            if len(matches) == 1 and matches[0] in self._option_string_actions:
+                typed.add(self._option_string_actions[matches[0]].dest)
+        return typed
 
     def error(self, message):
         match = re.match(r"argument (\S+?): ", message)
@@ -187,7 +207,7 @@ def made_by(config: dict) -> str | None:
     return "deepscope train" if "arch" in config else None
 
 
-IMAGE_COMMANDS = ("deepscope train", "deepscope book ch6")   # their nets classify (N, 1, 28, 28) images
+IMAGE_COMMANDS = ("deepscope train", "deepscope book ch6", "deepscope rnn mnist")   # their nets classify MNIST
 
 
 def image_run(path, verb: str) -> Run:
@@ -196,8 +216,8 @@ def image_run(path, verb: str) -> Run:
     command = made_by(run.config)
     if command is not None and command not in IMAGE_COMMANDS:
         hint = f"; try deepscope rnn sample {path}" if command == "deepscope rnn text" else ""
-        raise DataError(f"{path} is a run of {command}: {verb} works on runs of deepscope train and "
-                        f"deepscope book ch6{hint}")
+        raise DataError(f"{path} is a run of {command}: {verb} works on runs of deepscope train, "
+                        f"deepscope book ch6 and deepscope rnn mnist{hint}")
     return run
 
 
@@ -222,6 +242,9 @@ def start(args, command: str, prefix: str, given: dict, default_epochs: int | No
     run = Run.resume(args.resume)
     try:
         saved = dict(run.config)
+        if not saved:
+            raise DataError(f"cannot resume {run}: it stopped before it began (no config.json); start it again: "
+                            f"{command} --out {run} ...")
         if "eta" in saved and "lr" not in saved:   # runs written before --lr was the one name
             saved["lr"] = saved.pop("eta")
         if made_by(saved) != command:
@@ -229,6 +252,16 @@ def start(args, command: str, prefix: str, given: dict, default_epochs: int | No
             raise DataError(f"cannot resume {run}: " + (f"it is a run of {made}; " if made else "")
                             + f"--resume continues runs of {command}")
         opts = {**given, **{k: v for k, v in saved.items() if k in given and k not in ("epochs", "data_dir")}}
+        for key in sorted(getattr(args, "typed", set()) & given.keys() - {"epochs", "data_dir"}):
+            if key in saved and given[key] != saved[key]:
+                flag = "--" + key.replace("_", "-")
+                raise DataError(f"cannot resume {run} with {flag} {given[key]}: it was trained with {flag} "
+                                f"{saved[key]}, and a resumed run continues with its own settings; leave out "
+                                f"{flag}, or start a new run")
+        done = len(run.history)
+        if given.get("epochs") is not None and given["epochs"] < done:
+            raise DataError(f"cannot resume {run} for {given['epochs']} epochs: it has already trained {done}; "
+                            f"give --epochs {done} or more")
         if "epochs" in given:
             opts["epochs"] = given["epochs"] or saved.get("epochs") or default_epochs
             if given["epochs"] is not None and saved.get("schedule") == "cosine" \

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from .. import backend, files
@@ -9,9 +10,9 @@ from ..data import load_mnist
 from ..data.text import Vocabulary, load_corpus
 from ..errors import DataError
 from ..runs import Run
-from ..train import ProgressBar
 from ..sequence.mnist import as_rows, train_row_mnist
-from ..sequence.text import char_model, sample, train_char_lm
+from ..sequence.text import char_model, generate, sample, train_char_lm
+from ..train import ProgressBar
 from . import options
 from .options import momentum_float, nonnegative_float, nonnegative_int, positive_float, positive_int
 
@@ -89,7 +90,7 @@ def cmd_mnist(args) -> int:
     data = load_mnist("mnist", data_dir=opts["data_dir"])
     run = run or Run.create(args.out, "rnn-mnist", MNIST)
     opts["data_dir"] = options.absolute(opts["data_dir"])
-    run.write_config({**opts, "task": "row-mnist", "data_source": data.source}, MNIST)
+    run.write_config({**opts, "task": "row-mnist", "data_source": data.source, "data": data.identity}, MNIST)
     n = opts["train_size"] or len(data.train[1])
     print(f"deepscope: RNN({opts['hidden']}, {opts['nonlinearity']}) on {n:,} MNIST images read row by row "
           f"({data.source}); run folder {run}")
@@ -150,7 +151,10 @@ def cmd_sample(args) -> int:
     run = Run.open(args.run) if Run.is_run(args.run) else None
     if run is None or not run.file(VOCAB).is_file():
         raise DataError(f"{args.run} is not a character-model run folder (no {VOCAB})")
-    vocab = Vocabulary(run.load_json(VOCAB)["chars"])
+    vocab = Vocabulary.from_saved(run.load_json(VOCAB), run.file(VOCAB))
     model = run.load_model()
-    print(sample(model, vocab, args.length, args.temperature, args.prime, seed=args.seed))
+    for text in generate(model, vocab, args.length, args.temperature, args.prime, seed=args.seed):
+        sys.stdout.write(text)   # as it is drawn: a long sample shows at once, and can be cut short
+        sys.stdout.flush()
+    sys.stdout.write("\n")
     return 0

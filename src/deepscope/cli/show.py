@@ -14,12 +14,14 @@ import numpy as np
 
 from .. import backend, load, nn
 from ..data import load_mnist
+from ..data.mnist import load_recorded
 from ..errors import DataError
-from ..figures import plot_errors, plot_filters
+from ..figures import check_path, plot_errors, plot_filters
 from ..runs import Run
 from ..train import predict_logits
 from . import options
 from .options import existing_dir, nonnegative_int
+from .train import model_input
 
 
 def register(sub) -> None:
@@ -42,8 +44,9 @@ def register(sub) -> None:
 
 
 def _out_path(args, default_name):
+    """Where the figure goes, checked (a .png or .svg name) before any work is done."""
     if args.out:
-        return Path(args.out)
+        return check_path(args.out)
     run = Path(args.run)
     return (run if run.is_dir() else run.parent) / default_name
 
@@ -62,9 +65,10 @@ def first_layer_filters(model) -> np.ndarray:
 
 
 def cmd_filters(args) -> int:
+    out = _out_path(args, "filters.png")
     model = load(args.run)  # raises DataError (one line) when there is no saved model there
     filters = first_layer_filters(model)
-    path = plot_filters(filters, _out_path(args, "filters.png"),
+    path = plot_filters(filters, out,
                         f"{len(filters)} first-layer filters of {Path(args.run).name}")
     print(f"wrote {path}")
     return 0
@@ -72,16 +76,17 @@ def cmd_filters(args) -> int:
 
 def cmd_errors(args) -> int:
     # a run folder (a recurrent run is named for what it is), or a folder or stem holding a saved model
+    out = _out_path(args, "errors.png")
     cfg = options.image_run(args.run, "show errors").config if Run.is_run(args.run) else {}
     model = load(args.run)
-    data = load_mnist(cfg.get("dataset", "mnist"), data_dir=args.data_dir or cfg.get("data_dir"))
+    data = load_recorded(cfg, data_dir=args.data_dir) if cfg else load_mnist(data_dir=args.data_dir)
     X, y = data.test
-    pred = np.argmax(predict_logits(model, X), axis=1)
+    pred = np.argmax(predict_logits(model, model_input(cfg)(X)), axis=1)
     wrong = np.flatnonzero(pred != y)
     shown = wrong[:args.max]
     title = (f"{len(wrong)} of {len(y):,} test images misclassified ({data.source}); "
              f"showing {len(shown)}: true → predicted")
-    path = plot_errors(X[shown], y[shown], pred[shown], _out_path(args, "errors.png"), title)
+    path = plot_errors(X[shown], y[shown], pred[shown], out, title)
     print(f"{len(wrong)} of {len(y):,} test images misclassified ({len(wrong) / max(len(y), 1):.2%})")
     print(f"wrote {path}")
     return 0

@@ -10,7 +10,10 @@ import numpy as np
 from .. import arch as _arch
 from .. import backend, load, nn, optim
 from ..data import expand_one_pixel, load_mnist
-from ..errors import DataError, ShapeError
+from ..data.images import load_images
+from ..data.mnist import class_names, load_recorded
+from ..errors import DataError, NonFiniteError, ShapeError
+from ..sequence.mnist import as_rows
 from ..runs import Run
 from ..train import Batches, DetectAnomaly, EarlyStopping, ProgressBar, Schedule, evaluate, fit, predict_logits
 from . import options
@@ -71,9 +74,11 @@ def register(sub) -> None:
     options.device(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="classify a PNG image of a digit with a saved run")
-    p.add_argument("run", help="run folder")
-    p.add_argument("image", help="a PNG: one digit, light on dark like MNIST (dark on light is inverted)")
+    p = sub.add_parser("predict", help="classify pictures (one digit or garment each) with a saved run")
+    p.add_argument("run", help="run folder (or a model saved with deepscope.save)")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="PNG, JPEG, ...: any size, light on dark or dark on light, ink in colour or in the alpha "
+                        "channel; each is brought to MNIST's 28x28 format the way MNIST's images were made")
     options.threads(p)
     options.device(p)
     p.set_defaults(func=cmd_predict)
@@ -97,7 +102,8 @@ def cmd_train(args) -> int:
                          optim.book_weight_decay(opts["lmbda"], len(train[0])))
     run = run or Run.create(args.out, "train", COMMAND)
     opts["data_dir"] = options.absolute(opts["data_dir"])
-    run.write_config({**opts, "cost": cost_name, "data_source": data.source, "n_train": len(train[0])}, COMMAND)
+    run.write_config({**opts, "cost": cost_name, "data_source": data.source, "data": data.identity,
+                      "n_train": len(train[0])}, COMMAND)
     print(f"deepscope: training {opts['arch']} on {len(train[0]):,} {opts['dataset']} images ({data.source}); "
           f"run folder {run}")
     callbacks = [] if args.quiet else [ProgressBar()]
@@ -123,8 +129,12 @@ def cmd_train(args) -> int:
     if best is None:
         print("deepscope: nothing trained")
         return 0
-    print(f"best validation accuracy {best['val_acc']:.2%} at epoch {best['epoch']}; "
-          f"test accuracy there {best['test_acc']:.2%}")
+    test = f"test accuracy {best['test_acc']:.2%}" if best.get("test_acc") is not None else "no test images"
+    if best.get("val_acc") is None:
+        print(f"no validation images ({len(data.validation[1])} in {data.source}): the model saved is the last "
+              f"epoch's ({best['epoch']}); {test}")
+    else:
+        print(f"best validation accuracy {best['val_acc']:.2%} at epoch {best['epoch']}; {test} there")
     print(f"saved to {run} (deepscope evaluate {run})")
     return 0
 
@@ -170,36 +180,21 @@ def cmd_evaluate(args) -> int:
     run = options.image_run(args.run, "evaluate")
     cfg = run.config
     model = run.load_model()
-    data = load_mnist(cfg.get("dataset", "mnist"), data_dir=args.data_dir or cfg.get("data_dir"))
+    data = load_recorded(cfg, data_dir=args.data_dir)   # the run's own data, never whatever else is found
+    as_input = model_input(cfg)
     for name, (X, y) in (("validation", data.validation), ("test", data.test)):
-        print(f"{name:10s} accuracy {evaluate(model, X, y):.2%} on {len(X):,} images ({data.source})")
+        if len(y) == 0:
+            print(f"{name:10s} none: the data set has no {name} images ({data.source})")
+            continue
+        print(f"{name:10s} accuracy {evaluate(model, as_input(X), y):.2%} on {len(X):,} images ({data.source})")
     return 0
 
 
-def read_digit_png(path) -> np.ndarray:
-    """A PNG as a (1, 1, 28, 28) float32 image in [0, 1], light digit on dark background like MNIST."""
-    import matplotlib.image as mpimg   # lazy: matplotlib is slow to import and only predict reads images
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"no such image: {path}")
-    try:
-        img = mpimg.imread(str(path))
-    except Exception as e:
-        raise DataError(f"cannot read {path} as an image: {e}") from None
-    img = np.asarray(img, dtype=np.float32)
-    if img.dtype.kind in "ui" or img.max() > 1.0:
-        img = img / 255.0
-    if img.ndim == 3:
-        img = img[..., :3].mean(axis=2)
-    if img.shape != (28, 28):
-        h, w = img.shape
-        if h % 28 or w % 28 or h // 28 != w // 28:
-            raise DataError(f"{path} is {h}x{w}: expected 28x28 (or a multiple of it, like 56x56)")
-        k = h // 28
-        img = img.reshape(28, k, 28, k).mean(axis=(1, 3))
-    if img.mean() > 0.5:  # dark digit on a light background: invert to MNIST's convention
-        img = 1.0 - img
-    return img.reshape(1, 1, 28, 28)
+def model_input(cfg: dict):
+    """How a run's net takes MNIST images ``(N, 1, 28, 28)``: as they are, or row by row for ``rnn mnist``."""
+    if options.made_by(cfg) == "deepscope rnn mnist":
+        return lambda X: as_rows(X, normalize=not cfg.get("no_normalize", False))
+    return lambda X: X
 
 
 def cmd_predict(args) -> int:
@@ -207,9 +202,16 @@ def cmd_predict(args) -> int:
     cfg = options.image_run(args.run, "predict").config if Run.is_run(args.run) else {}
     cost_name = cfg.get("cost") or (_arch.output_cost(cfg["arch"]) if "arch" in cfg else None)
     cost = nn.COSTS[cost_name or "loglikelihood"]()
-    logits = predict_logits(model, read_digit_png(args.image))
-    probs = backend.to_numpy(cost.activation(logits))[0]
-    top = int(probs.argmax())
-    print(f"{args.image}: {top}  (output {probs[top]:.3f}; all: "
-          + " ".join(f"{i}:{p:.2f}" for i, p in enumerate(probs)) + ")")
+    names = class_names((cfg.get("data") or {}).get("dataset") or cfg.get("dataset") or "mnist")
+    X, notes = load_images(args.images)
+    probs = backend.to_numpy(cost.activation(predict_logits(model, model_input(cfg)(X))))
+    if not np.isfinite(probs).all():
+        raise NonFiniteError(f"{args.run}: the model's outputs are not finite (its weights hold NaN or infinity)")
+    for path, p, note in zip(args.images, probs, notes):
+        if note:
+            print(f"deepscope: warning: {note}; the answer below means nothing", file=sys.stderr)
+        top = int(p.argmax())
+        label = names[top] if top < len(names) else str(top)
+        print(f"{path}: {label}  (output {p[top]:.3f}; all: "
+              + " ".join(f"{names[i] if i < len(names) else i}:{q:.2f}" for i, q in enumerate(p)) + ")")
     return 0

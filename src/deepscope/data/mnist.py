@@ -187,6 +187,45 @@ def load_mnist(dataset: str = "mnist", data_dir=None, download: bool = True, ver
     return data
 
 
+def load_recorded(config: dict, data_dir=None, verbose: bool = False) -> MNISTData:
+    """The data a run was trained on, as its config recorded it (``"data"``: :attr:`MNISTData.identity`; runs
+    written before it: ``"dataset"``, ``"data_source"``, ``"data_dir"``), never whatever else is found.
+
+    Args:
+        config: the run's config.
+        data_dir: where the data is now, if it moved; its test files must be the ones the run recorded.
+
+    Raises:
+        DataError: the recorded folder is gone (pass ``data_dir``), or the files found are not the run's.
+    """
+    identity = config.get("data") if isinstance(config.get("data"), dict) else {}
+    dataset = identity.get("dataset") or config.get("dataset") or "mnist"
+    source = identity.get("source") or config.get("data_source")
+    if data_dir is None and source == "embedded sample":
+        data = load_sample()
+    elif data_dir is None and (source or config.get("data_dir")):
+        where = Path(source or config["data_dir"])
+        where = where.parent if where.is_file() else where  # the book's mnist.pkl.gz
+        if not where.is_absolute() or not where.exists():
+            raise DataError(f"the run's data ({where}) is not there any more; give the folder where it is now")
+        data = load_mnist(dataset, data_dir=where, download=False, verbose=verbose)
+    else:
+        data = load_mnist(dataset, data_dir=data_dir, verbose=verbose)
+    recorded = identity.get("sha256") or {}
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        if recorded.get(name) and data.sha256.get(name) and recorded[name] != data.sha256[name]:
+            raise DataError(f"{data.source} is not the data the run was trained on: its {name} has SHA-256 "
+                            f"{data.sha256[name][:16]}..., the run recorded {recorded[name][:16]}...")
+    return data
+
+
+def class_names(dataset: str) -> tuple:
+    """The names of the ten classes of ``"mnist"`` (the digits) or ``"fashion"`` (T-shirt/top ... Ankle boot)."""
+    if dataset not in _DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}: expected one of {', '.join(map(repr, _DATASETS))}")
+    return _DATASETS[dataset].classes
+
+
 def load_sample() -> MNISTData:
     """The MNIST sample shipped in the package (see ``scripts/build_mnist_sample.py``)."""
     splits, sums = [], {}
@@ -214,7 +253,7 @@ def _user_folders(spec, data_dir):
     for root, by in named:
         if not root:
             continue
-        root = Path(root).expanduser().absolute()
+        root = Path(root).expanduser().resolve()
         if not root.is_dir():
             raise DataError(f"no such folder: {root} (named by {by})")
         for sub in spec.subdirs:

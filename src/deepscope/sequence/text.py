@@ -175,7 +175,8 @@ def generate(model, vocab, length: int = 500, temperature: float = 0.8, prime: s
         yield prime
         for _ in range(length):
             z = backend.to_numpy(logits).astype(numpy.float64)
-            p = numpy.exp((z - z.max()) / temperature)
+            with numpy.errstate(over="ignore"):   # (z - max z)/τ → -inf for tiny τ: exactly what is meant
+                p = numpy.exp((z - z.max()) / temperature)
             if not numpy.isfinite(p).all():
                 raise NonFiniteError("the model's outputs are not finite (its weights hold NaN or infinity)")
             c = int(rng.choice(len(p), p=p / p.sum()))
