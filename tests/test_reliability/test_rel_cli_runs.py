@@ -362,3 +362,13 @@ def test_run_files_follow_the_umask(cli, data):
         os.umask(old)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in Path("run").iterdir() if not p.name.startswith(".")}
     assert modes and set(modes.values()) == {0o644}, modes
+
+
+def test_book_ch6_runs_are_evaluated_on_their_own_data(cli, tmp_path, data, monkeypatch):
+    rc, _, _ = cli("book", "ch6", "baseline", "--epochs", "1", "--train-size", "20", "--val-size", "20",
+                   "--data-dir", data, "--quiet", "--out", "b")
+    assert rc == 0
+    assert json.loads(Path("b/baseline-1/config.json").read_text())["data_source"] == str(data)
+    monkeypatch.setenv("DEEPSCOPE_DATA", str(tmp_path))  # no MNIST here: the sample would be the fallback
+    rc, out, _ = cli("evaluate", "b/baseline-1")
+    assert rc == 0 and f"on 20 images ({data})" in out and "embedded sample" not in out

@@ -212,7 +212,7 @@ def _train_one(rung: Rung, train, validation, test, epochs, quirks, run, progres
 
 def run_rung(rung, data=None, *, epochs: int | None = None, runs: int | None = None, train_size: int | None = None,
              val_size: int | None = None, quirks: bool = False, seed: int = 0, out=None, data_dir=None,
-             progress: bool = True, verbose: bool = True, callbacks_for=None) -> dict:
+             progress: bool = True, verbose: bool = True, callbacks_for=None, data_source: str | None = None) -> dict:
     """Train a rung (``runs`` nets, seeds ``seed, seed+1, ...``) and return its result.
 
     Args:
@@ -236,7 +236,7 @@ def run_rung(rung, data=None, *, epochs: int | None = None, runs: int | None = N
     if data is None:
         train, validation, test, source = load_data(data_dir, train_size, val_size, verbose=verbose)
     else:
-        (train, validation, test), source = data, "given"
+        (train, validation, test), source = data, data_source or "given"   # where ``data`` came from, for the runs
         if train_size:
             train = (train[0][:train_size], train[1][:train_size])
         if val_size:

@@ -73,7 +73,7 @@ def cmd_ch6(args) -> int:
         for name in names:
             r = ch6.run_rung(name, (train, validation, test), epochs=opts["epochs"], runs=opts["runs"],
                              quirks=opts["quirks"], seed=opts["seed"], out=run.path, progress=not args.quiet,
-                             verbose=not args.quiet,
+                             verbose=not args.quiet, data_source=source,
                              callbacks_for=lambda net_run: options.report_callbacks(args, None, net_run,
                                                                                     test=(*test, tuple("0123456789"))))
             r["data_source"] = source

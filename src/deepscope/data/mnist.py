@@ -204,9 +204,11 @@ def load_recorded(config: dict, data_dir=None, verbose: bool = False) -> MNISTDa
     if data_dir is None and source == "embedded sample":
         data = load_sample()
     elif data_dir is None and (source or config.get("data_dir")):
-        where = Path(source or config["data_dir"])
+        where = Path(source if source and Path(source).is_absolute() else config.get("data_dir") or source)
         where = where.parent if where.is_file() else where  # the book's mnist.pkl.gz
-        if not where.is_absolute() or not where.exists():
+        if not where.is_absolute():
+            raise DataError(f"the run does not record where its data was ({where}); give the data folder")
+        if not where.exists():
             raise DataError(f"the run's data ({where}) is not there any more; give the folder where it is now")
         data = load_mnist(dataset, data_dir=where, download=False, verbose=verbose)
     else:
