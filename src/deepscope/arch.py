@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 
+from . import nn
 from .errors import ArchitectureError
 from .nn.activation import ACTIVATIONS
 
@@ -81,8 +82,6 @@ def build(arch: str, input_shape=None, init: str = "book"):
             strings) or ``(784,)``.
         init: the initialisation scheme of every layer (see :mod:`deepscope.nn.init`).
     """
-    from . import nn
-
     tokens = parse(arch)
     default_act = tokens[-1][2] or "sigmoid"
     if tokens[-1][0] in ("conv", "pool", "dropout"):

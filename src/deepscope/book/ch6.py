@@ -22,8 +22,11 @@ from pathlib import Path
 import numpy
 
 from .. import backend, files, nn, optim
+from ..arch import build
+from ..data import load_mnist
 from ..errors import DataError, DeepscopeError
 from ..runs import History, Run
+from ..train import ProgressBar, fit, predict_logits
 from . import network3 as n3
 
 
@@ -166,7 +169,6 @@ def ensemble_predict(predictions) -> numpy.ndarray:
 def load_data(data_dir=None, train_size: int | None = None, val_size: int | None = None, verbose: bool = True):
     """MNIST's 50k/10k/10k split as ``(train, validation, test, source)``; the training set cut to its first
     ``train_size`` images and the validation set to its first ``val_size`` (the test set is never cut)."""
-    from ..data import load_mnist
     mnist = load_mnist(data_dir=data_dir, verbose=verbose)
     (X, y), (Xv, yv) = mnist.train, mnist.validation
     if train_size:
@@ -192,8 +194,6 @@ def _train_one(rung: Rung, train, validation, test, epochs, quirks, run, progres
             run.write_metrics(History({**e, "epoch": e["epoch"] + 1} for e in res.epochs))
             run.save_model(net.model)  # final weights, as network3 kept them
     else:
-        from ..arch import build
-        from ..train import ProgressBar, fit
         model = build(rung.arch)
         # The preset's λ is network3's (0.5 λ Σw² / num_training_batches): the same decay per step is
         # λ/(n/m), i.e. network2's λ times m. deepscope's book_weight_decay(λ, n) alone would be m times weaker.
@@ -295,7 +295,6 @@ def _net_run(path):
 
 def _predict(model, X, batch_size: int = 1000):
     """Predicted classes of a trained model (the final weights, as the book's ensemble used)."""
-    from ..train import predict_logits
     return numpy.asarray(backend.to_numpy(predict_logits(model, X, batch_size))).argmax(axis=1)
 
 

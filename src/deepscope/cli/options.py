@@ -173,12 +173,25 @@ def data(p, train_size: int | None = None, dataset: bool = True) -> None:
 def optimisation(p, lr: float, batch_size: int, epochs: int | None, epochs_default: int | None = None) -> None:
     """--lr (alias --eta), -m/--batch-size (alias --batch) and --epochs. ``epochs=None`` leaves --epochs unset
     when not given (a resumed run keeps its own), ``epochs_default`` is then shown in the help."""
-    p.add_argument("--lr", "--eta", dest="lr", type=positive_float, default=lr, metavar="η",
-                   help="learning rate η (default: %(default)s)")
+    learning_rate(p, lr)
     p.add_argument("--batch-size", "-m", "--batch", dest="batch_size", type=positive_int, default=batch_size,
                    metavar="M", help="mini-batch size m (default: %(default)s)")
     shown = epochs if epochs is not None else epochs_default
     p.add_argument("--epochs", type=positive_int, default=epochs, help=f"epochs (default: {shown})")
+
+
+def learning_rate(p, default: float) -> None:
+    """--lr (alias --eta)."""
+    p.add_argument("--lr", "--eta", dest="lr", type=positive_float, default=default, metavar="η",
+                   help="learning rate η (default: %(default)s)")
+
+
+def experiment(p, prefix: str, train_size: int | None = None) -> None:
+    """What an instrument's experiment takes: MNIST (--data-dir, --train-size), --out, --seed, --quiet."""
+    if train_size is not None:
+        data(p, train_size=train_size, dataset=False)
+    run_folder(p, prefix, resumable=False)
+    output(p)
 
 
 def ints(text: str, what: str) -> list[int]:

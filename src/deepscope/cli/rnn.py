@@ -122,7 +122,7 @@ def cmd_text(args) -> int:
                             f"lower them or use a longer --corpus")
     run = run or Run.create(args.out, "rnn-text", TEXT)
     opts["corpus"] = options.absolute(opts["corpus"])
-    run.write_config({**opts, "task": "char-lm", "corpus_name": corpus.name}, TEXT)
+    run.write_config({**opts, "task": "char-lm"}, TEXT)
     run.save_json(VOCAB, {"chars": corpus.vocab.chars})
     model = char_model(len(corpus.vocab), opts["hidden"], opts["embedding"], opts["layers"])
     print(f"deepscope: character RNN ({opts['hidden']} units) on {corpus}; run folder {run}")

@@ -54,12 +54,9 @@ def register(sub) -> None:
     s.add_argument("--steps", type=nonnegative_int, default=500,
                    help="full-batch steps (default 500; 0: only the speeds at init)")
     s.add_argument("--seeds", type=positive_int, default=1, help="average over this many initialisations (default 1)")
-    s.add_argument("--lr", "--eta", dest="lr", type=options.positive_float, default=0.1, metavar="η",
-                   help="learning rate η (default: %(default)s)")
+    options.learning_rate(s, 0.1)
     s.add_argument("--lmbda", type=nonnegative_float, default=5.0, help="L2 regularisation λ (network2's; default 5.0)")
-    options.data(s, train_size=1000, dataset=False)
-    options.run_folder(s, "scope-speed", resumable=False)
-    options.output(s)
+    options.experiment(s, "scope-speed", train_size=1000)
     s.set_defaults(func=cmd_speed)
 
     c = ss.add_parser("chain", help="one sigmoid neuron per layer: ∂C/∂b_1 as a product of factors",
@@ -83,12 +80,9 @@ def register(sub) -> None:
     m.add_argument("--activations", default="sigmoid,tanh,relu")
     m.add_argument("--inits", default="large,book,he")
     m.add_argument("--steps", type=nonnegative_int, default=1000, help="SGD steps per cell (mini-batch 10; default 1000)")
-    m.add_argument("--lr", "--eta", dest="lr", type=options.positive_float, default=0.1, metavar="η",
-                   help="learning rate η (default: %(default)s)")
+    options.learning_rate(m, 0.1)
     m.add_argument("--n-val", type=positive_int, default=1000, help="validation images (default 1000)")
-    options.data(m, train_size=5000, dataset=False)
-    options.run_folder(m, "scope-compare", resumable=False)
-    options.output(m)
+    options.experiment(m, "scope-compare", train_size=5000)
     sweeps.add_parallel_options(m, "seeds --seed … --seed+K-1, one trial per depth and seed; the table gives "
                                    "each cell's mean ± std over them")
     m.set_defaults(func=cmd_compare)
@@ -99,8 +93,7 @@ def register(sub) -> None:
     t.add_argument("--hidden", type=positive_int, default=100, help="hidden units (default 100)")
     t.add_argument("--batch-size", "-m", "--batch", dest="batch_size", type=positive_int, default=32, metavar="M",
                    help="sequences per batch (default: %(default)s)")
-    options.run_folder(t, "scope-time", resumable=False)
-    options.output(t)
+    options.experiment(t, "scope-time")
     t.set_defaults(func=cmd_time)
 
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])

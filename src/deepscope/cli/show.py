@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import backend, load, nn
+from .. import load
 from ..data import load_mnist
 from ..data.mnist import load_recorded
 from ..errors import DataError
 from ..figures import check_path, plot_errors, plot_filters
+from ..report.source import first_layer_filters
 from ..runs import Run
 from ..train import predict_logits
 from . import options
@@ -51,23 +52,12 @@ def _out_path(args, default_name):
     return (run if run.is_dir() else run.parent) / default_name
 
 
-def first_layer_filters(model) -> np.ndarray:
-    """The first layer's receptive fields as images ``(k, h, w)``: a Conv2d's kernels (input channels
-    averaged), or a Linear layer's rows seen as 28×28 images when it takes MNIST pixels."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            return backend.to_numpy(m.weight.data).mean(axis=1)
-        if isinstance(m, nn.Linear):
-            if m.in_features == 784:
-                return backend.to_numpy(m.weight.data).reshape(-1, 28, 28)
-            break
-    raise DataError("the model has no Conv2d layer (nor a first Linear layer on 28x28 images) to show")
-
-
 def cmd_filters(args) -> int:
     out = _out_path(args, "filters.png")
     model = load(args.run)  # raises DataError (one line) when there is no saved model there
     filters = first_layer_filters(model)
+    if filters is None:
+        raise DataError("the model has no Conv2d layer (nor a first Linear layer on 28x28 images) to show")
     path = plot_filters(filters, out,
                         f"{len(filters)} first-layer filters of {Path(args.run).name}")
     print(f"wrote {path}")
