@@ -215,7 +215,10 @@ class Run:
         self.close()
 
     def __del__(self):
-        self.close()
+        try:
+            self.close()
+        except Exception:  # at interpreter exit the modules may be gone; the OS releases the lock anyway
+            pass
 
     def _writing(self) -> None:
         if not self.writable:
