@@ -30,8 +30,7 @@ from ..sweep import SweepFolder
 
 # config keys that are facts about the run, not options of the command that made it
 _NOT_OPTIONS = {"data_source", "data", "n_train", "task", "rung", "corpus_name", "title", "book", "runs",
-                "ensemble", "expanded",
-                "network3", "command", "func", "default_epochs", "out", "resume"}
+                "ensemble", "expanded", "network3", "command", "func", "default_epochs", "out", "resume"}
 # the command of each kind, with the config keys that are its positional arguments
 COMMANDS = {"train": "deepscope train", "row-mnist": "deepscope rnn mnist", "char-lm": "deepscope rnn text",
             "scope-speed": "deepscope scope speed", "scope-compare": "deepscope scope compare",
