@@ -10,8 +10,8 @@ _ENV = os.environ.get("DEEPSCOPE_DATA")
 
 def _root() -> Path:
     if _ENV and (Path(_ENV).expanduser() / "mnist" / "train-images-idx3-ubyte.gz").exists():
-        return Path(_ENV).expanduser()
-    return _SHARED
+        return Path(_ENV).expanduser().resolve()
+    return _SHARED.resolve()   # resolved, as runs record their data (a symlinked shared/ compares equal)
 
 
 DATA = _root()

@@ -12,8 +12,10 @@ import pytest
 from deepscope.data import write_idx
 from deepscope.data.mnist import FILES
 
+from data_paths import MNIST_DIR
+
 ROOT = Path(__file__).resolve().parents[2]
-REAL_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+REAL_MNIST = MNIST_DIR   # $DEEPSCOPE_DATA or ../shared/data, resolved
 needs_mnist = pytest.mark.skipif(not (REAL_MNIST / "train-labels-idx1-ubyte.gz").is_file(),
                                  reason="no MNIST in ../shared/data")
 
