@@ -24,8 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import arch, backend, nn
+from ..data import load_mnist
 from ..errors import DataError
 from ..runs import Run
+from ..sequence.mnist import as_rows
 from ..sweep import SweepFolder
 
 # config keys that are facts about the run, not options of the command that made it
@@ -218,7 +221,6 @@ def initial_model(run: RunData):
     """The run's net as it was before its first step, rebuilt from the seed and architecture in its config
     (``deepscope train`` and ``book ch6`` seed the generator and build the net before anything else draws from
     it); None when the run does not say how (network3's quirks, recurrent nets built elsewhere)."""
-    from .. import arch, backend
     cfg = run.config
     if run.kind == "train" and "arch" in cfg:
         backend.manual_seed(cfg.get("seed", 0))
@@ -232,7 +234,6 @@ def initial_model(run: RunData):
 def first_layer_filters(model) -> np.ndarray | None:
     """The first layer's receptive fields as images ``(k, h, w)``: a Conv2d's kernels (input channels
     averaged), or a Linear layer's rows seen as 28×28 images when it reads MNIST pixels; None otherwise."""
-    from .. import backend, nn
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             return backend.to_numpy(m.weight.data).mean(axis=1)
@@ -247,7 +248,6 @@ def test_set(run: RunData):
     """``(X, y, class names, images)`` of the test set the run was measured on: X as its net reads it (rows for a
     recurrent net), images as (N, 1, 28, 28); None when the run is not an image classifier or its data cannot be
     found on this machine."""
-    from ..data import load_mnist
     if run.kind not in ("train", "ch6", "row-mnist"):
         return None
     cfg = run.config
@@ -260,6 +260,5 @@ def test_set(run: RunData):
         return None
     X, y = data.test
     if run.kind == "row-mnist":
-        from ..sequence.mnist import as_rows
         return as_rows(X, normalize=not cfg.get("no_normalize", False)), y, data.classes, X
     return X, y, data.classes, X
