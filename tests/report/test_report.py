@@ -16,6 +16,7 @@ import pytest
 import deepscope
 from deepscope.errors import DataError
 from deepscope.report import source, write_report
+from deepscope.report.panels import correlations
 from deepscope.train import predict_logits
 from deepscope.cli import main
 from report_runs import CONV, offline, train_run
@@ -269,3 +270,18 @@ def test_report_command(conv_run, tmp_path, capsys):
     assert f"wrote {out}" in capsys.readouterr().out and 'id="r0-filters"' in out.read_text(encoding="utf-8")
     assert main(["report", str(tmp_path / "missing")]) == 1
     assert capsys.readouterr().err.strip() == f"deepscope: error: no such run folder: {tmp_path / 'missing'}"
+
+
+def test_show_filters_draws_initial_trained_and_change(conv_run, tmp_path, monkeypatch):
+    import deepscope.cli.show as show
+    assert main(["show", "filters", str(conv_run), "--out", str(tmp_path / "f.png")]) == 0   # the real figure
+    assert (tmp_path / "f.png").stat().st_size > 0
+    seen = {}
+    monkeypatch.setattr(show, "plot_filters", lambda filters, path, title, initial=None:
+                        seen.update(filters=filters, initial=initial, title=title) or Path(path))
+    assert main(["show", "filters", str(conv_run), "--out", str(tmp_path / "g.png")]) == 0
+    np.testing.assert_array_equal(seen["filters"], source.first_layer_filters(deepscope.load(conv_run)))
+    initial = source.first_layer_filters(source.initial_model(source.open_run(conv_run)))
+    np.testing.assert_array_equal(seen["initial"], initial)
+    r = correlations(seen["filters"], initial)
+    assert f"correlates {r.min():.2f}–{r.max():.2f}" in seen["title"]

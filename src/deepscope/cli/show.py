@@ -1,7 +1,9 @@
 """``deepscope show``: pictures of a trained run.
 
     deepscope show filters RUN     the first convolutional layer's kernels as a grid (the book's figure of the
-                                   20 local receptive fields it learned: light = small weight, dark = large)
+                                   20 local receptive fields: light = small weight, dark = large), with, for a
+                                   run of train or book ch6, the same kernels at initialisation and the change
+                                   training made (trained − initial, own scale): what was learned
     deepscope show errors RUN      the test images the net gets wrong, each titled "true → predicted"
 
 Both write a PNG (into the run folder unless ``--out`` says otherwise) and print where it went.
@@ -17,6 +19,8 @@ from ..data import load_mnist
 from ..data.mnist import load_recorded
 from ..errors import DataError
 from ..figures import check_path, plot_errors, plot_filters
+from ..report import source as report_source
+from ..report.panels import correlations
 from ..report.source import first_layer_filters
 from ..runs import Run
 from ..train import predict_logits
@@ -30,7 +34,8 @@ def register(sub) -> None:
     kinds = show.add_subparsers(dest="what", metavar="WHAT")
     show.set_defaults(func=lambda args: show.print_help() or 2)
 
-    p = kinds.add_parser("filters", help="the first Conv2d layer's kernels as a grid PNG")
+    p = kinds.add_parser("filters", help="the first layer's kernels as a grid PNG: at initialisation, trained, "
+                                         "and their change")
     p.add_argument("run", help="run folder (or saved model path)")
     p.add_argument("--out", default=None, help="PNG path (default: RUN/filters.png)")
     p.set_defaults(func=cmd_filters)
@@ -58,8 +63,15 @@ def cmd_filters(args) -> int:
     filters = first_layer_filters(model)
     if filters is None:
         raise DataError("the model has no Conv2d layer (nor a first Linear layer on 28x28 images) to show")
-    path = plot_filters(filters, out,
-                        f"{len(filters)} first-layer filters of {Path(args.run).name}")
+    run = report_source.open_run(args.run) if Run.is_run(args.run) else None
+    init_model = report_source.initial_model(run) if run is not None else None
+    initial = first_layer_filters(init_model) if init_model is not None else None
+    title = f"{len(filters)} first-layer filters of {Path(args.run).name}"
+    if initial is not None:
+        r = correlations(filters, initial)
+        title += (f": at initialisation (rebuilt from the run's seed), trained, and the change\n"
+                  f"(each trained filter correlates {r.min():.2f}–{r.max():.2f} with its initial self)")
+    path = plot_filters(filters, out, title, initial=initial)
     print(f"wrote {path}")
     return 0
 

@@ -6,7 +6,7 @@ values that were plotted (the browser tests do). No builder transforms the data 
 """
 from __future__ import annotations
 
-WIDTH = 520
+WIDTH = 470
 SCHEMA = "https://vega.github.io/schema/vega-lite/v6.json"   # an identifier only: nothing is fetched
 
 

@@ -119,7 +119,7 @@ def curve_panels(run, prefix) -> list[Panel]:
 # -- the learning-speed recorder's records ------------------------------------------------------------
 
 def layer_label(name: str, entry: dict) -> str:
-    module = entry.get("module", "").split(" [layer")[0]
+    module = entry.get("module", "").split(" [layer")[0].replace("kernel_size=", "")
     return f"{name}: {module}" if module else name
 
 
