@@ -8,17 +8,29 @@ none is written anywhere, as in the book)::
     conv20x5-maxpool2-fc100-softmax10
     conv20x5-maxpool2-conv40x5-maxpool2-fc100-softmax10:relu
     conv32x3p1:relu-maxpool2-dropout0.5-fc100-fc10
+    784-100bn*20-10:sigmoid     20 hidden layers, each Linear -> BatchNorm1d -> sigmoid
+    784-100-res100*14-10:relu   a residual net: 14 blocks of two layers with identity skips
+    conv32x3samebn-res32x3bn*2-maxpool2-fc100bn-softmax10:relu      a small residual conv net, batch norm
 
     token                 layer(s)
     N (first token)       the input has N features (the input is flattened)
     N (later)             Linear(·, N) + activation; the last one is the output layer
-    conv{C}x{K}[s{S}][p{P}]   Conv2d(·, C, K, stride S, padding P) + activation (after the pooling that
-                          follows it, if any: network3's ConvPoolLayer)
+    conv{C}x{K}[s{S}][p{P}|same]   Conv2d(·, C, K, stride S, padding P or "same") + activation (after the
+                          pooling that follows it, if any: network3's ConvPoolLayer)
     maxpool{K}[s{S}]      MaxPool2d(K, S)   (also avgpool, l2pool)
     fc{N}                 Flatten (if needed) + Linear(·, N) + activation
     dropout{P}            Dropout(P)
     softmax{N} | sigmoid{N} | fc{N} (last)   the output Linear(·, N); softmax/sigmoid name the output
                           neuron, and so the cost (log-likelihood / cross-entropy), applied by the cost
+    res{N}                a fully connected residual block (He et al. 2016), input and output N features:
+                          act(x + Linear(act(Linear(x))))  (nn.Residual; the input must have N features)
+    res{C}x{K}            a convolutional residual block, two Conv2d(C, C, K, padding "same"):
+                          act(x + conv(act(conv(x)))); a 1x1 Conv2d shortcut when the input has other than C
+                          channels
+    …bn (suffix)          on N (not the first), fc{N}, conv…, res…: batch normalisation after every linear
+                          map of the token, before its activation (BatchNorm1d after Linear, BatchNorm2d after
+                          Conv2d; inside a residual block after each of its two maps, before the sum)
+    …*{R} (suffix)        the token R times (after bn, before :act): 100*20, res100bn*14
 
 Activations: sigmoid, tanh, relu, linear. Inputs to conv strings are ``(N, 1, 28, 28)`` unless
 ``input_shape`` says otherwise. The output layer gives logits; the cost applies the output neuron.
@@ -34,7 +46,8 @@ from .nn.activation import ACTIVATIONS
 _ACTS = tuple(ACTIVATIONS)
 _PATTERNS = [
     ("number", re.compile(r"(\d+)")),
-    ("conv", re.compile(r"conv(\d+)x(\d+)(?:s(\d+))?(?:p(\d+))?")),
+    ("conv", re.compile(r"conv(\d+)x(\d+)(?:s(\d+))?(?:p(\d+)|(same))?")),
+    ("res", re.compile(r"res(\d+)(?:x(\d+))?")),
     ("pool", re.compile(r"(max|avg|l2)pool(\d+)(?:s(\d+))?")),
     ("fc", re.compile(r"fc(\d+)")),
     ("dropout", re.compile(r"dropout(0?\.\d+|0)")),
@@ -43,9 +56,13 @@ _PATTERNS = [
 OUTPUT_COSTS = {"softmax": "loglikelihood", "sigmoid": "crossentropy"}
 
 
-def parse(arch: str) -> list[tuple[str, tuple, str | None]]:
-    """Split an architecture string into ``(kind, numbers, activation)`` tokens, or raise
-    :class:`ArchitectureError` naming the faulty token and its position."""
+_BN_KINDS = ("number", "fc", "conv", "res")
+
+
+def parse(arch: str) -> list[tuple[str, tuple, str | None, str, bool]]:
+    """Split an architecture string into ``(kind, numbers, activation, where, batchnorm)`` tokens (a token
+    repeated with ``*R`` appears R times), or raise :class:`ArchitectureError` naming the faulty token and
+    its position."""
     if not isinstance(arch, str) or not arch.strip():
         raise ArchitectureError("empty architecture string")
     tokens, pos = [], 0
@@ -54,14 +71,23 @@ def parse(arch: str) -> list[tuple[str, tuple, str | None]]:
         body, _, act = raw.partition(":")
         if act and act not in _ACTS:
             raise ArchitectureError(f"unknown activation {act!r} in {where}: expected one of {', '.join(_ACTS)}")
+        body, star, times = body.partition("*")
+        if star and not (times.isdigit() and int(times) >= 1):
+            raise ArchitectureError(f"{where}: a repeat count *R needs a whole number R >= 1")
+        bn = body.endswith("bn")
+        if bn:
+            body = body[:-2]
         for kind, pat in _PATTERNS:
             m = pat.fullmatch(body)
             if m:
-                tokens.append((kind, m.groups(), act or None, where))
+                if bn and (kind not in _BN_KINDS or (kind == "number" and not tokens)):
+                    raise ArchitectureError(f"{where}: bn follows a hidden layer (N, fc{{N}}, conv…, res…)")
+                tokens += [(kind, m.groups(), act or None, where, bn)] * (int(times) if star else 1)
                 break
         else:
-            raise ArchitectureError(f"cannot read {where}: expected a number, conv{{C}}x{{K}}, maxpool{{K}}, "
-                                    f"avgpool{{K}}, l2pool{{K}}, fc{{N}}, dropout{{P}}, softmax{{N}} or sigmoid{{N}}")
+            raise ArchitectureError(f"cannot read {where}: expected a number, conv{{C}}x{{K}}, res{{N}}, "
+                                    f"maxpool{{K}}, avgpool{{K}}, l2pool{{K}}, fc{{N}}, dropout{{P}}, "
+                                    f"softmax{{N}} or sigmoid{{N}} (optionally with bn and *R)")
         pos += len(raw) + 1
     return tokens
 
@@ -69,7 +95,7 @@ def parse(arch: str) -> list[tuple[str, tuple, str | None]]:
 def output_cost(arch: str) -> str | None:
     """The cost an architecture's output token implies: ``"loglikelihood"`` for ``softmax10``,
     ``"crossentropy"`` for ``sigmoid10``, None when it does not say."""
-    kind, groups, _, _ = parse(arch)[-1]
+    kind, groups, _, _, _ = parse(arch)[-1]
     return OUTPUT_COSTS.get(groups[0]) if kind == "out" else None
 
 
@@ -84,11 +110,12 @@ def build(arch: str, input_shape=None, init: str = "book"):
     """
     tokens = parse(arch)
     default_act = tokens[-1][2] or "sigmoid"
-    if tokens[-1][0] in ("conv", "pool", "dropout"):
+    if tokens[-1][0] in ("conv", "pool", "dropout", "res") or tokens[-1][4]:
         raise ArchitectureError(f"{arch!r} must end with an output layer (a number, fc{{N}}, softmax{{N}} or "
                                 f"sigmoid{{N}}), not {tokens[-1][3].split()[2]}")
-    for kind, g, _, where in tokens:  # sizes, kernels and strides of 0 would build layers with no neurons
-        sizes = [v for v in (g[1:3] if kind == "pool" else g[:3] if kind == "conv" else g[-1:]) if v is not None]
+    for kind, g, _, where, _ in tokens:  # sizes, kernels and strides of 0 would build layers with no neurons
+        sizes = [v for v in (g[1:3] if kind == "pool" else g[:3] if kind == "conv" else g if kind == "res"
+                             else g[-1:]) if v is not None]
         if kind != "dropout" and any(int(v) < 1 for v in sizes):
             raise ArchitectureError(f"{where}: sizes, kernels and strides must be at least 1")
     if tokens[0][0] == "number":
@@ -101,7 +128,7 @@ def build(arch: str, input_shape=None, init: str = "book"):
         shape = tuple(input_shape) if input_shape is not None else (1, 28, 28)
         layers = []
     pending_act = None  # a conv's activation waits for the pooling that follows it
-    for i, (kind, g, act, where) in enumerate(tokens):
+    for i, (kind, g, act, where, bn) in enumerate(tokens):
         last = i == len(tokens) - 1
         act_cls = ACTIVATIONS[act or default_act]
         if kind != "pool" and pending_act is not None:
@@ -113,12 +140,21 @@ def build(arch: str, input_shape=None, init: str = "book"):
                                         f"but its input has shape {shape}")
             c, k = int(g[0]), int(g[1])
             s, p = int(g[2] or 1), int(g[3] or 0)
+            if g[4] and (s != 1 or k % 2 == 0):
+                raise ArchitectureError(f"{where}: padding 'same' needs stride 1 and an odd kernel")
+            if g[4]:
+                p = (k - 1) // 2
             ho, wo = (shape[1] + 2 * p - k) // s + 1, (shape[2] + 2 * p - k) // s + 1
             if ho < 1 or wo < 1:
                 raise ArchitectureError(f"{where}: a {k}x{k} kernel does not fit the input {shape}")
-            layers.append(nn.Conv2d(shape[0], c, k, stride=s, padding=p, init=init))
+            layers.append(nn.Conv2d(shape[0], c, k, stride=s, padding="same" if g[4] else p, init=init))
+            if bn:
+                layers.append(nn.BatchNorm2d(c))
             shape = (c, ho, wo)
             pending_act = act_cls
+        elif kind == "res":
+            block, shape = _residual(g, shape, bn, act_cls, init, where)
+            layers += [block, act_cls()]
         elif kind == "pool":
             if len(shape) != 3:
                 raise ArchitectureError(f"{where}: pooling needs an image input (C, H, W), got {shape}")
@@ -140,8 +176,36 @@ def build(arch: str, input_shape=None, init: str = "book"):
             shape = (n_out,)
             if kind == "out" and not last:
                 raise ArchitectureError(f"{where}: {g[0]}{{N}} names the output layer and must come last")
+            if bn:
+                layers.append(nn.BatchNorm1d(n_out))
             if not last:
                 layers.append(act_cls())
     if pending_act is not None:
         layers.append(pending_act())
     return nn.Sequential(*layers)
+
+
+def _residual(g, shape, bn, act_cls, init, where):
+    """A ``res{N}`` or ``res{C}x{K}`` token as an :class:`~deepscope.nn.Residual` block and its output shape."""
+    from . import nn
+
+    n, k = int(g[0]), g[1]
+    if k is None:  # fully connected
+        if len(shape) != 1 or shape[0] != n:
+            raise ArchitectureError(f"{where}: res{n} needs an input of {n} features, got shape {shape}")
+        maps = [nn.Linear(n, n, init=init), nn.Linear(n, n, init=init)]
+        norm, shortcut = nn.BatchNorm1d, None
+    else:
+        k = int(k)
+        if len(shape) != 3:
+            raise ArchitectureError(f"{where}: a convolutional residual block needs an image input (C, H, W), "
+                                    f"but its input has shape {shape}")
+        if k % 2 == 0:
+            raise ArchitectureError(f"{where}: a residual block keeps the image size, so its kernel must be odd")
+        maps = [nn.Conv2d(shape[0], n, k, padding="same", init=init), nn.Conv2d(n, n, k, padding="same", init=init)]
+        norm = nn.BatchNorm2d
+        shortcut = nn.Conv2d(shape[0], n, 1, init=init) if shape[0] != n else None
+        shape = (n,) + tuple(shape[1:])
+    first = [maps[0], norm(n), act_cls()] if bn else [maps[0], act_cls()]
+    second = [maps[1], norm(n)] if bn else [maps[1]]
+    return nn.Residual(nn.Sequential(*first, *second), shortcut), shape

@@ -33,7 +33,7 @@ from .errors import ConfigError, DataError
 
 def save_arrays(path, arrays: dict, metadata: dict | None = None) -> None:
     """Save NumPy arrays (and string metadata) as one safetensors file, atomically."""
-    arrays = {k: np.ascontiguousarray(backend.to_numpy(v)) for k, v in arrays.items()}
+    arrays = {k: np.require(backend.to_numpy(v), requirements="C") for k, v in arrays.items()}  # keeps 0-d
     files.atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=metadata))
 
 

@@ -15,3 +15,4 @@ from .dropout import Dropout
 def __getattr__(name):
     # A name deepscope avoids on purpose (CrossEntropyLoss) fails with a line saying which class to use.
     raise no_such_name(__name__, name)
+from .norm import BatchNorm1d, BatchNorm2d

@@ -77,7 +77,9 @@ class Conv2d(Module):
         out_channels: number of feature maps (kernels).
         kernel_size: kh×kw of the local receptive field; an int or a pair.
         stride: step between neighbouring receptive fields; an int or a pair (default 1).
-        padding: zeros added on each side of the input; an int or a pair (default 0).
+        padding: zeros added on each side of the input; an int or a pair (default 0); ``"same"``: the output has
+            the input's size, p = (k - 1)/2 (stride 1 and odd kernels only: even kernels would need PyTorch's
+            uneven padding); ``"valid"``: 0.
         bias: whether each feature map has a bias (default True).
         init: initialisation scheme (see ``deepscope.nn.init``); default ``"book"``: w ~ N(0, 1/n_in) with
             n_in = in_channels·kh·kw (one neuron's inputs), b ~ N(0, 1).
@@ -100,8 +102,15 @@ class Conv2d(Module):
             raise ValueError(f"Conv2d: in_channels and out_channels must be positive, got {in_channels}, {out_channels}")
         self.kernel_size = _pair(kernel_size, "kernel_size")
         self.stride = _pair(stride, "stride")
-        self.padding = _pair(padding, "padding")
         kh, kw = self.kernel_size
+        if padding == "same":
+            if self.stride != (1, 1) or kh % 2 == 0 or kw % 2 == 0:
+                raise ValueError(f"Conv2d: padding='same' needs stride 1 and an odd kernel, got "
+                                 f"kernel_size={kernel_size}, stride={stride}")
+            padding = ((kh - 1) // 2, (kw - 1) // 2)
+        elif padding == "valid":
+            padding = 0
+        self.padding = _pair(padding, "padding")
         if min(kh, kw) < 1 or min(self.stride) < 1 or min(self.padding) < 0:
             raise ValueError(f"Conv2d: kernel_size and stride must be >= 1 and padding >= 0, got "
                              f"kernel_size={kernel_size}, stride={stride}, padding={padding}")

@@ -89,6 +89,7 @@ class Module:
     def __init__(self):
         self.__dict__.setdefault("_init_args", {})
         self._parameters: "OrderedDict[str, Parameter]" = OrderedDict()
+        self._buffers: "OrderedDict[str, object]" = OrderedDict()   # state that is not trained (register_buffer)
         self._modules: "OrderedDict[str, Module]" = OrderedDict()
         self._forward_hooks: dict = {}
         self._backward_hooks: dict = {}
@@ -99,12 +100,37 @@ class Module:
 
     # -- registration ------------------------------------------------------------------------------
     def __setattr__(self, key, value):
-        if isinstance(value, (Parameter, Module)):
+        if key in self.__dict__.get("_buffers", ()):
+            self.__dict__["_buffers"][key] = value
+        elif isinstance(value, (Parameter, Module)):
             if isinstance(value, Parameter):
                 self.__dict__["_parameters"][key] = value
             elif "_modules" in self.__dict__:
                 self.__dict__["_modules"][key] = value
         object.__setattr__(self, key, value)
+
+    def register_buffer(self, name: str, value) -> None:
+        """Keep an array that is part of the module's state but not trained (BatchNorm's running statistics):
+        it is saved and loaded with the parameters (``state_dict``) and follows ``to(device)``; ``to(dtype)``
+        casts it if it holds floats. Assigning ``self.name = new_array`` later replaces it."""
+        self._buffers[name] = value
+        object.__setattr__(self, name, value)
+
+    def named_buffers(self, prefix: str = ""):
+        for name, b in self._buffers.items():
+            yield (f"{prefix}.{name}" if prefix else name), b
+        for name, m in self._modules.items():
+            yield from m.named_buffers(f"{prefix}.{name}" if prefix else name)
+
+    def _named_state(self, prefix: str = ""):
+        """(key, array, owner, attribute) for every parameter and buffer, in PyTorch's state-dict order: a
+        module's parameters, then its buffers, then its children's."""
+        for name, p in self._parameters.items():
+            yield (f"{prefix}.{name}" if prefix else name), p.data, p, "data"
+        for name, b in self._buffers.items():
+            yield (f"{prefix}.{name}" if prefix else name), b, self, name
+        for name, m in self._modules.items():
+            yield from m._named_state(f"{prefix}.{name}" if prefix else name)
 
     def add_module(self, name: str, module: "Module") -> None:
         self._modules[name] = module
@@ -200,6 +226,9 @@ class Module:
             for p in self.parameters():
                 p.data = backend.to_device(p.data, xp)
                 p.grad = backend.to_device(p.grad, xp)
+            for m in self.modules():
+                for name, b in m._buffers.items():
+                    setattr(m, name, backend.to_device(b, xp))
             return self
         try:
             dtype = numpy.dtype(target)
@@ -211,6 +240,10 @@ class Module:
         for p in self.parameters():
             p.data = p.data.astype(dtype)
             p.grad = p.grad.astype(dtype)
+        for m in self.modules():
+            for name, b in m._buffers.items():
+                if b.dtype.kind == "f":
+                    setattr(m, name, b.astype(dtype))
         return self
 
     @property
@@ -238,26 +271,27 @@ class Module:
 
     # -- state -------------------------------------------------------------------------------------
     def state_dict(self) -> "OrderedDict[str, numpy.ndarray]":
-        """Parameter values by PyTorch-style key (``"0.weight"``), as NumPy arrays (copies)."""
-        return OrderedDict((k, backend.to_numpy(p.data).copy()) for k, p in self.named_parameters())
+        """Parameter and buffer values by PyTorch-style key (``"0.weight"``, ``"1.running_mean"``), in PyTorch's
+        order, as NumPy arrays (copies)."""
+        return OrderedDict((k, backend.to_numpy(v).copy()) for k, v, _, _ in self._named_state())
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
-        """Copy values into the parameters, checking every key and shape."""
-        own = dict(self.named_parameters())
+        """Copy values into the parameters and buffers, checking every key and shape (each keeps its dtype)."""
+        own = {k: (owner, attr, v) for k, v, owner, attr in self._named_state()}
         if strict:
             missing = sorted(set(own) - set(state))
             unexpected = sorted(set(state) - set(own))
             if missing or unexpected:
                 raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
-        for k, p in own.items():
+        for k, (owner, attr, old) in own.items():
             if k not in state:
                 continue
             v = state[k]
-            if tuple(v.shape) != tuple(p.data.shape):
+            if tuple(v.shape) != tuple(old.shape):
                 raise ShapeError(f"load_state_dict: {k} has shape {tuple(v.shape)}, "
-                                 f"the model expects {tuple(p.data.shape)}")
-            xp = backend.xp_of(p.data)
-            p.data = xp.asarray(backend.to_numpy(v), dtype=p.data.dtype).copy()
+                                 f"the model expects {tuple(old.shape)}")
+            xp = backend.xp_of(old)
+            setattr(owner, attr, xp.asarray(backend.to_numpy(v), dtype=old.dtype).copy())
 
     # -- description -------------------------------------------------------------------------------
     def config(self) -> dict:
