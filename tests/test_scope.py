@@ -360,34 +360,3 @@ def test_cli_errors_are_one_line(capsys):
     err = capsys.readouterr().err
     assert err.startswith("deepscope: error: --layers") and err.count("\n") == 1
     assert _main(["scope", "chain", "--weights", "1,2", "--biases", "0"]) == 1
-
-
-# ---------------------------------------------------------------------------------------------- time
-
-def test_gradient_through_time_vanishes_for_tanh_not_for_identity_relu():
-    from deepscope.scope.time_grad import state_gradient_norms
-    tanh = state_gradient_norms("tanh", "pytorch", steps=15, hidden=20, batch=4)
-    irnn = state_gradient_norms("relu", "irnn", steps=15, hidden=20, batch=4)
-    assert tanh.shape == (15,) and np.all(tanh > 0)
-    assert tanh[-1] / tanh[0] < 1e-3                 # vanishes geometrically
-    assert irnn[-1] / irnn[0] > 0.1                  # W = identity carries it back
-
-
-def test_gradient_through_time_k0_is_last_step_gradient():
-    """k = 0 is ∂C/∂s_T = Vᵀ δ_out, computed here by hand from the head."""
-    from deepscope.scope import time_grad
-    deepscope.backend.set_default_dtype("float64")
-    norms = time_grad.state_gradient_norms("tanh", "pytorch", steps=5, hidden=6, batch=3, seed=4)
-    deepscope.manual_seed(4)
-    model = nn.Sequential(nn.RNN(28, 6), nn.LastStep(), nn.Linear(6, 10))
-    rng = np.random.default_rng(4)
-    x, y = rng.standard_normal((3, 5, 28)), rng.integers(0, 10, 3)
-    cost = nn.LogLikelihoodCost()
-    cost(model(x), y)
-    assert norms[0] == pytest.approx(np.linalg.norm(cost.backward() @ model[2].weight.data), rel=1e-10)
-
-
-def test_cli_time(tmp_path, capsys):
-    assert _main(["scope", "time", "--steps", "8", "--hidden", "10", "--batch", "2", "--out", str(tmp_path)]) == 0
-    assert "relu-identity" in capsys.readouterr().out
-    assert (tmp_path / "time.png").exists()

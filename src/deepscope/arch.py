@@ -23,7 +23,10 @@ none is written anywhere, as in the book)::
     softmax{N} | sigmoid{N} | fc{N} (last)   the output Linear(·, N); softmax/sigmoid name the output
                           neuron, and so the cost (log-likelihood / cross-entropy), applied by the cost
     res{N}                a fully connected residual block (He et al. 2016), input and output N features:
-                          act(x + Linear(act(Linear(x))))  (nn.Residual; the input must have N features)
+                          act(x + Linear(act(Linear(x))))  (nn.Residual; the input must have N features).
+                          Without bn the block's second map starts at zero weights and biases, so every block
+                          starts as the identity (Fixup, Zhang et al. 2019: otherwise the variance of the
+                          activations doubles with every block); with bn, the usual init
     res{C}x{K}            a convolutional residual block, two Conv2d(C, C, K, padding "same"):
                           act(x + conv(act(conv(x)))); a 1x1 Conv2d shortcut when the input has other than C
                           channels
@@ -193,7 +196,7 @@ def _residual(g, shape, bn, act_cls, init, where):
     if k is None:  # fully connected
         if len(shape) != 1 or shape[0] != n:
             raise ArchitectureError(f"{where}: res{n} needs an input of {n} features, got shape {shape}")
-        maps = [nn.Linear(n, n, init=init), nn.Linear(n, n, init=init)]
+        maps = [nn.Linear(n, n, init=init), nn.Linear(n, n, init=init if bn else "zeros")]
         norm, shortcut = nn.BatchNorm1d, None
     else:
         k = int(k)
@@ -202,7 +205,8 @@ def _residual(g, shape, bn, act_cls, init, where):
                                     f"but its input has shape {shape}")
         if k % 2 == 0:
             raise ArchitectureError(f"{where}: a residual block keeps the image size, so its kernel must be odd")
-        maps = [nn.Conv2d(shape[0], n, k, padding="same", init=init), nn.Conv2d(n, n, k, padding="same", init=init)]
+        maps = [nn.Conv2d(shape[0], n, k, padding="same", init=init),
+                nn.Conv2d(n, n, k, padding="same", init=init if bn else "zeros")]
         norm = nn.BatchNorm2d
         shortcut = nn.Conv2d(shape[0], n, 1, init=init) if shape[0] != n else None
         shape = (n,) + tuple(shape[1:])

@@ -83,7 +83,7 @@ def plot_speed(steps, speeds, labels, path, title="Speed of learning", xlabel="N
     return _save(plt, fig, path)
 
 
-def plot_time(norms: dict, path, hidden: int) -> Path:
+def plot_time(norms: dict, path, hidden: int, title: str | None = None) -> Path:
     """‖∂C/∂s_(T-k)‖ against k (log y), one line per network in ``norms`` (name -> values for k = 0 … T-1)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -93,7 +93,7 @@ def plot_time(norms: dict, path, hidden: int) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.set_xlabel("k (steps back from the cost)")
     ax.set_ylabel("‖∂C/∂s_(T-k)‖")
-    ax.set_title(f"Gradient through time: fresh RNN, {hidden} units")
+    ax.set_title(title or f"Gradient through time: fresh RNN, {hidden} units")
     ax.legend()
     fig.tight_layout()
     return _save(plt, fig, path)
@@ -244,3 +244,23 @@ def _is_number(text) -> bool:
     except (TypeError, ValueError):
         return False
     return True
+
+
+def plot_layer_speeds(nets: dict, path, title="Speed of learning by layer") -> Path:
+    """‖∂C/∂b‖ of every hidden layer against its depth (log y), at initialisation (dashed) and after training
+    (solid), one colour per net. ``nets``: name -> {"init": [speeds], "trained": [speeds], "trained_step": k}."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for j, (name, v) in enumerate(nets.items()):
+        c = LAYER_COLORS[j % len(LAYER_COLORS)]
+        ax.plot(np.arange(1, len(v["init"]) + 1), v["init"], "--", color=c, label=f"{name}, at initialisation")
+        ax.plot(np.arange(1, len(v["trained"]) + 1), v["trained"], color=c,
+                label=f"{name}, after {v['trained_step']} steps")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_xlabel("hidden layer")
+    ax.set_ylabel("‖∂C/∂b‖ (batch norm: ‖∂C/∂β‖)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(plt, fig, path)

@@ -8,9 +8,9 @@ import time
 from .. import backend, files
 from ..data import load_mnist
 from ..data.text import Vocabulary, load_corpus
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..runs import Run
-from ..sequence.mnist import as_rows, train_row_mnist
+from ..sequence.mnist import CELLS, as_rows, train_row_mnist
 from ..sequence.text import char_model, generate, sample, train_char_lm
 from ..train import ProgressBar
 from . import options
@@ -20,15 +20,17 @@ VOCAB = "vocab.json"   # the characters of a char-lm run, added to its run folde
 
 EXAMPLES = """examples:
   deepscope rnn mnist --epochs 10                      row-by-row MNIST with a 128-unit tanh RNN (~98%)
+  deepscope rnn mnist --cell lstm --epochs 20 --lr 2e-3   the same with an LSTM (~99%)
   deepscope rnn text --epochs 5                        char LM on the shipped Shakespeare excerpt
   deepscope rnn text --corpus input.txt --hidden 256   char LM on your own text
+  deepscope rnn text --corpus input.txt --cell lstm --hidden 512 --schedule cosine
   deepscope rnn sample runs/rnn-text-20261127-101500 --length 500 --temperature 0.8 --prime ROMEO:
 """
 MNIST, TEXT = "deepscope rnn mnist", "deepscope rnn text"
-MNIST_SAVED = ("hidden", "nonlinearity", "init", "epochs", "batch_size", "lr", "optimizer", "momentum", "clip",
+MNIST_SAVED = ("cell", "hidden", "nonlinearity", "init", "epochs", "batch_size", "lr", "optimizer", "momentum", "clip",
                "schedule", "no_normalize", "train_size", "seed", "data_dir")
-TEXT_SAVED = ("corpus", "hidden", "embedding", "layers", "seq_len", "batch_size", "epochs", "lr", "clip", "seed",
-              "sample_length")
+TEXT_SAVED = ("corpus", "cell", "hidden", "embedding", "layers", "seq_len", "batch_size", "epochs", "lr", "clip",
+              "schedule", "seed", "sample_length")
 
 
 def register(sub) -> None:
@@ -39,11 +41,13 @@ def register(sub) -> None:
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
     m = rnn_sub.add_parser("mnist", help="classify MNIST digits read row by row (28 steps of 28 pixels)")
+    _cell(m)
     m.add_argument("--hidden", type=positive_int, default=128, help="hidden units (default: %(default)s)")
-    m.add_argument("--nonlinearity", choices=["tanh", "relu", "sigmoid", "identity"], default="tanh")
+    m.add_argument("--nonlinearity", choices=["tanh", "relu", "sigmoid", "identity"], default="tanh",
+                   help="f of --cell rnn (default: %(default)s)")
     m.add_argument("--init", choices=["pytorch", "orthogonal", "irnn"], default="orthogonal",
-                   help="pytorch: U(-1/√H, 1/√H); orthogonal: the same with an orthogonal W; irnn: identity W "
-                        "(use with --nonlinearity relu) (default: %(default)s)")
+                   help="pytorch: U(-1/√H, 1/√H); orthogonal: the same with an orthogonal W (each gate's block); "
+                        "irnn: identity W (--cell rnn --nonlinearity relu only) (default: %(default)s)")
     options.optimisation(m, lr=1e-3, batch_size=64, epochs=None, epochs_default=10)
     m.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
     m.add_argument("--momentum", type=momentum_float, default=0.9,
@@ -61,13 +65,16 @@ def register(sub) -> None:
 
     t = rnn_sub.add_parser("text", help="train a character-level language model")
     t.add_argument("--corpus", default=None, help="UTF-8 text file (default: the shipped Shakespeare excerpt)")
+    _cell(t)
     t.add_argument("--hidden", type=positive_int, default=256, help="hidden units (default: %(default)s)")
     t.add_argument("--embedding", type=positive_int, default=64, help="embedding size (default: %(default)s)")
-    t.add_argument("--layers", type=positive_int, default=1, help="stacked RNN layers (default: %(default)s)")
+    t.add_argument("--layers", type=positive_int, default=1, help="stacked recurrent layers (default: %(default)s)")
     t.add_argument("--seq-len", type=positive_int, default=100, help="BPTT truncation length T (default: %(default)s)")
     options.optimisation(t, lr=2e-3, batch_size=32, epochs=None, epochs_default=10)
     t.add_argument("--clip", type=nonnegative_float, default=5.0,
                    help="clip the gradient's global norm (0 = off; default: %(default)s)")
+    t.add_argument("--schedule", choices=["none", "cosine"], default="none",
+                   help="learning-rate schedule: cosine decays it to 0 over the epochs (default: %(default)s)")
     t.add_argument("--sample-length", type=nonnegative_int, default=300,
                    help="characters sampled at the end (default: %(default)s)")
     options.training(t, "rnn-text")
@@ -84,15 +91,29 @@ def register(sub) -> None:
     s.set_defaults(func=cmd_sample)
 
 
+def _cell(p) -> None:
+    p.add_argument("--cell", choices=list(CELLS), default="rnn",
+                   help="rnn: the Elman RNN (--nonlinearity); lstm; gru (default: %(default)s)")
+
+
+def _describe(opts) -> str:
+    cell = opts.get("cell", "rnn")
+    if cell == "rnn":
+        return f"RNN({opts['hidden']}, {opts.get('nonlinearity', 'tanh')})"
+    return f"{cell.upper()}({opts['hidden']})"
+
+
 def cmd_mnist(args) -> int:
     run, opts = options.start(args, MNIST, "rnn-mnist", {k: getattr(args, k) for k in MNIST_SAVED}, 10)
+    if opts["cell"] != "rnn" and opts["init"] == "irnn":
+        raise ConfigError(f"--init irnn is for --cell rnn; the {opts['cell']} takes pytorch or orthogonal")
     backend.manual_seed(opts["seed"])
     data = load_mnist("mnist", data_dir=opts["data_dir"])
     run = run or Run.create(args.out, "rnn-mnist", MNIST)
     opts["data_dir"] = options.absolute(opts["data_dir"])
     run.write_config({**opts, "task": "row-mnist", "data_source": data.source, "data": data.identity}, MNIST)
     n = opts["train_size"] or len(data.train[1])
-    print(f"deepscope: RNN({opts['hidden']}, {opts['nonlinearity']}) on {n:,} MNIST images read row by row "
+    print(f"deepscope: {_describe(opts)} on {n:,} MNIST images read row by row "
           f"({data.source}); run folder {run}")
     t0 = time.perf_counter()
     callbacks = ([] if args.quiet else [ProgressBar()]) + options.report_callbacks(   # the net: at fit's start
@@ -102,7 +123,8 @@ def cmd_mnist(args) -> int:
             data, hidden=opts["hidden"], epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"],
             optimizer=opts["optimizer"], momentum=opts["momentum"], clip=opts["clip"] or None,
             nonlinearity=opts["nonlinearity"], init=opts["init"], run=run, callbacks=callbacks,
-            train_size=opts["train_size"], normalize=not opts["no_normalize"], schedule=opts["schedule"])
+            train_size=opts["train_size"], normalize=not opts["no_normalize"], schedule=opts["schedule"],
+            cell=opts["cell"])
     best, last = history.best, history.records[-1]
     print(f"best validation accuracy {best['val_acc']:.2%} at epoch {best['epoch']} (test there "
           f"{best['test_acc']:.2%}); last epoch test accuracy {last['test_acc']:.2%}; "
@@ -124,13 +146,14 @@ def cmd_text(args) -> int:
     opts["corpus"] = options.absolute(opts["corpus"])
     run.write_config({**opts, "task": "char-lm"}, TEXT)
     run.save_json(VOCAB, {"chars": corpus.vocab.chars})
-    model = char_model(len(corpus.vocab), opts["hidden"], opts["embedding"], opts["layers"])
-    print(f"deepscope: character RNN ({opts['hidden']} units) on {corpus}; run folder {run}")
+    model = char_model(len(corpus.vocab), opts["hidden"], opts["embedding"], opts["layers"], cell=opts["cell"])
+    print(f"deepscope: character {_describe(opts)} on {corpus}; run folder {run}")
     t0 = time.perf_counter()
     report = options.report_callbacks(args, model, run)
     with run:
         records = train_char_lm(model, corpus, epochs=opts["epochs"], batch_size=opts["batch_size"],
-                                seq_len=opts["seq_len"], lr=opts["lr"], clip=opts["clip"] or None, run=run,
+                                seq_len=opts["seq_len"], lr=opts["lr"], clip=opts["clip"] or None,
+                                schedule=opts["schedule"], run=run,
                                 progress=not args.quiet, callbacks=report)
         best = min(records, key=lambda r: r["val_loss"])
         text = sample(run.load_model(), corpus.vocab, opts["sample_length"], 0.8, seed=opts["seed"]) \

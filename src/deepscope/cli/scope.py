@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from .. import sweep
 from ..book.ch5 import (chain_gradient, exploding_chain, format_chain, random_chain, run_compare, speed_experiment,
                         summarize, table)
 from ..errors import DeepscopeError
+from ..data import load_mnist
 from ..runs import History, Run
-from ..scope import time_grad
+from ..sequence import time_grad
 from . import options
 from . import sweep as sweeps
 from .options import nonnegative_float, nonnegative_int, positive_int
@@ -19,7 +21,7 @@ EPILOG = """examples:
   deepscope scope speed --layers 784,30,30,10 --seeds 10 --steps 0   speeds at initialisation, 10 seeds
   deepscope scope chain --depth 4 --exploding                 one neuron per layer: ×25 per layer
   deepscope scope compare --depths 4 --steps 1000             sigmoid/tanh/relu × large/book/he
-  deepscope scope time --steps 30                             ‖∂C/∂s_(T-k)‖ against k in a fresh RNN
+  deepscope scope time --train-steps 500                      ‖∂C/∂h_(T-k)‖ against k: RNN, LSTM, GRU
 """
 
 
@@ -87,12 +89,17 @@ def register(sub) -> None:
                                    "each cell's mean ± std over them")
     m.set_defaults(func=cmd_compare)
 
-    t = ss.add_parser("time", help="‖∂C/∂s_(T-k)‖ against k for a fresh RNN: tanh, ReLU, identity-initialised",
-                      description=time_grad.__doc__.splitlines()[0])
-    t.add_argument("--steps", type=positive_int, default=30, help="sequence length T (default 30)")
-    t.add_argument("--hidden", type=positive_int, default=100, help="hidden units (default 100)")
-    t.add_argument("--batch-size", "-m", "--batch", dest="batch_size", type=positive_int, default=32, metavar="M",
+    t = ss.add_parser("time", help="‖∂C/∂h_(T-k)‖ against k for RNN, LSTM and GRU on row-MNIST, fresh and trained",
+                      description=time_grad.__doc__.split("\n\n")[0])
+    t.add_argument("--cells", default="rnn,lstm,gru", help="comma-separated, from rnn, lstm, gru (default: all)")
+    t.add_argument("--hidden", type=positive_int, default=128, help="hidden units (default 128)")
+    t.add_argument("--batch-size", "-m", "--batch", dest="batch_size", type=positive_int, default=64, metavar="M",
                    help="sequences per batch (default: %(default)s)")
+    t.add_argument("--train-steps", type=nonnegative_int, default=500,
+                   help="Adam steps on row-MNIST before the second measurement (default: %(default)s)")
+    t.add_argument("--lr", "--eta", dest="lr", type=options.positive_float, default=2e-3, metavar="η",
+                   help="Adam's learning rate (default: %(default)s)")
+    options.data(t, dataset=False)
     options.experiment(t, "scope-time")
     t.set_defaults(func=cmd_time)
 
@@ -194,8 +201,13 @@ def cmd_compare(args) -> int:
 
 
 def cmd_time(args) -> int:
-    run = _run(args, "scope-time", {"steps": args.steps, "hidden": args.hidden, "batch_size": args.batch_size})
+    cells = _names(args.cells, list(time_grad.NETS), "--cells")
+    data = load_mnist("mnist", data_dir=args.data_dir)
+    if args.train_size:
+        data = dataclasses.replace(data, train=(data.train[0][:args.train_size], data.train[1][:args.train_size]))
+    run = _run(args, "scope-time", {"cells": cells, "hidden": args.hidden, "batch_size": args.batch_size,
+                                    "train_steps": args.train_steps, "lr": args.lr, "data_dir": args.data_dir})
     with run:
-        time_grad.run_time(steps=args.steps, hidden=args.hidden, batch=args.batch_size, seed=args.seed, out=run.path,
-                           progress=not args.quiet)
+        time_grad.run_time(data, cells, hidden=args.hidden, batch=args.batch_size, train_steps=args.train_steps,
+                           lr=args.lr, seed=args.seed, out=run.path, progress=not args.quiet)
     return 0
