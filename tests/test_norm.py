@@ -134,3 +134,36 @@ def test_bad_input_messages():
         nn.BatchNorm1d(4)(np.zeros((1, 4), np.float32))
     with pytest.raises(ValueError, match="momentum"):
         nn.BatchNorm1d(4, momentum=2)
+
+
+def test_learning_speed_recorder_reads_a_batch_normalised_layer_through_beta():
+    from deepscope.scope import LearningSpeedRecorder
+    deepscope.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Sigmoid(), nn.Linear(5, 3), nn.BatchNorm1d(3),
+                          nn.ReLU(), nn.Linear(3, 2)).to("float64")
+    rec = LearningSpeedRecorder(model)
+    cost = nn.LogLikelihoodCost()
+    x, y = np.random.default_rng(0).standard_normal((16, 4)), np.arange(16) % 2
+    cost(model(x), y)
+    model.zero_grad()
+    model.backward(cost.backward())
+    rec.after_step()
+    layers = rec.history[0]["layers"]
+    assert layers["0"]["bias_grad"] < 1e-12                         # batch norm removes the Linear's bias
+    assert layers["0"]["speed"] == pytest.approx(np.linalg.norm(model[1].bias.grad))
+    assert layers["0"]["speed"] > 0
+    assert layers["1"]["speed"] is None and layers["6"]["speed"] == layers["6"]["bias_grad"]
+
+
+def test_learning_speed_recorder_reports_gate_saturation_of_an_lstm():
+    from deepscope.scope import LearningSpeedRecorder
+    deepscope.manual_seed(0)
+    model = nn.Sequential(nn.LSTM(3, 4), nn.LastStep(), nn.Linear(4, 2))
+    rec = LearningSpeedRecorder(model)
+    cost = nn.LogLikelihoodCost()
+    cost(model(np.random.default_rng(0).standard_normal((5, 6, 3)).astype(np.float32)), np.arange(5) % 2)
+    model.zero_grad()
+    model.backward(cost.backward())
+    rec.after_step()
+    gates = rec.history[0]["layers"]["0"]["gates"]
+    assert set(gates) == {"i", "f", "g", "o"} and all(0 <= v <= 1 for v in gates.values())

@@ -5,6 +5,7 @@ import pytest
 import deepscope
 from deepscope import nn
 from deepscope.cli.main import main
+from deepscope.scope.speed import gate_saturation
 from deepscope.sequence import time_grad
 
 
@@ -42,10 +43,10 @@ def test_gate_saturation_names_every_gate_and_counts_a_fraction():
     model = time_grad.time_model("lstm", hidden=8)
     x, _ = _batch()
     model(x * 100)                                       # huge inputs: the gates saturate
-    sat = time_grad.gate_saturation(model[0])
+    sat = gate_saturation(model[0])
     assert set(sat) == {"i", "f", "g", "o"} and all(0.5 < v <= 1 for v in sat.values())
     model(x * 0)
-    assert all(v < 0.5 for v in time_grad.gate_saturation(model[0]).values())
+    assert all(v < 0.5 for v in gate_saturation(model[0]).values())
 
 
 def test_cli_time(tmp_path, capsys):

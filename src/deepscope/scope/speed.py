@@ -8,6 +8,10 @@ early layers learn much more slowly than the later ones (the vanishing gradient 
 :class:`LearningSpeedRecorder` watches any model through hooks and ``Parameter.grad``; it never changes a
 layer's code. For every module that owns parameters (Linear, Conv2d, RNN, …) it records
 
+    speed       the book's speed of the layer: its ``bias_grad``, except for a layer followed by batch norm,
+                whose bias gets no gradient (the normalisation subtracts it again): there the bias that reaches
+                the neurons is the batch norm's β, and ``speed`` is its ‖∂C/∂β‖ (the batch-norm module itself
+                then has ``speed`` None: it is part of the layer before it).
     bias_grad   ‖∂C/∂b‖   the book's speed. deepscope's costs average over the mini-batch, so ``bias.grad`` is
                           already the book's mean-over-examples gradient (1/n) Σ_x ∂C_x/∂b; we take its norm.
                           Bias-like parameters are those whose name starts with "bias" (Conv2d: one bias per
@@ -23,6 +27,8 @@ layer's code. For every module that owns parameters (Linear, Conv2d, RNN, …) i
                 examples) where σ' is tiny — sigmoid a < 0.01 or a > 0.99, tanh |a| > 0.99.
     dead        for a ReLU that follows the module: the fraction of units that output 0 for every example
                 in the batch (they pass no gradient at all).
+    gates       for a recurrent layer (RNN, LSTM, GRU): the fraction of saturated activations of each gate of
+                its first layer, {gate: fraction} (σ < 0.01 or > 0.99, |tanh| > 0.99), from the recorded step.
 
 and, per record, ``nonfinite``: the first module in forward order with a NaN or infinite gradient (or None).
 
@@ -50,6 +56,8 @@ import numpy as np
 from .. import backend
 from ..figures import plot_speed
 from ..nn.activation import activation_name
+from ..nn.norm import BatchNorm1d, BatchNorm2d
+from ..nn.recurrent import Recurrent
 
 SIGMOID_SATURATION = (0.01, 0.99)   # σ'(z) = a(1-a) < 0.0099 outside this range
 TANH_SATURATION = 0.99              # 1 - a² < 0.02 beyond this
@@ -74,6 +82,13 @@ def saturated_fraction(kind: str, a) -> float:
     if kind == "tanh":
         return float(xp.mean(xp.abs(a) > TANH_SATURATION))
     raise ValueError(f"saturated_fraction: unknown activation {kind!r}")
+
+
+def gate_saturation(rnn) -> dict:
+    """{gate: saturated fraction} of a recurrent layer's first layer, from its last forward (for the RNN: its
+    units). Gates whose nonlinearity neither saturates (relu, identity) are left out."""
+    kinds = dict(rnn.GATE_NAMES)
+    return {g: saturated_fraction(kinds[g], a) for g, a in rnn.gates[0].items() if kinds[g] in ("sigmoid", "tanh")}
 
 
 def dead_fraction(a) -> float:
@@ -225,6 +240,8 @@ class LearningSpeedRecorder:
                 w_norm = _norm(before)
                 delta = _norm([w.data - b for w, b in zip(weights, before)])
                 entry["update_ratio"] = delta / w_norm if w_norm > 0 else None
+            if isinstance(m, Recurrent) and "gates" in m.__dict__:
+                entry["gates"] = gate_saturation(m)
             layers[name] = entry
         for act, a in self._outputs.items():
             layer = self._after.get(act)
@@ -237,6 +254,15 @@ class LearningSpeedRecorder:
             else:
                 layers[layer]["saturated"] = saturated_fraction(kind, a)
         order = self._order + [n for n in self.layers if n not in self._seen_order]
+        previous = None
+        for name in order:                 # speed: a layer followed by batch norm learns through β
+            if name not in layers:
+                continue
+            layers[name]["speed"] = layers[name]["bias_grad"]
+            if previous is not None and isinstance(self._params[name][0], (BatchNorm1d, BatchNorm2d)):
+                layers[previous]["speed"] = layers[name]["bias_grad"]
+                layers[name]["speed"] = None
+            previous = name
         nonfinite = None
         for name in order:
             if name in self._params and not all(
@@ -272,9 +298,13 @@ class LearningSpeedRecorder:
                 f.write(json.dumps(r) + "\n")
 
     def plot(self, path, layers=None, labels=None, title=None) -> None:
-        """The book's "Speed of learning" figure: ‖∂C/∂b‖ per layer against steps, log y."""
-        layers = list(layers) if layers is not None else self.layers
-        steps, values = self.series("bias_grad", layers)
+        """The book's "Speed of learning" figure: each layer's ``speed`` (‖∂C/∂b‖; ‖∂C/∂β‖ of the batch norm
+        that follows it, if any) against steps, log y. Batch-norm modules are drawn as part of the layer before."""
+        if layers is None:
+            last = self.history[-1]["layers"] if self.history else {}
+            layers = [n for n in self.layers if last.get(n, {}).get("speed", 0) is not None]
+        layers = list(layers)
+        steps, values = self.series("speed", layers)
         labels = labels or [f"layer {n}" for n in layers]
         plot_speed(steps, values[None], labels, path, title=title or "Speed of learning")
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import backend, nn, optim
 from ..figures import plot_time
-from ..scope.speed import saturated_fraction
+from ..scope.speed import gate_saturation
 from ..train import evaluate, step
 from .mnist import as_rows, recurrent_layer
 
@@ -49,13 +49,6 @@ def state_gradient_norms(model, x, y) -> np.ndarray:
     model.zero_grad()
     gs = backend.to_numpy(model[0].grad_states[0]).astype(np.float64)   # (N, T, H), time order
     return np.sqrt((gs ** 2).sum(axis=(0, 2)))[::-1].copy()            # index k = T-1-t
-
-
-def gate_saturation(rnn) -> dict:
-    """The fraction of saturated activations of each gate of the recurrent layer's first layer, from its last
-    forward: {gate: fraction} (for the RNN, its units)."""
-    kinds = dict(rnn.GATE_NAMES)
-    return {g: saturated_fraction(kinds[g], a) for g, a in rnn.gates[0].items() if kinds[g] in ("sigmoid", "tanh")}
 
 
 def run_time(data, names=("rnn", "lstm", "gru"), hidden: int = 128, batch: int = 64, train_steps: int = 500,
