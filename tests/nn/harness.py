@@ -124,6 +124,9 @@ def _twin(m, torch):
         return T.AvgPool2d(m.kernel_size, m.stride)
     if isinstance(m, nn.L2Pool2d):
         return T.LPPool2d(2, m.kernel_size, m.stride)
+    if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        cls = T.BatchNorm1d if isinstance(m, nn.BatchNorm1d) else T.BatchNorm2d
+        return cls(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
     if isinstance(m, nn.Embedding):
         return T.Embedding(m.num_embeddings, m.embedding_dim)
     if isinstance(m, nn.Dropout):
@@ -213,6 +216,15 @@ CASES = [
     Case("Dropout-network3-eval", lambda: nn.Dropout(0.3, scale_at_test=True), ((4, 5),), train=False,
          torch=False, notes={"why": "PyTorch has no scale-at-test dropout (network3's convention)"}),
     Case("Embedding", lambda: nn.Embedding(7, 4), ((3, 5),), inputs="indices:7"),
+    Case("BatchNorm1d", lambda: nn.BatchNorm1d(5), ((8, 5),), scale=3.0),
+    Case("BatchNorm1d-sequence", lambda: nn.BatchNorm1d(4, momentum=None), ((3, 4, 6),)),
+    Case("BatchNorm1d-no-affine", lambda: nn.BatchNorm1d(5, affine=False), ((6, 5),)),
+    Case("BatchNorm2d", lambda: nn.BatchNorm2d(3), ((4, 3, 5, 5),), scale=2.0),
+    Case("BatchNorm2d-eval", lambda: nn.BatchNorm2d(3), ((4, 3, 5, 5),), train=False),
+    Case("Residual-batchnorm-same", lambda: nn.Residual(nn.Sequential(
+        nn.Conv2d(2, 2, 3, padding="same", bias=False), nn.BatchNorm2d(2), nn.ReLU(),   # (a bias before batch
+        nn.Conv2d(2, 2, 3, padding="same", bias=False), nn.BatchNorm2d(2))),   # norm has a zero gradient)
+        ((3, 2, 5, 5),), inputs="kinkless"),
     Case("Residual-identity", lambda: nn.Residual(nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 4))),
          ((5, 4),), atol=1e-13),
     Case("Residual-shortcut", lambda: nn.Residual(nn.Sequential(nn.Linear(4, 3), nn.Sigmoid()),
