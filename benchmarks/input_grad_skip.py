@@ -28,18 +28,11 @@ import sys
 import time
 from pathlib import Path
 
-
-def _threads_from_argv(argv):
-    for i, a in enumerate(argv):
-        if a == "--threads" and i + 1 < len(argv):
-            return int(argv[i + 1])
-        if a.startswith("--threads="):
-            return int(a.split("=", 1)[1])
-    return 1
+from thread_option import threads_from_argv
 
 
 # OpenBLAS reads its thread count when NumPy is imported, so it is set before the import.
-THREADS = _threads_from_argv(sys.argv)
+THREADS = threads_from_argv(sys.argv, default=1)
 os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = str(THREADS)
 
 import numpy as np  # noqa: E402
