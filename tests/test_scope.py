@@ -12,7 +12,8 @@ from deepscope.errors import NonFiniteError
 from deepscope.book.ch5 import chain_gradient, exploding_chain, random_chain, speed_experiment
 from deepscope.book.ch5 import experiment as experiment_mod
 from deepscope.book.ch5.chain import build_chain
-from deepscope.book.ch5.compare import run_compare
+from deepscope.book.ch5.compare import cell_arch, run_compare
+from deepscope.errors import ConfigError
 from deepscope.scope import AnomalyDetector, LearningSpeedRecorder
 
 from data_paths import MNIST_DIR
@@ -310,6 +311,75 @@ def test_compare_small_grid(tmp_path):
     assert len(json.loads((tmp_path / "compare.json").read_text())["cells"]) == 8
 
 
+def _count(model, cls):
+    return sum(isinstance(m, cls) for _, m in model.named_modules())
+
+
+@pytest.mark.parametrize("norm", ["none", "batch"])
+@pytest.mark.parametrize("residual", ["no", "yes"])
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 5, 20, 50])
+def test_compare_cells_build_the_nets_they_name(depth, norm, residual):
+    model = deepscope.arch.build(cell_arch(depth, "relu", norm, residual), init="he")
+    assert _count(model, nn.Linear) == depth + 1                     # depth hidden Linear maps and the output
+    assert _count(model, nn.BatchNorm1d) == (depth if norm == "batch" else 0)
+    assert _count(model, nn.Residual) == ((depth - 1) // 2 if residual == "yes" else 0)
+    assert model(np.zeros((4, 784), dtype=np.float32)).shape == (4, 10)
+
+
+def test_compare_plain_cell_is_the_books_net():
+    """The plain cell is build_net's net, weight for weight: the grid's old cells keep their numbers."""
+    deepscope.manual_seed(7)
+    ours = deepscope.arch.build(cell_arch(4, "tanh"), init="book")
+    deepscope.manual_seed(7)
+    book = experiment_mod.build_net([784, 30, 30, 30, 30, 10], "tanh", "book")
+    assert [k for k in ours.state_dict()] != [] and len(ours.state_dict()) == len(book.state_dict())
+    for a, b in zip(ours.state_dict().values(), book.state_dict().values()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_hidden_speeds_of_a_batch_norm_net_are_its_betas():
+    X, y = synthetic(64, seed=3)
+    deepscope.manual_seed(0)
+    model = deepscope.arch.build(cell_arch(3, "sigmoid", "batch"), init="book")
+    speeds = experiment_mod.hidden_speeds(model, nn.CrossEntropyCost(), X, y)
+    betas = [m.bias.grad for _, m in model.named_modules() if isinstance(m, nn.BatchNorm1d)]
+    assert len(speeds) == 3
+    np.testing.assert_allclose(speeds, [np.linalg.norm(b.astype(np.float64)) for b in betas], rtol=1e-6)
+    assert min(speeds) > 0
+
+
+def test_compare_norm_and_residual_axes(tmp_path):
+    train, val = synthetic(300, seed=1), synthetic(100, seed=2)
+    cells = run_compare([3, 6], ["sigmoid"], ["book"], steps=30, data=(train, val), out=tmp_path, progress=False,
+                        norms=["none", "batch"], residuals=["no", "yes"])
+    assert len(cells) == 8
+    by = {(c["depth"], c["norm"], c["residual"]): c for c in cells}
+    assert by[(6, "batch", "yes")]["arch"] == "784-30bn-res30bn*2-30bn-10:sigmoid"
+    for (depth, norm, res), c in by.items():
+        assert len(c["speeds"]) == len(c["speeds_trained"]) == depth        # one speed per hidden layer
+        assert np.isfinite(c["ratio"]) and np.isfinite(c["ratio_trained"]) and 0 <= c["accuracy"] <= 1
+    # the axes change the nets, so the instruments read differently (same seed, same data)
+    assert len({round(c["ratio"], 6) for c in cells if c["depth"] == 6}) == 4
+    md = (tmp_path / "compare.md").read_text()
+    assert md.count("\n") == 2 + 8
+    c = by[(6, "batch", "yes")]
+    assert (f"| 6 | sigmoid | batch | yes | {c['ratio']:.3g} → {c['ratio_trained']:.3g} · {c['accuracy']:.2%} |"
+            in md)
+    saved = json.loads((tmp_path / "compare.json").read_text())
+    assert saved["config"]["norms"] == ["none", "batch"] and saved["config"]["residuals"] == ["no", "yes"]
+    assert (tmp_path / "compare.png").stat().st_size > 1000
+
+
+def test_compare_rejects_bad_grids():
+    train, val = synthetic(301, seed=1), synthetic(20, seed=2)
+    with pytest.raises(ConfigError, match="last mini-batch of one image"):
+        run_compare([2], ["relu"], ["he"], steps=5, data=(train, val), progress=False, norms=["batch"])
+    with pytest.raises(ConfigError, match="norm must be one of none, batch"):
+        run_compare([2], ["relu"], ["he"], steps=5, data=(train, val), progress=False, norms=["layer"])
+    with pytest.raises(ConfigError, match="unknown activation"):
+        run_compare([2], ["swish"], ["he"], steps=5, data=(train, val), progress=False)
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 
 def _main(argv):
@@ -353,6 +423,32 @@ def test_cli_compare(tmp_path, tiny_mnist, capsys):
     assert _main(["scope", "compare", "--depths", "2", "--activations", "tanh", "--inits", "book,he",
                   "--steps", "10", "--out", str(tmp_path)]) == 0
     assert "| 2 | tanh |" in capsys.readouterr().out
+
+
+def test_cli_compare_norms_and_residual(tmp_path, tiny_mnist, capsys):
+    assert _main(["scope", "compare", "--depths", "3", "--activations", "relu", "--inits", "he", "--norms",
+                  "none,batch", "--residual", "no,yes", "--steps", "10", "--train-size", "200",
+                  "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for norm in ("none", "batch"):
+        for res in ("no", "yes"):
+            assert f"| 3 | relu | {norm} | {res} |" in out
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["norm"], r["residual"]) for r in records] == [("none", "no"), ("none", "yes"), ("batch", "no"),
+                                                             ("batch", "yes")]
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--norms", "layer"], "--norms: unknown ['layer']; choose from none, batch"),
+    (["--residual", "maybe"], "--residual: unknown ['maybe']; choose from no, yes"),
+    (["--depths", "5,0"], "--depths: expected comma-separated integers of at least 1"),
+    (["--norms", "batch", "--train-size", "201"], "201 training images leave a last mini-batch of one image"),
+])
+def test_cli_compare_bad_axes_are_one_line(tmp_path, tiny_mnist, capsys, argv, msg):
+    assert _main(["scope", "compare", *argv, "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert msg in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_cli_errors_are_one_line(capsys):

@@ -7,7 +7,7 @@ and the README shows.
 
     plot_speed      the book's "Speed of learning": ‖∂C/∂b‖ per layer against steps, log y
     plot_time       the gradient through time ‖∂C/∂s_(T-k)‖ against k, one line per network
-    plot_compare    depth × activation × init: speed-ratio and accuracy heatmaps
+    plot_compare    depth × activation × init × norm × residual: speed-ratio and accuracy heatmaps
     plot_filters    first-layer filters (at initialisation, trained, and their change)
     plot_errors     misclassified images titled "true → predicted"
     image_png       one greyscale image as PNG bytes (the HTML report embeds them)
@@ -99,35 +99,48 @@ def plot_time(norms: dict, path, hidden: int, title: str | None = None) -> Path:
     return _save(plt, fig, path)
 
 
-def plot_compare(cells, depths, activations, inits, path) -> Path:
-    """Heatmaps: log10 of the speed ratio (top) and the accuracy (bottom), one column per activation.
-    ``cells``: dicts with depth, activation, init, ratio, accuracy, diverged."""
+def plot_compare(cells, depths, activations, variants, path, labels=None) -> Path:
+    """Heatmaps, one column per activation: log10 of the last/first speed ratio at initialisation (top) and
+    after the short training (middle), and the accuracy (bottom); one heatmap row per variant.
+    ``cells``: dicts with depth, activation, init, norm, residual, ratio, ratio_trained, accuracy, diverged;
+    ``variants``: the ``(init, norm, residual)`` rows, or plain init names; ``labels``: their names."""
     plt = _pyplot()
-    depths, activations, inits = list(depths), list(activations), list(inits)
-    fig, axes = plt.subplots(2, len(activations), figsize=(3.2 * len(activations) + 1, 5.5), squeeze=False)
-    lookup = {(c["depth"], c["activation"], c["init"]): c for c in cells}
+    depths, activations = list(depths), list(activations)
+    variants = [(v, "none", "no") if isinstance(v, str) else tuple(v) for v in variants]
+    labels = labels or [", ".join(v) for v in variants]
+    fig, axes = plt.subplots(3, len(activations), figsize=(3.2 * len(activations) + 1.5,
+                                                           3 * (1.2 + 0.28 * len(variants))), squeeze=False)
+    lookup = {(c["depth"], c["activation"], c["init"], c.get("norm", "none"), c.get("residual", "no")): c
+              for c in cells}
+
+    def log_ratio(r):
+        return math.log10(r) if r is not None and r > 0 and math.isfinite(r) else np.nan
+
     for col, act in enumerate(activations):
-        ratio = np.full((len(inits), len(depths)), np.nan)
-        acc = np.full_like(ratio, np.nan)
-        for i, init in enumerate(inits):
+        ratio = np.full((len(variants), len(depths)), np.nan)
+        trained, acc = np.full_like(ratio, np.nan), np.full_like(ratio, np.nan)
+        for i, v in enumerate(variants):
             for j, d in enumerate(depths):
-                c = lookup.get((d, act, init))
+                c = lookup.get((d, act, *v))
                 if c:
-                    ratio[i, j] = math.log10(c["ratio"]) if c["ratio"] > 0 and math.isfinite(c["ratio"]) else np.nan
+                    ratio[i, j] = log_ratio(c["ratio"])
+                    trained[i, j] = log_ratio(c.get("ratio_trained"))
                     acc[i, j] = np.nan if c["diverged"] else c["accuracy"]
-        for row, (m, cmap, vmin, vmax, fmt) in enumerate(
-                [(ratio, "coolwarm", -3, 3, "{:.1f}"), (acc, "viridis", 0, 1, "{:.2f}")]):
+        for row, (m, cmap, vmin, vmax, fmt, what) in enumerate(
+                [(ratio, "coolwarm", -3, 3, "{:.1f}", "log10 last/first speed, init"),
+                 (trained, "coolwarm", -3, 3, "{:.1f}", "log10 last/first, trained"),
+                 (acc, "viridis", 0, 1, "{:.2f}", "accuracy")]):
             ax = axes[row, col]
             ax.imshow(m, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
-            for i in range(len(inits)):
+            for i in range(len(variants)):
                 for j in range(len(depths)):
                     ax.text(j, i, "–" if np.isnan(m[i, j]) else fmt.format(m[i, j]), ha="center", va="center",
                             fontsize=8)
             ax.set_xticks(range(len(depths)), [str(d) for d in depths])
-            ax.set_yticks(range(len(inits)), inits)
+            ax.set_yticks(range(len(variants)), labels, fontsize=8)
             ax.set_xlabel("hidden layers")
-            ax.set_title(f"{act}: " + ("log10 last/first speed" if row == 0 else "accuracy"), fontsize=9)
-    fig.suptitle("Speed ratio at initialisation and accuracy after short training")
+            ax.set_title(f"{act}: {what}", fontsize=9)
+    fig.suptitle("Speed ratio at initialisation and after short training, and accuracy")
     fig.tight_layout()
     return _save(plt, fig, path)
 

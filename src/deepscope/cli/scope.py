@@ -8,6 +8,7 @@ import sys
 from .. import sweep
 from ..book.ch5 import (chain_gradient, exploding_chain, format_chain, random_chain, run_compare, speed_experiment,
                         summarize, table)
+from ..book.ch5.compare import NORMS, RESIDUALS, check_grid
 from ..errors import DeepscopeError
 from ..data import load_mnist
 from ..runs import History, Run
@@ -21,6 +22,8 @@ EPILOG = """examples:
   deepscope scope speed --layers 784,30,30,10 --seeds 10 --steps 0   speeds at initialisation, 10 seeds
   deepscope scope chain --depth 4 --exploding                 one neuron per layer: ×25 per layer
   deepscope scope compare --depths 4 --steps 1000             sigmoid/tanh/relu × large/book/he
+  deepscope scope compare --depths 5,20,50 --activations sigmoid,relu --inits he --norms none,batch --residual no,yes
+                                                              the cures: batch norm and residual connections
   deepscope scope time --train-steps 500                      ‖∂C/∂h_(T-k)‖ against k: RNN, LSTM, GRU
 """
 
@@ -75,12 +78,19 @@ def register(sub) -> None:
     c.add_argument("--seed", type=options.seed_int, default=0)
     c.set_defaults(func=cmd_chain)
 
-    m = ss.add_parser("compare", help="a grid of depth × activation × init: speed ratio and accuracy",
+    m = ss.add_parser("compare", help="a grid of depth × activation × init × norm × residual: speed ratio and "
+                                      "accuracy",
                       description="For every cell: the last/first hidden-layer speed ratio at initialisation and "
-                                  "the validation accuracy after a short mini-batch SGD training.")
-    m.add_argument("--depths", default="2,3,4,5,6", help="numbers of hidden layers (default 2,3,4,5,6)")
+                                  "after a short mini-batch SGD training, and the validation accuracy. Nets of "
+                                  "--depths hidden layers of 30 neurons; --norms batch puts batch norm after "
+                                  "every hidden Linear (784-30bn*D-10); --residual yes turns the hidden layers "
+                                  "after the first into two-layer residual blocks (784-30-res30*B-10).")
+    m.add_argument("--depths", default="2,3,4,5,6", help="numbers of hidden layers (default 2,3,4,5,6; e.g. 5,20,50)")
     m.add_argument("--activations", default="sigmoid,tanh,relu")
     m.add_argument("--inits", default="large,book,he")
+    m.add_argument("--norms", default="none", help=f"normalisation, from {', '.join(NORMS)} (default none)")
+    m.add_argument("--residual", default="no", help=f"residual connections, from {', '.join(RESIDUALS)} "
+                                                    "(default no)")
     m.add_argument("--steps", type=nonnegative_int, default=1000, help="SGD steps per cell (mini-batch 10; default 1000)")
     options.learning_rate(m, 0.1)
     m.add_argument("--n-val", type=positive_int, default=1000, help="validation images (default 1000)")
@@ -166,9 +176,12 @@ def cmd_compare(args) -> int:
     depths = options.ints(args.depths, "--depths")
     acts = _names(args.activations, ["sigmoid", "tanh", "relu"], "--activations")
     inits = _names(args.inits, ["large", "book", "xavier", "he"], "--inits")
+    norms = _names(args.norms, NORMS, "--norms")
+    residuals = _names(args.residual, RESIDUALS, "--residual")
+    check_grid(depths, acts, norms, residuals, args.train_size)
     if args.seeds > 1:
         sweep.require_ray()
-        r = sweeps.compare(depths, acts, inits, seeds=args.seeds, seed=args.seed, steps=args.steps, lr=args.lr,
+        r = sweeps.compare(depths, acts, inits, norms=norms, residuals=residuals, seeds=args.seeds, seed=args.seed, steps=args.steps, lr=args.lr,
                            train_size=args.train_size, n_val=args.n_val, data_dir=args.data_dir, out=args.out,
                            address=args.address, workers=args.workers, progress=not args.quiet)
         print(r["table"])
@@ -179,20 +192,22 @@ def cmd_compare(args) -> int:
                   f"deepscope sweep --resume {r['sweep']}", file=sys.stderr)
             return 130 if r["interrupted"] else 1
         return 0
-    run = _run(args, "scope-compare", {"depths": depths, "activations": acts, "inits": inits, "steps": args.steps,
-                                       "lr": args.lr, "train_size": args.train_size, "n_val": args.n_val,
-                                       "data_dir": args.data_dir})
+    run = _run(args, "scope-compare", {"depths": depths, "activations": acts, "inits": inits, "norms": norms,
+                                       "residuals": residuals, "steps": args.steps, "lr": args.lr,
+                                       "train_size": args.train_size, "n_val": args.n_val, "data_dir": args.data_dir})
     out = run.path
-    print(f"compare: depths {depths} × {acts} × {inits}; {args.steps} SGD steps (batch 10, η={args.lr}) on "
-          f"{args.train_size} images, accuracy on {args.n_val} validation images")
+    print(f"compare: depths {depths} × {acts} × {inits} × norms {norms} × residual {residuals}; {args.steps} SGD "
+          f"steps (batch 10, η={args.lr}) on {args.train_size} images, accuracy on {args.n_val} validation images")
     with run:
         cells = run_compare(depths, acts, inits, steps=args.steps, eta=args.lr, n_train=args.train_size,
                             n_val=args.n_val, seed=args.seed, out=out, progress=not args.quiet,
-                            data_dir=args.data_dir)
+                            data_dir=args.data_dir, norms=norms, residuals=residuals)
         # one metrics record per cell, numbered like epochs (val_acc: its validation accuracy), so that a sweep
         # reads the cells of its trials like the epochs of any run
         run.write_metrics(History([{"epoch": i + 1, "depth": c["depth"], "activation": c["activation"],
-                                    "init": c["init"], "ratio": c["ratio"], "diverged": c["diverged"],
+                                    "init": c["init"], "norm": c["norm"], "residual": c["residual"],
+                                    "ratio": c["ratio"], "ratio_trained": c["ratio_trained"],
+                                    "diverged": c["diverged"],
                                     "val_acc": None if c["diverged"] else c["accuracy"]}
                                    for i, c in enumerate(cells)]))
     print(table(cells, inits))

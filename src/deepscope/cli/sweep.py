@@ -179,27 +179,34 @@ def ensemble(*, epochs=None, runs=None, train_size=None, data_dir=None, seed=0, 
 
 
 def compare(depths, activations, inits, *, seeds: int, seed: int = 0, steps: int, lr: float, train_size: int,
-            n_val: int, data_dir=None, out=None, address=None, workers=None, progress: bool = True) -> dict:
-    """``scope compare`` over ``seeds`` seeds as a sweep: one trial per depth and seed (its activation × init
-    cells), then each cell's speed ratio and accuracy as mean ± std and min–max over the seeds."""
+            n_val: int, data_dir=None, out=None, address=None, workers=None, progress: bool = True,
+            norms=("none",), residuals=("no",)) -> dict:
+    """``scope compare`` over ``seeds`` seeds as a sweep: one trial per depth and seed (its activation × init ×
+    norm × residual cells), then each cell's speed ratio and accuracy as mean ± std and min–max over the seeds."""
     command = ["scope", "compare", "--activations", ",".join(activations), "--inits", ",".join(inits),
+               "--norms", ",".join(norms), "--residual", ",".join(residuals),
                "--steps", str(steps), "--lr", str(lr), "--train-size", str(train_size), "--n-val", str(n_val),
                "--quiet"] + (["--data-dir", str(Path(data_dir).resolve())] if data_dir else [])
     out = out or reserve(Path("runs") / f"scope-compare-{time.strftime('%Y%m%d-%H%M%S')}")
     folder = sweep.SweepFolder.create(out, command, sweep.expand([("depths", [str(d) for d in depths])],
                                                                   seeds=seeds, first_seed=seed))
-    print(f"compare: depths {list(depths)} × {list(activations)} × {list(inits)} over seeds {seed}…{seed + seeds - 1}:"
+    print(f"compare: depths {list(depths)} × {list(activations)} × {list(inits)} × norms {list(norms)} × residual "
+          f"{list(residuals)} over seeds {seed}…{seed + seeds - 1}:"
           f" {len(folder.trials)} trials of deepscope {' '.join(command)}; sweep folder {folder.path}")
     result = sweep.run(folder, _main(), address=address, workers=workers, progress=progress)
-    cells = sweep.records(folder)
-    keys = ["depth", "activation", "init"]
+    cells = [{"norm": "none", "residual": "no", **c} for c in sweep.records(folder)]   # runs from before the axes
+    keys = ["depth", "activation", "init", "norm", "residual"]
     accuracy = {tuple(s[k] for k in keys): s for s in sweep.summarize(cells, keys, "val_acc")}
     ratio = {tuple(s[k] for k in keys): s for s in sweep.summarize(cells, keys, "ratio")}
-    lines = [f"{'depth':>5} {'activation':10} {'init':6} {'last/first speed':>22} {'accuracy (mean ± std, n)':>28}"]
+    trained = {tuple(s[k] for k in keys): s for s in sweep.summarize(cells, keys, "ratio_trained")}
+    lines = [f"{'depth':>5} {'activation':10} {'init':6} {'norm':5} {'res':3} {'last/first speed, init':>22} "
+             f"{'trained':>22} {'accuracy (mean ± std, n)':>28}"]
     for key, r in ratio.items():
-        a = accuracy.get(key)
+        a, t = accuracy.get(key), trained.get(key)
         acc = f"{a['mean']:.2%} ± {a['std']:.2%} (n={a['n']})" if a else "diverged"
-        lines.append(f"{key[0]:>5} {key[1]:10} {key[2]:6} {r['mean']:>12.3g} ± {r['std']:<8.2g} {acc:>28}")
+        after = f"{t['mean']:>12.3g} ± {t['std']:<8.2g}" if t else f"{'–':>22}"
+        lines.append(f"{key[0]:>5} {key[1]:10} {key[2]:6} {key[3]:5} {key[4]:3} {r['mean']:>12.3g} ± "
+                     f"{r['std']:<8.2g} {after} {acc:>28}")
     files.atomic_write(folder.path / "compare.md", "\n".join(lines) + "\n")
     figure = figures.plot_sweep(list(accuracy.values()), keys, "val_acc", folder.path / "compare.png") \
         if accuracy else None

@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from .. import figures
+from ..book.ch5.compare import variant_label
 from ..train import predict_logits
 from . import charts, source
 
@@ -281,19 +282,21 @@ def sample_panel(run, prefix) -> list[Panel]:
 
 def compare_panels(run, prefix) -> list[Panel]:
     cells = run.extras["compare"]
-    rows = [{"depth": c["depth"], "activation": c["activation"], "init": c["init"], "ratio": c["ratio"],
+    rows = [{"depth": c["depth"], "activation": c["activation"],
+             "net": variant_label(c["init"], c.get("norm", "none"), c.get("residual", "no")), "ratio": c["ratio"],
              **({"accuracy": c["accuracy"]} if not c.get("diverged") else {})} for c in cells]
     ratio_rows = [r for r in rows if r["ratio"] and r["ratio"] > 0 and math.isfinite(r["ratio"])]
     return [Panel(f"{prefix}-ratio", "Last / first hidden layer speed at initialisation",
                   "≫ 1: the first layer learns far slower (vanishing gradient); ≪ 1: exploding; ≈ 1: balanced. "
-                  "Log colour scale centred on 1.",
-                  spec=charts.grid_heatmaps("ratio", ratio_rows, x="depth", y="init", facet="activation",
+                  "Log colour scale centred on 1. Rows: the initialisation, with batch norm (bn) and residual "
+                  "connections (res) where the grid has them.",
+                  spec=charts.grid_heatmaps("ratio", ratio_rows, x="depth", y="net", facet="activation",
                                             value="ratio", title="ratio", log=True, scheme="redblue",
                                             domain_mid=1)),
             Panel(f"{prefix}-compare-accuracy", "Validation accuracy after short training",
                   "Diverged cells are left empty.",
                   spec=charts.grid_heatmaps("compare_accuracy", [r for r in rows if "accuracy" in r], x="depth",
-                                            y="init", facet="activation", value="accuracy", title="accuracy",
+                                            y="net", facet="activation", value="accuracy", title="accuracy",
                                             fmt=".2f"))]
 
 

@@ -70,12 +70,15 @@ def full_batch_gradient(model, cost, X, y) -> float:
 
 
 def hidden_speeds(model, cost, X, y) -> list[float]:
-    """‖∂C/∂bˡ‖ for each hidden layer (every parametrised layer but the output one), over all of ``(X, y)``."""
+    """The speed of learning of each hidden layer (every parametrised layer but the output one, in forward
+    order), over all of ``(X, y)``: ‖∂C/∂bˡ‖, or ‖∂C/∂β‖ for a layer followed by batch norm (the recorder's
+    ``speed``; the batch-norm module itself counts as part of the layer before it)."""
     rec = LearningSpeedRecorder(model)
     full_batch_gradient(model, cost, X, y)
     rec.after_step()
     rec.remove()
-    return list(rec.series("bias_grad")[1][0][:-1])
+    speeds = [e["speed"] for e in rec.history[0]["layers"].values() if e["speed"] is not None]
+    return speeds[:-1]
 
 
 def speed_experiment(layers, activation: str = "sigmoid", init: str = "book", steps: int = 500, seeds: int = 1,
