@@ -32,7 +32,7 @@ from deepscope import nn, optim
 from deepscope.train import step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_json  # noqa: E402
+from common import portable, write_json  # noqa: E402
 
 TORCH_CELLS = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
 DS_CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -177,7 +177,7 @@ def main():
               "load_average_at_end": os.getloadavg(), "rows": rows,
               "command": "python benchmarks/rnn_speed.py " + " ".join(sys.argv[1:])}
     path = write_json(args.out, result)
-    print(f"wrote {path.relative_to(Path(__file__).resolve().parents[1])}")
+    print(f"wrote {portable(str(path))}")
 
 
 if __name__ == "__main__":

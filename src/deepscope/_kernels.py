@@ -234,3 +234,128 @@ def adam(w, g, m, v, lr_c1, b1, b2, c2, eps, decay, n_decayed):
         m[i] = m[i] * b1 + (1 - b1) * gi
         v[i] = v[i] * b2 + (1 - b2) * gi * gi
         w[i] -= lr_c1 * m[i] / (math.sqrt(v[i] / c2) + eps)
+
+
+# -- recurrent cells (nn/recurrent.py): the elementwise part of one time step, row by row of the batch ----------
+# Each computes, in one call, the lines of the cell's NumPy reference between the recurrent GEMM and the tanh
+# passes (NumPy's tanh is vectorised; numba's is a scalar libm call, ~80x slower, so tanh stays in NumPy), with
+# the same operands in the same order: the results equal the reference's to the last bit. Every inner loop
+# stores to one array (so that the compiler vectorises it); a gate's block of a row is a slice of H numbers.
+@_jit
+def lstm_cell_forward(a, c_prev, c):
+    """LSTM forward, after a = tanh of the scaled pre-activations [a_i/2, a_f/2, a_g, a_o/2] (N, 4H):
+    i, f, o = (1 + a)/2 in place (σ(u) = (1 + tanh(u/2))/2), then c_t = f ⊙ c_{t-1} + i ⊙ g into ``c``."""
+    half = a.dtype.type(0.5)
+    n_, h_ = c.shape
+    for n in range(n_):
+        row, cp, cn = a[n], c_prev[n], c[n]
+        i, f, g, o = row[:h_], row[h_:2 * h_], row[2 * h_:3 * h_], row[3 * h_:]
+        for j in range(h_):
+            i[j] = i[j] * half + half
+        for j in range(h_):
+            f[j] = f[j] * half + half
+        for j in range(h_):
+            o[j] = o[j] * half + half
+        for j in range(h_):
+            cn[j] = f[j] * cp[j] + i[j] * g[j]
+
+
+@_jit
+def lstm_cell_backward(gh, carry, add_carry, a, c_prev, tc, dc, da):
+    """LSTM backward through one step. gh (N, H): the gradient from above, turned into ∂C/∂h_t = gh + carry
+    (carry = W^T ∂C/∂a_{t+1}, added when ``add_carry``); a: [i, f, g, o]; tc = tanh c_t; dc (N, H): ∂C/∂c_{t+1}
+    ⊙ f_{t+1} in, ∂C/∂c_t ⊙ f_t out; da (N, 4H): ∂C/∂a_t = [∂C/∂c_t g i(1-i), ∂C/∂c_t c_{t-1} f(1-f),
+    ∂C/∂c_t i(1-g²), ∂C/∂h_t tanh c_t o(1-o)] with ∂C/∂c_t = ∂C/∂h_t o(1 - tanh² c_t) + dc.
+    (Indexed rows and a scratch row for ∂C/∂c_t: faster here than slices, ~1.5x.)"""
+    one = a.dtype.type(1)
+    n_, h_ = gh.shape
+    dct = np.empty(h_, gh.dtype)
+    for n in range(n_):
+        r, d, dh, cr, cp, t, dcn = a[n], da[n], gh[n], carry[n], c_prev[n], tc[n], dc[n]
+        if add_carry:
+            for j in range(h_):
+                dh[j] = dh[j] + cr[j]                                              # ∂C/∂h_t
+        for j in range(h_):
+            dct[j] = dh[j] * (r[3 * h_ + j] * (one - t[j] * t[j])) + dcn[j]        # ∂C/∂c_t
+        for j in range(h_):
+            i = r[j]
+            d[j] = (r[2 * h_ + j] * (i * (one - i))) * dct[j]                      # ∂C/∂a_i
+        for j in range(h_):
+            f = r[h_ + j]
+            d[h_ + j] = (cp[j] * (f * (one - f))) * dct[j]                         # ∂C/∂a_f
+        for j in range(h_):
+            g = r[2 * h_ + j]
+            d[2 * h_ + j] = (r[j] * (one - g * g)) * dct[j]                        # ∂C/∂a_g
+        for j in range(h_):
+            o = r[3 * h_ + j]
+            d[3 * h_ + j] = (t[j] * (o * (one - o))) * dh[j]                       # ∂C/∂a_o
+        for j in range(h_):
+            dcn[j] = dct[j] * r[h_ + j]                                            # ∂C/∂c_t ⊙ f_t
+
+
+@_jit
+def gru_cell_gates(gi, gh, bh, has_bias, rz):
+    """GRU forward, after gh = (W h_{t-1}) ⊙ s (N, 3H): gh += b_h ⊙ s (when ``has_bias``), then the scaled
+    pre-activations of r and z, rz = gi[:, :2H] + gh[:, :2H], ready for tanh."""
+    n_, h2 = rz.shape
+    h3 = gh.shape[1]
+    for n in range(n_):
+        gr, ir, out = gh[n], gi[n], rz[n]
+        if has_bias:
+            for j in range(h3):
+                gr[j] = gr[j] + bh[j]
+        for j in range(h2):
+            out[j] = ir[j] + gr[j]
+
+
+@_jit
+def gru_cell_candidate(rz, gh, gi, nn_):
+    """GRU forward, after rz = tanh of the scaled pre-activations: r, z = (1 + rz)/2 in place, then the
+    candidate's pre-activation nn_ = r ⊙ m_t + U_n x_t + b_in (m_t = gh[:, 2H:]), ready for tanh."""
+    half = rz.dtype.type(0.5)
+    n_, h_ = nn_.shape
+    for n in range(n_):
+        row, m, xn, out = rz[n], gh[n, 2 * h_:], gi[n, 2 * h_:], nn_[n]
+        for j in range(2 * h_):
+            row[j] = row[j] * half + half
+        for j in range(h_):
+            out[j] = row[j] * m[j] + xn[j]
+
+
+@_jit
+def gru_cell_state(h_prev, nn_, rz, h):
+    """GRU forward: h_t = n_t + z_t ⊙ (h_{t-1} - n_t)."""
+    n_, h_ = h.shape
+    for n in range(n_):
+        hp, nv, z, out = h_prev[n], nn_[n], rz[n, h_:], h[n]
+        for j in range(h_):
+            out[j] = (hp[j] - nv[j]) * z[j] + nv[j]
+
+
+@_jit
+def gru_cell_backward(gh, carry, dh_next, z_next, add_carry, rz, nn_, ghs, h_prev, di, dhid):
+    """GRU backward through one step. gh (N, H): the gradient from above, turned into ∂C/∂h_t = gh + (carry +
+    ∂C/∂h_{t+1} ⊙ z_{t+1}) (added when ``add_carry``; carry = W^T (hidden side)_{t+1}, z_next = [r, z]_{t+1});
+    rz = [r, z], nn_ = n_t, ghs (N, 3H) as in forward (its last block m_t = W_n h_{t-1} + b_hn); out:
+    di = [∂C/∂a_r, ∂C/∂a_z, ∂C/∂a_n] with ∂C/∂a_n = ∂C/∂h_t (1-z)(1-n²), ∂C/∂a_z = ∂C/∂h_t (h_{t-1} - n) z(1-z),
+    ∂C/∂a_r = ∂C/∂a_n m r(1-r); dhid = [∂C/∂a_r, ∂C/∂a_z, ∂C/∂a_n ⊙ r]."""
+    one = gh.dtype.type(1)
+    n_, h_ = gh.shape
+    for n in range(n_):
+        dh, cr, dn, zn = gh[n], carry[n], dh_next[n], z_next[n, h_:]
+        r, z, nv, m, hp = rz[n, :h_], rz[n, h_:], nn_[n], ghs[n, 2 * h_:], h_prev[n]
+        dr, dz, dnn = di[n, :h_], di[n, h_:2 * h_], di[n, 2 * h_:]
+        if add_carry:
+            for j in range(h_):
+                dh[j] = dh[j] + (cr[j] + dn[j] * zn[j])                  # ∂C/∂h_t
+        for j in range(h_):
+            dnn[j] = dh[j] * ((one - z[j]) * (one - nv[j] * nv[j]))
+        for j in range(h_):
+            dz[j] = dh[j] * (((hp[j] - nv[j]) * z[j]) * (one - z[j]))
+        for j in range(h_):
+            dr[j] = dnn[j] * ((m[j] * r[j]) * (one - r[j]))
+        out = dhid[n]
+        for j in range(2 * h_):
+            out[j] = di[n, j]
+        for j in range(h_):
+            out[2 * h_ + j] = dnn[j] * r[j]

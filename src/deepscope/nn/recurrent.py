@@ -44,7 +44,7 @@ import math
 
 import numpy
 
-from .. import backend
+from .. import backend, cpu
 from ..errors import ShapeError
 from .activation import sigmoid
 from .loss import LogLikelihoodCost, Loss
@@ -491,19 +491,23 @@ class LSTM(Recurrent):
         Hs[0], C[0] = h0, c0
         buf = xp.empty((N, 4 * H), dtype=A.dtype)
         tmp = xp.empty((N, H), dtype=A.dtype)
+        k = cpu.kernels() if cpu.fast(A, C) else None             # the fast path: NumPy float32/float64
         for t in range(T):
             a = A[t]
             xp.matmul(Hs[t], Wt, out=buf)
             a += buf                                              # a_t = U x_t + W h_{t-1} + b (σ rows halved)
             xp.tanh(a, out=a)
-            _sigmoid_from_tanh(a[:, :2 * H])                      # i_t, f_t
-            _sigmoid_from_tanh(a[:, 3 * H:])                      # o_t        (g_t = tanh a_g already)
-            i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
-            xp.multiply(f, C[t], out=C[t + 1])
-            xp.multiply(i, g, out=tmp)
-            C[t + 1] += tmp                                       # c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t
+            if k:                                                 # the next six lines in one pass
+                k.lstm_cell_forward(a, C[t], C[t + 1])
+            else:
+                _sigmoid_from_tanh(a[:, :2 * H])                  # i_t, f_t
+                _sigmoid_from_tanh(a[:, 3 * H:])                  # o_t        (g_t = tanh a_g already)
+                i, f, g = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H]
+                xp.multiply(f, C[t], out=C[t + 1])
+                xp.multiply(i, g, out=tmp)
+                C[t + 1] += tmp                                   # c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t
             xp.tanh(C[t + 1], out=TC[t])
-            xp.multiply(o, TC[t], out=Hs[t + 1])                  # h_t = o_t ⊙ tanh c_t
+            xp.multiply(a[:, 3 * H:], TC[t], out=Hs[t + 1])       # h_t = o_t ⊙ tanh c_t
         gates = {"i": A[:, :, :H], "f": A[:, :, H:2 * H], "g": A[:, :, 2 * H:3 * H], "o": A[:, :, 3 * H:]}
         return (A, Hs, C, TC), Hs[1:], [Hs[-1], C[-1]], gates
 
@@ -511,28 +515,34 @@ class LSTM(Recurrent):
         xp = backend.xp_of(G)
         A, Hs, C, TC = cache
         T, N, H = G.shape
-        i, f, g, o = A[:, :, :H], A[:, :, H:2 * H], A[:, :, 2 * H:3 * H], A[:, :, 3 * H:]
-        # The factors of every step at once (no recurrence in them); dA is then filled in place:
-        #   dA = [g i(1-i), c_{t-1} f(1-f), i (1-g²), tanh c ⊙ o(1-o)]  ⊙  [∂C/∂c_t ×3, ∂C/∂h_t]
-        dA = xp.empty((T, N, 4, H), dtype=A.dtype)
-        xp.multiply(g, i * (1 - i), out=dA[:, :, 0])
-        xp.multiply(C[:-1], f * (1 - f), out=dA[:, :, 1])
-        xp.multiply(i, 1 - g * g, out=dA[:, :, 2])
-        xp.multiply(TC, o * (1 - o), out=dA[:, :, 3])
-        K = o * (1 - TC * TC)                                      # ∂h_t/∂c_t
         W = self._p("weight_hh", suffix).data
         dc_next = xp.zeros((N, H), dtype=A.dtype) if grad_c is None else grad_c.astype(A.dtype, copy=True)
-        dc = xp.empty((N, H), dtype=A.dtype)
         carry = xp.empty((N, H), dtype=A.dtype)                    # W^T ∂C/∂a_{t+1}
-        for t in reversed(range(T)):
-            if t < T - 1:
-                G[t] += carry                                      # ∂C/∂h_t = g_t + W^T ∂C/∂a_{t+1}
-            xp.multiply(G[t], K[t], out=dc)
-            dc += dc_next                                          # ∂C/∂c_t = ∂C/∂c_{t+1} ⊙ f_{t+1} + ∂C/∂h_t ⊙ ∂h_t/∂c_t
-            dA[t, :, :3] *= dc[:, None, :]                         # ∂C/∂a_i, ∂C/∂a_f, ∂C/∂a_g
-            dA[t, :, 3] *= G[t]                                    # ∂C/∂a_o
-            xp.multiply(dc, f[t], out=dc_next)                     # what reaches c_{t-1} along the cell
-            xp.matmul(dA[t].reshape(N, 4 * H), W, out=carry)
+        dA = xp.empty((T, N, 4, H), dtype=A.dtype)
+        k = cpu.kernels() if cpu.fast(G, A, dc_next) else None
+        if k:                                                      # the reference below, one pass a step
+            for t in reversed(range(T)):
+                k.lstm_cell_backward(G[t], carry, t < T - 1, A[t], C[t], TC[t], dc_next, dA[t].reshape(N, 4 * H))
+                xp.matmul(dA[t].reshape(N, 4 * H), W, out=carry)
+        else:
+            i, f, g, o = A[:, :, :H], A[:, :, H:2 * H], A[:, :, 2 * H:3 * H], A[:, :, 3 * H:]
+            # The factors of every step at once (no recurrence in them); dA is then filled in place:
+            #   dA = [g i(1-i), c_{t-1} f(1-f), i (1-g²), tanh c ⊙ o(1-o)]  ⊙  [∂C/∂c_t ×3, ∂C/∂h_t]
+            xp.multiply(g, i * (1 - i), out=dA[:, :, 0])
+            xp.multiply(C[:-1], f * (1 - f), out=dA[:, :, 1])
+            xp.multiply(i, 1 - g * g, out=dA[:, :, 2])
+            xp.multiply(TC, o * (1 - o), out=dA[:, :, 3])
+            K = o * (1 - TC * TC)                                  # ∂h_t/∂c_t
+            dc = xp.empty((N, H), dtype=A.dtype)
+            for t in reversed(range(T)):
+                if t < T - 1:
+                    G[t] += carry                                  # ∂C/∂h_t = g_t + W^T ∂C/∂a_{t+1}
+                xp.multiply(G[t], K[t], out=dc)
+                dc += dc_next                                      # ∂C/∂c_t = ∂C/∂c_{t+1} ⊙ f_{t+1} + ∂C/∂h_t ⊙ ∂h_t/∂c_t
+                dA[t, :, :3] *= dc[:, None, :]                     # ∂C/∂a_i, ∂C/∂a_f, ∂C/∂a_g
+                dA[t, :, 3] *= G[t]                                # ∂C/∂a_o
+                xp.multiply(dc, f[t], out=dc_next)                 # what reaches c_{t-1} along the cell
+                xp.matmul(dA[t].reshape(N, 4 * H), W, out=carry)
         d2 = dA.reshape(T * N, 4 * H)
         self._p("weight_hh", suffix).grad += d2.T @ Hs[:-1].reshape(T * N, H)   # Σ_t ∂C/∂a_t h_{t-1}^T
         self._p("weight_ih", suffix).grad += d2.T @ seq2                        # Σ_t ∂C/∂a_t x_t^T
@@ -596,23 +606,31 @@ class GRU(Recurrent):
         Nn = xp.empty((T, N, H), dtype=GI.dtype)
         Hs = xp.empty((T + 1, N, H), dtype=GI.dtype)
         Hs[0] = h0
+        k = cpu.kernels() if cpu.fast(GI, Hs) else None           # the fast path: NumPy float32/float64
+        no_bias = xp.empty(0, dtype=GI.dtype)
         for t in range(T):
-            gh = GH[t]
+            gh, rz, n, h = GH[t], RZ[t], Nn[t], Hs[t + 1]
             xp.matmul(Hs[t], Wt, out=gh)
-            if bh is not None:
-                gh += bh
-            rz = RZ[t]
-            xp.add(GI[t, :, :2 * H], gh[:, :2 * H], out=rz)
+            if k:                                                 # each kernel: the reference lines beside it
+                k.gru_cell_gates(GI[t], gh, no_bias if bh is None else bh, bh is not None, rz)
+            else:
+                if bh is not None:
+                    gh += bh
+                xp.add(GI[t, :, :2 * H], gh[:, :2 * H], out=rz)
             xp.tanh(rz, out=rz)
-            _sigmoid_from_tanh(rz)                                # r_t, z_t
-            n = Nn[t]
-            xp.multiply(rz[:, :H], gh[:, 2 * H:], out=n)
-            n += GI[t, :, 2 * H:]
+            if k:
+                k.gru_cell_candidate(rz, gh, GI[t], n)
+            else:
+                _sigmoid_from_tanh(rz)                            # r_t, z_t
+                xp.multiply(rz[:, :H], gh[:, 2 * H:], out=n)
+                n += GI[t, :, 2 * H:]
             xp.tanh(n, out=n)                                     # n_t = tanh(U_n x + b_in + r ⊙ m_t)
-            h = Hs[t + 1]
-            xp.subtract(Hs[t], n, out=h)
-            h *= rz[:, H:]
-            h += n                                                # h_t = n_t + z_t ⊙ (h_{t-1} - n_t)
+            if k:
+                k.gru_cell_state(Hs[t], n, rz, h)
+            else:
+                xp.subtract(Hs[t], n, out=h)
+                h *= rz[:, H:]
+                h += n                                            # h_t = n_t + z_t ⊙ (h_{t-1} - n_t)
         gates = {"r": RZ[:, :, :H], "z": RZ[:, :, H:], "n": Nn}
         return (GH, RZ, Nn, Hs), Hs[1:], [Hs[-1]], gates
 
@@ -621,26 +639,34 @@ class GRU(Recurrent):
         GH, RZ, Nn, Hs = cache
         T, N, H = G.shape
         r, z = RZ[:, :, :H], RZ[:, :, H:]
-        m = GH[:, :, 2 * H:]                                       # m_t = W_n h_{t-1} + b_hn (unscaled row block)
-        # Factors of every step at once, turned in the loop into the gradients:
-        Kn = (1 - z) * (1 - Nn * Nn)                               # ∂C/∂a_n = ∂C/∂h_t ⊙ Kn
-        Kz = (Hs[:-1] - Nn) * z * (1 - z)                          # ∂C/∂a_z = ∂C/∂h_t ⊙ Kz
-        Kr = m * r * (1 - r)                                       # ∂C/∂a_r = ∂C/∂a_n ⊙ Kr
         DI = xp.empty((T, N, 3 * H), dtype=G.dtype)                # input side  [a_r, a_z, a_n]
         DH = xp.empty((T, N, 3 * H), dtype=G.dtype)                # hidden side [a_r, a_z, a_n ⊙ r]
         W = self._p("weight_hh", suffix).data
         carry = xp.empty((N, H), dtype=G.dtype)
-        for t in reversed(range(T)):
-            if t < T - 1:
-                G[t] += carry                                      # ∂C/∂h_t = g_t + (what h_{t+1} sends back)
-            dh, di, dhid = G[t], DI[t], DH[t]
-            xp.multiply(dh, Kn[t], out=di[:, 2 * H:])              # ∂C/∂a_n
-            xp.multiply(dh, Kz[t], out=di[:, H:2 * H])             # ∂C/∂a_z
-            xp.multiply(di[:, 2 * H:], Kr[t], out=di[:, :H])       # ∂C/∂a_r
-            dhid[:, :2 * H] = di[:, :2 * H]
-            xp.multiply(di[:, 2 * H:], r[t], out=dhid[:, 2 * H:])  # ∂C/∂m_t = ∂C/∂a_n ⊙ r_t
-            xp.matmul(dhid, W, out=carry)
-            carry += dh * z[t]                                     # ∂C/∂h_{t-1} = W^T (hidden side) + ∂C/∂h_t ⊙ z_t
+        k = cpu.kernels() if cpu.fast(G, GH) else None
+        if k:                                                      # the reference below, one pass a step
+            for t in reversed(range(T)):
+                k.gru_cell_backward(G[t], carry, G[min(t + 1, T - 1)], RZ[min(t + 1, T - 1)], t < T - 1,
+                                    RZ[t], Nn[t], GH[t], Hs[t], DI[t], DH[t])
+                xp.matmul(DH[t], W, out=carry)                     # carry + ∂C/∂h_t ⊙ z_t: in the next call
+            carry += G[0] * z[0]                                   # ∂C/∂h0
+        else:
+            m = GH[:, :, 2 * H:]                                   # m_t = W_n h_{t-1} + b_hn (unscaled row block)
+            # Factors of every step at once, turned in the loop into the gradients:
+            Kn = (1 - z) * (1 - Nn * Nn)                           # ∂C/∂a_n = ∂C/∂h_t ⊙ Kn
+            Kz = (Hs[:-1] - Nn) * z * (1 - z)                      # ∂C/∂a_z = ∂C/∂h_t ⊙ Kz
+            Kr = m * r * (1 - r)                                   # ∂C/∂a_r = ∂C/∂a_n ⊙ Kr
+            for t in reversed(range(T)):
+                if t < T - 1:
+                    G[t] += carry                                  # ∂C/∂h_t = g_t + (what h_{t+1} sends back)
+                dh, di, dhid = G[t], DI[t], DH[t]
+                xp.multiply(dh, Kn[t], out=di[:, 2 * H:])          # ∂C/∂a_n
+                xp.multiply(dh, Kz[t], out=di[:, H:2 * H])         # ∂C/∂a_z
+                xp.multiply(di[:, 2 * H:], Kr[t], out=di[:, :H])   # ∂C/∂a_r
+                dhid[:, :2 * H] = di[:, :2 * H]
+                xp.multiply(di[:, 2 * H:], r[t], out=dhid[:, 2 * H:])  # ∂C/∂m_t = ∂C/∂a_n ⊙ r_t
+                xp.matmul(dhid, W, out=carry)
+                carry += dh * z[t]                                 # ∂C/∂h_{t-1} = W^T (hidden side) + ∂C/∂h_t ⊙ z_t
         di2, dh2 = DI.reshape(T * N, 3 * H), DH.reshape(T * N, 3 * H)
         self._p("weight_ih", suffix).grad += di2.T @ seq2                       # Σ_t (input side) x_t^T
         self._p("weight_hh", suffix).grad += dh2.T @ Hs[:-1].reshape(T * N, H)  # Σ_t (hidden side) h_{t-1}^T
