@@ -16,7 +16,7 @@ from deepscope.data import mnist as mnist_module
 from deepscope.data.augment import ONE_PIXEL_SHIFTS
 from deepscope.errors import DataError, ShapeError
 
-from data_paths import DATA as SHARED
+from data_paths import DATA as SHARED, write_fake_mnist as fake_mnist
 REAL_MNIST = SHARED / "mnist"
 needs_mnist = pytest.mark.skipif(not (REAL_MNIST / "train-labels-idx1-ubyte.gz").is_file(),
                                  reason="no MNIST in ../shared/data")
@@ -28,21 +28,6 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("DEEPSCOPE_DATA", raising=False)
     return tmp_path
-
-
-def fake_mnist(folder, n_train=60, n_test=12, gz=True, seed=0):
-    """Write four small MNIST-shaped IDX files; return their arrays by file name."""
-    rng = np.random.default_rng(seed)
-    arrays = {
-        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
-        "train-labels-idx1-ubyte": rng.integers(0, 10, n_train).astype(np.uint8),
-        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
-        "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test).astype(np.uint8),
-    }
-    folder = Path(folder)
-    for name, a in arrays.items():
-        write_idx(folder / (name + (".gz" if gz else "")), a)
-    return arrays
 
 
 def sha256_of_idx(path):

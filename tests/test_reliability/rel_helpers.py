@@ -6,32 +6,14 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from deepscope.data import write_idx
-from deepscope.data.mnist import FILES
-
-from data_paths import MNIST_DIR
+from data_paths import MNIST_DIR, write_fake_mnist  # noqa: F401 (the helpers' tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[2]
 REAL_MNIST = MNIST_DIR   # $DEEPSCOPE_DATA or ../shared/data, resolved
 needs_mnist = pytest.mark.skipif(not (REAL_MNIST / "train-labels-idx1-ubyte.gz").is_file(),
                                  reason="no MNIST in ../shared/data")
-
-
-def write_fake_mnist(folder, n_train=60, n_test=12, seed=0, gz=True):
-    """Four small MNIST-shaped IDX files (random pixels and labels) in ``folder``; their arrays by file name."""
-    rng = np.random.default_rng(seed)
-    arrays = {
-        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
-        "train-labels-idx1-ubyte": rng.integers(0, 10, n_train).astype(np.uint8),
-        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
-        "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test).astype(np.uint8),
-    }
-    for name in FILES:
-        write_idx(Path(folder) / (name + (".gz" if gz else "")), arrays[name])
-    return arrays
 
 
 def run_measured(code: str, cwd=None) -> dict:

@@ -164,7 +164,8 @@ def test_a_run_killed_in_its_first_epoch_resumes(reference):
 def test_temporary_files_of_a_crash_are_removed_when_the_run_is_taken_back(reference):
     run = reference["root"] / "temps"
     proc = launch(train_args(reference["data"], run), {"KILL_AT_REPLACE": "3", "KILL_PHASE": "before"})
-    proc.communicate(timeout=300)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL, f"the run was not killed at its third rename: {err}"
     assert len(leftovers(run)) == 1  # the write that was cut short
     finish(reference["data"], run)
     assert leftovers(run) == []
