@@ -29,6 +29,19 @@ from .. import backend
 from .module import Module, Parameter
 
 
+def channel_sum(a, b=None):
+    """Σ over every axis but axis 1 (the features), of ``a`` or of the product ``a * b``: a ``(C,)`` vector.
+
+    One pass over the batch, no temporary: ``einsum`` over ``(N, C, L)`` views (L = 1 for ``(N, C)``, H·W for
+    images). NumPy's ``sum(axis=(0, 2, 3))`` is 2-5x slower on these shapes and ``(a * b).sum(...)`` writes the
+    product first; einsum keeps float32 and sums with several accumulators (rounding as ``sum``'s, ~1e-7)."""
+    xp = backend.xp_of(a)
+    a3 = a.reshape(a.shape[0], a.shape[1], -1)
+    if b is None:
+        return xp.einsum("ncl->c", a3)
+    return xp.einsum("ncl,ncl->c", a3, b.reshape(a3.shape))
+
+
 class _BatchNorm(Module):
     """Batch normalisation over the feature axis 1 of an input with ``_DIMS`` dimensions (see the module).
 
@@ -75,11 +88,6 @@ class _BatchNorm(Module):
             return self.weight.data.dtype
         return self.running_mean.dtype if self.track_running_stats else x.dtype
 
-    def _axes(self, x):
-        """The axes a statistic is taken over (all but 1) and the shape that broadcasts a (C,) vector."""
-        axes = (0,) + tuple(range(2, x.ndim))
-        return axes, (1, -1) + (1,) * (x.ndim - 2)
-
     def forward(self, x):
         C = self.num_features
         if x.ndim not in self._DIMS or x.shape[1] != C:
@@ -87,25 +95,28 @@ class _BatchNorm(Module):
             raise self.shape_error(shapes, x.shape)
         xp = backend.xp_of(x)
         x = x.astype(self._dtype(x), copy=False)
-        axes, bshape = self._axes(x)
+        bshape = (1, -1) + (1,) * (x.ndim - 2)                      # broadcasts a (C,) vector
         m = x.size // C
         self._batch_stats = self.training or not self.track_running_stats
         if self._batch_stats:
             if m < 2 and self.training:
                 raise self.shape_error(f"more than one value per feature in training (got {m})", x.shape)
-            mean = x.mean(axis=axes)
-            xc = x - mean.reshape(bshape)
-            var = (xc * xc).mean(axis=axes)                         # σ², biased: what normalises
+            mean = channel_sum(x) / m                               # μ
+            x_hat = x - mean.reshape(bshape)                        # x - μ (made x̂ in place below)
+            var = channel_sum(x_hat, x_hat) / m                     # σ², biased: what normalises
             if self.training and self.track_running_stats:
                 self._update_running(mean, var, m)
         else:
             mean, var = self.running_mean, self.running_var
-            xc = x - mean.reshape(bshape)
+            x_hat = x - mean.reshape(bshape)
         self._inv_std = 1.0 / xp.sqrt(var + self.eps)              # 1/√(σ² + ε), (C,)
-        self._x_hat = xc * self._inv_std.reshape(bshape)            # x̂, cached for ∂C/∂γ and ∂C/∂x
+        x_hat *= self._inv_std.reshape(bshape)                      # x̂, cached for ∂C/∂γ and ∂C/∂x
+        self._x_hat = x_hat
         if not self.affine:
-            return self._x_hat
-        return self._x_hat * self.weight.data.reshape(bshape) + self.bias.data.reshape(bshape)
+            return x_hat
+        y = x_hat * self.weight.data.reshape(bshape)                # y = γ x̂ + β
+        y += self.bias.data.reshape(bshape)
+        return y
 
     def _update_running(self, mean, var, m):
         self.num_batches_tracked += 1
@@ -114,22 +125,27 @@ class _BatchNorm(Module):
         self.running_var = (1 - mom) * self.running_var + mom * (var * (m / (m - 1))).astype(self.running_var.dtype)
 
     def backward(self, grad_output):
-        axes, bshape = self._axes(grad_output)
-        x_hat = self._x_hat
-        dy = grad_output
+        x_hat, dy = self._x_hat, grad_output
+        bshape = (1, -1) + (1,) * (dy.ndim - 2)
+        if self.affine or self._batch_stats:
+            sum_dy = channel_sum(dy)                                # Σ ∂C/∂y
+            sum_dy_xhat = channel_sum(dy, x_hat)                    # Σ ∂C/∂y x̂
         if self.affine:
-            self.bias.grad += dy.sum(axis=axes)                    # ∂C/∂β = Σ ∂C/∂y
-            self.weight.grad += (dy * x_hat).sum(axis=axes)        # ∂C/∂γ = Σ ∂C/∂y x̂
+            self.bias.grad += sum_dy                               # ∂C/∂β = Σ ∂C/∂y
+            self.weight.grad += sum_dy_xhat                        # ∂C/∂γ = Σ ∂C/∂y x̂
         if not self.needs_input_grad:
             return None
         scale = self._inv_std if not self.affine else self._inv_std * self.weight.data   # γ / √(σ² + ε)
         if not self._batch_stats:
             return dy * scale.reshape(bshape)                      # evaluation: the statistics are constants
         m = dy.size // self.num_features
-        sum_dy = dy.sum(axis=axes).reshape(bshape)
-        sum_dy_xhat = (dy * x_hat).sum(axis=axes).reshape(bshape)
-        # ∂C/∂x = γ/(m√(σ²+ε)) (m ∂C/∂y - Σ ∂C/∂y - x̂ Σ ∂C/∂y x̂)     (the three terms)
-        return (scale / m).reshape(bshape) * (m * dy - sum_dy - x_hat * sum_dy_xhat)
+        # ∂C/∂x = γ/√(σ²+ε) (∂C/∂y - Σ ∂C/∂y / m - x̂ Σ ∂C/∂y x̂ / m)   (the three terms, 1/m taken inside; four
+        # passes over the batch, no temporaries)
+        dx = x_hat * (-sum_dy_xhat / m).reshape(bshape)
+        dx += dy
+        dx -= (sum_dy / m).reshape(bshape)
+        dx *= scale.reshape(bshape)
+        return dx
 
     def extra_repr(self) -> str:
         s = f"{self.num_features}"
