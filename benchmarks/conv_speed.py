@@ -3,7 +3,12 @@
 Nets (input 1×28×28, 10 classes, log-likelihood cost = softmax + cross-entropy):
   rung1    conv(1→20, 5×5) → maxpool 2 → sigmoid → FC 2880→100 sigmoid → FC 100→10          (book ch. 6, first net)
   rung3    conv20×5 → maxpool2 → relu → conv40×5 → maxpool2 → relu → FC 640→100 relu → FC 100→10
+  rung3bn  rung3 with batch norm after each conv and the FC 640→100, before the activation
+           (``conv20x5bn-maxpool2-conv40x5bn-maxpool2-fc100bn-softmax10:relu``; PyTorch: BatchNorm2d/1d)
   dropout  rung3's convolutions, then dropout 0.5 before each of FC 640→1000 relu, 1000→1000 relu, 1000→10
+
+When rung3 and rung3bn both run, a second table gives batch norm's cost: each framework's training and
+inference time per image with batch norm over without (from the medians above), and deepscope / PyTorch.
 
 For mini-batches of 10, 64 and 256 it measures
   * training images/s: forward, backward and one plain SGD step per mini-batch;
@@ -26,6 +31,8 @@ thread each gave stable numbers. Input images are uniform random numbers (speed 
 
     python benchmarks/conv_speed.py            # full run, writes benchmarks/results/conv_speed.json
     python benchmarks/conv_speed.py --quick    # a few iterations, to check that it runs
+    python benchmarks/conv_speed.py --threads 1 --nets rung3,rung3bn --batches 64,256 --no-memory \
+        --out benchmarks/results/conv_speed_bn.json             # batch norm's cost
 """
 from __future__ import annotations
 
@@ -53,13 +60,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import deepscope as ds  # noqa: E402
-from deepscope import nn, optim  # noqa: E402
+from deepscope import arch, nn, optim  # noqa: E402
 
 ds.set_num_threads(THREADS)
 from deepscope.train import step  # noqa: E402
 from common import write_json  # noqa: E402
 
-NETS = ("rung1", "rung3", "dropout")
+NETS = ("rung1", "rung3", "rung3bn", "dropout")
+RUNG3BN = "conv20x5bn-maxpool2-conv40x5bn-maxpool2-fc100bn-softmax10:relu"
 BATCHES = (10, 64, 256)
 ETA = 0.03
 
@@ -73,6 +81,8 @@ def build_deepscope(name: str):
              nn.Flatten()]
     if name == "rung3":
         return nn.Sequential(*convs, nn.Linear(640, 100), nn.ReLU(), nn.Linear(100, 10))
+    if name == "rung3bn":       # Conv2d → BatchNorm2d → MaxPool2d → ReLU, …, Linear → BatchNorm1d → ReLU
+        return arch.build(RUNG3BN)
     if name == "dropout":
         return nn.Sequential(*convs, nn.Dropout(0.5), nn.Linear(640, 1000), nn.ReLU(), nn.Dropout(0.5),
                              nn.Linear(1000, 1000), nn.ReLU(), nn.Dropout(0.5), nn.Linear(1000, 10))
@@ -93,10 +103,13 @@ def build_torch(name: str, ours):
             layers.append(T.Linear(m.in_features, m.out_features))
         elif isinstance(m, nn.Dropout):
             layers.append(T.Dropout(m.p))
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            cls = T.BatchNorm2d if isinstance(m, nn.BatchNorm2d) else T.BatchNorm1d
+            layers.append(cls(m.num_features, eps=m.eps, momentum=m.momentum))
         else:
             layers.append({"Sigmoid": T.Sigmoid, "ReLU": T.ReLU, "Flatten": T.Flatten}[type(m).__name__]())
     net = T.Sequential(*layers)
-    net.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
+    net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in ours.state_dict().items()})
     return net
 
 
@@ -104,6 +117,7 @@ def flops_per_image(net) -> int:
     """2 × multiply-adds of the conv and FC layers for one 1×28×28 image (forward)."""
     x = np.zeros((1, 1, 28, 28), dtype=np.float32)
     total = 0
+    net.eval()                             # batch norm: one image has no batch statistics
     for m in net:
         y = m(x)
         if isinstance(m, nn.Conv2d):
@@ -165,10 +179,13 @@ def _timed(fn, iters):
     return time.perf_counter() - t0
 
 
-def speed(name, batch, repeats, images):
-    """Median images/s for training and inference, deepscope and PyTorch timed alternately."""
+def speed(names, batch, repeats, images):
+    """Median images/s for training and inference of the nets ``names``, deepscope and PyTorch, every runner
+    timed in turn (the order reversed every repeat), so that ratios between them are taken at the same load.
+    Returns ``{name: {framework: {mode: images/s}}}``."""
     iters = max(2, images // batch)
-    runners = {"deepscope": DeepscopeRunner(name, batch), "pytorch": TorchRunner(name, batch)}
+    runners = {(name, fw): cls(name, batch) for name in names
+               for fw, cls in (("deepscope", DeepscopeRunner), ("pytorch", TorchRunner))}
     out = {}
     for mode in ("train", "infer"):
         times = {k: [] for k in runners}
@@ -179,8 +196,8 @@ def speed(name, batch, repeats, images):
             order = list(runners) if rep % 2 == 0 else list(reversed(runners))
             for k in order:
                 times[k].append(_timed(getattr(runners[k], f"{mode}_step"), iters))
-        for k, ts in times.items():
-            out.setdefault(k, {})[mode] = iters * batch / statistics.median(ts)
+        for (name, fw), ts in times.items():
+            out.setdefault(name, {}).setdefault(fw, {})[mode] = iters * batch / statistics.median(ts)
     return out
 
 
@@ -236,6 +253,62 @@ def gemm_peak(repeats=5, n=2048):
     return 2 * n ** 3 / statistics.median(ts)
 
 
+def _row(name, batch, s, peak, with_memory) -> dict:
+    """One net and mini-batch size: speeds (``s``: {framework: {mode: images/s}}), ratios and memory; printed."""
+    fpi = flops_per_image(build_deepscope(name))
+    row = {"net": name, "batch": batch, "flops_per_image_forward": fpi}
+    for fw in ("deepscope", "pytorch"):
+        row[fw] = {"train_images_per_s": s[fw]["train"], "infer_images_per_s": s[fw]["infer"],
+                   "train_fraction_of_gemm_peak": s[fw]["train"] * 3 * fpi / peak,
+                   "infer_fraction_of_gemm_peak": s[fw]["infer"] * fpi / peak}
+        if with_memory:
+            row[fw].update(memory(fw, name, batch))
+    row["train_ratio"] = s["deepscope"]["train"] / s["pytorch"]["train"]
+    row["infer_ratio"] = s["deepscope"]["infer"] / s["pytorch"]["infer"]
+    mem = "      n/a     n/a    n/a"
+    if with_memory:
+        md, mt = row["deepscope"]["rss_peak_growth"], row["pytorch"]["rss_peak_growth"]
+        row["memory_ratio"] = md / max(mt, 1)
+        mem = f"{md / 1e6:9.1f} {mt / 1e6:7.1f} {row['memory_ratio']:6.2f}"
+    d, t = row["deepscope"], row["pytorch"]
+    print(f"{name:8} {batch:4d} | {d['train_images_per_s']:14.0f} {t['train_images_per_s']:8.0f} "
+          f"{row['train_ratio']:6.2f} | {d['infer_images_per_s']:14.0f} {t['infer_images_per_s']:8.0f} "
+          f"{row['infer_ratio']:6.2f} | {mem} | {100 * d['train_fraction_of_gemm_peak']:10.1f}% "
+          f"{100 * t['train_fraction_of_gemm_peak']:5.1f}%", flush=True)
+    return row
+
+
+def batchnorm_cost(rows) -> list[dict]:
+    """Batch norm's cost from the rung3 and rung3bn rows of each mini-batch size: per framework and mode, the
+    time per image with batch norm / without, and the extra microseconds per image; printed as a table."""
+    by = {(r["net"], r["batch"]): r for r in rows}
+    out = []
+    for batch in sorted({b for n, b in by if n == "rung3bn" and ("rung3", b) in by}):
+        plain, bn = by[("rung3", batch)], by[("rung3bn", batch)]
+        row = {"batch": batch}
+        for fw in ("deepscope", "pytorch"):
+            for mode in ("train", "infer"):
+                p, b = plain[fw][f"{mode}_images_per_s"], bn[fw][f"{mode}_images_per_s"]
+                row[f"{fw}_{mode}_time_ratio"] = p / b                  # time with bn / time without
+                row[f"{fw}_{mode}_extra_us_per_image"] = 1e6 * (1 / b - 1 / p)
+        for mode in ("train", "infer"):
+            row[f"{mode}_ratio_bn_net"] = bn[f"{mode}_ratio"]            # deepscope / PyTorch speed, with bn
+            row[f"{mode}_ratio_plain_net"] = plain[f"{mode}_ratio"]
+        out.append(row)
+    if out:
+        print("\nbatch norm's cost in rung3 (time per image with bn / without; extra µs per image; speed "
+              "deepscope/PyTorch of each net)")
+        print(f"{'mb':>4} {'mode':5} | {'ds bn/plain':>11} {'ds +µs':>8} | {'torch bn/plain':>14} {'torch +µs':>9} | "
+              f"{'ds/torch plain':>14} {'ds/torch bn':>11}")
+        for r in out:
+            for mode in ("train", "infer"):
+                print(f"{r['batch']:4d} {mode:5} | {r[f'deepscope_{mode}_time_ratio']:11.2f} "
+                      f"{r[f'deepscope_{mode}_extra_us_per_image']:8.0f} | {r[f'pytorch_{mode}_time_ratio']:14.2f} "
+                      f"{r[f'pytorch_{mode}_extra_us_per_image']:9.0f} | {r[f'{mode}_ratio_plain_net']:14.2f} "
+                      f"{r[f'{mode}_ratio_bn_net']:11.2f}")
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a few iterations per timing (checks that it runs)")
@@ -268,32 +341,17 @@ def main(argv=None):
               f"{'%peak tr ds':>11} {'torch':>6}")
     print(header)
     print("-" * len(header))
+    # rung3 and rung3bn are timed together (interleaved), so that batch norm's cost is read at one load
+    groups = [["rung3", "rung3bn"]] if {"rung3", "rung3bn"} <= set(nets) else []
+    groups += [[n] for n in nets if not any(n in g for g in groups)]
+    groups.sort(key=lambda g: nets.index(g[0]))
     rows = []
-    for name in nets:
-        fpi = flops_per_image(build_deepscope(name))
+    for group in groups:
         for batch in batches:
-            s = speed(name, batch, repeats, images)
-            row = {"net": name, "batch": batch, "flops_per_image_forward": fpi}
-            for fw in ("deepscope", "pytorch"):
-                row[fw] = {"train_images_per_s": s[fw]["train"], "infer_images_per_s": s[fw]["infer"],
-                           "train_fraction_of_gemm_peak": s[fw]["train"] * 3 * fpi / peak,
-                           "infer_fraction_of_gemm_peak": s[fw]["infer"] * fpi / peak}
-                if not args.no_memory:
-                    row[fw].update(memory(fw, name, batch))
-            row["train_ratio"] = s["deepscope"]["train"] / s["pytorch"]["train"]
-            row["infer_ratio"] = s["deepscope"]["infer"] / s["pytorch"]["infer"]
-            mem = "      n/a     n/a    n/a"
-            if not args.no_memory:
-                md, mt = row["deepscope"]["rss_peak_growth"], row["pytorch"]["rss_peak_growth"]
-                row["memory_ratio"] = md / max(mt, 1)
-                mem = f"{md / 1e6:9.1f} {mt / 1e6:7.1f} {row['memory_ratio']:6.2f}"
-            rows.append(row)
-            d, t = row["deepscope"], row["pytorch"]
-            print(f"{name:8} {batch:4d} | {d['train_images_per_s']:14.0f} {t['train_images_per_s']:8.0f} "
-                  f"{row['train_ratio']:6.2f} | {d['infer_images_per_s']:14.0f} {t['infer_images_per_s']:8.0f} "
-                  f"{row['infer_ratio']:6.2f} | {mem} | {100 * d['train_fraction_of_gemm_peak']:10.1f}% "
-                  f"{100 * t['train_fraction_of_gemm_peak']:5.1f}%", flush=True)
-
+            measured = speed(group, batch, repeats, images)
+            for name in group:
+                rows.append(_row(name, batch, measured[name], peak, not args.no_memory))
+    bn_cost = batchnorm_cost(rows)
     result = {
         "command": "python benchmarks/conv_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "quick": args.quick, "repeats": repeats, "images_per_timing": images, "threads": THREADS,
@@ -302,7 +360,7 @@ def main(argv=None):
         "memory_measure": "peak RSS growth (VmHWM after /proc/self/clear_refs) over two training steps, "
                           "fresh subprocess per framework/net/batch; deepscope also: tracemalloc peak of one step",
         "flops_measure": "forward = 2 x multiply-adds of conv+FC layers per image; training = 3 x forward",
-        "rows": rows,
+        "rows": rows, "batchnorm_cost": bn_cost,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out, result)

@@ -98,24 +98,34 @@ class _BatchNorm(Module):
         bshape = (1, -1) + (1,) * (x.ndim - 2)                      # broadcasts a (C,) vector
         m = x.size // C
         self._batch_stats = self.training or not self.track_running_stats
-        if self._batch_stats:
-            if m < 2 and self.training:
-                raise self.shape_error(f"more than one value per feature in training (got {m})", x.shape)
-            mean = channel_sum(x) / m                               # μ
-            x_hat = x - mean.reshape(bshape)                        # x - μ (made x̂ in place below)
-            var = channel_sum(x_hat, x_hat) / m                     # σ², biased: what normalises
-            if self.training and self.track_running_stats:
-                self._update_running(mean, var, m)
-        else:
-            mean, var = self.running_mean, self.running_var
-            x_hat = x - mean.reshape(bshape)
+        if not self._batch_stats:
+            return self._evaluate(x, bshape)
+        if m < 2 and self.training:
+            raise self.shape_error(f"more than one value per feature in training (got {m})", x.shape)
+        mean = channel_sum(x) / m                                   # μ
+        x_hat = x - mean.reshape(bshape)                            # x - μ (made x̂ in place below)
+        var = channel_sum(x_hat, x_hat) / m                         # σ², biased: what normalises
+        if self.training and self.track_running_stats:
+            self._update_running(mean, var, m)
         self._inv_std = 1.0 / xp.sqrt(var + self.eps)              # 1/√(σ² + ε), (C,)
         x_hat *= self._inv_std.reshape(bshape)                      # x̂, cached for ∂C/∂γ and ∂C/∂x
-        self._x_hat = x_hat
+        self._x_hat, self._x = x_hat, None
         if not self.affine:
             return x_hat
         y = x_hat * self.weight.data.reshape(bshape)                # y = γ x̂ + β
         y += self.bias.data.reshape(bshape)
+        return y
+
+    def _evaluate(self, x, bshape):
+        """Evaluation with the running statistics, folded into one scale and shift per feature (two passes):
+        y = γ (x - μ)/√(σ² + ε) + β = x · γ/√(σ² + ε) + (β - μ γ/√(σ² + ε)). x̂ is made only if backward asks."""
+        xp = backend.xp_of(x)
+        self._inv_std = 1.0 / xp.sqrt(self.running_var + self.eps)
+        self._x, self._mean, self._x_hat = x, self.running_mean, None
+        scale = self._inv_std if not self.affine else self._inv_std * self.weight.data
+        shift = -self.running_mean * scale if not self.affine else self.bias.data - self.running_mean * scale
+        y = x * scale.reshape(bshape)
+        y += shift.reshape(bshape)
         return y
 
     def _update_running(self, mean, var, m):
@@ -127,6 +137,8 @@ class _BatchNorm(Module):
     def backward(self, grad_output):
         x_hat, dy = self._x_hat, grad_output
         bshape = (1, -1) + (1,) * (dy.ndim - 2)
+        if x_hat is None and self.affine:                          # after evaluation: x̂ for ∂C/∂γ
+            x_hat = (self._x - self._mean.reshape(bshape)) * self._inv_std.reshape(bshape)
         if self.affine or self._batch_stats:
             sum_dy = channel_sum(dy)                                # Σ ∂C/∂y
             sum_dy_xhat = channel_sum(dy, x_hat)                    # Σ ∂C/∂y x̂
