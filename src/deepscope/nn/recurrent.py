@@ -383,7 +383,9 @@ class RNN(Recurrent):
             net += self._p("bias_ih", suffix).data + self._p("bias_hh", suffix).data
         S = xp.empty((T + 1,) + h0.shape, dtype=net.dtype)
         S[0] = h0
-        Wt = self._p("weight_hh", suffix).data.T
+        # W^T stored row-major: OpenBLAS's AVX-512 kernels multiply by it faster than by W's transposed view
+        # (the LSTM's (64, 128) @ (128, 512): 44 µs against 57; its AVX2 kernels take 74 µs either way)
+        Wt = xp.ascontiguousarray(self._p("weight_hh", suffix).data.T)
         buf = xp.empty_like(h0)
         for t in range(T):
             xp.matmul(S[t], Wt, out=buf)
@@ -484,7 +486,7 @@ class LSTM(Recurrent):
         T = A.shape[0]
         if self.bias:
             A += (self._p("bias_ih", suffix).data + self._p("bias_hh", suffix).data) * s
-        Wt = (self._p("weight_hh", suffix).data * s[:, None]).T   # (H, 4H)
+        Wt = xp.ascontiguousarray((self._p("weight_hh", suffix).data * s[:, None]).T)   # (H, 4H), see RNN
         Hs = xp.empty((T + 1, N, H), dtype=A.dtype)
         C = xp.empty((T + 1, N, H), dtype=A.dtype)
         TC = xp.empty((T, N, H), dtype=A.dtype)
@@ -597,7 +599,7 @@ class GRU(Recurrent):
         s[2 * H:] = 1.0
         GI = self._input_part(seq2, N, suffix, s)                 # (U x_t + b_i) ⊙ s, one GEMM
         T = GI.shape[0]
-        Wt = (self._p("weight_hh", suffix).data * s[:, None]).T  # (H, 3H)
+        Wt = xp.ascontiguousarray((self._p("weight_hh", suffix).data * s[:, None]).T)  # (H, 3H), see RNN
         bh = self._p("bias_hh", suffix).data * s if self.bias else None
         if self.bias:
             GI += self._p("bias_ih", suffix).data * s
