@@ -182,7 +182,7 @@ def _timed(fn, iters):
 def speed(names, batch, repeats, images):
     """Median images/s for training and inference of the nets ``names``, deepscope and PyTorch, every runner
     timed in turn (the order reversed every repeat), so that ratios between them are taken at the same load.
-    Returns ``{name: {framework: {mode: images/s}}}``."""
+    Returns ``{name: {framework: {mode: images/s, mode_seconds: [seconds of each repeat]}}}``."""
     iters = max(2, images // batch)
     runners = {(name, fw): cls(name, batch) for name in names
                for fw, cls in (("deepscope", DeepscopeRunner), ("pytorch", TorchRunner))}
@@ -198,6 +198,7 @@ def speed(names, batch, repeats, images):
                 times[k].append(_timed(getattr(runners[k], f"{mode}_step"), iters))
         for (name, fw), ts in times.items():
             out.setdefault(name, {}).setdefault(fw, {})[mode] = iters * batch / statistics.median(ts)
+            out[name][fw][f"{mode}_seconds"] = ts
     return out
 
 
@@ -259,6 +260,7 @@ def _row(name, batch, s, peak, with_memory) -> dict:
     row = {"net": name, "batch": batch, "flops_per_image_forward": fpi}
     for fw in ("deepscope", "pytorch"):
         row[fw] = {"train_images_per_s": s[fw]["train"], "infer_images_per_s": s[fw]["infer"],
+                   "train_seconds": s[fw]["train_seconds"], "infer_seconds": s[fw]["infer_seconds"],
                    "train_fraction_of_gemm_peak": s[fw]["train"] * 3 * fpi / peak,
                    "infer_fraction_of_gemm_peak": s[fw]["infer"] * fpi / peak}
         if with_memory:
@@ -279,8 +281,10 @@ def _row(name, batch, s, peak, with_memory) -> dict:
 
 
 def batchnorm_cost(rows) -> list[dict]:
-    """Batch norm's cost from the rung3 and rung3bn rows of each mini-batch size: per framework and mode, the
-    time per image with batch norm / without, and the extra microseconds per image; printed as a table."""
+    """Batch norm's cost from the rung3 and rung3bn rows of each mini-batch size (timed together): per framework
+    and mode, the time with batch norm / without as the median over repeats of the ratio of each repeat's two
+    timings (paired, so that a change of load between repeats cancels), and the extra microseconds per image
+    from the medians; printed as a table."""
     by = {(r["net"], r["batch"]): r for r in rows}
     out = []
     for batch in sorted({b for n, b in by if n == "rung3bn" and ("rung3", b) in by}):
@@ -288,16 +292,17 @@ def batchnorm_cost(rows) -> list[dict]:
         row = {"batch": batch}
         for fw in ("deepscope", "pytorch"):
             for mode in ("train", "infer"):
+                pairs = zip(bn[fw][f"{mode}_seconds"], plain[fw][f"{mode}_seconds"])
+                row[f"{fw}_{mode}_time_ratio"] = statistics.median(b / p for b, p in pairs)
                 p, b = plain[fw][f"{mode}_images_per_s"], bn[fw][f"{mode}_images_per_s"]
-                row[f"{fw}_{mode}_time_ratio"] = p / b                  # time with bn / time without
                 row[f"{fw}_{mode}_extra_us_per_image"] = 1e6 * (1 / b - 1 / p)
         for mode in ("train", "infer"):
             row[f"{mode}_ratio_bn_net"] = bn[f"{mode}_ratio"]            # deepscope / PyTorch speed, with bn
             row[f"{mode}_ratio_plain_net"] = plain[f"{mode}_ratio"]
         out.append(row)
     if out:
-        print("\nbatch norm's cost in rung3 (time per image with bn / without; extra µs per image; speed "
-              "deepscope/PyTorch of each net)")
+        print("\nbatch norm's cost in rung3 (time with bn / without, median of paired repeats; extra µs per image "
+              "from the medians; speed deepscope/PyTorch of each net)")
         print(f"{'mb':>4} {'mode':5} | {'ds bn/plain':>11} {'ds +µs':>8} | {'torch bn/plain':>14} {'torch +µs':>9} | "
               f"{'ds/torch plain':>14} {'ds/torch bn':>11}")
         for r in out:
