@@ -3,10 +3,12 @@
     python benchmarks/sweep_overhead.py [--trials 20] [--repeats 3]
 
 * start-up: ``ray.init`` as ``deepscope sweep`` makes it (local, no dashboard) and ``ray.shutdown``, medians;
-* per trial, empty: a sweep of ``--trials`` trials whose command returns at once, 1 and 2 workers: wall time
-  per trial (Tune's scheduling, the worker, reporting, the sweep's table) with Ray already running;
-* per trial, real: ``--trials`` short ``deepscope train`` runs (the shipped MNIST sample) through the sweep
-  with one worker, against the same runs called one after another in this process: the difference per trial.
+* per trial, empty: a sweep of ``--trials`` trials whose command returns at once, on Ray with 2 workers (Ray
+  already running: Tune's scheduling, the worker, the report, the sweep's table) and in this process
+  (``--workers 1``: the sweep's own bookkeeping only);
+* per trial, real: ``--trials`` short ``deepscope train`` runs (the shipped MNIST sample) through the sweep on
+  Ray with 2 workers, through the sweep in this process (``--workers 1``), and called one after another
+  directly: wall time per trial of each.
 
 Prints a table and writes benchmarks/results/sweep_overhead.json.
 """
@@ -41,15 +43,6 @@ def nothing(argv) -> int:
     return 0
 
 
-def sample_dir(root: Path) -> Path:
-    d = root / "data"
-    d.mkdir()
-    for split, name in [("train", "train"), ("test", "t10k")]:
-        for kind in ("images-idx3", "labels-idx1"):
-            shutil.copy(mnist_module.SAMPLE_DIR / f"{split}-{kind}-ubyte.gz", d / f"{name}-{kind}-ubyte.gz")
-    return d
-
-
 def timed_sweep(root: Path, name: str, command, fn, trials: int, workers: int) -> float:
     folder = sweep.SweepFolder.create(root / name, command, sweep.expand(seeds=trials))
     t0 = time.perf_counter()
@@ -75,21 +68,22 @@ def main_(argv=None) -> None:
             starts.append(t1 - t0)
             stops.append(time.perf_counter() - t1)
 
-        data = sample_dir(root)
+        data = mnist_module.write_sample_folder(root / "data")
         command = [*TRAIN, "--data-dir", str(data)]
-        sweep._start_ray(None, None)
         empty = {1: [], 2: []}
-        real, direct = [], []
+        real = {1: [], 2: []}
+        direct = []
         for k in range(args.repeats):
-            for w in (1, 2):
+            sweep._start_ray(None, None)     # started once per repeat: the 2-worker sweeps below join it
+            for w in (2, 1):
                 empty[w].append(timed_sweep(root, f"empty-{w}-{k}", ["nothing"], nothing, args.trials, w))
-            real.append(timed_sweep(root, f"real-{k}", command, main, args.trials, 1))
+                real[w].append(timed_sweep(root, f"real-{w}-{k}", command, main, args.trials, w))
+            ray.shutdown()
             t0 = time.perf_counter()
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 for s in range(args.trials):   # (a trial's output goes to its log file, not the terminal)
                     assert main([*command, "--seed", str(s), "--out", str(root / f"direct-{k}" / str(s))]) == 0
             direct.append(time.perf_counter() - t0)
-        ray.shutdown()
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -97,11 +91,11 @@ def main_(argv=None) -> None:
     rows = [
         {"what": "ray.init (local, no dashboard)", "seconds": median(starts)},
         {"what": "ray.shutdown", "seconds": median(stops)},
-        {"what": "per empty trial, 1 worker", "seconds": median(empty[1]) / n},
-        {"what": "per empty trial, 2 workers", "seconds": median(empty[2]) / n},
-        {"what": "per train trial, through the sweep (1 worker)", "seconds": median(real) / n},
+        {"what": "per empty trial, Ray, 2 workers", "seconds": median(empty[2]) / n},
+        {"what": "per empty trial, in this process (--workers 1)", "seconds": median(empty[1]) / n},
+        {"what": "per train trial, Ray, 2 workers (wall / trials)", "seconds": median(real[2]) / n},
+        {"what": "per train trial, in this process (--workers 1)", "seconds": median(real[1]) / n},
         {"what": "per train trial, called directly in one process", "seconds": median(direct) / n},
-        {"what": "sweep overhead per train trial", "seconds": (median(real) - median(direct)) / n},
     ]
     print(f"Ray {ray.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} "
           f"(the machine is shared: numbers are noisy); {n} trials, medians of {args.repeats}")
@@ -110,8 +104,9 @@ def main_(argv=None) -> None:
         "command": "python benchmarks/sweep_overhead.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "ray": ray.__version__, "cpu_count": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
         "trials": n, "repeats": args.repeats, "train_command": TRAIN + ["--data-dir", "<the shipped sample>"],
-        "rows": rows, "raw": {"ray_init": starts, "ray_shutdown": stops, "empty_1_worker": empty[1],
-                              "empty_2_workers": empty[2], "train_sweep_1_worker": real, "train_direct": direct}})
+        "rows": rows, "raw": {"ray_init": starts, "ray_shutdown": stops, "empty_in_process": empty[1],
+                              "empty_ray_2_workers": empty[2], "train_in_process": real[1],
+                              "train_ray_2_workers": real[2], "train_direct": direct}})
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -101,11 +100,91 @@ needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason="the sweep tests need ray[tune] (the test extra)")
 
 
-def test_without_ray_the_command_says_how_to_get_it(monkeypatch, capsys):
+@pytest.mark.parametrize("argv", [["--address", "127.0.0.1:6379"], ["--scheduler", "asha"]])
+def test_what_needs_ray_says_how_to_get_it_in_one_line(monkeypatch, capsys, tmp_path, argv):
     monkeypatch.setattr(sweep.importlib.util, "find_spec", lambda name: None)
-    assert main(["sweep", "--seeds", "2", "--", "train"]) == 1
+    assert main(["sweep", *argv, "--seeds", "2", "--out", str(tmp_path / "s"), "--", "scope", "speed"]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and 'pip install -e ".[sweep]"' in err
+    assert err.count("\n") == 1 and 'pip install -e ".[sweep]"' in err, err
+
+
+def test_without_ray_the_trials_run_here_one_after_another(monkeypatch, capsys, tmp_path, mnist_sample):
+    monkeypatch.setattr(sweep.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(sweep, "_run_on_ray", None)        # calling it would fail the test
+    out = tmp_path / "s"
+    assert main(["sweep", "--seeds", "2", "--grid", "activation=sigmoid,relu", "--out", str(out), "--quiet", "--",
+                 "scope", "speed", "--layers", "784,5,5,10", "--steps", "3", "--train-size", "50",
+                 "--data-dir", str(mnist_sample), "--quiet"]) == 0
+    assert "Ray is not installed" in capsys.readouterr().out
+    rows = json.loads((out / "trials.json").read_text())
+    assert [(r["options"]["activation"], r["seed"], r["status"], r["attempts"]) for r in rows] == [
+        ("sigmoid", 0, "done", 1), ("sigmoid", 1, "done", 1), ("relu", 0, "done", 1), ("relu", 1, "done", 1)]
+    assert "relu neurons" in (out / "logs" / "activation-relu_seed-1.log").read_text()
+    assert (out / "activation-relu_seed-1" / "speed.png").is_file()
+
+
+class Recorder:
+    """A command for sweeps run in this process: records each call; Ctrl-C on the call numbered ``stop``."""
+
+    def __init__(self, stop=None):
+        self.calls, self.stop = [], stop
+
+    def __call__(self, argv):
+        self.calls.append(argv)
+        if len(self.calls) == self.stop:
+            time.sleep(0.2)
+            raise KeyboardInterrupt
+        return 0
+
+
+def test_one_worker_runs_here_longest_first_and_ctrl_c_then_resume_counts_every_attempt(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "_run_on_ray", None)        # --workers 1: no Ray at all
+    folder = sweep.SweepFolder.create(tmp_path / "s", ["cmd"], sweep.expand([("depth", ["2", "6", "4"])]))
+    cost = lambda t: int(t.options["depth"])                # noqa: E731
+    first = Recorder(stop=2)
+    result = sweep.run(folder, first, workers=1, progress=False, longest_first=cost)
+    assert result.interrupted and [a[2] for a in first.calls] == ["6", "4"]    # deepest first
+    assert [r["trial"] for r in result.rows] == ["depth-6_seed-0"]
+    again = Recorder()
+    result = sweep.run(sweep.SweepFolder.open(tmp_path / "s"), again, workers=1, progress=False,
+                       longest_first=cost)
+    assert not result.interrupted and [a[2] for a in again.calls] == ["4", "2"]   # only what was missing
+    rows = {r["trial"]: r for r in result.rows}
+    assert [r["trial"] for r in result.rows] == [t.name for t in folder.trials]   # the table in trial order
+    interrupted = rows["depth-4_seed-0"]
+    assert interrupted["attempts"] == 2 and interrupted["seconds"] >= 0.2    # the interrupted attempt counts
+    assert rows["depth-2_seed-0"]["attempts"] == 1 and rows["depth-2_seed-0"]["seconds"] < 0.2
+
+
+def test_a_trial_that_raises_is_a_row_with_its_error_and_the_sweep_goes_on(tmp_path):
+    def command(argv):
+        if argv[2] == "bad":
+            raise ValueError("a bug\nwith a second line")
+        return 3 if argv[2] == "three" else 0
+
+    folder = sweep.SweepFolder.create(tmp_path / "s", ["cmd"], sweep.expand([("x", ["bad", "three", "ok"])]))
+    rows = sweep.run(folder, command, workers=1, progress=False).rows
+    assert [(r["status"], r.get("error")) for r in rows] == [
+        ("error", "ValueError: a bug"), ("failed", "exit code 3; see logs/x-three_seed-0.log"), ("done", None)]
+
+
+def test_mnist_is_decompressed_once_per_process_and_each_load_gets_its_own_arrays(tmp_path, monkeypatch):
+    folder = mnist_module.write_sample_folder(tmp_path / "data")
+    reads = []
+    load_idx = mnist_module.idx.load_idx
+    monkeypatch.setattr(mnist_module.idx, "load_idx", lambda path, **kw: reads.append(path) or load_idx(path, **kw))
+    a = mnist_module.load_mnist(data_dir=folder)
+    assert len(reads) == 4
+    a.train[0][:] = 0.5                                       # a caller changing its arrays changes nobody else's
+    b = mnist_module.load_mnist(data_dir=folder)
+    assert len(reads) == 4 and b.train[0].max() == 1.0 and b.train[0].flags.writeable
+    assert b.sha256 == a.sha256 and b.test[1].tolist() == a.test[1].tolist()
+    labels = folder / "t10k-labels-idx1-ubyte.gz"
+    data = labels.read_bytes()
+    labels.unlink()
+    labels.write_bytes(data)                                   # the same name, another file: read again
+    mnist_module.load_mnist(data_dir=folder)
+    assert len(reads) == 5 and reads[-1] == labels
 
 
 @needs_ray
@@ -134,12 +213,7 @@ def test_bad_sweeps_stop_before_ray_starts_with_one_line(argv, message, tmp_path
 @pytest.fixture
 def mnist_sample(tmp_path):
     """The MNIST sample shipped with deepscope as an IDX folder (no download in a Ray worker)."""
-    d = tmp_path / "data"
-    d.mkdir()
-    for split, name in [("train", "train"), ("test", "t10k")]:
-        for kind in ("images-idx3", "labels-idx1"):
-            shutil.copy(mnist_module.SAMPLE_DIR / f"{split}-{kind}-ubyte.gz", d / f"{name}-{kind}-ubyte.gz")
-    return d
+    return mnist_module.write_sample_folder(tmp_path / "data")
 
 
 def _psutil():
@@ -177,12 +251,13 @@ def test_a_killed_worker_resumes_its_trial_from_the_checkpoint(tmp_path, mnist_s
 
     def kill_after_first_epoch():
         metrics, log = folder.run_dir(victim) / "metrics.jsonl", folder.log_path(victim)
-        deadline = time.time() + 120
+        deadline, started = time.time() + 120, None
         while time.time() < deadline and not (sweep._has_checkpoint(folder.run_dir(victim))
                                               and metrics.exists() and metrics.read_text().count("\n") >= 1):
+            started = started or (log.exists() and time.time())
             time.sleep(0.02)
         pid = int(re.search(r"pid (\d+)", log.read_text()).group(1))
-        killed.update(pid=pid, after=metrics.read_text().count("\n"))
+        killed.update(pid=pid, after=metrics.read_text().count("\n"), ran=time.time() - started)
         os.kill(pid, signal.SIGKILL)
 
     killer = threading.Thread(target=kill_after_first_epoch, daemon=True)
@@ -196,6 +271,7 @@ def test_a_killed_worker_resumes_its_trial_from_the_checkpoint(tmp_path, mnist_s
     assert all(r["status"] == "done" for r in rows) and not result.interrupted
     row = next(r for r in rows if r["trial"] == victim.name)
     assert row["resumed_after_epoch"] >= 1                         # continued from a checkpoint, not from scratch
+    assert row["attempts"] == 2 and row["seconds"] > killed["ran"]   # the killed attempt's time counts too
     assert _epochs(folder.run_dir(victim)) == list(range(1, epochs + 1))   # every epoch exactly once
     log = folder.log_path(victim).read_text()
     assert f"pid {killed['pid']}:" in log and f"--resume {folder.run_dir(victim)}" in log

@@ -44,11 +44,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import figures, files
+from .cpu import set_num_threads
 from .errors import ConfigError, DataError
 from .runs import History, Run
 
-# One BLAS thread per trial: Tune already runs one trial per core.
-TRIAL_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 INSTALL_HINT = 'deepscope sweep needs Ray Tune: pip install -e ".[sweep]"  (or pip install "ray[tune]")'
 FINAL = ("done", "stopped")   # a trial with one of these statuses is never run again
 
@@ -231,7 +230,7 @@ class SweepFolder:
         ordered = [self.rows[t.name] for t in self.trials if t.name in self.rows]
         files.write_json(self.path / "trials.json", ordered)
         columns = ["trial"] + self.keys + ["seed", "status", "best_epoch", "val_acc", "test_acc", "seconds",
-                                           "resumed_after_epoch", "node_id", "error"]
+                                           "attempts", "resumed_after_epoch", "node_id", "error"]
         text = _stdio.StringIO()
         w = csv.DictWriter(text, columns, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
@@ -261,8 +260,20 @@ def _best(records: list[dict]) -> dict:
     return row
 
 
+def _call(main, argv: list[str], log_path: Path) -> int:
+    """``main(argv)`` with its output appended to ``log_path``; its exit code (argparse's 2 when it rejects an
+    option). Exceptions, Ctrl-C included, go to the caller."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        print(f"[deepscope sweep] pid {os.getpid()}: deepscope {' '.join(argv)}", flush=True)
+        try:
+            return int(main(argv) or 0)
+        except SystemExit as e:          # argparse rejecting an option
+            return e.code if isinstance(e.code, int) else 2
+
+
 class _Command(threading.Thread):
-    """The trial's command, run in this worker process with its output going to the trial's log."""
+    """The trial's command (:func:`_call`), run in a thread of this worker process while the worker reports."""
 
     def __init__(self, main, argv, log_path: Path):
         super().__init__(daemon=True)
@@ -271,45 +282,78 @@ class _Command(threading.Thread):
         self.error: BaseException | None = None
 
     def run(self):
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            print(f"[deepscope sweep] pid {os.getpid()}: deepscope {' '.join(self.argv)}", flush=True)
-            try:
-                self.exit_code = int(self.main(self.argv) or 0)
-            except SystemExit as e:          # argparse rejecting an option
-                self.exit_code = e.code if isinstance(e.code, int) else 2
-            except BaseException as e:       # a bug: reported to Tune, which retries the trial
-                self.error = e
+        try:
+            self.exit_code = _call(self.main, self.argv, self.log_path)
+        except BaseException as e:       # a bug: reported to Tune, which retries the trial
+            self.error = e
 
 
-def run_trial(config: dict, main, sweep_dir: str, command: list[str]) -> None:
-    """Tune's function for one trial (runs in a Ray worker): the command in a thread, each new epoch reported."""
+class _Clock:
+    """The seconds a trial has run over all its attempts (a worker killed mid-trial and the trial restarted,
+    Ctrl-C then ``--resume``): ``logs/TRIAL.seconds.json`` holds one number per attempt, this attempt's
+    rewritten each time :meth:`tick` is called, so an attempt that dies keeps the time it had run."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.before = [float(x) for x in json.loads(path.read_text())]
+        except (OSError, ValueError, TypeError):
+            self.before = []
+        self.t0 = time.perf_counter()
+
+    def tick(self) -> list[float]:
+        attempts = self.before + [time.perf_counter() - self.t0]
+        files.write_json(self.path, attempts)
+        return attempts
+
+
+class _Attempt:
+    """One attempt at a trial: its run folder taken back from its checkpoint if an earlier attempt left one
+    (else started afresh), its command line, and its row once the command has returned."""
+
+    def __init__(self, folder: SweepFolder, trial: Trial):
+        self.folder, self.trial = folder, trial
+        self.run_dir = folder.run_dir(trial)
+        resume = _has_checkpoint(self.run_dir)
+        if self.run_dir.exists() and not resume:
+            shutil.rmtree(self.run_dir)  # an attempt that died before its first checkpoint: nothing in it to keep
+        self.resumed_after = len(_run_metrics(self.run_dir)) if resume else 0
+        self.argv = trial_argv(folder.command, trial, self.run_dir, resume)
+        self.log_path = folder.log_path(trial)
+        self.clock = _Clock(folder.path / "logs" / f"{trial.name}.seconds.json")
+
+    def row(self, exit_code: int, node) -> dict:
+        attempts = self.clock.tick()
+        row = _best(_run_metrics(self.run_dir))
+        row.update(exit_code=exit_code, finished=1, node_id=node, seconds=sum(attempts), attempts=len(attempts),
+                   resumed_after_epoch=self.resumed_after)
+        return row
+
+
+def run_trial(config: dict, main, sweep_dir: str, command: list[str], per_epoch: bool = False) -> None:
+    """Tune's function for one trial (runs in a Ray worker): the command in a thread; with ``per_epoch`` (a
+    scheduler that stops trials early reads them) each new epoch reported as it ends, else one report at the
+    end (each report is a round trip to the driver)."""
     from ray import tune, get_runtime_context   # lazy: Ray is the optional `sweep` extra
 
-    folder = SweepFolder(sweep_dir, command, [])
-    trial = Trial(**config["trial"])
-    run_dir = folder.run_dir(trial)
-    resume = _has_checkpoint(run_dir)
-    if run_dir.exists() and not resume:
-        shutil.rmtree(run_dir)  # an attempt that died before its first checkpoint: nothing in it to keep
-    resumed_after = len(_run_metrics(run_dir)) if resume else 0
+    set_num_threads(1)   # one thread per trial (BLAS included): Tune runs one trial per CPU it holds
+    attempt = _Attempt(SweepFolder(sweep_dir, command, []), Trial(**config["trial"]))
     node = get_runtime_context().get_node_id()
-    t0 = time.perf_counter()
-    cmd = _Command(main, trial_argv(command, trial, run_dir, resume), folder.log_path(trial))
+    cmd = _Command(main, attempt.argv, attempt.log_path)
+    attempt.clock.tick()
     cmd.start()
-    reported = resumed_after
+    reported = attempt.resumed_after
     while cmd.is_alive():
-        cmd.join(0.25)
-        records = _run_metrics(run_dir)
-        for r in records[reported:]:     # per-epoch results, for ASHA and the progress of the sweep
-            tune.report({**{k: v for k, v in r.items() if isinstance(v, (int, float))}, "node_id": node})
-        reported = max(reported, len(records))
+        cmd.join(0.25 if per_epoch else 0.5)
+        attempt.clock.tick()             # a worker killed now loses at most this half second of the trial's time
+        if per_epoch:
+            records = _run_metrics(attempt.run_dir)
+            for r in records[reported:]:     # per-epoch results, for ASHA
+                tune.report({**{k: v for k, v in r.items() if isinstance(v, (int, float))}, "node_id": node})
+            reported = max(reported, len(records))
     if cmd.error is not None:
         raise cmd.error
-    row = _best(_run_metrics(run_dir))
-    row.update(exit_code=cmd.exit_code, finished=1, node_id=node, seconds=time.perf_counter() - t0,
-               resumed_after_epoch=resumed_after)
-    tune.report(row)
+    tune.report(attempt.row(cmd.exit_code, node))
 
 
 # ------------------------------------------------------------------------------------------------ the driver
@@ -337,35 +381,46 @@ def _tune_callback(folder: SweepFolder, bar):
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             result = self.last.get(trial.trial_id, {})
-            finished = result.get("finished")
-            status = "stopped" if not finished else ("done" if result.get("exit_code") == 0 else "failed")
-            self._end(trial, status, result)
+            self._end(trial, _status(result), result)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self._end(trial, "error", self.last.get(trial.trial_id, {}), error=_last_error_line(trial))
 
         def _end(self, trial, status, result, error=None):
             self.running.discard(trial.trial_id)
-            cfg = trial.config["trial"]
-            row = {"trial": cfg["name"], "options": cfg["options"], "seed": cfg["seed"], "status": status}
-            metrics = _best([result]) if status == "stopped" else result
-            keep = ("best_epoch", "val_acc", "test_acc", "seconds", "resumed_after_epoch", "node_id", "exit_code")
-            row.update({k: metrics[k] for k in keep if k in metrics})
-            row.update({k: v for k, v in metrics.items() if k not in row and not k.startswith(_TUNE_KEYS)
-                        and isinstance(v, (int, float)) and k not in ("finished", "epoch", "done")})
-            if status == "stopped":
-                row["node_id"] = result.get("node_id")
-            if status == "failed":
-                row["error"] = f"exit code {result.get('exit_code')}; see logs/{cfg['name']}.log"
-            if error:
-                row["error"] = error
-            folder.record(row)
+            folder.record(_row(Trial(**trial.config["trial"]), status, result, error))
             if status in ("failed", "error"):
                 self.failed += 1
             bar.update(1)
             self._show()
 
     return Progress()
+
+
+def _status(result: dict) -> str:
+    """done (the command ended with exit code 0), failed (another exit code) or stopped (ended early by the
+    scheduler, so without the final report)."""
+    if not result.get("finished"):
+        return "stopped"
+    return "done" if result.get("exit_code") == 0 else "failed"
+
+
+def _row(trial: Trial, status: str, result: dict, error: str | None = None) -> dict:
+    """A trial's row of the table, from the last result it reported."""
+    row = {"trial": trial.name, "options": trial.options, "seed": trial.seed, "status": status}
+    metrics = _best([result]) if status == "stopped" else result
+    keep = ("best_epoch", "val_acc", "test_acc", "seconds", "attempts", "resumed_after_epoch", "node_id",
+            "exit_code")
+    row.update({k: metrics[k] for k in keep if k in metrics})
+    row.update({k: v for k, v in metrics.items() if k not in row and not k.startswith(_TUNE_KEYS)
+                and isinstance(v, (int, float)) and k not in ("finished", "epoch", "done")})
+    if status == "stopped":
+        row["node_id"] = result.get("node_id")
+    if status == "failed":
+        row["error"] = f"exit code {result.get('exit_code')}; see logs/{trial.name}.log"
+    if error:
+        row["error"] = error
+    return row
 
 
 def _last_error_line(trial) -> str:
@@ -390,47 +445,99 @@ class SweepResult:
     seconds: float
 
 
+def in_process(address: str | None = None, workers: int | None = None, scheduler: str | None = None) -> bool:
+    """Whether :func:`run` runs the trials one after another in this process, without Ray: with one worker
+    and neither a cluster nor a scheduler (Ray would add only its start-up and a round trip per trial), or
+    when Ray is not installed."""
+    return address is None and scheduler is None and (workers == 1 or not ray_available())
+
+
 def run(folder: SweepFolder, main, *, address: str | None = None, workers: int | None = None,
         scheduler: str | None = None, metric: str = "val_acc", max_failures: int = 3,
-        progress: bool = True) -> SweepResult:
-    """Run the trials of ``folder`` that have no row yet, on Ray Tune; return every row.
+        progress: bool = True, longest_first=None) -> SweepResult:
+    """Run the trials of ``folder`` that have no row yet, on Ray Tune (or here, see :func:`in_process`);
+    return every row.
 
     Args:
         folder: the sweep (see :meth:`SweepFolder.create` / :meth:`SweepFolder.open`).
         main: the command's entry point, ``main(argv) -> exit code`` (``deepscope.cli.main``); it is sent to
             the workers by reference, so every node must have deepscope installed.
         address: a running Ray cluster (``ray start --head`` …); None starts Ray inside this process.
-        workers: trials at a time (default: one per CPU of the cluster).
+        workers: trials at a time (default: one per CPU of the cluster); 1 without ``address``: one after
+            another in this process, without Ray.
         scheduler: None (every trial runs to the end) or ``"asha"`` (stops weak trials early, on ``metric``).
         max_failures: restarts of a trial whose worker died (each continues from the run's checkpoint).
+        longest_first: ``trial -> its expected cost`` (any number): the trials start in decreasing order of
+            it, so that the last to end are short ones and no worker waits long for the last trial.
     """
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    if scheduler not in (None, "asha"):
+        raise ConfigError(f"unknown scheduler {scheduler!r}: choose asha")
+    todo = folder.missing()
+    if longest_first is not None:
+        todo = sorted(todo, key=longest_first, reverse=True)     # stable: equal costs keep their order
+    if not todo:
+        return SweepResult([folder.rows[t.name] for t in folder.trials if t.name in folder.rows], 0, False, 0.0)
+    bar = tqdm(total=len(todo), desc="trials", unit="trial", disable=not progress, dynamic_ncols=True)
+    try:
+        if in_process(address, workers, scheduler):
+            return _run_here(folder, main, todo, bar)
+        return _run_on_ray(folder, main, todo, bar, address=address, workers=workers, scheduler=scheduler,
+                           metric=metric, max_failures=max_failures)
+    finally:
+        bar.close()
+
+
+def _run_here(folder: SweepFolder, main, todo: list[Trial], bar) -> SweepResult:
+    """The trials one after another in this process, with this process's threads (the serial path: what a
+    user without Ray gets). Ctrl-C stops the sweep; the trial it interrupted keeps its checkpoint."""
+    t0, interrupted = time.perf_counter(), False
+    for trial in todo:
+        attempt = _Attempt(folder, trial)
+        bar.set_postfix_str(f"running {trial.name}")
+        try:
+            exit_code = _call(main, attempt.argv, attempt.log_path)
+        except KeyboardInterrupt:
+            attempt.clock.tick()
+            interrupted = True
+            break
+        except Exception as e:           # a bug in the command: the trial's row says so, the sweep goes on
+            attempt.clock.tick()
+            folder.record(_row(trial, "error", {}, error=f"{type(e).__name__}: {e}".splitlines()[0][:300]))
+        else:
+            if exit_code == 130:         # the command caught Ctrl-C itself (train: "interrupted; continue …")
+                attempt.clock.tick()
+                interrupted = True
+                break
+            result = attempt.row(exit_code, None)
+            folder.record(_row(trial, _status(result), result))
+        bar.update(1)
+    rows = [folder.rows[t.name] for t in folder.trials if t.name in folder.rows]
+    return SweepResult(rows, len(todo), interrupted, time.perf_counter() - t0)
+
+
+def _run_on_ray(folder: SweepFolder, main, todo: list[Trial], bar, *, address, workers, scheduler, metric,
+                max_failures) -> SweepResult:
     try:
         import ray                 # lazy: Ray is the optional `sweep` extra
         from ray import tune
     except ImportError:
         raise ConfigError(INSTALL_HINT) from None
-    if workers is not None and workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {workers}")
-    todo = folder.missing()
     t0 = time.perf_counter()
-    if not todo:
-        return SweepResult([folder.rows[t.name] for t in folder.trials if t.name in folder.rows], 0, False, 0.0)
     started = not ray.is_initialized()
     if started:
         _start_ray(address, workers)
     interrupted = False
     tune_log = logging.getLogger("ray.tune")
     level, tune_log.level = tune_log.level, logging.CRITICAL   # a failed trial is a row of the table, not a traceback
-    bar = tqdm(total=len(todo), desc="trials", unit="trial", disable=not progress, dynamic_ncols=True)
     try:
         sched = None
         if scheduler == "asha":
             sched = tune.schedulers.ASHAScheduler(time_attr="epoch", metric=metric, mode="max", grace_period=1)
-        elif scheduler is not None:
-            raise ConfigError(f"unknown scheduler {scheduler!r}: choose asha")
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, main=main, sweep_dir=str(folder.path.resolve()),
-                                 command=folder.command), {"cpu": 1})
+                                 command=folder.command, per_epoch=sched is not None), {"cpu": 1})
         attempt = len(list((folder.path / ".tune").glob("run-*"))) + 1 if (folder.path / ".tune").exists() else 1
         tuner = tune.Tuner(
             trainable,
@@ -448,7 +555,6 @@ def run(folder: SweepFolder, main, *, address: str | None = None, workers: int |
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        bar.close()
         tune_log.setLevel(level)
         if started:
             ray.shutdown()
@@ -465,8 +571,9 @@ def _start_ray(address: str | None, workers: int | None) -> None:
     import ray   # lazy: optional extra
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")   # Tune's status tables would fight the progress bar
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-                  runtime_env={"env_vars": TRIAL_ENV})
+    # No runtime_env (it would keep Ray from using the workers it starts with: ~1.5 s more per sweep here);
+    # each trial sets its own threads.
+    kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     if address is None:
         cpus = os.cpu_count() or 1
         kwargs.update(num_cpus=cpus, object_store_memory=80 * 2**20)   # trials share files, not objects

@@ -5,7 +5,6 @@ import argparse
 import dataclasses
 import sys
 
-from .. import sweep
 from ..book.ch5 import (chain_gradient, exploding_chain, format_chain, random_chain, run_compare, speed_experiment,
                         summarize, table)
 from ..book.ch5.compare import NORMS, RESIDUALS, check_grid
@@ -180,7 +179,6 @@ def cmd_compare(args) -> int:
     residuals = _names(args.residual, RESIDUALS, "--residual")
     check_grid(depths, acts, norms, residuals, args.train_size)
     if args.seeds > 1:
-        sweep.require_ray()
         r = sweeps.compare(depths, acts, inits, norms=norms, residuals=residuals, seeds=args.seeds, seed=args.seed, steps=args.steps, lr=args.lr,
                            train_size=args.train_size, n_val=args.n_val, data_dir=args.data_dir, out=args.out,
                            address=args.address, workers=args.workers, progress=not args.quiet)

@@ -77,6 +77,16 @@ def add_parallel_options(p, seeds_help: str | None = None) -> None:
     p.add_argument("--address", default=None, help="a running Ray cluster (default: Ray inside this process)")
 
 
+def say_where(address=None, workers=None, scheduler=None) -> None:
+    """One line when the trials will run one after another in this process rather than on Ray."""
+    if not sweep.in_process(address, workers, scheduler):
+        sweep.require_ray()          # --address or --scheduler without Ray: how to get it, in one line
+    elif not sweep.ray_available():
+        print(f"the trials run one after another in this process: Ray is not installed ({sweep.INSTALL_HINT})")
+    elif workers == 1:
+        print("--workers 1: the trials run one after another in this process, without Ray")
+
+
 def _validate(command: list[str], trials: list[sweep.Trial]) -> None:
     """Every trial's command line must parse, so that a typo stops the sweep before Ray starts."""
     if not command:
@@ -101,7 +111,8 @@ def _validate(command: list[str], trials: list[sweep.Trial]) -> None:
 
 
 def cmd_sweep(args) -> int:
-    sweep.require_ray()
+    if not sweep.in_process(args.address, args.workers, args.scheduler):
+        sweep.require_ray()          # before anything else: --address or --scheduler need Ray
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if args.resume is not None:
         if command or args.grid or args.space or args.sample or args.seeds != 1 or args.out:
@@ -126,6 +137,7 @@ def launch(folder: sweep.SweepFolder, *, address=None, workers=None, scheduler=N
     todo = folder.missing()
     print(f"deepscope sweep: {len(todo)} of {len(folder.trials)} trials to run of deepscope "
           f"{' '.join(folder.command)}; sweep folder {folder.path}")
+    say_where(address, workers, scheduler)
     result = sweep.run(folder, _main(), address=address, workers=workers, scheduler=scheduler,
                        max_failures=max_failures, progress=progress)
     rows = result.rows
@@ -163,6 +175,7 @@ def ensemble(*, epochs=None, runs=None, train_size=None, data_dir=None, seed=0, 
                                       sweep.expand(seeds=runs or rung.runs, first_seed=seed))
     print(f"ch6 ensemble: {len(folder.trials)} nets as trials of deepscope {' '.join(command)}; "
           f"sweep folder {folder.path}")
+    say_where(address, workers)
     result = sweep.run(folder, _main(), address=address, workers=workers, progress=progress)
     done = [folder.run_dir(t) for t in folder.trials if folder.rows.get(t.name, {}).get("status") == "done"]
     if result.interrupted or len(done) < len(folder.trials):
@@ -193,7 +206,10 @@ def compare(depths, activations, inits, *, seeds: int, seed: int = 0, steps: int
     print(f"compare: depths {list(depths)} × {list(activations)} × {list(inits)} × norms {list(norms)} × residual "
           f"{list(residuals)} over seeds {seed}…{seed + seeds - 1}:"
           f" {len(folder.trials)} trials of deepscope {' '.join(command)}; sweep folder {folder.path}")
-    result = sweep.run(folder, _main(), address=address, workers=workers, progress=progress)
+    say_where(address, workers)
+    # the deepest nets take longest: started first, so that the last trials to end are short ones
+    result = sweep.run(folder, _main(), address=address, workers=workers, progress=progress,
+                       longest_first=lambda t: int(t.options["depths"]))
     cells = [{"norm": "none", "residual": "no", **c} for c in sweep.records(folder)]   # runs from before the axes
     keys = ["depth", "activation", "init", "norm", "residual"]
     accuracy = {tuple(s[k] for k in keys): s for s in sweep.summarize(cells, keys, "val_acc")}

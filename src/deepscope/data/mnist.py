@@ -240,6 +240,21 @@ def load_sample() -> MNISTData:
     return MNISTData("mnist", *splits, source="embedded sample", classes=_DATASETS["mnist"].classes, sha256=sums)
 
 
+def write_sample_folder(folder) -> Path:
+    """The shipped sample as a data folder (its training and test images as the four IDX files MNIST is
+    published as), for what takes ``--data-dir``: a trial of a sweep on another machine, a test. The book's
+    split then takes its validation images from the end of the training file. Returns ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, name in (("train", "train"), ("test", "t10k")):
+        for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
+            target = folder / f"{name}-{kind}.gz"
+            if target.exists():
+                raise DataError(f"{target} exists; write the sample into an empty folder")
+            target.write_bytes((SAMPLE_DIR / f"{split}-{kind}.gz").read_bytes())
+    return folder
+
+
 def cache_dir() -> Path:
     """deepscope's cache folder: ``$XDG_CACHE_HOME/deepscope`` or ``~/.cache/deepscope``."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -292,14 +307,40 @@ def _mnist_shaped(shape, dtype):
 def _read(path: Path, sha256=None, md5=None):
     """``(array, sha256)`` of the IDX file ``path``; with ``sha256`` (of the decompressed bytes) or, for a file
     whose SHA-256 we lack, ``md5`` (of the .gz as published) given, verify it (a mismatch is a DataError; the
-    file is left where it is)."""
-    array, actual = idx.load_idx(path, expect=_mnist_shaped)
+    file is left where it is). The array is read-only: it may be this process's cached copy."""
+    array, actual = _load_idx_cached(Path(path))
     if sha256 is not None and actual != sha256:
         raise DataError(f"{path}: SHA-256 checksum mismatch (expected {sha256}, got {actual})")
     if sha256 is None and md5 is not None:
         got = _md5(path)
         if got != md5:
             raise DataError(f"{path}: MD5 checksum mismatch (expected {md5}, got {got})")
+    return array, actual
+
+
+# Decompressing MNIST takes most of a second; a process that loads it many times (a sweep's worker runs one
+# trial after another, the ch6 ladder, the tests) reads each file once. The key holds the file's identity on
+# disk (inode, size, modification time), so a file replaced or rewritten is read again.
+_IDX_CACHE: dict = {}
+_IDX_CACHE_FILES = 8          # the four files of two data sets (MNIST's decompressed: 55 MB)
+
+
+def _load_idx_cached(path: Path):
+    """``idx.load_idx(path)``, once per process per version of the file; the array comes back read-only
+    (``_pair`` copies it into the float32 images each loader returns, so no caller can change the cache)."""
+    try:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    except OSError:
+        key = None                       # load_idx says what is wrong with it
+    if key is not None and key in _IDX_CACHE:
+        return _IDX_CACHE[key]
+    array, actual = idx.load_idx(path, expect=_mnist_shaped)
+    array.flags.writeable = False
+    if key is not None:
+        while len(_IDX_CACHE) >= _IDX_CACHE_FILES:
+            _IDX_CACHE.pop(next(iter(_IDX_CACHE)))      # the oldest first
+        _IDX_CACHE[key] = (array, actual)
     return array, actual
 
 
