@@ -328,3 +328,52 @@ def test_ctrl_c_keeps_finished_trials_and_resume_runs_only_the_rest(tmp_path, mn
         assert _epochs(folder.run_dir(t)) == [1, 2, 3, 4, 5]
     assert (out / "sweep.png").is_file() and (out / "trials.csv").read_text().count("\n") == 1 + len(rows)
     _assert_nothing_left(before)
+
+
+# ------------------------------------------------------------------------- the book's experiments as sweeps
+
+def test_scope_speed_over_seeds_is_one_trial_per_seed_with_the_numbers_of_one_process(tmp_path, mnist_sample,
+                                                                                       monkeypatch, capsys):
+    from deepscope.book.ch5 import speed_experiment
+    monkeypatch.setattr(sweep, "_run_on_ray", None)        # --workers 1: here, without Ray
+    out = tmp_path / "speed"
+    assert main(["scope", "speed", "--layers", "784,10,10,10", "--seeds", "3", "--seed", "4", "--steps", "5",
+                 "--train-size", "100", "--data-dir", str(mnist_sample), "--out", str(out), "--workers", "1",
+                 "--quiet"]) == 0
+    assert "mean ± std over 3 seeds" in capsys.readouterr().out
+    rows = json.loads((out / "trials.json").read_text())
+    assert [(r["trial"], r["status"]) for r in rows] == [("seed-4", "done"), ("seed-5", "done"), ("seed-6", "done")]
+    summary = json.loads((out / "summary.json").read_text())
+    alone = speed_experiment([784, 10, 10, 10], steps=5, seeds=3, seed=4, n_train=100, data_dir=mnist_sample,
+                             progress=False)
+    assert summary["seeds"] == [4, 5, 6]
+    assert summary["init_speed_mean"] == pytest.approx(alone["init_speeds"].mean(axis=0).tolist(), rel=1e-6)
+    assert summary["final_speed_mean"] == pytest.approx(alone["speeds"][:, -1, :].mean(axis=0).tolist(), rel=1e-6)
+    assert (out / "speed.png").is_file() and (out / "seed-5" / "speed.jsonl").is_file()
+
+
+def test_the_ensemble_trains_its_nets_as_trials_with_the_settings_given_and_votes(tmp_path, mnist_sample,
+                                                                                  monkeypatch, capsys):
+    from deepscope.book import ch6
+    from deepscope.runs import Run
+    monkeypatch.setattr(sweep, "_run_on_ray", None)
+    out = tmp_path / "ens"
+    assert main(["book", "ch6", "ensemble", "--epochs", "1", "--runs", "2", "--train-size", "100", "--lr", "0.01",
+                 "--momentum", "0.9", "-m", "20", "--init", "he", "--no-expand", "--data-dir", str(mnist_sample),
+                 "--out", str(out), "--workers", "1", "--quiet"]) == 0
+    said = capsys.readouterr().out
+    vote = json.loads((out / "vote.json").read_text())
+    command = " ".join(vote["command"])
+    assert "-m 20 --lr 0.01 --lmbda 0.0 --momentum 0.9 --init he" in command and "--expand" not in command
+    assert vote["changed"] == {"eta": 0.01, "mini_batch_size": 20, "momentum": 0.9, "init": "he", "expanded": False}
+    assert "μ=0.9" in vote["settings"] and "1 epochs" in vote["settings"] and f"{vote['vote']:.2f}%" in said
+    X, y = mnist_module.load_mnist(data_dir=mnist_sample).test
+    predictions = [ch6._predict(Run.open(out / f"seed-{k}").load_model(), X) for k in range(2)]
+    assert vote["members"] == [pytest.approx(100 * (p == y).mean()) for p in predictions]
+    assert vote["vote"] == pytest.approx(100 * (ch6.ensemble_predict(predictions) == y).mean())
+
+
+def test_book_settings_that_network3_cannot_take_are_one_line(capsys, tmp_path):
+    assert main(["book", "ch6", "baseline", "--quirks", "--momentum", "0.9", "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--momentum and --init need deepscope's training" in err

@@ -15,6 +15,7 @@ the test accuracy of a plurality vote of five trained nets). The book ran each r
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,6 +45,9 @@ class Rung:
         p_dropout: dropout on the inputs of every fully connected and softmax layer.
         epochs, mini_batch_size, eta, lmbda: the book's SGD settings. λ is network3's (its L2 term is
             0.5 λ Σw² / num_training_batches); both modes apply that same strength.
+        momentum, init: the book's are plain SGD (0) and its N(0, 1/n_in) weights with N(0, 1) biases
+            ("book"); other values (``deepscope book ch6 --momentum --init``, for short runs on a CPU) need
+            deepscope's training, not ``quirks``.
         expanded: train on the one-pixel expanded training set (250,000 images).
         runs: how many nets to train; the ensemble rung votes among them.
         ensemble: the result is the plurality vote of the ``runs`` nets.
@@ -59,6 +63,8 @@ class Rung:
     mini_batch_size: int = 10
     eta: float = 0.1
     lmbda: float = 0.0
+    momentum: float = 0.0
+    init: str = "book"
     expanded: bool = False
     runs: int = 1
     ensemble: bool = False
@@ -95,6 +101,10 @@ class Rung:
         bits = [f"{self.epochs} epochs", f"m={self.mini_batch_size}", f"η={self.eta:g}"]
         if self.lmbda:
             bits.append(f"λ={self.lmbda:g}")
+        if self.momentum:
+            bits.append(f"μ={self.momentum:g}")
+        if self.init != "book":
+            bits.append(f"init {self.init}")
         if self.expanded:
             bits.append("expanded data")
         if self.runs > 1:
@@ -121,10 +131,12 @@ RUNGS = {r.name: r for r in [
 ]}
 
 
-def get_rung(name: str) -> Rung:
+def get_rung(name: str, **changes) -> Rung:
+    """The rung named ``name``, with the settings in ``changes`` (fields of :class:`Rung`: ``eta``,
+    ``mini_batch_size``, ``momentum``, ``init``, ``expanded``; None keeps the book's) changed."""
     if name not in RUNGS:
         raise DeepscopeError(f"unknown chapter 6 step {name!r}: expected one of {', '.join(RUNGS)}")
-    return RUNGS[name]
+    return dataclasses.replace(RUNGS[name], **{k: v for k, v in changes.items() if v is not None})
 
 
 def list_rungs() -> str:
@@ -184,6 +196,9 @@ def _train_one(rung: Rung, train, validation, test, epochs, quirks, run, progres
     (final weights, as the book's ensemble used them) and record the best epoch's numbers."""
     t0 = time.perf_counter()
     if quirks:
+        if rung.momentum or rung.init != "book":
+            raise DeepscopeError(f"{rung.name}: momentum and init other than the book's need deepscope's training, "
+                                 f"not network3's quirks")
         net = n3.Network(rung.network3_layers(), rung.mini_batch_size, quirks=True)
         res = net.SGD(train, epochs, rung.mini_batch_size, rung.eta, validation, test, lmbda=rung.lmbda,
                       verbose=verbose)
@@ -194,11 +209,12 @@ def _train_one(rung: Rung, train, validation, test, epochs, quirks, run, progres
             run.write_metrics(History({**e, "epoch": e["epoch"] + 1} for e in res.epochs))
             run.save_model(net.model)  # final weights, as network3 kept them
     else:
-        model = build(rung.arch)
+        model = build(rung.arch, init=rung.init)
         # The preset's λ is network3's (0.5 λ Σw² / num_training_batches): the same decay per step is
         # λ/(n/m), i.e. network2's λ times m. deepscope's book_weight_decay(λ, n) alone would be m times weaker.
         num_training_batches = len(train[0]) // rung.mini_batch_size
-        opt = optim.SGD(model.parameters(), lr=rung.eta, weight_decay=rung.lmbda / num_training_batches)
+        opt = optim.SGD(model.parameters(), lr=rung.eta, momentum=rung.momentum,
+                        weight_decay=rung.lmbda / num_training_batches)
         history = fit(model, nn.LogLikelihoodCost(), opt, train, epochs=epochs, batch_size=rung.mini_batch_size,
                       validation=validation, test=test, run=run,
                       callbacks=([ProgressBar()] if progress else []) + list(more))
@@ -272,6 +288,7 @@ def run_rung(rung, data=None, *, epochs: int | None = None, runs: int | None = N
             predictions.append(predict(test[0]))
 
     result = {"rung": rung.name, "title": rung.title, "book": rung.book, "arch": rung.arch, "quirks": quirks,
+              "settings": rung.settings(), "changed": changed_settings(rung),
               "epochs": epochs, "book_epochs": rung.epochs, "train_size": n_original, "n_train": len(train[0]),
               "val_size": len(validation[0]), "seed": seed, "data_source": source, "runs": records}
     if rung.ensemble:
@@ -285,6 +302,12 @@ def run_rung(rung, data=None, *, epochs: int | None = None, runs: int | None = N
     if out is not None:
         files.write_json(out / f"{rung.name}-result.json", result)
     return result
+
+
+def changed_settings(rung: Rung) -> dict:
+    """The settings of ``rung`` that differ from the book's (``{}``: the book's own)."""
+    book = RUNGS.get(rung.name)
+    return {} if book is None else {k: v for k, v in asdict(rung).items() if v != getattr(book, k)}
 
 
 def _net_run(path):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from .. import files, sweep
+from .. import files, nn, sweep
 from ..book import ch6
 from ..errors import DeepscopeError
 from ..runs import Run
@@ -22,7 +22,8 @@ from . import options
 from . import sweep as sweeps
 
 COMMAND = "deepscope book ch6"
-SAVED = ("step", "epochs", "runs", "train_size", "val_size", "quirks", "seed", "data_dir")
+SAVED = ("step", "epochs", "runs", "train_size", "val_size", "quirks", "seed", "data_dir", "lr", "batch_size",
+         "momentum", "init", "no_expand")
 
 
 def register(subparsers) -> None:
@@ -40,6 +41,16 @@ def register(subparsers) -> None:
     p.add_argument("--epochs", type=int, help="epochs per net (default: the book's, 60 or 40)")
     p.add_argument("--runs", type=int, help="nets to train per step (default 1; the ensemble: 5)")
     p.add_argument("--val-size", type=int, help="use only the first N validation images (default all 10,000)")
+    p.add_argument("--lr", "--eta", dest="lr", type=options.positive_float, default=None, metavar="η",
+                   help="learning rate (default: the step's, 0.1 or 0.03)")
+    p.add_argument("--batch-size", "-m", dest="batch_size", type=options.positive_int, default=None, metavar="M",
+                   help="mini-batch size (default: the book's 10)")
+    p.add_argument("--momentum", type=options.momentum_float, default=None, metavar="μ",
+                   help="momentum (default: the book's 0, plain SGD); not with --quirks")
+    p.add_argument("--init", choices=nn.init.SCHEMES, default=None,
+                   help="weight initialisation (default: the book's N(0, 1/n_in), biases N(0, 1)); not with --quirks")
+    p.add_argument("--no-expand", action="store_true",
+                   help="train on the images as they are, not expanded by one-pixel shifts (the later steps' 5x)")
     p.add_argument("--quirks", action="store_true",
                    help="train through network3 with its quirks (init, L2 per mini-batch, fixed order, dropout)")
     options.data(p, dataset=False)
@@ -60,6 +71,7 @@ def cmd_ch6(args) -> int:
         return _ensemble_by_sweep(args)
     run, opts = options.start(args, COMMAND, f"book-ch6-{args.step}", {k: getattr(args, k) for k in SAVED})
     names = list(ch6.RUNGS) if opts["step"] == "all" else [ch6.get_rung(opts["step"]).name]
+    changes = _changes(opts)
     for flag in ("epochs", "runs", "val_size"):
         value = opts[flag]
         if value is not None and value < 1:
@@ -71,7 +83,8 @@ def cmd_ch6(args) -> int:
         run.write_config({**opts, "data_source": source}, COMMAND)
         results = []
         for name in names:
-            r = ch6.run_rung(name, (train, validation, test), epochs=opts["epochs"], runs=opts["runs"],
+            r = ch6.run_rung(ch6.get_rung(name, **changes), (train, validation, test), epochs=opts["epochs"],
+                             runs=opts["runs"],
                              quirks=opts["quirks"], seed=opts["seed"], out=run.path, progress=not args.quiet,
                              verbose=not args.quiet, data_source=source,
                              callbacks_for=lambda net_run: options.report_callbacks(args, None, net_run,
@@ -87,15 +100,27 @@ def cmd_ch6(args) -> int:
     return 0
 
 
+def _changes(opts: dict) -> dict:
+    """The rung settings the command line changes (None: the book's)."""
+    if opts.get("quirks") and (opts.get("momentum") or opts.get("init") not in (None, "book")):
+        raise DeepscopeError("--momentum and --init need deepscope's training: drop them or --quirks")
+    return {"eta": opts.get("lr"), "mini_batch_size": opts.get("batch_size"), "momentum": opts.get("momentum"),
+            "init": opts.get("init"), "expanded": False if opts.get("no_expand") else None}
+
+
 def _ensemble_by_sweep(args) -> int:
     """The ensemble's nets as parallel trials of a sweep (Ray), then their plurality vote."""
     for flag in ("epochs", "runs"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise DeepscopeError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
-    r = sweeps.ensemble(epochs=args.epochs, runs=args.runs, train_size=args.train_size, data_dir=args.data_dir,
-                        seed=args.seed, out=args.out, address=args.address, workers=args.workers,
-                        progress=not args.quiet)
+    rung = ch6.get_rung("ensemble", **_changes(vars(args)))
+    r = sweeps.ensemble(rung, epochs=args.epochs, runs=args.runs, train_size=args.train_size,
+                        data_dir=args.data_dir, seed=args.seed, out=args.out, address=args.address,
+                        workers=args.workers, progress=not args.quiet)
     print("members' test accuracy: " + ", ".join(f"{a:.2f}%" for a in r["members"]))
-    print(f"ensemble (plurality vote of {len(r['members'])} nets): {r['vote']:.2f}% (book: {r['book']:.2f}%)")
+    book = ch6.get_rung("ensemble")
+    print(f"ensemble (plurality vote of {len(r['members'])} nets): {r['vote']:.2f}% (book: {r['book']:.2f}% with "
+          f"{book.settings()}, on the expanded 250,000 images; here: {r['settings']}"
+          f"{f', on the first {args.train_size:,} images' if args.train_size else ''})")
     print(f"saved to {r['sweep']} (vote.json, trials.csv, one run folder per net)")
     return 0

@@ -57,10 +57,11 @@ def register(sub) -> None:
     s.add_argument("--init", default="book", choices=["book", "large", "xavier", "he"])
     s.add_argument("--steps", type=nonnegative_int, default=500,
                    help="full-batch steps (default 500; 0: only the speeds at init)")
-    s.add_argument("--seeds", type=positive_int, default=1, help="average over this many initialisations (default 1)")
     options.learning_rate(s, 0.1)
     s.add_argument("--lmbda", type=nonnegative_float, default=5.0, help="L2 regularisation λ (network2's; default 5.0)")
     options.experiment(s, "scope-speed", train_size=1000)
+    sweeps.add_parallel_options(s, "initialisations, seeds --seed … --seed+K-1 (default 1): with --steps, one "
+                                   "trial per seed; the figure gives the mean and the band min-max over them")
     s.set_defaults(func=cmd_speed)
 
     c = ss.add_parser("chain", help="one sigmoid neuron per layer: ∂C/∂b_1 as a product of factors",
@@ -126,17 +127,28 @@ def cmd_speed(args) -> int:
     layers = options.ints(args.layers, "--layers")
     if len(layers) < 3:
         raise DeepscopeError(f"--layers: need an input, at least one hidden layer and an output, got {args.layers}")
-    config = {"layers": layers, "activation": args.activation, "init": args.init, "steps": args.steps,
-              "seeds": args.seeds, "lr": args.lr, "lmbda": args.lmbda, "train_size": args.train_size,
-              "data_dir": args.data_dir}
-    run = _run(args, "scope-speed", config) if args.steps else None   # --steps 0 only prints, saves nothing
-    out = run.path if run else None
     hidden = len(layers) - 2
     print(f"speed of learning: {layers}, {args.activation} neurons, init {args.init}, {args.steps} full-batch steps "
           f"(η={args.lr}, λ={args.lmbda}, n={args.train_size}), {args.seeds} seed(s)")
-    r = speed_experiment(layers, args.activation, args.init, steps=args.steps, seeds=args.seeds, seed=args.seed,
-                         eta=args.lr, lmbda=args.lmbda, n_train=args.train_size, out=out, progress=not args.quiet,
-                         data_dir=args.data_dir)
+    if args.seeds > 1 and args.steps:     # one trial per seed, side by side (Ray) or one after another
+        r = sweeps.speed(layers, args.activation, args.init, seeds=args.seeds, seed=args.seed, steps=args.steps,
+                         lr=args.lr, lmbda=args.lmbda, train_size=args.train_size, data_dir=args.data_dir,
+                         out=args.out, address=args.address, workers=args.workers, progress=not args.quiet)
+        if r["interrupted"] or r["missing"]:
+            print(f"deepscope scope speed: {r['missing']} trial(s) without a result; finish them with: "
+                  f"deepscope sweep --resume {r['sweep']}", file=sys.stderr)
+            return 130 if r["interrupted"] else 1
+        out, records = r["sweep"], f"{r['sweep']}/seed-*/speed.jsonl"
+    else:
+        config = {"layers": layers, "activation": args.activation, "init": args.init, "steps": args.steps,
+                  "seeds": args.seeds, "lr": args.lr, "lmbda": args.lmbda, "train_size": args.train_size,
+                  "data_dir": args.data_dir}
+        run = _run(args, "scope-speed", config) if args.steps else None   # --steps 0 only prints, saves nothing
+        out = run.path if run else None
+        r = speed_experiment(layers, args.activation, args.init, steps=args.steps, seeds=args.seeds, seed=args.seed,
+                             eta=args.lr, lmbda=args.lmbda, n_train=args.train_size, out=out,
+                             progress=not args.quiet, data_dir=args.data_dir)
+        records = out / "speed.jsonl" if out else None
     s = summarize(r)
     print("‖∂C/∂b^l‖ at initialisation, hidden layers 1.." + str(hidden) +
           (f" (mean ± std over {args.seeds} seeds):" if args.seeds > 1 else ":"))
@@ -150,7 +162,7 @@ def cmd_speed(args) -> int:
         print(f"after {args.steps - 1} updates (the last record): "
               + "/".join(f"{v:.3g}" for v in s["final_speed_mean"])
               + f"; training accuracy {s['final_accuracy_mean']:.2%}")
-        print(f"figure: {r['figure']}; records: {out / 'speed.jsonl'}")
+        print(f"figure: {r['figure']}; records: {records}")
     return 0
 
 

@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io as _stdio
+import json
 import re
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from .. import figures, files, sweep
-from ..book import ch6
+from ..book import ch5, ch6
 from ..data import load_mnist
 from ..errors import ConfigError
 from ..runs import Run, reserve
@@ -48,7 +52,8 @@ def register(sub) -> None:
                                    "options, random samples of a space, and seeds.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--address", default=None, help="join a running Ray cluster (default: start Ray in this process)")
-    p.add_argument("--workers", type=positive_int, default=None, help="trials at a time (default: one per CPU)")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help="trials at a time (default: one per CPU; 1: one after another in this process, without Ray)")
     p.add_argument("--seeds", type=positive_int, default=1, help="seeds per configuration: 0 … K-1 (default 1)")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="an option of COMMAND and its values (repeatable: the trials take every combination)")
@@ -72,8 +77,9 @@ def add_parallel_options(p, seeds_help: str | None = None) -> None:
     """--seeds (when ``seeds_help`` says what it does), --workers and --address: a command whose runs become
     trials of a sweep on Ray."""
     if seeds_help:
-        p.add_argument("--seeds", type=positive_int, default=1, metavar="K", help=f"run over K {seeds_help} (Ray)")
-    p.add_argument("--workers", type=positive_int, default=None, help="trials at a time (default: one per CPU)")
+        p.add_argument("--seeds", type=positive_int, default=1, metavar="K", help=f"run over K {seeds_help}")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help="trials at a time (default: one per CPU; 1: one after another in this process, without Ray)")
     p.add_argument("--address", default=None, help="a running Ray cluster (default: Ray inside this process)")
 
 
@@ -159,14 +165,16 @@ def launch(folder: sweep.SweepFolder, *, address=None, workers=None, scheduler=N
     return 1 if failed else 0
 
 
-def ensemble(*, epochs=None, runs=None, train_size=None, data_dir=None, seed=0, out=None, address=None,
-             workers=None, progress=True) -> dict:
-    """Chapter 6's ensemble as a sweep: its nets trained as parallel trials of ``deepscope train`` (seeds
-    ``seed`` …), then the plurality vote of their models (the best-validation weights) on the test set."""
-    rung = ch6.get_rung("ensemble")
-    command = ["train", "--arch", rung.arch, "--epochs", str(epochs or rung.epochs), "-m", str(rung.mini_batch_size),
-               "--lr", str(rung.eta), "--lmbda", str(rung.lmbda), "--momentum", "0", "--init", "book",
-               "--schedule", "none", "--quiet"]
+def ensemble(rung: ch6.Rung, *, epochs=None, runs=None, train_size=None, data_dir=None, seed=0, out=None,
+             address=None, workers=None, progress=True) -> dict:
+    """Chapter 6's ensemble as a sweep: the nets of ``rung`` (``ch6.get_rung("ensemble", ...)``) trained as
+    parallel trials of ``deepscope train`` (seeds ``seed`` …), then the plurality vote of their models (the
+    best-validation weights) on the test set."""
+    epochs = epochs or rung.epochs
+    # train's --lmbda is network2's λ (decay ηλ/n per step); the rung's is network3's (ηλ/(n/m)): λ·m is the same
+    command = ["train", "--arch", rung.arch, "--epochs", str(epochs), "-m", str(rung.mini_batch_size),
+               "--lr", str(rung.eta), "--lmbda", str(rung.lmbda * rung.mini_batch_size),
+               "--momentum", str(rung.momentum), "--init", rung.init, "--schedule", "none", "--quiet"]
     command += ["--expand"] if rung.expanded else []
     command += ["--train-size", str(train_size)] if train_size else []
     command += ["--data-dir", str(Path(data_dir).resolve())] if data_dir else []
@@ -184,7 +192,8 @@ def ensemble(*, epochs=None, runs=None, train_size=None, data_dir=None, seed=0, 
     X, y = load_mnist(data_dir=data_dir, verbose=False).test
     predictions = [ch6._predict(Run.open(d).load_model(), X) for d in done]
     votes = ch6.ensemble_predict(predictions)
-    summary = {"book": rung.book, "vote": 100.0 * float((votes == y).mean()),
+    summary = {"book": rung.book, "settings": dataclasses.replace(rung, epochs=epochs).settings(),
+               "changed": ch6.changed_settings(rung), "vote": 100.0 * float((votes == y).mean()),
                "members": [100.0 * float((p == y).mean()) for p in predictions],
                "sweep": str(folder.path), "command": command, "seconds": result.seconds}
     files.write_json(folder.path / "vote.json", summary)
@@ -228,3 +237,40 @@ def compare(depths, activations, inits, *, seeds: int, seed: int = 0, steps: int
         if accuracy else None
     return {"table": "\n".join(lines), "figure": figure, "sweep": folder.path, "seconds": result.seconds,
             "interrupted": result.interrupted, "missing": len(folder.missing())}
+
+
+def speed(layers, activation: str, init: str, *, seeds: int, seed: int = 0, steps: int, lr: float, lmbda: float,
+          train_size: int, data_dir=None, out=None, address=None, workers=None, progress: bool = True) -> dict:
+    """``scope speed`` over ``seeds`` seeds as a sweep: one trial per seed, then the speeds of every trial
+    together, shaped as :func:`deepscope.book.ch5.speed_experiment` returns them, with the figure over seeds
+    (mean and band min-max) and ``summary.json`` in the sweep folder."""
+    command = ["scope", "speed", "--layers", ",".join(str(n) for n in layers), "--activation", activation,
+               "--init", init, "--steps", str(steps), "--lr", str(lr), "--lmbda", str(lmbda),
+               "--train-size", str(train_size), "--quiet"] + (["--data-dir", str(Path(data_dir).resolve())]
+                                                              if data_dir else [])
+    out = out or reserve(Path("runs") / f"scope-speed-{time.strftime('%Y%m%d-%H%M%S')}")
+    folder = sweep.SweepFolder.create(out, command, sweep.expand(seeds=seeds, first_seed=seed))
+    print(f"speed: {len(folder.trials)} trials (seeds {seed}…{seed + seeds - 1}) of deepscope {' '.join(command)}; "
+          f"sweep folder {folder.path}")
+    say_where(address, workers)
+    result = sweep.run(folder, _main(), address=address, workers=workers, progress=progress)
+    hidden = len(layers) - 2
+    done = [t for t in folder.trials if folder.rows.get(t.name, {}).get("status") == "done"]
+    speeds, accuracy = [], []
+    for t in done:
+        records = [json.loads(line) for line in (folder.run_dir(t) / "speed.jsonl").read_text().splitlines()]
+        speeds.append([[r["layers"][k]["bias_grad"] for k in sorted(r["layers"], key=int)][:hidden]
+                       for r in sorted(records, key=lambda r: r["step"])])
+        accuracy.append(json.loads((folder.run_dir(t) / "summary.json").read_text())["final_accuracy_mean"])
+    r = {"layers": list(layers), "activation": activation, "init": init, "steps": steps, "eta": lr, "lmbda": lmbda,
+         "n": train_size, "seeds": [t.seed for t in done], "speeds": np.array(speeds).reshape(len(done), steps, hidden),
+         "final_accuracy": accuracy, "sweep": folder.path, "seconds": result.seconds,
+         "interrupted": result.interrupted, "missing": len(folder.missing())}
+    r["init_speeds"] = r["speeds"][:, 0, :]
+    if done:
+        r["figure"] = str(figures.plot_speed(
+            np.arange(steps), r["speeds"], [f"Hidden layer {j + 1}" for j in range(hidden)], folder.path / "speed.png",
+            title=f"Speed of learning: {hidden} hidden layer{'s' if hidden > 1 else ''}",
+            xlabel="Number of full-batch steps of training"))
+        files.write_json(folder.path / "summary.json", ch5.summarize(r))
+    return r
