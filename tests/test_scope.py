@@ -399,8 +399,8 @@ def tiny_mnist(monkeypatch):
 
 
 def test_cli_speed(tmp_path, tiny_mnist, capsys):
-    assert _main(["scope", "speed", "--layers", "784,30,30,10", "--steps", "5", "--seeds", "2",
-                  "--out", str(tmp_path)]) == 0
+    assert _main(["scope", "speed", "--layers", "784,30,30,10", "--steps", "5", "--seeds", "2", "--workers", "1",
+                  "--out", str(tmp_path)]) == 0   # --seeds with --steps: a sweep; one worker runs it here
     out = capsys.readouterr().out
     assert "hidden layer 2" in out and "ratio last hidden / first hidden" in out
     assert (tmp_path / "speed.png").exists()

@@ -1,0 +1,76 @@
+"""The chapter 5 comparison grid over seeds: on 2 local Ray workers against the same grid serially.
+
+    python benchmarks/sweep_speedup.py [--seeds 5] [--repeats 1] [--data-dir ../shared/data/mnist] [-- OPTIONS]
+
+Runs, alternating, each ``--repeats`` times, as a user types them (a fresh process each, Ray's start-up and
+shut-down included where Ray is used):
+
+* ``serial``: ``deepscope scope compare --seeds K --workers 1``: the trials one after another in one process,
+  without Ray (what a user without Ray gets), with deepscope's default threads (all cores);
+* ``serial, 1 thread``: the same with ``--threads 1`` (whichever serial run is faster is the baseline);
+* ``ray, 2 workers``: ``deepscope scope compare --seeds K --workers 2``: Ray started inside the process, two
+  trials at a time, one thread each.
+
+Every run must give the same table (``compare.md``). Options after ``--`` go to every run (e.g. ``--steps
+3000``). Prints a table and writes benchmarks/results/sweep_speedup.json (``--name`` changes the name).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, median, table, write_json  # noqa: E402
+
+
+def variants(seeds: int, data_dir: str, extra: list[str]) -> dict:
+    base = ["deepscope", "scope", "compare", "--seeds", str(seeds), "--data-dir", data_dir, "--quiet", *extra]
+    return {"serial": base + ["--workers", "1"], "serial, 1 thread": base + ["--workers", "1", "--threads", "1"],
+            "ray, 2 workers": base + ["--workers", "2"]}
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "mnist"))
+    ap.add_argument("--name", default="sweep_speedup")
+    args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    runs = variants(args.seeds, str(Path(args.data_dir).resolve()), extra)
+    times = {name: [] for name in runs}
+    tables = {}
+    load = [os.getloadavg()[0]]
+    with tempfile.TemporaryDirectory(prefix="sweep-speedup-") as root:
+        for k in range(args.repeats):
+            for name, command in runs.items():
+                out = Path(root) / f"{name.replace(' ', '').replace(',', '-')}-{k}"
+                t0 = time.perf_counter()
+                subprocess.run([*command, "--out", str(out)], check=True, stdout=subprocess.DEVNULL)
+                times[name].append(time.perf_counter() - t0)
+                tables[name] = (out / "compare.md").read_text()
+                load.append(os.getloadavg()[0])
+                print(f"  {name}: {times[name][-1]:.1f} s (load average {load[-1]:.1f})", flush=True)
+    same = len(set(tables.values())) == 1
+    serial = min(("serial", "serial, 1 thread"), key=lambda n: median(times[n]))
+    rows = [{"run": name, "command": " ".join(cmd), "median s": median(times[name]),
+             "speed-up": median(times[serial]) / median(times[name])} for name, cmd in runs.items()]
+    print(f"{os.cpu_count()} CPUs, load average {min(load):.1f}-{max(load):.1f}; medians of {args.repeats}; "
+          f"baseline: {serial}; tables identical: {same}")
+    print(table(rows, ["run", "median s", "speed-up"]))
+    write_json(f"{args.name}.json", {
+        "command": "python benchmarks/sweep_speedup.py " + " ".join(argv), "cpu_count": os.cpu_count(),
+        "load_average_1min": load, "seeds": args.seeds, "repeats": args.repeats, "baseline": serial,
+        "tables_identical": same, "rows": rows, "raw": times})
+    if not same:
+        sys.exit("the runs gave different tables")
+
+
+if __name__ == "__main__":
+    main()
