@@ -134,8 +134,10 @@ def plot_compare(cells, depths, activations, variants, path, labels=None) -> Pat
             ax.imshow(m, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
             for i in range(len(variants)):
                 for j in range(len(depths)):
-                    ax.text(j, i, "–" if np.isnan(m[i, j]) else fmt.format(m[i, j]), ha="center", va="center",
-                            fontsize=8)
+                    v = m[i, j]      # white text where the colour is dark: both ends of coolwarm, viridis' low end
+                    dark = not np.isnan(v) and (abs(v) > 2 if cmap == "coolwarm" else v < 0.45)
+                    ax.text(j, i, "–" if np.isnan(v) else fmt.format(v), ha="center", va="center", fontsize=8,
+                            color="white" if dark else "black")
             ax.set_xticks(range(len(depths)), [str(d) for d in depths])
             ax.set_yticks(range(len(variants)), labels, fontsize=8)
             ax.set_xlabel("hidden layers")
