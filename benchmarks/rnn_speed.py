@@ -74,7 +74,9 @@ def _args():
 
 
 def ds_step(model, cost, opt):
-    """One deepscope training step (:func:`deepscope.train.step`): forward, cost, backward, update."""
+    """One deepscope training step (:func:`deepscope.train.step`): forward, cost, backward, update. The data needs
+    no gradient (``deepscope.train.fit`` sets this flag too; PyTorch's inputs do not require grad)."""
+    model.needs_input_grad = False
     return lambda x, y: step(model, cost, opt, x, y)
 
 

@@ -113,6 +113,7 @@ class Recurrent(Module):
         self.stateful = bool(stateful)
         self.init = init
         self._state = None
+        self._grad_states_tm = self._grad_states = None
         self._init_parameters()
 
     def _init_parameters(self):
@@ -241,7 +242,7 @@ class Recurrent(Module):
                                  f"got {tuple(gf.shape)}")
 
         grads0 = [xp.empty((L * D, N, H), dtype=dtype) for _ in self.STATES]
-        self.grad_states = [None] * (L * D)
+        self._grad_states_tm, self._grad_states = [None] * (L * D), None
         for layer in reversed(range(L)):
             need_dx = layer > 0 or self.needs_input_grad
             grad_x = None
@@ -257,7 +258,7 @@ class Recurrent(Module):
                 for a, v in zip(grads0, g0):
                     a[k] = v
                 gs = G if d == 0 else G[::-1]                       # G now holds ∂C/∂h_t
-                self.grad_states[k] = xp.ascontiguousarray(gs.transpose(1, 0, 2) if self.batch_first else gs)
+                self._grad_states_tm[k] = gs
                 if need_dx:
                     gx = (d_in @ self._p("weight_ih", suffix).data).reshape(T, N, -1)   # ∂C/∂x_t = U^T δ_t
                     if grad_x is None:
@@ -271,6 +272,16 @@ class Recurrent(Module):
         if g is None:
             return None
         return xp.ascontiguousarray(g.transpose(1, 0, 2)) if self.batch_first else g
+
+    @property
+    def grad_states(self):
+        """∂C/∂h_t at every step after backward, one array per layer and direction, laid out like the output
+        (made on first reading: the instruments read it, training does not; None before any backward)."""
+        if self._grad_states is None and self._grad_states_tm is not None:
+            xp = backend.xp_of(self._grad_states_tm[0])
+            self._grad_states = [xp.ascontiguousarray(g.transpose(1, 0, 2)) if self.batch_first else g
+                                 for g in self._grad_states_tm]
+        return self._grad_states
 
     # -- the cell (subclasses) ---------------------------------------------------------------------
     def _run(self, seq2, init, suffix):
