@@ -128,6 +128,17 @@ def test_activation_fast_paths_equal_reference(threads, dtype, layer, channel_ma
     np.testing.assert_allclose(dx1, dx0, **_close(dtype))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sigmoid_fast_path_gives_the_reference_numbers_exactly(threads, dtype):
+    """NumPy's e^{-|z|}, then 1/(1+e) or e·1/(1+e) compiled: the same operations, so the same bits."""
+    z = np.random.default_rng(9).standard_normal((7, 333)).astype(dtype) * 20
+    z[0, :4] = [0, -0.0, 200, -200]
+    fast = nn.Sigmoid()(z)
+    with cpu.reference():
+        ref = nn.Sigmoid()(z)
+    np.testing.assert_array_equal(fast, ref)
+
+
 def test_activation_with_mismatched_layouts_takes_the_reference_path(threads):
     """grad_output N-major while the cached activation is channel-major: still the right answer."""
     rng = np.random.default_rng(4)
@@ -155,7 +166,8 @@ def test_dropout_fast_path_draws_the_same_mask(threads, dtype, scale_at_test):
 
 
 @pytest.mark.parametrize("shape", [(1, 7, 3), (50, 40, 30), (300, 784, 100)])
-def test_matmul_splits_rows_and_equals_numpy(threads, shape):
+def test_matmul_splits_rows_or_columns_and_equals_numpy(threads, shape):
+    """a @ b in blocks: rows of a (a the larger operand) or columns of b (b @ a's transposes below)."""
     m, k, n = shape
     rng = np.random.default_rng(8)
     a, b = rng.standard_normal((m, k)), rng.standard_normal((k, n))

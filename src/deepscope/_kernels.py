@@ -13,7 +13,8 @@ import math
 import numpy as np
 from numba import njit
 
-_jit = njit(cache=True, nogil=True, fastmath=False, boundscheck=False)
+_jit = njit(cache=True, nogil=True, fastmath=False, boundscheck=False,
+            error_model="numpy")   # IEEE division (x/0 = inf, as NumPy), no Python check: loops with a division vectorise
 
 
 # -- convolution --------------------------------------------------------------------------------------
@@ -148,14 +149,14 @@ def sumpool_backward(g, x, dx, kh, kw, sh, sw, times_x):
 
 # -- elementwise, on flat contiguous shards -------------------------------------------------------------
 @_jit
-def sigmoid(z, out):
-    """σ(z) = 1/(1+e^{-z}) with e^{-|z|} (no overflow): 1/(1+e) for z ≥ 0, e/(1+e) for z < 0."""
+def sigmoid(z, e, out):
+    """σ(z) = 1/(1+e^{-z}) from e = e^{-|z|} (no overflow): 1/(1+e) for z ≥ 0, e/(1+e) for z < 0. The exponential
+    comes from NumPy, whose vectorised exp is several times faster than a scalar one."""
     one = z.dtype.type(1)                 # in z's precision, as NumPy computes it
     for i in range(z.size):
-        zi = z[i]
-        e = np.exp(-np.abs(zi))
-        r = one / (one + e)
-        out[i] = r if zi >= 0 else e * r
+        ei = e[i]
+        r = one / (one + ei)
+        out[i] = r if z[i] >= 0 else ei * r
 
 
 @_jit
