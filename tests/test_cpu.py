@@ -179,6 +179,42 @@ def test_matmul_splits_rows_or_columns_and_equals_numpy(threads, shape):
     assert np.abs(cpu.matmul(a32, b32) - exact).max() <= 2 * np.abs(a32 @ b32 - exact).max() + 1e-6
 
 
+# -- the costs in one pass, against their NumPy code ---------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cost", [nn.LogLikelihoodCost, nn.CrossEntropyCost])
+@pytest.mark.parametrize("label_dtype", [np.int64, np.int32, np.uint8])
+def test_cost_fast_paths_equal_reference(dtype, cost, label_dtype):
+    rng = np.random.default_rng(10)
+    z = (rng.standard_normal((37, 10)) * 6).astype(dtype)
+    z[0, :3] = [0, 80, -80]                                      # saturated outputs: the stable forms
+    z[1, :] = 1e4                                                # and the largest logit shifted away
+    labels = rng.integers(0, 10, 37).astype(label_dtype)
+    results = []
+    for ctx in (cpu.reference, _nothing):
+        with ctx():
+            c = cost()
+            results.append((c(z, labels), c.backward()))
+    (loss0, d0), (loss1, d1) = results
+    assert type(loss1) is float and np.isfinite(loss1)
+    np.testing.assert_allclose(loss1, loss0, **_close(dtype))
+    np.testing.assert_allclose(d1, d0, **_close(dtype))
+    assert d1.dtype == dtype
+
+
+@pytest.mark.parametrize("cost", [nn.LogLikelihoodCost, nn.CrossEntropyCost])
+def test_cost_fast_paths_propagate_nan_and_refuse_labels_out_of_range(cost):
+    z = np.random.default_rng(11).standard_normal((4, 3)).astype(np.float32)
+    z[2, 1] = np.nan
+    for ctx in (cpu.reference, _nothing):
+        with ctx():
+            c = cost()
+            assert np.isnan(c(z, np.array([0, 1, 2, 0])))
+            assert np.isnan(c.backward()[2]).any() and np.isfinite(c.backward()[[0, 1, 3]]).all()
+            for bad in (3, -1):
+                with pytest.raises(ds.DataError, match=f"label {bad} is out of range for 3 classes"):
+                    c(z, np.array([0, bad, 1, 2]))
+
+
 # -- the optimizers over one flat buffer, against the per-parameter update written out -----------------
 def _net(dtype="float32"):
     ds.manual_seed(0)

@@ -198,6 +198,56 @@ def dropout(x, u, p, scale, out, mask):
         out[i] = x[i] * mask[i]
 
 
+# -- costs, row by row (the mini-batch is small: one thread) --------------------------------------------------
+@_jit
+def loglikelihood(z, labels, p_minus_y):
+    """Softmax outputs with the log-likelihood cost: per row, log softmax(z)_j = z_j - m - ln Σ_k e^{z_k - m}
+    (m = max z), C_x = -log softmax(z)_y; p_minus_y = softmax(z) - onehot(y). Returns (Σ_x C_x, -1), or (0, i)
+    for the first row i whose label is not in 0..K-1."""
+    n, k = z.shape
+    total = 0.0
+    for i in range(n):
+        y = labels[i]
+        if y < 0 or y >= k:
+            return 0.0, i
+        m = z[i, 0]
+        for j in range(1, k):
+            if not z[i, j] <= m:                 # (a NaN becomes m: it propagates, as NumPy's max)
+                m = z[i, j]
+        s = z.dtype.type(0)
+        for j in range(k):
+            s += np.exp(z[i, j] - m)
+        lse = np.log(s)
+        for j in range(k):
+            p_minus_y[i, j] = np.exp((z[i, j] - m) - lse)
+        p_minus_y[i, y] -= 1
+        total -= (z[i, y] - m) - lse
+    return total, -1
+
+
+@_jit
+def crossentropy(z, labels, a_minus_y):
+    """Sigmoid outputs with the cross-entropy cost: C_x = Σ_j softplus(z_j) - z_y (softplus(z) = max(z, 0) +
+    ln(1 + e^{-|z|})); a_minus_y = σ(z) - onehot(y) (σ from e = e^{-|z|} as ``sigmoid``). Returns (Σ_x C_x, -1),
+    or (0, i) for the first row i whose label is not in 0..K-1."""
+    n, k = z.shape
+    one = z.dtype.type(1)
+    total = 0.0
+    for i in range(n):
+        y = labels[i]
+        if y < 0 or y >= k:
+            return 0.0, i
+        for j in range(k):
+            zj = z[i, j]
+            e = np.exp(-np.abs(zj))
+            total += max(zj, 0) + np.log1p(e)
+            r = one / (one + e)
+            a_minus_y[i, j] = r if zj >= 0 else e * r
+        a_minus_y[i, y] -= 1
+        total -= z[i, y]
+    return total, -1
+
+
 # -- optimiser updates on the flat parameter buffer --------------------------------------------------------
 @_jit
 def sgd(w, g, v, lr, momentum, decay, n_decayed):

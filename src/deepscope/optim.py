@@ -85,8 +85,12 @@ class FlatParameters:
 
     def sync(self) -> bool:
         """Make every parameter a view of the buffers again if someone replaced its arrays; True if it did."""
-        if self._views and all(p.data is d and p.grad is g for p, (d, g) in zip(self.params, self._views)):
-            return False
+        for p, (d, g) in zip(self.params, self._views):
+            if p.data is not d or p.grad is not g:
+                break
+        else:
+            if self._views:
+                return False
         xp = backend.xp_of(*(p.data for p in self.params))
         dtypes = {p.data.dtype for p in self.params}
         if len(dtypes) > 1:
@@ -137,7 +141,7 @@ class Optimizer:
 
     def zero_grad(self) -> None:
         self._sync()
-        self.flat.grad[...] = 0
+        self.flat.grad.fill(0)
 
     def _sync(self) -> None:
         """Follow the parameters if their arrays were replaced (the state is recast with them)."""
@@ -161,6 +165,8 @@ class Optimizer:
         if not cpu.fast(*flats):
             return reference()
         nd = self.flat.n_decayed
+        if cpu.one_shard(self.flat.size, cpu.ELEMENTS_PER_SHARD):
+            return kernel(*flats, nd)
         cpu.parallel(lambda s, e: kernel(*(f[s:e] for f in flats), max(0, min(nd, e) - s)),
                      self.flat.size, cpu.ELEMENTS_PER_SHARD)
 
@@ -235,9 +241,8 @@ class SGD(Optimizer):
 
         book = self.momentum_form == "book"
         kernel = cpu.kernels() and (cpu.kernels().sgd if book or v is None else cpu.kernels().sgd_pytorch)
-        empty = backend.xp_of(w).empty(0, dtype=w.dtype)
         self._update(lambda w_, g_, v_, n: kernel(w_, g_, v_, lr, mu, decay, n), w, g,
-                     empty if v is None else v, reference=reference)
+                     w[:0] if v is None else v, reference=reference)       # (w[:0]: the kernel's "no velocity")
 
     def state_dict(self) -> dict:
         state = super().state_dict()

@@ -145,6 +145,15 @@ def fit(model, cost, optimizer, train, epochs: int, batch_size: int, validation=
     flags = {m: m.needs_input_grad for m in model.modules()}
     model.needs_input_grad = False
     stopped = None
+    count = epoch = 0
+    before_step, on_step, on_batch_end = (_hooks(callbacks, h) for h in ("on_before_step", "on_step", "on_batch_end"))
+
+    def before_update(loss):
+        if not math.isfinite(loss):
+            raise NonFiniteError(nonfinite_cost(loss, model, f"epoch {epoch}, step {count}"))
+        for hook in before_step:
+            hook(count, model, optimizer)
+
     count = optimizer.steps
     try:
         model.train()
@@ -154,19 +163,15 @@ def fit(model, cost, optimizer, train, epochs: int, batch_size: int, validation=
             loss_sum, correct, seen = 0.0, 0, 0
             for xb, yb in train.epoch(batch_size, model.xp):
                 count += 1
-
-                def before_update(loss, where=f"epoch {epoch}, step {count}"):
-                    if not math.isfinite(loss):
-                        raise NonFiniteError(nonfinite_cost(loss, model, where))
-                    _call(callbacks, "on_before_step", count, model, optimizer)
-
                 loss, out = step(model, cost, optimizer, xb, yb, before_update)
-                _call(callbacks, "on_step", count, model, optimizer)
+                for hook in on_step:
+                    hook(count, model, optimizer)
                 m = len(yb)
                 loss_sum += loss * m
                 seen += m
                 correct += _correct(out, yb)
-                _call(callbacks, "on_batch_end", m, loss_sum / seen, correct / seen)
+                for hook in on_batch_end:
+                    hook(m, loss_sum / seen, correct / seen)
             record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1),
                       "train_acc": correct / max(seen, 1), "lr": optimizer.lr}
             if validation is not None:
@@ -196,7 +201,12 @@ def fit(model, cost, optimizer, train, epochs: int, batch_size: int, validation=
 
 
 def _call(callbacks, hook: str, *args) -> list:
-    return [getattr(cb, hook)(*args) for cb in callbacks if hasattr(cb, hook)]
+    return [fn(*args) for fn in _hooks(callbacks, hook)]
+
+
+def _hooks(callbacks, hook: str) -> list:
+    """The callbacks' ``hook`` methods (fit looks up the per-step ones once, not at every step)."""
+    return [getattr(cb, hook) for cb in callbacks if hasattr(cb, hook)]
 
 
 def _names(callbacks):
@@ -360,6 +370,9 @@ def check_inputs(who: str, X) -> None:
                         f"first, e.g. X.astype('float32') / 255")
     if dtype.kind in "fc" and len(X):
         xp = backend.xp_of(X)
+        flat = X.reshape(-1)
+        if bool(xp.isfinite(xp.dot(flat, flat))):    # NaN and ±∞ reach the sum of squares (and an overflow of huge
+            return                                    # values only sends us on to the exact count): one fast pass
         bad = ~xp.isfinite(X).reshape(len(X), -1).all(axis=1)
         if bool(bad.any()):
             raise DataError(f"{who}: {int(bad.sum()):,} of {len(X):,} inputs hold NaN or infinity "

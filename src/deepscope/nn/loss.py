@@ -18,7 +18,7 @@ cross-entropy costs, arrays ``(N, K)`` of target values.
 """
 from __future__ import annotations
 
-from .. import backend
+from .. import backend, cpu
 from ..errors import DataError, ShapeError
 from .activation import log_softmax, sigmoid
 
@@ -46,14 +46,16 @@ class Loss:
             if target.dtype.kind not in "iu":
                 raise DataError(f"{name}: labels must be integers, got dtype {target.dtype}")
             if n and (int(target.min()) < 0 or int(target.max()) >= k):
-                bad = int(target.max()) if int(target.max()) >= k else int(target.min())
-                raise DataError(f"{name}: label {bad} is out of range for {k} classes (0..{k - 1})")
+                raise self._out_of_range(int(target.max()) if int(target.max()) >= k else int(target.min()), k)
             return target
         if not allow_dense:
             raise ShapeError(f"{name}: expected integer labels of shape ({n},), got {tuple(target.shape)}")
         if tuple(target.shape) != (n, k):
             raise ShapeError(f"{name}: targets of shape {tuple(target.shape)} do not match outputs {(n, k)}")
         return target.astype(z.dtype, copy=False)
+
+    def _out_of_range(self, label: int, k: int) -> DataError:
+        return DataError(f"{type(self).__name__}: label {label} is out of range for {k} classes (0..{k - 1})")
 
     @staticmethod
     def _onehot(labels, k, dtype):
@@ -96,18 +98,24 @@ class CrossEntropyCost(Loss):
     ``BCEWithLogitsLoss`` summed over outputs): C = (1/n) Σ Σ_j [softplus(z_j) - y_j z_j], δ = (σ(z) - y)/n."""
 
     def forward(self, z, target) -> float:
-        t = self._check(z, target, allow_dense=True)
-        xp = backend.xp_of(z)
-        e = xp.exp(-xp.abs(z))
-        softplus = xp.maximum(z, 0) + xp.log1p(e)     # ln(1 + e^z), never overflows
-        a_minus_y = sigmoid(z, e)                       # becomes a - y below
-        if t.ndim == 1:                                 # integer labels: y is one-hot, never built
-            rows = xp.arange(z.shape[0])
-            loss = softplus.sum() - z[rows, t].sum()
-            a_minus_y[rows, t] -= 1
+        fast = cpu.crossentropy(z, target)              # the same in one compiled pass, each label checked on the way
+        if fast is not None:
+            loss, a_minus_y, bad = fast
+            if bad >= 0:
+                raise self._out_of_range(int(target[bad]), z.shape[1])
         else:
-            loss = (softplus - t * z).sum()
-            a_minus_y -= t
+            t = self._check(z, target, allow_dense=True)
+            xp = backend.xp_of(z)
+            e = xp.exp(-xp.abs(z))
+            softplus = xp.maximum(z, 0) + xp.log1p(e)     # ln(1 + e^z), never overflows
+            a_minus_y = sigmoid(z, e)                       # becomes a - y below
+            if t.ndim == 1:                                 # integer labels: y is one-hot, never built
+                rows = xp.arange(z.shape[0])
+                loss = softplus.sum() - z[rows, t].sum()
+                a_minus_y[rows, t] -= 1
+            else:
+                loss = (softplus - t * z).sum()
+                a_minus_y -= t
         self._a_minus_y, self._n = a_minus_y, z.shape[0]
         return float(loss / self._n)
 
@@ -123,18 +131,24 @@ class LogLikelihoodCost(Loss):
     C = -(1/n) Σ ln softmax(z)_y,  δ = (softmax(z) - onehot(y)) / n."""
 
     def forward(self, z, target) -> float:
-        labels = self._check(z, target, allow_dense=False)
-        xp = backend.xp_of(z)
-        logp = log_softmax(z)
-        self._logp, self._labels = logp, labels
-        return float(-logp[xp.arange(z.shape[0]), labels].sum() / z.shape[0])
+        fast = cpu.loglikelihood(z, target)             # the same in one compiled pass, each label checked on the way
+        if fast is not None:
+            loss, p_minus_y, bad = fast
+            if bad >= 0:
+                raise self._out_of_range(int(target[bad]), z.shape[1])
+        else:
+            labels = self._check(z, target, allow_dense=False)
+            xp = backend.xp_of(z)
+            rows = xp.arange(z.shape[0])
+            logp = log_softmax(z)
+            loss = -logp[rows, labels].sum()
+            p_minus_y = xp.exp(logp)                        # becomes softmax(z) - onehot(y)
+            p_minus_y[rows, labels] -= 1
+        self._p_minus_y, self._n = p_minus_y, z.shape[0]
+        return float(loss / self._n)
 
     def backward(self):
-        xp = backend.xp_of(self._logp)
-        n = self._logp.shape[0]
-        delta = xp.exp(self._logp)
-        delta[xp.arange(n), self._labels] -= 1
-        return delta / n
+        return self._p_minus_y / self._n
 
     def activation(self, z):
         return backend.xp_of(z).exp(log_softmax(z))

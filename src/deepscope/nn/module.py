@@ -100,13 +100,13 @@ class Module:
 
     # -- registration ------------------------------------------------------------------------------
     def __setattr__(self, key, value):
-        if key in self.__dict__.get("_buffers", ()):
-            self.__dict__["_buffers"][key] = value
-        elif isinstance(value, (Parameter, Module)):
+        if isinstance(value, (Parameter, Module)):
             if isinstance(value, Parameter):
                 self.__dict__["_parameters"][key] = value
             elif "_modules" in self.__dict__:
                 self.__dict__["_modules"][key] = value
+        elif key in self.__dict__.get("_buffers", ()):
+            self.__dict__["_buffers"][key] = value
         object.__setattr__(self, key, value)
 
     def register_buffer(self, name: str, value) -> None:
@@ -358,7 +358,7 @@ def _public_backward(layer_backward):
             return layer_backward(self, grad_output, *args, **kwargs)   # the subclass's wrapper does the rest
         if self._needs_input_grad:
             grad_input = layer_backward(self, grad_output, *args, **kwargs)
-        elif self.has_parameters():
+        elif self._parameters or self.has_parameters():
             layer_backward(self, grad_output, *args, **kwargs)   # accumulates Parameter.grad
             grad_input = None
         else:
