@@ -150,6 +150,19 @@ def test_activation_with_mismatched_layouts_takes_the_reference_path(threads):
     np.testing.assert_allclose(s.backward(g), expect, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("channel_major", [False, True])
+def test_flatten_hands_back_the_gradient_in_the_inputs_memory_order(channel_major):
+    """So that the activation and pooling below a Flatten read δ in their own layout (the fast paths)."""
+    rng = np.random.default_rng(12)
+    x = _layout(rng.standard_normal((4, 3, 5, 5)).astype(np.float32), channel_major)
+    g = rng.standard_normal((4, 75)).astype(np.float32)
+    f = nn.Flatten()
+    np.testing.assert_array_equal(f(x), x.reshape(4, 75))
+    dx = f.backward(g)
+    np.testing.assert_array_equal(dx, g.reshape(4, 3, 5, 5))
+    assert dx.strides == x.strides
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("scale_at_test", [False, True])
 def test_dropout_fast_path_draws_the_same_mask(threads, dtype, scale_at_test):

@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit
 
 _jit = njit(cache=True, nogil=True, fastmath=False, boundscheck=False,
-            error_model="numpy")   # IEEE division (x/0 = inf, as NumPy), no Python check: loops with a division vectorise
+            error_model="numpy")   # IEEE x/0 (as NumPy), no Python check: loops with a division vectorise
 
 
 # -- convolution --------------------------------------------------------------------------------------

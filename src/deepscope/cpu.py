@@ -293,7 +293,8 @@ COLUMN_BYTES_PER_CHUNK = 1 << 20
 
 
 def _conv_plan(x, weight, stride, padding):
-    """Sizes, and the mini-batch cut into chunks of images whose columns fit in ``COLUMN_BYTES_PER_CHUNK``.
+    """Sizes, and the mini-batch cut into near-equal chunks of images whose columns fit in
+    ``COLUMN_BYTES_PER_CHUNK``, an even number of them (if more than one).
     The chunks do not depend on the thread count (so neither do the results: partial sums are added in
     chunk order); the threads take whole chunks, at least ``min_chunks`` each."""
     n, c, h, w = x.shape
@@ -302,8 +303,10 @@ def _conv_plan(x, weight, stride, padding):
     ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
     per_image = c * kh * kw * ho * wo
     size = max(1, COLUMN_BYTES_PER_CHUNK // (per_image * x.itemsize))
-    chunks = [(a, min(n, a + size)) for a in range(0, n, size)]
-    min_chunks = max(1, -(-MACS_PER_SHARD // (o * per_image * size)))
+    count = max(1, -(-n // size))
+    count += count % 2 if count > 1 else 0          # an even count of near-equal chunks: two threads share evenly
+    chunks = split(n, count)
+    min_chunks = max(1, -(-MACS_PER_SHARD // (o * per_image * -(-n // count))))
     return n, c, o, kh, kw, ho, wo, chunks, min_chunks
 
 

@@ -11,7 +11,7 @@ where δ = ∂C/∂z is the gradient that arrives from above, one row per exampl
 """
 from __future__ import annotations
 
-from .. import cpu
+from .. import backend, cpu
 from . import init as _init
 from .module import Module, Parameter
 
@@ -83,10 +83,22 @@ class Flatten(Module):
         if x.ndim < 1:
             raise self.shape_error("(N, *)", x.shape)
         self._shape = x.shape
+        # the input's axes from the outermost in memory (None: row-major), e.g. (1, 0, 2, 3) for a conv's output
+        self._memory_order = None if x.flags.c_contiguous else \
+            tuple(sorted(range(x.ndim), key=lambda i: -x.strides[i]))
         return x.reshape(x.shape[0], -1)
 
     def backward(self, grad_output):
-        return grad_output.reshape(self._shape)
+        grad_input = grad_output.reshape(self._shape)
+        if self._memory_order is None:
+            return grad_input
+        # ∂C/∂x laid out in memory as x was, so that the layers below read it in the order they wrote their outputs
+        xp = backend.xp_of(grad_output)
+        order = self._memory_order
+        out = xp.empty([self._shape[i] for i in order], dtype=grad_output.dtype)
+        out = out.transpose([order.index(i) for i in range(len(order))])          # x's shape, x's memory order
+        out[...] = grad_input
+        return out
 
     def extra_repr(self) -> str:
         return ""
