@@ -186,6 +186,11 @@ def test_matmul_splits_rows_or_columns_and_equals_numpy(threads, shape):
     a, b = rng.standard_normal((m, k)), rng.standard_normal((k, n))
     np.testing.assert_allclose(cpu.matmul(a, b), a @ b, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(cpu.matmul(b.T, a.T), b.T @ a.T, rtol=1e-12, atol=1e-12)   # transposed views
+    for x, y in ((a, b), (b.T, a.T)):                    # accumulating: add_to += x @ y, block by block
+        acc = rng.standard_normal((x.shape[0], y.shape[1]))
+        expect = acc + x @ y
+        assert cpu.matmul(x, y, add_to=acc) is acc
+        np.testing.assert_allclose(acc, expect, rtol=1e-12, atol=1e-12)
     a32, b32 = a.astype(np.float32), b.astype(np.float32)
     assert cpu.matmul(a32, b32).dtype == np.float32
     exact = a32.astype(np.float64) @ b32                 # float32: as close to the exact product as NumPy's own

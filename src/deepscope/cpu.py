@@ -255,34 +255,38 @@ MACS_PER_SHARD = 2_000_000      # below this a GEMM block is not worth a thread 
 GEMM_BLOCKS = 4                 # the most blocks a GEMM is cut into
 
 
-def matmul(a, b):
-    """``a @ b`` for 2-D arrays: a large product in 2 or 4 blocks (each at least ``MACS_PER_SHARD`` multiply-adds)
-    that the threads share: rows of ``a`` when ``a`` is the larger operand, else columns of ``b``, so that each
-    block repacks only its share of the larger operand and runs almost as fast as one call (8 thin row blocks
-    had cost up to 1.8x one call on a single thread). The blocks depend on the sizes, not on the thread count,
-    so neither does the result."""
+def matmul(a, b, add_to=None):
+    """``a @ b`` for 2-D arrays (with ``add_to``: ``add_to += a @ b``, returning ``add_to``): a large product in 2 or
+    4 blocks (each at least ``MACS_PER_SHARD`` multiply-adds) that the threads share: rows of ``a`` when ``a`` is
+    the larger operand, else columns of ``b``, so that each block repacks only its share of the larger operand and
+    runs almost as fast as one call (8 thin row blocks had cost up to 1.8x one call on a single thread); each
+    thread adds its block into ``add_to`` while the block is in its cache. The blocks depend on the sizes, not on
+    the thread count, so neither does the result."""
     m, k = a.shape
     n = b.shape[1]
     blocks = 1
     while blocks < GEMM_BLOCKS and m * k * n >= 2 * blocks * MACS_PER_SHARD:
         blocks *= 2
-    if blocks == 1 or not fast(a, b):
+    if blocks == 1 or not fast(a, b) or (add_to is not None and type(add_to) is not numpy.ndarray):
         if m < n <= k and type(a) is numpy.ndarray:     # a few rows of inputs by a tall weight (x Wᵀ at small m):
-            return numpy.ascontiguousarray((b.T @ a.T).T)  # OpenBLAS is ~25% faster on the transposed product
-        return a @ b
-    out = numpy.empty((m, n), dtype=numpy.result_type(a, b))
-    if a.size >= b.size:
-        cuts = split(m, blocks)
+            out = numpy.ascontiguousarray((b.T @ a.T).T)  # OpenBLAS is ~25% faster on the transposed product
+        else:
+            out = a @ b
+        if add_to is None:
+            return out
+        add_to += out
+        return add_to
+    out = numpy.empty((m, n), dtype=numpy.result_type(a, b)) if add_to is None else add_to
+    by_rows = a.size >= b.size
+    cuts = split(m if by_rows else n, blocks)
 
-        def shard(s, e):
-            for lo, hi in cuts[s:e]:
-                numpy.matmul(a[lo:hi], b, out=out[lo:hi])                 # rows lo:hi of a @ b
-    else:
-        cuts = split(n, blocks)
-
-        def shard(s, e):
-            for lo, hi in cuts[s:e]:
-                numpy.matmul(a, b[:, lo:hi], out=out[:, lo:hi])           # columns lo:hi of a @ b
+    def shard(s, e):
+        for lo, hi in cuts[s:e]:
+            rows, cols = (slice(lo, hi), slice(None)) if by_rows else (slice(None), slice(lo, hi))
+            if add_to is None:
+                numpy.matmul(a[rows], b[:, cols], out=out[rows, cols])     # one block of a @ b
+            else:
+                out[rows, cols] += a[rows] @ b[:, cols]
 
     parallel(shard, len(cuts))
     return out

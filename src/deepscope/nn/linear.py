@@ -60,7 +60,7 @@ class Linear(Module):
 
     def backward(self, grad_output):
         delta = grad_output if grad_output.ndim == 2 else grad_output.reshape(-1, self.out_features)
-        self.weight.grad += cpu.matmul(delta.T, self._x)         # BP4
+        cpu.matmul(delta.T, self._x, add_to=self.weight.grad)    # BP4: W.grad += δᵀ a
         if self.bias is not None:
             self.bias.grad += delta.sum(axis=0)                  # BP3
         if not self.needs_input_grad:                            # the first layer: nobody reads ∂C/∂x
