@@ -232,8 +232,8 @@ def elementwise(kernel, like, *arrays, out_dtypes=(None,)):
     then takes its reference path). Work under two shards' worth is one direct kernel call."""
     outs = [numpy.empty_like(like, dtype=d) for d in out_dtypes]
     every = (*arrays, *outs)
-    if all(a.flags.c_contiguous and a.shape == like.shape for a in every):   # the common case: row-major blocks
-        flats = [a.reshape(-1) for a in every]
+    if like.flags.c_contiguous and all(a.flags.c_contiguous and a.shape == like.shape for a in arrays):
+        flats = [a.reshape(-1) for a in every]                  # the common case: row-major (so are the outputs)
     else:
         strides = _element_strides(like)
         if any(a.shape != like.shape or _element_strides(a) != strides or min(a.strides, default=0) < 0
@@ -464,8 +464,8 @@ def sumpool2d_backward(grad_output, x_like, kernel, stride, times_x=False):
 
 
 # -- activations and dropout: one pass over flat shards ------------------------------------------------
-def _same_float(*arrays) -> bool:
-    return fast(*arrays) and all(a.dtype == arrays[0].dtype for a in arrays)
+def _same_float(first, *others) -> bool:
+    return fast(first, *others) and all(a.dtype == first.dtype for a in others)
 
 
 def sigmoid(z):
