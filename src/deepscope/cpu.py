@@ -430,18 +430,19 @@ def maxpool2d_forward(x, kernel, stride):
     return _unplanes(out, order, *x.shape[:2]), (arg, order)
 
 
-def maxpool2d_backward(grad_output, arg, x_like, kernel, stride):
-    """∂C/∂x: each window's gradient added at its first maximum (``arg`` from :func:`maxpool2d_forward`)."""
+def maxpool2d_backward(grad_output, arg, x_shape, kernel, stride):
+    """∂C/∂x (x of shape ``x_shape``): each window's gradient added at its first maximum (``arg`` from
+    :func:`maxpool2d_forward`)."""
     k = kernels()
     arg, order = arg
     g, _ = _planes(grad_output, order)
     if kernel == (2, 2) and stride == (2, 2):
-        dx = numpy.empty((arg.shape[0],) + x_like.shape[2:], dtype=grad_output.dtype)
+        dx = numpy.empty((arg.shape[0],) + tuple(x_shape[2:]), dtype=grad_output.dtype)
         _pool_run(lambda s, e: k.maxpool2_backward(g[s:e], arg[s:e], dx[s:e]), dx)
     else:
-        dx = numpy.zeros((arg.shape[0],) + x_like.shape[2:], dtype=grad_output.dtype)
+        dx = numpy.zeros((arg.shape[0],) + tuple(x_shape[2:]), dtype=grad_output.dtype)
         _pool_run(lambda s, e: k.maxpool_backward(g[s:e], arg[s:e], dx[s:e], kernel[1], *stride), dx)
-    return _unplanes(dx, order, *x_like.shape[:2])
+    return _unplanes(dx, order, *x_shape[:2])
 
 
 def sumpool2d_forward(x, kernel, stride, squares=False):

@@ -117,14 +117,18 @@ class MaxPool2d(_Pool2d):
         self._arg = None
         if cpu.fast(x):   # the same max, one pass in the CPU's threads, remembering where it was
             out, self._arg = cpu.maxpool2d_forward(x, self.kernel_size, self.stride)
+            self._x = self._out = None          # backward needs only where the maxima were (less memory held)
+            self._dtype = x.dtype
         else:
             out = self._fold(x, lambda v: xp.copy(v, order="K"), lambda o, v: xp.maximum(o, v, out=o))
-        self._x, self._out = x, out
+            self._x, self._out = x, out
         return out
 
     def backward(self, grad_output):
-        if self._arg is not None and cpu.fast(grad_output):
-            return cpu.maxpool2d_backward(grad_output, self._arg, self._x, self.kernel_size, self.stride)
+        if self._arg is not None:
+            if not cpu.fast(grad_output):
+                grad_output = grad_output.astype(self._dtype)
+            return cpu.maxpool2d_backward(grad_output, self._arg, self._x_shape, self.kernel_size, self.stride)
         # Route each window's gradient to its first maximum (row-major offset order, as PyTorch does):
         # offset (l, m) takes it where x equals the window's maximum and no earlier offset took it.
         taken = None
