@@ -230,10 +230,11 @@ def _load_states(callbacks, states: dict) -> None:
 
 
 def _correct(out, y) -> int:
+    count = backend.xp_of(out).count_nonzero
     if out.ndim == 2 and y.ndim == 1:
-        return int((out.argmax(axis=1) == y).sum())
+        return int(count(out.argmax(axis=1) == y))
     if out.ndim == 2 and y.shape == out.shape:   # one-hot targets
-        return int((out.argmax(axis=1) == y.argmax(axis=1)).sum())
+        return int(count(out.argmax(axis=1) == y.argmax(axis=1)))
     return 0
 
 
