@@ -87,6 +87,22 @@ def test_conv2d_fast_path_equals_reference(threads, dtype, channel_major, kernel
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("channel_major", [False, True])
+@pytest.mark.parametrize("kernel,stride,padding", [((5, 5), (1, 1), (0, 0)), ((3, 2), (1, 2), (0, 1)), ((2, 2), (2, 2), (2, 2))])
+def test_im2col_kernel_copies_every_receptive_field_exactly(dtype, channel_major, kernel, stride, padding):
+    """cpu._columns (the compiled copy) against the NumPy copy of the strided view of x̃ it replaced."""
+    x = _layout(np.random.default_rng(13).standard_normal((5, 3, 9, 8)).astype(dtype), channel_major)
+    xc = x.transpose(1, 0, 2, 3)
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    xpad = np.pad(xc[:, 1:4], ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    c, n, h, w = xpad.shape
+    ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+    s_c, s_n, s_h, s_w = xpad.strides
+    expect = np.lib.stride_tricks.as_strided(xpad, (c, kh, kw, n, ho, wo), (s_c, s_h, s_w, s_n, s_h * sh, s_w * sw))
+    np.testing.assert_array_equal(cpu._columns(xc, kh, kw, stride, padding, 1, 4), expect)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("channel_major", [False, True])
 @pytest.mark.parametrize("pool", [nn.MaxPool2d, nn.AvgPool2d, nn.L2Pool2d])
 @pytest.mark.parametrize("kernel,stride", [(2, None), (3, 2), ((2, 3), (1, 2))])
 @pytest.mark.parametrize("size", [(9, 10), (8, 7)])

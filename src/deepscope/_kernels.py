@@ -38,6 +38,25 @@ def col2im(dcols, dx, sh, sw):
                                 row[k * sw + m] += add[k]
 
 
+@_jit
+def im2col(x, cols, sh, sw):
+    """cols[c, l, m, n, j, k] = x[c, n, s·j + l, s·k + m]: every receptive field of x (C, N, H, W) as a column."""
+    c_, kh, kw, n_, ho, wo = cols.shape
+    for c in range(c_):
+        for l in range(kh):
+            for m in range(kw):
+                for n in range(n_):
+                    plane, dst = x[c, n], cols[c, l, m, n]
+                    for j in range(ho):
+                        row, out = plane[j * sh + l], dst[j]
+                        if sw == 1:
+                            for k in range(wo):
+                                out[k] = row[k + m]
+                        else:
+                            for k in range(wo):
+                                out[k] = row[k * sw + m]
+
+
 # -- pooling, on planes (P, H, W): P = N·C in memory order ---------------------------------------------
 @_jit
 def maxpool_forward(x, out, arg, kh, kw, sh, sw):
