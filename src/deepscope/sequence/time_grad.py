@@ -71,9 +71,11 @@ def run_time(data, names=("rnn", "lstm", "gru"), hidden: int = 128, batch: int =
         opt = optim.Adam(model.parameters(), lr=lr, clip_norm=1.0)
         cost = nn.LogLikelihoodCost()
         rng = np.random.default_rng(seed)
+        model.needs_input_grad = False     # the rows are data: no ∂C/∂x while training (as fit does)
         for _ in range(train_steps):
             idx = rng.integers(0, len(X), batch)
             step(model, cost, opt, X[idx], y[idx])
+        model.needs_input_grad = True
         trained = state_gradient_norms(model, *probe)
         sat_trained = gate_saturation(model[0])
         model.eval()
