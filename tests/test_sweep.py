@@ -386,3 +386,16 @@ def test_book_settings_that_network3_cannot_take_are_one_line(capsys, tmp_path):
     assert main(["book", "ch6", "baseline", "--quirks", "--momentum", "0.9", "--out", str(tmp_path / "r")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--momentum and --init need deepscope's training" in err
+
+
+@needs_ray
+def test_without_address_ray_starts_here_whatever_ray_address_or_a_stale_cluster_file_names(monkeypatch):
+    import ray
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")   # nothing listens there (as a dead cluster in /tmp/ray)
+    before = {p.pid for p in _children()}
+    sweep._start_ray(None, 1)
+    try:
+        assert ray.is_initialized() and ray.cluster_resources()["CPU"] >= 1
+    finally:
+        ray.shutdown()
+    _assert_nothing_left(before)

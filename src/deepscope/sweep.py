@@ -579,7 +579,9 @@ def _start_ray(address: str | None, workers: int | None) -> None:
         kwargs.update(num_cpus=cpus, object_store_memory=80 * 2**20)   # trials share files, not objects
     try:
         with contextlib.redirect_stderr(_stdio.StringIO()):
-            ray.init(address=address, **kwargs)
+            # "local": a new Ray in this process, never a cluster that $RAY_ADDRESS or a stale
+            # /tmp/ray/ray_current_cluster names (a dead one there made every sweep fail)
+            ray.init(address=address or "local", **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ConfigError(f"cannot reach a Ray cluster at {address}: {str(e).splitlines()[0]}") from None
 
