@@ -9,7 +9,8 @@ that ``evaluate``, ``show`` and ``report`` read like any other. The trials come 
 Ray runs embedded in this process by default (one worker per core, one BLAS thread per trial) or joins a
 running cluster given its address; Tune places the trials, restarts one whose worker died (it continues from
 the run's last checkpoint, through the command's ``--resume``) and, with ASHA, stops the weak ones early
-from the per-epoch lines of their metrics.
+from the per-epoch lines of their metrics. With one worker and no cluster (or without Ray installed) the
+trials run one after another in this process instead: the same folder and table, without Ray's start-up.
 
 The sweep folder::
 
@@ -18,6 +19,7 @@ The sweep folder::
     trials.csv      time, the Ray node that ran it; rewritten as each trial ends (Ctrl-C keeps them)
     sweep.png       the metric against the swept options, mean and band over seeds
     logs/TRIAL.log  what the trial's command printed
+    logs/TRIAL.seconds.json   the seconds of each attempt at the trial (the table's seconds are their sum)
     TRIAL/          the trial's run folder
     .tune/          Ray Tune's own bookkeeping
 
