@@ -375,7 +375,7 @@ def test_the_ensemble_trains_its_nets_as_trials_with_the_settings_given_and_vote
     command = " ".join(vote["command"])
     assert "-m 20 --lr 0.01 --lmbda 0.0 --momentum 0.9 --init he" in command and "--expand" not in command
     assert vote["changed"] == {"eta": 0.01, "mini_batch_size": 20, "momentum": 0.9, "init": "he", "expanded": False}
-    assert "μ=0.9" in vote["settings"] and "1 epochs" in vote["settings"] and f"{vote['vote']:.2f}%" in said
+    assert "μ=0.9" in vote["settings"] and "1 epoch," in vote["settings"] and f"{vote['vote']:.2f}%" in said
     X, y = mnist_module.load_mnist(data_dir=mnist_sample).test
     predictions = [ch6._predict(Run.open(out / f"seed-{k}").load_model(), X) for k in range(2)]
     assert vote["members"] == [pytest.approx(100 * (p == y).mean()) for p in predictions]

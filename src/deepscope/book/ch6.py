@@ -98,7 +98,7 @@ class Rung:
         return layers
 
     def settings(self) -> str:
-        bits = [f"{self.epochs} epochs", f"m={self.mini_batch_size}", f"η={self.eta:g}"]
+        bits = [f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}", f"m={self.mini_batch_size}", f"η={self.eta:g}"]
         if self.lmbda:
             bits.append(f"λ={self.lmbda:g}")
         if self.momentum:
@@ -106,7 +106,7 @@ class Rung:
         if self.init != "book":
             bits.append(f"init {self.init}")
         if self.expanded:
-            bits.append("expanded data")
+            bits.append("expanded data (250,000 images)")
         if self.runs > 1:
             bits.append(f"{self.runs} nets")
         return ", ".join(bits)

@@ -120,7 +120,7 @@ def _ensemble_by_sweep(args) -> int:
     print("members' test accuracy: " + ", ".join(f"{a:.2f}%" for a in r["members"]))
     book = ch6.get_rung("ensemble")
     print(f"ensemble (plurality vote of {len(r['members'])} nets): {r['vote']:.2f}% (book: {r['book']:.2f}% with "
-          f"{book.settings()}, on the expanded 250,000 images; here: {r['settings']}"
+          f"{book.settings()}; here: {r['settings']}"
           f"{f', on the first {args.train_size:,} images' if args.train_size else ''})")
     print(f"saved to {r['sweep']} (vote.json, trials.csv, one run folder per net)")
     return 0
