@@ -57,6 +57,17 @@ class Loss:
     def _out_of_range(self, label: int, k: int) -> DataError:
         return DataError(f"{type(self).__name__}: label {label} is out of range for {k} classes (0..{k - 1})")
 
+    def _compiled(self, kernel, z, target):
+        """The cost and (output - y) in one compiled pass of ``kernel`` (``cpu.crossentropy`` or
+        ``cpu.loglikelihood``), each label checked on the way; None where no kernel applies (the NumPy lines run)."""
+        fast = kernel(z, target)
+        if fast is None:
+            return None
+        loss, out_minus_y, bad = fast
+        if bad >= 0:
+            raise self._out_of_range(int(target[bad]), z.shape[1])
+        return loss, out_minus_y
+
     @staticmethod
     def _onehot(labels, k, dtype):
         xp = backend.xp_of(labels)
@@ -98,11 +109,9 @@ class CrossEntropyCost(Loss):
     ``BCEWithLogitsLoss`` summed over outputs): C = (1/n) Σ Σ_j [softplus(z_j) - y_j z_j], δ = (σ(z) - y)/n."""
 
     def forward(self, z, target) -> float:
-        fast = cpu.crossentropy(z, target)              # the same in one compiled pass, each label checked on the way
+        fast = self._compiled(cpu.crossentropy, z, target)     # the lines below in one compiled pass
         if fast is not None:
-            loss, a_minus_y, bad = fast
-            if bad >= 0:
-                raise self._out_of_range(int(target[bad]), z.shape[1])
+            loss, a_minus_y = fast
         else:
             t = self._check(z, target, allow_dense=True)
             xp = backend.xp_of(z)
@@ -131,11 +140,9 @@ class LogLikelihoodCost(Loss):
     C = -(1/n) Σ ln softmax(z)_y,  δ = (softmax(z) - onehot(y)) / n."""
 
     def forward(self, z, target) -> float:
-        fast = cpu.loglikelihood(z, target)             # the same in one compiled pass, each label checked on the way
+        fast = self._compiled(cpu.loglikelihood, z, target)    # the lines below in one compiled pass
         if fast is not None:
-            loss, p_minus_y, bad = fast
-            if bad >= 0:
-                raise self._out_of_range(int(target[bad]), z.shape[1])
+            loss, p_minus_y = fast
         else:
             labels = self._check(z, target, allow_dense=False)
             xp = backend.xp_of(z)
