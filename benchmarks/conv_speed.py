@@ -14,7 +14,8 @@ For mini-batches of 10, 64 and 256 it measures
   * training images/s: forward, backward and one plain SGD step per mini-batch;
   * inference images/s: forward only, eval mode (``torch.inference_mode`` for PyTorch);
   * peak memory of one training step: the growth of the process's peak resident set (VmHWM, reset through
-    /proc/self/clear_refs) over two training steps, in a fresh subprocess per framework, net and batch size —
+    /proc/self/clear_refs) over two training steps after a warm-up step at mini-batch 2 (imports, compiled
+    kernels and first-call set-up are not a step's memory), in a fresh subprocess per framework, net and batch size —
     the same yardstick for both (tracemalloc cannot see PyTorch's allocations). For deepscope it also reports
     the tracemalloc peak (NumPy reports its array allocations to tracemalloc) of one step;
   * the machine's float32 GEMM peak (a 2048³ NumPy matmul, median of repeats, in the same run) and the
@@ -37,6 +38,8 @@ thread each gave stable numbers. Input images are uniform random numbers (speed 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import os
 import platform
@@ -212,13 +215,21 @@ def _vm(field):
 
 
 def memory_child(framework, name, batch):
-    """Run in a subprocess: print peak-RSS growth over two training steps (and deepscope's tracemalloc peak)."""
+    """Run in a subprocess: print peak-RSS growth over two training steps (and deepscope's tracemalloc peak),
+    after a warm-up step at mini-batch 2 and ``malloc_trim``: imports, compiled kernels and first-call set-up are
+    not a step's memory (as ``cpu_speed.memory`` measures it)."""
     if framework == "pytorch":
         import torch
         torch.set_num_threads(THREADS)
-        r = TorchRunner(name, batch)
+        make = TorchRunner
     else:
-        r = DeepscopeRunner(name, batch)
+        make = DeepscopeRunner
+    warm = make(name, 2)
+    warm.train_step()
+    r = make(name, batch)
+    del warm
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)   # hand freed heap back, so the peak below is the step's own
     result = {}
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")                      # reset VmHWM (peak RSS) to the current RSS
