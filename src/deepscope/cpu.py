@@ -152,18 +152,19 @@ def split(n: int, parts: int) -> list:
     return [(n * i // parts, n * (i + 1) // parts) for i in range(parts)]
 
 
-def one_shard(n: int, min_per_shard: int) -> bool:
-    """Whether work of size ``n`` is one shard (one thread, or too small to share): then call it directly."""
-    return n < 2 * min_per_shard or get_num_threads() == 1
+def one_shard(n: int, min_per_shard: int = 1) -> bool:
+    """Whether work of size ``n`` is one shard (one thread, or too small to share): :func:`parallel` then makes
+    one call; a caller on a hot path may call its kernel directly instead."""
+    return n < 2 * max(1, min_per_shard) or get_num_threads() == 1
 
 
 def parallel(fn, n: int, min_per_shard: int = 1) -> list:
     """``[fn(start, stop) for (start, stop) in split(n, k)]`` with the k shards run at once on the pool, k ≤
     the thread count and every shard at least ``min_per_shard`` long (smaller work runs in one call)."""
     global _pool
-    k = min(get_num_threads(), max(1, n // max(1, min_per_shard)))
-    if k <= 1 or getattr(_local, "busy", False) or not _lock.acquire(blocking=False):
+    if one_shard(n, min_per_shard) or getattr(_local, "busy", False) or not _lock.acquire(blocking=False):
         return [fn(0, n)]
+    k = min(get_num_threads(), n // max(1, min_per_shard))
     try:
         _local.busy = True
         if _pool is None:

@@ -226,10 +226,14 @@ class SweepFolder:
     def log_path(self, trial: Trial) -> Path:
         return self.path / "logs" / f"{trial.name}.log"
 
+    def ordered_rows(self) -> list[dict]:
+        """The rows of the trials that have one, in the trials' order."""
+        return [self.rows[t.name] for t in self.trials if t.name in self.rows]
+
     def record(self, row: dict) -> None:
         """Add (or replace) a trial's row and rewrite the tables at once, atomically."""
         self.rows[row["trial"]] = row
-        ordered = [self.rows[t.name] for t in self.trials if t.name in self.rows]
+        ordered = self.ordered_rows()
         files.write_json(self.path / "trials.json", ordered)
         columns = ["trial"] + self.keys + ["seed", "status", "best_epoch", "val_acc", "test_acc", "seconds",
                                            "attempts", "resumed_after_epoch", "node_id", "error"]
@@ -480,7 +484,7 @@ def run(folder: SweepFolder, main, *, address: str | None = None, workers: int |
     if longest_first is not None:
         todo = sorted(todo, key=longest_first, reverse=True)     # stable: equal costs keep their order
     if not todo:
-        return SweepResult([folder.rows[t.name] for t in folder.trials if t.name in folder.rows], 0, False, 0.0)
+        return SweepResult(folder.ordered_rows(), 0, False, 0.0)
     bar = tqdm(total=len(todo), desc="trials", unit="trial", disable=not progress, dynamic_ncols=True)
     try:
         if in_process(address, workers, scheduler):
@@ -515,7 +519,7 @@ def _run_here(folder: SweepFolder, main, todo: list[Trial], bar) -> SweepResult:
             result = attempt.row(exit_code, None)
             folder.record(_row(trial, _status(result), result))
         bar.update(1)
-    rows = [folder.rows[t.name] for t in folder.trials if t.name in folder.rows]
+    rows = folder.ordered_rows()
     return SweepResult(rows, len(todo), interrupted, time.perf_counter() - t0)
 
 
@@ -560,7 +564,7 @@ def _run_on_ray(folder: SweepFolder, main, todo: list[Trial], bar, *, address, w
         tune_log.setLevel(level)
         if started:
             ray.shutdown()
-    rows = [folder.rows[t.name] for t in folder.trials if t.name in folder.rows]
+    rows = folder.ordered_rows()
     return SweepResult(rows, len(todo), interrupted, time.perf_counter() - t0)
 
 

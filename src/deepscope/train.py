@@ -145,10 +145,9 @@ def fit(model, cost, optimizer, train, epochs: int, batch_size: int, validation=
     flags = {m: m.needs_input_grad for m in model.modules()}
     model.needs_input_grad = False
     stopped = None
-    count = epoch = 0
     before_step, on_step, on_batch_end = (_hooks(callbacks, h) for h in ("on_before_step", "on_step", "on_batch_end"))
 
-    def before_update(loss):
+    def before_update(loss):                       # (count and epoch: the loop's, below)
         if not math.isfinite(loss):
             raise NonFiniteError(nonfinite_cost(loss, model, f"epoch {epoch}, step {count}"))
         for hook in before_step:

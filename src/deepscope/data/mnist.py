@@ -251,7 +251,7 @@ def write_sample_folder(folder) -> Path:
             target = folder / f"{name}-{kind}.gz"
             if target.exists():
                 raise DataError(f"{target} exists; write the sample into an empty folder")
-            target.write_bytes((SAMPLE_DIR / f"{split}-{kind}.gz").read_bytes())
+            files.atomic_write(target, (SAMPLE_DIR / f"{split}-{kind}.gz").read_bytes())
     return folder
 
 

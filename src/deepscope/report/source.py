@@ -157,7 +157,7 @@ def _sweep(path: Path):
     """A sweep folder (``deepscope sweep``): its settings, its trials as flat dicts (an option ``lr`` becomes
     the column ``options.lr``) and the trials' own runs."""
     folder = SweepFolder.open(path)
-    trials = [_flat(folder.rows[t.name]) for t in folder.trials if t.name in folder.rows]
+    trials = [_flat(row) for row in folder.ordered_rows()]
     config = {"trial command": shlex.join(["deepscope", *folder.command]), "options": folder.keys,
               "trials": len(folder.trials), "metric": "val_acc"}
     runs = [open_run(folder.run_dir(t)) for t in folder.trials
