@@ -1,6 +1,6 @@
 """Recurrent-net training speed: deepscope vs PyTorch, same model, same optimizer, same data, same threads.
 
-    python benchmarks/rnn_speed.py [--cells rnn,lstm,gru] [--threads 1,2] [--repeats 5] [--blas-core SkylakeX]
+    python benchmarks/rnn_speed.py [--cells rnn,lstm,gru] [--threads 1,2] [--repeats 5] [--blas-core auto|SkylakeX]
 
 For each cell C (RNN tanh, LSTM, GRU):
 1. Row-by-row MNIST: C(28, 128) -> last step -> Linear(128, 10), log-likelihood cost, Adam(1e-3) with global-norm
@@ -11,14 +11,17 @@ For each cell C (RNN tanh, LSTM, GRU):
 Each repeat times a block of steps of deepscope and then the same block of PyTorch (alternating, so that the load
 of a shared machine hits both alike); the table shows medians. Inputs are random arrays of the real shapes (speed
 does not depend on the values). Every thread count runs in the same process: ``deepscope.set_num_threads(n)``
-(deepscope's pool, BLAS at one thread per shard: a recurrent layer's loop over time has no shards, so it runs
-on one thread) and ``torch.set_num_threads(n)``. Writes ``benchmarks/results/rnn_speed.json``.
+(deepscope's pool, BLAS at one thread per shard: the LSTM and the GRU run 2 blocks of the batch through time on
+2 threads, the RNN's loop over time runs on one) and ``torch.set_num_threads(n)``. Writes ``benchmarks/results/rnn_speed.json``.
 
-The GEMMs are most of a recurrent layer's time, and NumPy's OpenBLAS picks its kernels from the CPU model: on
-this machine's AMD EPYC (Zen 5, AVX-512) it picks its AVX2 "Haswell" kernels. ``--blas-core SkylakeX`` sets
-``OPENBLAS_CORETYPE`` before NumPy loads OpenBLAS, so that it runs its AVX-512 kernels (the per-step GEMM of
-the char LM's LSTM ~1.3x faster, ∂C/∂W_hh ~1.8x); the table and the JSON name the kernels that ran. PyTorch
-(MKL, oneDNN) is not affected.
+The GEMMs are most of a recurrent layer's time, and NumPy's OpenBLAS picks its kernels from the CPU when it is
+loaded, unless ``OPENBLAS_CORETYPE`` names them. On this machine's AMD EPYC (Zen 5, AVX-512) OpenBLAS 0.3.31's own
+choice is its AVX-512 "SkylakeX" kernels, but the build machines of this project set ``OPENBLAS_CORETYPE=Haswell``
+(and ``OPENBLAS_L2_SIZE``) in the environment, for older OpenBLAS builds, so that a plain run gets the AVX2
+kernels (the LSTM's per-step GEMMs ~1.7x slower). ``--blas-core auto`` removes both variables before NumPy loads
+OpenBLAS (OpenBLAS's own choice, what a user's machine gets); ``--blas-core NAME`` sets ``OPENBLAS_CORETYPE=NAME``.
+The table and the JSON name the kernels that ran and the variables as they were. PyTorch (MKL, oneDNN) is not
+affected.
 """
 from __future__ import annotations
 
@@ -42,7 +45,11 @@ def _blas_core_from_argv(argv):
     return None
 
 
-if _blas_core_from_argv(sys.argv):
+OPENBLAS_ENV = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}   # as the run found them
+if _blas_core_from_argv(sys.argv) == "auto":
+    for _k in OPENBLAS_ENV:
+        os.environ.pop(_k, None)
+elif _blas_core_from_argv(sys.argv):
     os.environ["OPENBLAS_CORETYPE"] = _blas_core_from_argv(sys.argv)
 
 import numpy as np  # noqa: E402
@@ -69,7 +76,8 @@ def _args():
     p.add_argument("--lm-steps", type=int, default=4, help="training steps per timed block")
     p.add_argument("--out", default="rnn_speed.json", help="file name under benchmarks/results/")
     p.add_argument("--blas-core", default=None,
-                   help="OPENBLAS_CORETYPE for NumPy's OpenBLAS, e.g. SkylakeX (default: OpenBLAS's own choice)")
+                   help="auto: OpenBLAS's own choice of kernels (OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed); "
+                        "NAME: OPENBLAS_CORETYPE=NAME, e.g. SkylakeX (default: the environment's)")
     return p.parse_args()
 
 
@@ -187,7 +195,7 @@ def main():
     args = _args()
     blas = ", ".join(f"{i['internal_api']} {i['version']} {i.get('architecture')}" for i in threadpool_info()
                      if i["user_api"] == "blas")
-    print(f"NumPy's BLAS: {blas}")
+    print(f"NumPy's BLAS: {blas} (environment found: {OPENBLAS_ENV}, --blas-core {args.blas_core})")
     rows = []
     print(f"{'threads':>7s} {'benchmark':52s} {'unit':>9s} {'deepscope':>10s} {'torch':>10s} {'ratio':>6s} "
           f"{'cpu ratio':>9s}")
@@ -212,6 +220,7 @@ def main():
           "cpu ratio = in throughput per CPU second of the process")
     result = {"repeats": args.repeats, "numpy": np.__version__, "torch": torch.__version__,
               "python": sys.version.split()[0], "machine": platform.machine(), "cpus": os.cpu_count(), "blas": blas,
+              "openblas_env_found": OPENBLAS_ENV, "blas_core": args.blas_core,
               "load_average_at_end": os.getloadavg(), "rows": rows,
               "command": "python benchmarks/rnn_speed.py " + " ".join(sys.argv[1:])}
     path = write_json(args.out, result)

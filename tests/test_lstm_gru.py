@@ -81,8 +81,8 @@ def test_gradcheck_time_major_without_bias(cell):
     check_module(_Both(layer), rng.standard_normal((5, 2, 3)), *_hx(cell, rng, (4, 2, 4)), max_entries=60)
 
 
-def _parity(cell, layers, bidir, batch_first=True, bias=True):
-    I, H, N, T = 5, 6, 3, 7
+def _parity(cell, layers, bidir, batch_first=True, bias=True, N=3):
+    I, H, T = 5, 6, 7
     D = 2 if bidir else 1
     ours = _make(cell, input_size=I, hidden_size=H, num_layers=layers, bidirectional=bidir,
                  batch_first=batch_first, bias=bias)
@@ -133,6 +133,21 @@ def test_matches_pytorch(cell, layers, bidir):
 @pytest.mark.parametrize("cell", CELLS)
 def test_matches_pytorch_time_major_no_bias(cell):
     _parity(cell, 2, True, batch_first=False, bias=False)
+
+
+@needs_torch
+@pytest.mark.parametrize("cell", CELLS)
+def test_matches_pytorch_with_the_batch_in_blocks(cell):
+    """35 samples: the recurrence runs in two blocks of the batch (nn.recurrent._batch_blocks)."""
+    _parity(cell, 2, True, N=35)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_gradcheck_with_the_batch_in_blocks(cell):
+    layer = _make(cell, input_size=2, hidden_size=3, bidirectional=True)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((33, 3, 2))
+    check_module(_Both(layer), x, *_hx(cell, rng, (2, 33, 3)), max_entries=60)
 
 
 @needs_torch

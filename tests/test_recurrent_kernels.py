@@ -1,13 +1,16 @@
 """The recurrent cells' fast path (deepscope._kernels, the LSTM's and GRU's per-step loops): each kernel equals the
 plain NumPy expression of the cell's equations, and a whole layer (1-2 layers, uni/bidirectional, batch 1,
-initial states and final-state gradients) gives exactly the numbers of its NumPy reference (``cpu.reference()``),
-forward and backward, in float32 and float64. (The float64 finite-difference and PyTorch parity tests of
+initial states and final-state gradients, a batch cut into blocks) gives exactly the numbers of its NumPy
+reference (``cpu.reference()``), forward and backward, in float32 and float64; the blocks of the batch that the
+LSTM and the GRU run on the threads depend on the batch size alone, and so the numbers are the same at 1, 2 and
+3 threads. (The float64 finite-difference and PyTorch parity tests of
 tests/test_lstm_gru.py and tests/test_rnn.py run through the fast path too: it is the default.)"""
 import numpy as np
 import pytest
 
 import deepscope
 from deepscope import cpu, nn
+from deepscope.nn import recurrent
 
 pytestmark = pytest.mark.skipif(cpu.kernels() is None, reason="numba is not installed")
 K = cpu.kernels()
@@ -114,7 +117,8 @@ def _run_layer(layer, x, hx, g, g_fin):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("cell,N,layers,bidir,bias", [
     ("LSTM", 1, 1, False, True), ("LSTM", 3, 2, True, True), ("LSTM", 2, 2, False, False),
-    ("GRU", 1, 1, False, True), ("GRU", 3, 2, True, True), ("GRU", 2, 2, True, False)])
+    ("LSTM", 37, 2, True, True),                                   # 2 blocks of the batch (18 + 19 samples)
+    ("GRU", 1, 1, False, True), ("GRU", 3, 2, True, True), ("GRU", 2, 2, True, False), ("GRU", 37, 2, True, True)])
 def test_layer_fast_path_equals_reference(cell, N, layers, bidir, bias, dtype, monkeypatch):
     I, H, T = 5, 6, 7
     D = 2 if bidir else 1
@@ -133,11 +137,52 @@ def test_layer_fast_path_equals_reference(cell, N, layers, bidir, bias, dtype, m
         monkeypatch.setattr(K, name, lambda *a, _k=kernel, _n=name: calls.append(_n) or _k(*a))
     fast = [v.copy() for v in _run_layer(layer, x, hx, g, g_fin)]
     kinds = {"LSTM": 2, "GRU": 4}[cell]
-    assert len(set(calls)) == kinds and len(calls) == layers * D * T * kinds   # every step took the fast path
+    blocks = len(recurrent._batch_blocks(N))
+    steps = layers * D * T * kinds * blocks
+    assert len(set(calls)) == kinds and len(calls) == steps                     # every step took the fast path
     with cpu.reference():
         ref = _run_layer(layer, x, hx, g, g_fin)
-    assert len(calls) == layers * D * T * kinds                                 # and the reference did not
+    assert len(calls) == steps                                                  # and the reference did not
     assert len(fast) == len(ref)
     for a, b in zip(fast, ref):
         assert a.dtype == dtype
         np.testing.assert_array_equal(a, b)                                     # to the last bit
+
+
+def test_batch_blocks_depend_on_the_batch_size_alone():
+    for threads in (1, 2, 3):
+        deepscope.set_num_threads(threads)
+        assert recurrent._batch_blocks(1) == [(0, 1)]
+        assert recurrent._batch_blocks(2 * recurrent.BLOCK_ROWS - 1) == [(0, 2 * recurrent.BLOCK_ROWS - 1)]
+        assert recurrent._batch_blocks(32) == [(0, 16), (16, 32)]
+        assert recurrent._batch_blocks(65) == [(0, 32), (32, 65)]
+    deepscope.set_num_threads(cpu.default_num_threads())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_numbers_do_not_depend_on_the_thread_count(cell, dtype, monkeypatch):
+    """The blocks of the batch run on the threads (a spy on cpu.parallel), and 1, 2 and 3 threads give the same
+    numbers to the last bit: outputs, final states, ∂C/∂x, ∂C/∂h0 (∂C/∂c0), ∂C/∂h_t, the gates, every gradient."""
+    N, I, H, T, layers = 40, 5, 6, 9, 2
+    deepscope.manual_seed(3)
+    layer = getattr(nn, cell)(I, H, num_layers=layers, bidirectional=True).to(np.dtype(dtype).name)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((N, T, I)).astype(dtype)
+    states = [rng.standard_normal((2 * layers, N, H)).astype(dtype) for _ in range(2 if cell == "LSTM" else 1)]
+    g = rng.standard_normal((N, T, 2 * H)).astype(dtype)
+    g_fin = [rng.standard_normal(s.shape).astype(dtype) for s in states]
+    shards = []
+    parallel = cpu.parallel
+    monkeypatch.setattr(cpu, "parallel", lambda fn, n, *a: shards.append(n) or parallel(fn, n, *a))
+    results = {}
+    for threads in (1, 2, 3):
+        deepscope.set_num_threads(threads)
+        hx = tuple(states) if cell == "LSTM" else states[0]
+        results[threads] = [v.copy() for v in _run_layer(layer, x, hx, g, g_fin)]
+    deepscope.set_num_threads(cpu.default_num_threads())
+    assert shards == [2] * (3 * layers * 2 * 2)     # forward and backward, every layer and direction, each run
+    for threads in (2, 3):
+        assert len(results[threads]) == len(results[1])
+        for a, b in zip(results[threads], results[1]):
+            np.testing.assert_array_equal(a, b)

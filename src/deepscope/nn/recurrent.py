@@ -18,8 +18,15 @@ What the three share (:class:`Recurrent`):
   loop carries only ∂C/∂h_{t-1} (and the LSTM's ∂C/∂c_{t-1}).
 * Besides that GEMM a step is elementwise. For NumPy float32/float64 the LSTM's and GRU's elementwise lines
   between the GEMM and the tanh passes run as compiled loops (``deepscope._kernels``; an LSTM step is then 6
-  calls instead of 12 forward, 2 instead of 7 backward); the NumPy lines stay beside each call as the
+  calls instead of 12 forward, 3 instead of 7 backward); the NumPy lines stay beside each call as the
   reference (``cpu.reference()`` runs them, CuPy and float16 always do), with the same numbers to the last bit.
+* The LSTM holds a sample per column inside, as the book writes a layer (a_t = U x_t + W h_{t-1} + b with
+  x_t, h_{t-1} columns): the step's GEMM is W h_{t-1}, which OpenBLAS runs faster than the same product as
+  rows, h_{t-1} W^T (the char LM's (1024×256)·(256×32): 89 µs against 153 with its AVX-512 kernels).
+* Every sample's recurrence is its own, so the LSTM and the GRU cut a batch of 32 or more into 2 blocks and run
+  each through all T steps, forward and backward, on its own thread (``cpu.parallel``); the blocks' parameter
+  gradients are added in block order. The blocks depend on the batch size alone, never on the thread count,
+  so neither do the numbers (a GEMM's last bits depend on its shape).
 * PyTorch's names, layouts, gate order and initialisation (``weight_ih_l{k}[_reverse]`` of shape
   ``(G·H, I)``, ``weight_hh_l{k}[_reverse]`` ``(G·H, H)``, ``bias_ih_…``, ``bias_hh_…``; G = 1, 4, 3
   for RNN, LSTM, GRU), so a state dict moves between deepscope and ``torch.nn.RNN/LSTM/GRU`` unchanged.
@@ -87,6 +94,24 @@ def _sigmoid_from_tanh(a):
     a += 0.5
 
 
+BLOCK_ROWS = 16      # the fewest samples a block of the batch has (a GEMM with fewer columns runs much slower)
+MAX_BLOCKS = 2       # the most blocks a batch is cut into
+
+
+def _batch_blocks(N):
+    """The batch's samples cut into contiguous blocks, each run through all T steps on its own (every sample's
+    recurrence is independent of the others'): 2 blocks from 2·BLOCK_ROWS samples on, else 1. The blocks depend
+    on N alone, not on the thread count, and so do the numbers (a GEMM's last bits depend on its shape)."""
+    return cpu.split(N, min(MAX_BLOCKS, max(1, N // BLOCK_ROWS)))
+
+
+def _each_block(fn, count, threaded):
+    """``[fn(0), …, fn(count - 1)]``, the blocks shared by the CPU's threads when ``threaded``, else in turn."""
+    if not threaded:
+        return [fn(j) for j in range(count)]
+    return [r for part in cpu.parallel(lambda s, e: [fn(j) for j in range(s, e)], count) for r in part]
+
+
 class Recurrent(Module):
     """The machinery RNN, LSTM and GRU share: parameters, layers, directions, batch_first, initial and
     final states, stateful reading, and the loop over layers and directions in forward and backward.
@@ -118,6 +143,7 @@ class Recurrent(Module):
         self.init = init
         self._state = None
         self._grad_states_tm = self._grad_states = None
+        self._gate_parts = self._gates = None
         self._init_parameters()
 
     def _init_parameters(self):
@@ -195,7 +221,7 @@ class Recurrent(Module):
 
         # Cached for backward, per layer and direction (index k = layer*D + d): the input in that
         # direction's reading order as one (T*N, I_k) matrix, and what the cell keeps (``_run``'s cache).
-        self._seqs, self._caches, self.gates = [], [], []
+        self._seqs, self._caches, self._gate_parts, self._gates = [], [], [], None
         finals = [xp.empty((L * D, N, H), dtype=dtype) for _ in self.STATES]
         layer_in = xt
         for layer in range(L):
@@ -207,7 +233,7 @@ class Recurrent(Module):
                 cache, hs, last, gates = self._run(seq2, [s[k] for s in init], suffix)
                 self._seqs.append(seq2)
                 self._caches.append(cache)
-                self.gates.append(gates)
+                self._gate_parts.append(gates)
                 for f, v in zip(finals, last):
                     f[k] = v
                 outs.append(hs if d == 0 else hs[::-1])          # back in time order
@@ -258,13 +284,12 @@ class Recurrent(Module):
                 if grad_h_n is not None:
                     G[-1] += grad_h_n[k]                            # h_n is the last state read
                 grad_c = None if grad_c_n is None else grad_c_n[k]
-                d_in, g0 = self._bptt(G, grad_c, self._caches[k], self._seqs[k], suffix)
+                gx, g0 = self._bptt(G, grad_c, self._caches[k], self._seqs[k], suffix, need_dx)
                 for a, v in zip(grads0, g0):
                     a[k] = v
                 gs = G if d == 0 else G[::-1]                       # G now holds ∂C/∂h_t
                 self._grad_states_tm[k] = gs
                 if need_dx:
-                    gx = (d_in @ self._p("weight_ih", suffix).data).reshape(T, N, -1)   # ∂C/∂x_t = U^T δ_t
                     if grad_x is None:
                         grad_x = gx if d == 0 else xp.ascontiguousarray(gx[::-1])
                     else:
@@ -287,18 +312,44 @@ class Recurrent(Module):
                                  for g in self._grad_states_tm]
         return self._grad_states
 
+    @property
+    def gates(self):
+        """The gates' activations after forward, one dict {name: (T, N, H)} per layer and direction, in reading
+        order (made on first reading where the cell keeps them in another layout; None before any forward)."""
+        if self._gates is None and self._gate_parts is not None:
+            self._gates = [g() if callable(g) else g for g in self._gate_parts]
+        return self._gates
+
     # -- the cell (subclasses) ---------------------------------------------------------------------
     def _run(self, seq2, init, suffix):
         """One layer and direction forward. ``seq2`` holds x_1..x_T stacked as a (T*N, I) matrix, ``init``
         the initial states. Returns (cache for ``_bptt``, states h_1..h_T as (T, N, H), the final states,
-        the gates {name: (T, N, H)} in reading order)."""
+        the gates {name: (T, N, H)} in reading order, or a function that makes them)."""
         raise NotImplementedError
 
-    def _bptt(self, G, grad_c, cache, seq2, suffix):
+    def _bptt(self, G, grad_c, cache, seq2, suffix, need_dx):
         """One layer and direction backward. ``G`` (T, N, H) holds the gradient from above at every step and
-        is turned in place into ∂C/∂h_t. Accumulates the parameter gradients; returns ∂C/∂(U x_t) as a
-        (T*N, G*H) matrix (so ∂C/∂x = that @ U) and the gradients of the initial states."""
+        is turned in place into ∂C/∂h_t. Accumulates the parameter gradients; returns ∂C/∂x_t as (T, N, I)
+        (None unless ``need_dx``) and the gradients of the initial states."""
         raise NotImplementedError
+
+    def _input_grad(self, d_in, N, suffix, need_dx):
+        """∂C/∂x_t = U^T ∂C/∂(U x_t) for every step, (T, N, I), from the (T*N, G*H) matrix ``d_in``; None unless
+        ``need_dx``."""
+        if not need_dx:
+            return None
+        U = self._p("weight_ih", suffix).data
+        return (d_in @ U).reshape(-1, N, U.shape[1])
+
+    def _add_grads(self, suffix, parts):
+        """Adds each block's (∂C/∂W, ∂C/∂U, ∂C/∂b_ih, ∂C/∂b_hh) to the gradients, in block order (whichever thread
+        finished first)."""
+        for dW, dU, db_ih, db_hh in parts:
+            self._p("weight_hh", suffix).grad += dW
+            self._p("weight_ih", suffix).grad += dU
+            if self.bias:
+                self._p("bias_ih", suffix).grad += db_ih
+                self._p("bias_hh", suffix).grad += db_hh
 
     def _input_part(self, seq2, N, suffix, scale=None):
         """U x_t for every step as one GEMM, ``(T, N, G*H)``; ``scale`` (G*H,) multiplies U's rows."""
@@ -408,7 +459,7 @@ class RNN(Recurrent):
             _f(self.nonlinearity, net[t], S[t + 1])             # h_t = f(net_t)
         return S, S[1:], [S[-1]], {self.nonlinearity: S[1:]}
 
-    def _bptt(self, G, grad_c, S, seq2, suffix):
+    def _bptt(self, G, grad_c, S, seq2, suffix, need_dx):
         xp = backend.xp_of(G)
         T, N, H = G.shape
         w_ih, w_hh = self._p("weight_ih", suffix), self._p("weight_hh", suffix)
@@ -430,7 +481,7 @@ class RNN(Recurrent):
             db = d2.sum(axis=0)
             self._p("bias_ih", suffix).grad += db                  # Σ_t δ_t
             self._p("bias_hh", suffix).grad += db
-        return d2, [carry]                                         # ∂C/∂h0 = W^T δ_1
+        return self._input_grad(d2, N, suffix, need_dx), [carry]  # ∂C/∂x_t = U^T δ_t, ∂C/∂h0 = W^T δ_1
 
 
 class LSTM(Recurrent):
@@ -496,78 +547,139 @@ class LSTM(Recurrent):
         xp = backend.xp_of(seq2)
         h0, c0 = init
         N, H = h0.shape
-        s = self._scale(seq2.dtype)
-        A = self._input_part(seq2, N, suffix, s)                  # (U x_t) ⊙ s for every step: one GEMM
-        T = A.shape[0]
-        if self.bias:
-            A += (self._p("bias_ih", suffix).data + self._p("bias_hh", suffix).data) * s
-        Wt = xp.ascontiguousarray((self._p("weight_hh", suffix).data * s[:, None]).T)   # (H, 4H), see RNN
-        Hs = xp.empty((T + 1, N, H), dtype=A.dtype)
-        C = xp.empty((T + 1, N, H), dtype=A.dtype)
-        TC = xp.empty((T, N, H), dtype=A.dtype)
-        Hs[0], C[0] = h0, c0
-        buf = xp.empty((N, 4 * H), dtype=A.dtype)
-        tmp = xp.empty((N, H), dtype=A.dtype)
-        k = cpu.kernels() if cpu.fast(A, C) else None             # the fast path: NumPy float32/float64
+        T = seq2.shape[0] // N
+        s = self._scale(seq2.dtype)[:, None]
+        U = self._p("weight_ih", suffix).data * s                 # σ gates' rows halved (see _scale)
+        W = self._p("weight_hh", suffix).data * s
+        b = (self._p("bias_ih", suffix).data + self._p("bias_hh", suffix).data)[:, None] * s if self.bias else None
+        seq = seq2.reshape(T, N, -1)
+        hs, c_n = xp.empty((T, N, H), dtype=seq2.dtype), xp.empty((N, H), dtype=seq2.dtype)
+        k = cpu.kernels() if cpu.fast(seq2, h0, c0) else None     # the fast path: NumPy float32/float64
+        blocks = _batch_blocks(N)
+
+        def block(j):
+            lo, hi = blocks[j]
+            cache = self._run_block(seq[:, lo:hi], h0[lo:hi], c0[lo:hi], U, W, b, k)
+            hs[:, lo:hi] = cache[1][1:]                           # h_1..h_T
+            c_n[lo:hi] = cache[2][T].T
+            return cache
+
+        caches = _each_block(block, len(blocks), k is not None)
+
+        def gates():                                              # {gate: (T, N, H)}, from the blocks' A
+            out = {name: xp.empty((T, N, H), dtype=seq2.dtype) for name in "ifgo"}
+            for (lo, hi), cache in zip(blocks, caches):
+                A = cache[0].reshape(T, 4, H, hi - lo)
+                for q, name in enumerate("ifgo"):
+                    out[name][:, lo:hi] = A[:, q].transpose(0, 2, 1)
+            return out
+        return (blocks, caches), hs, [hs[-1], c_n], gates
+
+    def _run_block(self, x, h0, c0, U, W, b, k):
+        """Forward of one block of n samples, x ``(T, n, I)``, through all T steps. Inside, a sample is a column,
+        as in the book: a_t = U x_t + W h_{t-1} + b is ``(4H, n)``, the step's GEMM is W h_{t-1}, and no block
+        needs another's columns. Returns the cache: A, the gates [i; f; g; o] at every step, ``(T, 4H, n)``;
+        h_0..h_T as rows, ``(T+1, n, H)``; c_0..c_T, ``(T+1, H, n)``; tanh c_t, ``(T, H, n)``."""
+        xp = backend.xp_of(x)
+        T, n, _ = x.shape
+        H = h0.shape[1]
+        A = xp.matmul(U, x.transpose(0, 2, 1))                    # U x_t for every step (σ rows halved)
+        if b is not None:
+            A += b
+        Hs = xp.empty((T + 1, H, n), dtype=A.dtype)
+        C = xp.empty((T + 1, H, n), dtype=A.dtype)
+        TC = xp.empty((T, H, n), dtype=A.dtype)
+        Hs[0], C[0] = h0.T, c0.T
+        buf = xp.empty((4 * H, n), dtype=A.dtype)
+        tmp = xp.empty((H, n), dtype=A.dtype)
+        A1, C1 = A.reshape(T, 1, -1), C.reshape(T + 1, 1, -1)     # a step's gates, cells as one row (kernel)
         for t in range(T):
             a = A[t]
-            xp.matmul(Hs[t], Wt, out=buf)
-            a += buf                                              # a_t = U x_t + W h_{t-1} + b (σ rows halved)
+            xp.matmul(W, Hs[t], out=buf)
+            a += buf                                              # a_t = U x_t + W h_{t-1} + b
             xp.tanh(a, out=a)
             if k:                                                 # the next six lines in one pass
-                k.lstm_cell_forward(a, C[t], C[t + 1])
+                k.lstm_cell_forward(A1[t], C1[t], C1[t + 1])
             else:
-                _sigmoid_from_tanh(a[:, :2 * H])                  # i_t, f_t
-                _sigmoid_from_tanh(a[:, 3 * H:])                  # o_t        (g_t = tanh a_g already)
-                i, f, g = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H]
+                _sigmoid_from_tanh(a[:2 * H])                     # i_t, f_t
+                _sigmoid_from_tanh(a[3 * H:])                     # o_t        (g_t = tanh a_g already)
+                i, f, g = a[:H], a[H:2 * H], a[2 * H:3 * H]
                 xp.multiply(f, C[t], out=C[t + 1])
                 xp.multiply(i, g, out=tmp)
                 C[t + 1] += tmp                                   # c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t
             xp.tanh(C[t + 1], out=TC[t])
-            xp.multiply(a[:, 3 * H:], TC[t], out=Hs[t + 1])       # h_t = o_t ⊙ tanh c_t
-        gates = {"i": A[:, :, :H], "f": A[:, :, H:2 * H], "g": A[:, :, 2 * H:3 * H], "o": A[:, :, 3 * H:]}
-        return (A, Hs, C, TC), Hs[1:], [Hs[-1], C[-1]], gates
+            xp.multiply(a[3 * H:], TC[t], out=Hs[t + 1])          # h_t = o_t ⊙ tanh c_t
+        return A, xp.ascontiguousarray(Hs.transpose(0, 2, 1)), C, TC
 
-    def _bptt(self, G, grad_c, cache, seq2, suffix):
+    def _bptt(self, G, grad_c, cache, seq2, suffix, need_dx):
         xp = backend.xp_of(G)
-        A, Hs, C, TC = cache
+        blocks, caches = cache
         T, N, H = G.shape
-        W = self._p("weight_hh", suffix).data
-        dc_next = xp.zeros((N, H), dtype=A.dtype) if grad_c is None else grad_c.astype(A.dtype, copy=True)
-        carry = xp.empty((N, H), dtype=A.dtype)                    # W^T ∂C/∂a_{t+1}
-        dA = xp.empty((T, N, 4, H), dtype=A.dtype)
-        k = cpu.kernels() if cpu.fast(G, A, dc_next) else None
+        U, W = self._p("weight_ih", suffix).data, self._p("weight_hh", suffix).data
+        Wt = xp.ascontiguousarray(W.T)
+        seq = seq2.reshape(T, N, -1)
+        gx = xp.empty((T, N, U.shape[1]), dtype=G.dtype) if need_dx else None
+        grad_h0, grad_c0 = xp.empty((N, H), dtype=G.dtype), xp.empty((N, H), dtype=G.dtype)
+        k = cpu.kernels() if cpu.fast(G, seq2) else None
+
+        def block(j):
+            lo, hi = blocks[j]
+            n = hi - lo
+            dc = None if grad_c is None else grad_c[lo:hi]
+            dA, grad_h0[lo:hi], grad_c0[lo:hi] = self._bptt_block(G[:, lo:hi], dc, caches[j], Wt, k)
+            if need_dx:                                            # over all steps at once (dA: (4H, T·n)):
+                gx[:, lo:hi] = (dA.T @ U).reshape(T, n, -1)       # ∂C/∂x_t = U^T ∂C/∂a_t
+            db = dA.sum(axis=1)                                    # Σ_t ∂C/∂a_t
+            return (dA @ caches[j][1][:T].reshape(T * n, H),       # Σ_t ∂C/∂a_t h_{t-1}^T
+                    dA @ seq[:, lo:hi].reshape(T * n, -1), db, db)  # Σ_t ∂C/∂a_t x_t^T
+
+        self._add_grads(suffix, _each_block(block, len(blocks), k is not None))
+        return gx, [grad_h0, grad_c0]
+
+    def _bptt_block(self, G, grad_c, cache, Wt, k):
+        """Backward of one block. G ``(T, n, H)``, the gradient from above, is turned in place into ∂C/∂h_t;
+        ``grad_c`` ``(n, H)``: ∂C/∂c_T (None: 0). Returns ∂C/∂a_t at every step with the steps' columns side by
+        side, ``(4H, T·n)``, and ∂C/∂h0, ∂C/∂c0 ``(n, H)``."""
+        xp = backend.xp_of(G)
+        A, _, C, TC = cache
+        T, H, n = TC.shape
+        D = xp.ascontiguousarray(G.transpose(0, 2, 1))             # ∂C/∂h_t as (T, H, n): samples in columns
+        dc_next = xp.zeros((H, n), dtype=A.dtype)                  # ∂C/∂c_{t+1} ⊙ f_{t+1}
+        if grad_c is not None:
+            dc_next[...] = grad_c.T
+        carry = xp.empty((H, n), dtype=A.dtype)                    # W^T ∂C/∂a_{t+1}
         if k:                                                      # the reference below, one pass a step
+            dA, da = xp.empty((4 * H, T, n), dtype=A.dtype), xp.empty((4 * H, n), dtype=A.dtype)
+            D1, A1, C1, TC1 = (v.reshape(len(v), 1, -1) for v in (D, A, C, TC))   # a step's arrays as one row
+            carry1, dc1, da1 = (v.reshape(1, -1) for v in (carry, dc_next, da))      # each (the kernel's view)
             for t in reversed(range(T)):
-                k.lstm_cell_backward(G[t], carry, t < T - 1, A[t], C[t], TC[t], dc_next, dA[t].reshape(N, 4 * H))
-                xp.matmul(dA[t].reshape(N, 4 * H), W, out=carry)
+                k.lstm_cell_backward(D1[t], carry1, t < T - 1, A1[t], C1[t], TC1[t], dc1, da1)
+                xp.matmul(Wt, da, out=carry)
+                dA[:, t] = da
         else:
-            i, f, g, o = A[:, :, :H], A[:, :, H:2 * H], A[:, :, 2 * H:3 * H], A[:, :, 3 * H:]
+            dA = xp.empty((T, 4 * H, n), dtype=A.dtype)
+            A4, dA4 = A.reshape(T, 4, H, n), dA.reshape(T, 4, H, n)
+            i, f, g, o = A4[:, 0], A4[:, 1], A4[:, 2], A4[:, 3]
             # The factors of every step at once (no recurrence in them); dA is then filled in place:
-            #   dA = [g i(1-i), c_{t-1} f(1-f), i (1-g²), tanh c ⊙ o(1-o)]  ⊙  [∂C/∂c_t ×3, ∂C/∂h_t]
-            xp.multiply(g, i * (1 - i), out=dA[:, :, 0])
-            xp.multiply(C[:-1], f * (1 - f), out=dA[:, :, 1])
-            xp.multiply(i, 1 - g * g, out=dA[:, :, 2])
-            xp.multiply(TC, o * (1 - o), out=dA[:, :, 3])
+            #   dA = [g i(1-i); c_{t-1} f(1-f); i (1-g²); tanh c ⊙ o(1-o)]  ⊙  [∂C/∂c_t ×3; ∂C/∂h_t]
+            xp.multiply(g, i * (1 - i), out=dA4[:, 0])
+            xp.multiply(C[:-1], f * (1 - f), out=dA4[:, 1])
+            xp.multiply(i, 1 - g * g, out=dA4[:, 2])
+            xp.multiply(TC, o * (1 - o), out=dA4[:, 3])
             K = o * (1 - TC * TC)                                  # ∂h_t/∂c_t
-            dc = xp.empty((N, H), dtype=A.dtype)
+            dc = xp.empty((H, n), dtype=A.dtype)
             for t in reversed(range(T)):
                 if t < T - 1:
-                    G[t] += carry                                  # ∂C/∂h_t = g_t + W^T ∂C/∂a_{t+1}
-                xp.multiply(G[t], K[t], out=dc)
+                    D[t] += carry                                  # ∂C/∂h_t = g_t + W^T ∂C/∂a_{t+1}
+                xp.multiply(D[t], K[t], out=dc)
                 dc += dc_next                                      # ∂C/∂c_t = ∂C/∂c_{t+1} ⊙ f_{t+1} + ∂C/∂h_t ⊙ ∂h_t/∂c_t
-                dA[t, :, :3] *= dc[:, None, :]                     # ∂C/∂a_i, ∂C/∂a_f, ∂C/∂a_g
-                dA[t, :, 3] *= G[t]                                # ∂C/∂a_o
+                dA4[t, :3] *= dc                                   # ∂C/∂a_i, ∂C/∂a_f, ∂C/∂a_g
+                dA4[t, 3] *= D[t]                                  # ∂C/∂a_o
                 xp.multiply(dc, f[t], out=dc_next)                 # what reaches c_{t-1} along the cell
-                xp.matmul(dA[t].reshape(N, 4 * H), W, out=carry)
-        d2 = dA.reshape(T * N, 4 * H)
-        self._p("weight_hh", suffix).grad += d2.T @ Hs[:-1].reshape(T * N, H)   # Σ_t ∂C/∂a_t h_{t-1}^T
-        self._p("weight_ih", suffix).grad += d2.T @ seq2                        # Σ_t ∂C/∂a_t x_t^T
-        if self.bias:
-            db = d2.sum(axis=0)
-            self._p("bias_ih", suffix).grad += db
-            self._p("bias_hh", suffix).grad += db
-        return d2, [carry, dc_next]                                # ∂C/∂h0, ∂C/∂c0
+                xp.matmul(Wt, dA[t], out=carry)
+            dA = xp.ascontiguousarray(dA.transpose(1, 0, 2))
+        G[...] = D.transpose(0, 2, 1)                              # ∂C/∂h_t, for grad_states
+        return dA.reshape(4 * H, T * n), carry.T, dc_next.T
 
 
 class GRU(Recurrent):
@@ -610,11 +722,35 @@ class GRU(Recurrent):
         xp = backend.xp_of(seq2)
         h0, = init
         N, H = h0.shape
+        T = seq2.shape[0] // N
         s = xp.full(3 * H, 0.5, dtype=seq2.dtype)                 # σ(a) = (1 + tanh(a/2))/2: halve r, z rows
         s[2 * H:] = 1.0
-        GI = self._input_part(seq2, N, suffix, s)                 # (U x_t + b_i) ⊙ s, one GEMM
-        T = GI.shape[0]
         Wt = xp.ascontiguousarray((self._p("weight_hh", suffix).data * s[:, None]).T)  # (H, 3H), see RNN
+        seq = seq2.reshape(T, N, -1)
+        hs = xp.empty((T, N, H), dtype=seq2.dtype)
+        k = cpu.kernels() if cpu.fast(seq2, h0) else None         # the fast path: NumPy float32/float64
+        blocks = _batch_blocks(N)                                 # (as the LSTM's)
+
+        def block(j):
+            lo, hi = blocks[j]
+            cache = self._run_block(seq[:, lo:hi].reshape(T * (hi - lo), -1), h0[lo:hi], suffix, s, Wt, k)
+            hs[:, lo:hi] = cache[3][1:]
+            return cache
+
+        caches = _each_block(block, len(blocks), k is not None)
+
+        def gates():                                              # {gate: (T, N, H)}, from the blocks'
+            parts = [{"r": RZ[:, :, :H], "z": RZ[:, :, H:], "n": Nn} for _, RZ, Nn, _, _ in caches]
+            return {name: xp.concatenate([p[name] for p in parts], axis=1) for name in "rzn"}
+        return (blocks, caches), hs, [hs[-1]], gates
+
+    def _run_block(self, x2, h0, suffix, s, Wt, k):
+        """Forward of one block of n samples (x_1..x_T as a (T·n, I) matrix ``x2``) through all T steps. Returns
+        the cache: (W h_{t-1} + b_h) ⊙ s ``(T, n, 3H)``, [r, z] ``(T, n, 2H)``, n_t ``(T, n, H)``, h_0..h_T, x2."""
+        xp = backend.xp_of(x2)
+        N, H = h0.shape
+        GI = self._input_part(x2, N, suffix, s)                   # (U x_t + b_i) ⊙ s, one GEMM
+        T = GI.shape[0]
         bh = self._p("bias_hh", suffix).data * s if self.bias else None
         if self.bias:
             GI += self._p("bias_ih", suffix).data * s
@@ -623,7 +759,6 @@ class GRU(Recurrent):
         Nn = xp.empty((T, N, H), dtype=GI.dtype)
         Hs = xp.empty((T + 1, N, H), dtype=GI.dtype)
         Hs[0] = h0
-        k = cpu.kernels() if cpu.fast(GI, Hs) else None           # the fast path: NumPy float32/float64
         no_bias = xp.empty(0, dtype=GI.dtype)
         for t in range(T):
             gh, rz, n, h = GH[t], RZ[t], Nn[t], Hs[t + 1]
@@ -648,19 +783,40 @@ class GRU(Recurrent):
                 xp.subtract(Hs[t], n, out=h)
                 h *= rz[:, H:]
                 h += n                                            # h_t = n_t + z_t ⊙ (h_{t-1} - n_t)
-        gates = {"r": RZ[:, :, :H], "z": RZ[:, :, H:], "n": Nn}
-        return (GH, RZ, Nn, Hs), Hs[1:], [Hs[-1]], gates
+        return GH, RZ, Nn, Hs, x2
 
-    def _bptt(self, G, grad_c, cache, seq2, suffix):
+    def _bptt(self, G, grad_c, cache, seq2, suffix, need_dx):
         xp = backend.xp_of(G)
-        GH, RZ, Nn, Hs = cache
+        blocks, caches = cache
+        T, N, H = G.shape
+        W = self._p("weight_hh", suffix).data
+        gx = xp.empty((T, N, self._p("weight_ih", suffix).shape[1]), dtype=G.dtype) if need_dx else None
+        grad_h0 = xp.empty((N, H), dtype=G.dtype)
+        k = cpu.kernels() if cpu.fast(G, seq2) else None
+
+        def block(j):
+            lo, hi = blocks[j]
+            Hs, x2 = caches[j][3], caches[j][4]
+            di2, dh2, grad_h0[lo:hi] = self._bptt_block(G[:, lo:hi], caches[j], W, k)
+            if need_dx:
+                gx[:, lo:hi] = self._input_grad(di2, hi - lo, suffix, need_dx)  # ∂C/∂x_t = U^T (input side)
+            return (dh2.T @ Hs[:-1].reshape(-1, H),                # Σ_t (hidden side) h_{t-1}^T
+                    di2.T @ x2,                                    # Σ_t (input side) x_t^T
+                    di2.sum(axis=0), dh2.sum(axis=0))              # Σ_t (input side), Σ_t (hidden side)
+
+        self._add_grads(suffix, _each_block(block, len(blocks), k is not None))
+        return gx, [grad_h0]
+
+    def _bptt_block(self, G, cache, W, k):
+        """Backward of one block: G ``(T, n, H)``, the gradient from above, is turned in place into ∂C/∂h_t.
+        Returns the input and the hidden side at every step as ``(T·n, 3H)`` matrices, and ∂C/∂h0."""
+        xp = backend.xp_of(G)
+        GH, RZ, Nn, Hs, _ = cache
         T, N, H = G.shape
         r, z = RZ[:, :, :H], RZ[:, :, H:]
         DI = xp.empty((T, N, 3 * H), dtype=G.dtype)                # input side  [a_r, a_z, a_n]
         DH = xp.empty((T, N, 3 * H), dtype=G.dtype)                # hidden side [a_r, a_z, a_n ⊙ r]
-        W = self._p("weight_hh", suffix).data
         carry = xp.empty((N, H), dtype=G.dtype)
-        k = cpu.kernels() if cpu.fast(G, GH) else None
         if k:                                                      # the reference below, one pass a step
             for t in reversed(range(T)):
                 k.gru_cell_backward(G[t], carry, G[min(t + 1, T - 1)], RZ[min(t + 1, T - 1)], t < T - 1,
@@ -684,13 +840,7 @@ class GRU(Recurrent):
                 xp.multiply(di[:, 2 * H:], r[t], out=dhid[:, 2 * H:])  # ∂C/∂m_t = ∂C/∂a_n ⊙ r_t
                 xp.matmul(dhid, W, out=carry)
                 carry += dh * z[t]                                 # ∂C/∂h_{t-1} = W^T (hidden side) + ∂C/∂h_t ⊙ z_t
-        di2, dh2 = DI.reshape(T * N, 3 * H), DH.reshape(T * N, 3 * H)
-        self._p("weight_ih", suffix).grad += di2.T @ seq2                       # Σ_t (input side) x_t^T
-        self._p("weight_hh", suffix).grad += dh2.T @ Hs[:-1].reshape(T * N, H)  # Σ_t (hidden side) h_{t-1}^T
-        if self.bias:
-            self._p("bias_ih", suffix).grad += di2.sum(axis=0)
-            self._p("bias_hh", suffix).grad += dh2.sum(axis=0)
-        return di2, [carry]
+        return DI.reshape(T * N, 3 * H), DH.reshape(T * N, 3 * H), carry
 
 
 class LastStep(Module):

@@ -240,7 +240,7 @@ class LearningSpeedRecorder:
                 w_norm = _norm(before)
                 delta = _norm([w.data - b for w, b in zip(weights, before)])
                 entry["update_ratio"] = delta / w_norm if w_norm > 0 else None
-            if isinstance(m, Recurrent) and "gates" in m.__dict__:
+            if isinstance(m, Recurrent) and m.gates is not None:
                 entry["gates"] = gate_saturation(m)
             layers[name] = entry
         for act, a in self._outputs.items():
