@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_info
 
 from deepscope import files
 
@@ -66,7 +67,17 @@ def write_json(name, obj) -> Path:
     """Write ``obj`` to ``benchmarks/results/NAME`` (or to ``name`` if it names a folder too), atomically, with
     every path relative to the repository (:func:`portable`)."""
     path = Path(name) if Path(name).parent != Path(".") else RESULTS / name
+    if isinstance(obj, dict) and "blas" not in obj:
+        obj = {**obj, "blas": blas()}
     return files.write_json(path, portable(obj))
+
+
+def blas() -> dict:
+    """Which BLAS kernels ran: OpenBLAS picks them by CPU when NumPy loads it unless ``OPENBLAS_CORETYPE``
+    names them (this project's build machines set ``OPENBLAS_CORETYPE=Haswell`` in their environment)."""
+    return {"env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")},
+            "libraries": [{k: i.get(k) for k in ("internal_api", "version", "architecture")}
+                          for i in threadpool_info()]}
 
 
 def table(rows: list[dict], cols: list[str]) -> str:
