@@ -213,6 +213,52 @@ def test_matmul_splits_rows_or_columns_and_equals_numpy(threads, shape):
     assert np.abs(cpu.matmul(a32, b32) - exact).max() <= 2 * np.abs(a32 @ b32 - exact).max() + 1e-6
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m, n, k", [(1, 1, 256), (7, 13, 257), (10, 30, 784), (64, 100, 640), (61, 9, 300)])
+def test_linear_products_with_a_small_weight_run_compiled_loops_and_equal_numpy(threads, monkeypatch, dtype, m, n, k):
+    """x Wᵀ and W.grad += δᵀ x by the loops of _kernels.linear_*: as close to the exact products as NumPy's own,
+    and the same numbers however the threads share the rows (shards cut small here, to make many)."""
+    rng = np.random.default_rng(11)
+    x, w = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((n, k)).astype(dtype)
+    d, g0 = rng.standard_normal((m, n)).astype(dtype), rng.standard_normal((n, k)).astype(dtype)
+    calls = []
+    for name in ("_linear_forward", "_linear_weight_grad"):
+        monkeypatch.setattr(cpu, name, lambda *a, f=getattr(cpu, name), name=name: calls.append(name) or f(*a))
+    monkeypatch.setattr(cpu, "MACS_PER_SHARD", 64)
+    z, g = cpu.matmul(x, w.T), g0.copy()
+    assert cpu.matmul(d.T, x, add_to=g) is g
+    assert calls == ["_linear_forward", "_linear_weight_grad"] and z.dtype == g.dtype == dtype
+    k_ = cpu.kernels()
+    z1, g1 = np.empty_like(z), g0.copy()
+    k_.linear_forward(x, w, z1, 0, m)                     # one call over every row
+    k_.linear_weight_grad(d, x, g1, 0, n)
+    np.testing.assert_array_equal(z, z1)
+    np.testing.assert_array_equal(g, g1)
+    x64, w64, d64 = (a.astype(np.float64) for a in (x, w, d))
+    exact_z, exact_g = x64 @ w64.T, g0.astype(np.float64) + d64.T @ x64
+    if dtype == np.float64:
+        np.testing.assert_allclose(z, x @ w.T, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(g, g0 + d.T @ x, rtol=1e-12, atol=1e-12)
+    else:                                                 # float32: as close to the exact product as NumPy's own
+        assert np.abs(z - exact_z).max() <= 2 * np.abs(x @ w.T - exact_z).max() + 1e-6
+        assert np.abs(g - exact_g).max() <= 2 * np.abs((g0 + d.T @ x) - exact_g).max() + 1e-6
+
+
+def test_linear_products_propagate_nan_and_infinity():
+    x, w = np.ones((5, 256), np.float32), np.ones((3, 256), np.float32)
+    x[1, 2], w[2, 255] = np.nan, np.inf
+    k = cpu.kernels()
+    z = np.empty((5, 3), np.float32)
+    k.linear_forward(x, w, z, 0, 5)
+    np.testing.assert_array_equal(z, x @ w.T)             # NaN in row 1, ∞ in column 2
+    np.testing.assert_array_equal(cpu.matmul(x, w.T), z)
+    d, g = np.ones((5, 3), np.float32), np.zeros((3, 256), np.float32)
+    d[4, 0] = np.nan
+    k.linear_weight_grad(d, x, g, 0, 3)
+    np.testing.assert_array_equal(g, d.T @ x)
+    np.testing.assert_array_equal(cpu.matmul(d.T, x, add_to=np.zeros((3, 256), np.float32)), g)
+
+
 # -- the costs in one pass, against their NumPy code ---------------------------------------------------------
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("cost", [nn.LogLikelihoodCost, nn.CrossEntropyCost])
