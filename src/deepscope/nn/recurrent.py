@@ -723,124 +723,143 @@ class GRU(Recurrent):
         h0, = init
         N, H = h0.shape
         T = seq2.shape[0] // N
-        s = xp.full(3 * H, 0.5, dtype=seq2.dtype)                 # σ(a) = (1 + tanh(a/2))/2: halve r, z rows
+        s = xp.full((3 * H, 1), 0.5, dtype=seq2.dtype)            # σ(a) = (1 + tanh(a/2))/2: halve r, z rows
         s[2 * H:] = 1.0
-        Wt = xp.ascontiguousarray((self._p("weight_hh", suffix).data * s[:, None]).T)  # (H, 3H), see RNN
+        U = self._p("weight_ih", suffix).data * s
+        W = self._p("weight_hh", suffix).data * s
+        bi = self._p("bias_ih", suffix).data[:, None] * s if self.bias else None
+        bh = self._p("bias_hh", suffix).data[:, None] * s if self.bias else None
         seq = seq2.reshape(T, N, -1)
         hs = xp.empty((T, N, H), dtype=seq2.dtype)
         k = cpu.kernels() if cpu.fast(seq2, h0) else None         # the fast path: NumPy float32/float64
-        blocks = _batch_blocks(N)                                 # (as the LSTM's)
+        blocks = _batch_blocks(N)
 
         def block(j):
             lo, hi = blocks[j]
-            cache = self._run_block(seq[:, lo:hi].reshape(T * (hi - lo), -1), h0[lo:hi], suffix, s, Wt, k)
-            hs[:, lo:hi] = cache[3][1:]
+            cache = self._run_block(seq[:, lo:hi], h0[lo:hi], U, W, bi, bh, k)
+            hs[:, lo:hi] = cache[4][1:]                           # h_1..h_T
             return cache
 
         caches = _each_block(block, len(blocks), k is not None)
 
         def gates():                                              # {gate: (T, N, H)}, from the blocks'
-            parts = [{"r": RZ[:, :, :H], "z": RZ[:, :, H:], "n": Nn} for _, RZ, Nn, _, _ in caches]
-            return {name: xp.concatenate([p[name] for p in parts], axis=1) for name in "rzn"}
+            out = {name: xp.empty((T, N, H), dtype=seq2.dtype) for name in "rzn"}
+            for (lo, hi), (_, RZ, Nn, _, _) in zip(blocks, caches):
+                for name, v in (("r", RZ[:, :H]), ("z", RZ[:, H:]), ("n", Nn)):
+                    out[name][:, lo:hi] = v.transpose(0, 2, 1)
+            return out
         return (blocks, caches), hs, [hs[-1]], gates
 
-    def _run_block(self, x2, h0, suffix, s, Wt, k):
-        """Forward of one block of n samples (x_1..x_T as a (T·n, I) matrix ``x2``) through all T steps. Returns
-        the cache: (W h_{t-1} + b_h) ⊙ s ``(T, n, 3H)``, [r, z] ``(T, n, 2H)``, n_t ``(T, n, H)``, h_0..h_T, x2."""
-        xp = backend.xp_of(x2)
-        N, H = h0.shape
-        GI = self._input_part(x2, N, suffix, s)                   # (U x_t + b_i) ⊙ s, one GEMM
-        T = GI.shape[0]
-        bh = self._p("bias_hh", suffix).data * s if self.bias else None
-        if self.bias:
-            GI += self._p("bias_ih", suffix).data * s
-        GH = xp.empty((T, N, 3 * H), dtype=GI.dtype)              # (W h_{t-1} + b_h) ⊙ s, kept for backward
-        RZ = xp.empty((T, N, 2 * H), dtype=GI.dtype)
-        Nn = xp.empty((T, N, H), dtype=GI.dtype)
-        Hs = xp.empty((T + 1, N, H), dtype=GI.dtype)
-        Hs[0] = h0
-        no_bias = xp.empty(0, dtype=GI.dtype)
+    def _run_block(self, x, h0, U, W, bi, bh, k):
+        """Forward of one block of n samples, x ``(T, n, I)``, through all T steps, a sample per column (as the
+        LSTM's). Returns the cache: (W h_{t-1} + b_h) ⊙ s ``(T, 3H, n)``, [r; z] ``(T, 2H, n)``, n_t ``(T, H, n)``,
+        h_0..h_T ``(T+1, H, n)`` and as rows ``(T+1, n, H)``."""
+        xp = backend.xp_of(x)
+        T, n, _ = x.shape
+        H = h0.shape[1]
+        GI = xp.matmul(U, x.transpose(0, 2, 1))                   # (U x_t + b_i) ⊙ s for every step
+        if bi is not None:
+            GI += bi
+        GH = xp.empty((T, 3 * H, n), dtype=GI.dtype)              # (W h_{t-1} + b_h) ⊙ s, kept for backward
+        RZ = xp.empty((T, 2 * H, n), dtype=GI.dtype)
+        Nn = xp.empty((T, H, n), dtype=GI.dtype)
+        Hs = xp.empty((T + 1, H, n), dtype=GI.dtype)
+        Hs[0] = h0.T
+        if k:                                                     # a step's arrays as one row each (kernels)
+            GI1, GH1, RZ1, Nn1, Hs1 = (v.reshape(len(v), 1, -1) for v in (GI, GH, RZ, Nn, Hs))
+            bh1 = xp.empty(0, dtype=GI.dtype) if bh is None else xp.repeat(bh, n)   # b_h for every element
         for t in range(T):
-            gh, rz, n, h = GH[t], RZ[t], Nn[t], Hs[t + 1]
-            xp.matmul(Hs[t], Wt, out=gh)
+            gh, rz, nn_, h = GH[t], RZ[t], Nn[t], Hs[t + 1]
+            xp.matmul(W, Hs[t], out=gh)
             if k:                                                 # each kernel: the reference lines beside it
-                k.gru_cell_gates(GI[t], gh, no_bias if bh is None else bh, bh is not None, rz)
+                k.gru_cell_gates(GI1[t], GH1[t], bh1, bh is not None, RZ1[t])
             else:
                 if bh is not None:
                     gh += bh
-                xp.add(GI[t, :, :2 * H], gh[:, :2 * H], out=rz)
+                xp.add(GI[t, :2 * H], gh[:2 * H], out=rz)
             xp.tanh(rz, out=rz)
             if k:
-                k.gru_cell_candidate(rz, gh, GI[t], n)
+                k.gru_cell_candidate(RZ1[t], GH1[t], GI1[t], Nn1[t])
             else:
                 _sigmoid_from_tanh(rz)                            # r_t, z_t
-                xp.multiply(rz[:, :H], gh[:, 2 * H:], out=n)
-                n += GI[t, :, 2 * H:]
-            xp.tanh(n, out=n)                                     # n_t = tanh(U_n x + b_in + r ⊙ m_t)
+                xp.multiply(rz[:H], gh[2 * H:], out=nn_)
+                nn_ += GI[t, 2 * H:]
+            xp.tanh(nn_, out=nn_)                                 # n_t = tanh(U_n x + b_in + r ⊙ m_t)
             if k:
-                k.gru_cell_state(Hs[t], n, rz, h)
+                k.gru_cell_state(Hs1[t], Nn1[t], RZ1[t], Hs1[t + 1])
             else:
-                xp.subtract(Hs[t], n, out=h)
-                h *= rz[:, H:]
-                h += n                                            # h_t = n_t + z_t ⊙ (h_{t-1} - n_t)
-        return GH, RZ, Nn, Hs, x2
+                xp.subtract(Hs[t], nn_, out=h)
+                h *= rz[H:]
+                h += nn_                                          # h_t = n_t + z_t ⊙ (h_{t-1} - n_t)
+        return GH, RZ, Nn, Hs, xp.ascontiguousarray(Hs.transpose(0, 2, 1))
 
     def _bptt(self, G, grad_c, cache, seq2, suffix, need_dx):
         xp = backend.xp_of(G)
         blocks, caches = cache
         T, N, H = G.shape
-        W = self._p("weight_hh", suffix).data
-        gx = xp.empty((T, N, self._p("weight_ih", suffix).shape[1]), dtype=G.dtype) if need_dx else None
+        U, W = self._p("weight_ih", suffix).data, self._p("weight_hh", suffix).data
+        Wt = xp.ascontiguousarray(W.T)
+        seq = seq2.reshape(T, N, -1)
+        gx = xp.empty((T, N, U.shape[1]), dtype=G.dtype) if need_dx else None
         grad_h0 = xp.empty((N, H), dtype=G.dtype)
         k = cpu.kernels() if cpu.fast(G, seq2) else None
 
         def block(j):
             lo, hi = blocks[j]
-            Hs, x2 = caches[j][3], caches[j][4]
-            di2, dh2, grad_h0[lo:hi] = self._bptt_block(G[:, lo:hi], caches[j], W, k)
-            if need_dx:
-                gx[:, lo:hi] = self._input_grad(di2, hi - lo, suffix, need_dx)  # ∂C/∂x_t = U^T (input side)
-            return (dh2.T @ Hs[:-1].reshape(-1, H),                # Σ_t (hidden side) h_{t-1}^T
-                    di2.T @ x2,                                    # Σ_t (input side) x_t^T
-                    di2.sum(axis=0), dh2.sum(axis=0))              # Σ_t (input side), Σ_t (hidden side)
+            n = hi - lo
+            DI, DH, grad_h0[lo:hi] = self._bptt_block(G[:, lo:hi], caches[j], Wt, k)
+            if need_dx:                                            # over all steps at once ((3H, T·n) each):
+                gx[:, lo:hi] = (DI.T @ U).reshape(T, n, -1)       # ∂C/∂x_t = U^T (input side)
+            return (DH @ caches[j][4][:T].reshape(T * n, H),       # Σ_t (hidden side) h_{t-1}^T
+                    DI @ seq[:, lo:hi].reshape(T * n, -1),         # Σ_t (input side) x_t^T
+                    DI.sum(axis=1), DH.sum(axis=1))                # Σ_t (input side), Σ_t (hidden side)
 
         self._add_grads(suffix, _each_block(block, len(blocks), k is not None))
         return gx, [grad_h0]
 
-    def _bptt_block(self, G, cache, W, k):
+    def _bptt_block(self, G, cache, Wt, k):
         """Backward of one block: G ``(T, n, H)``, the gradient from above, is turned in place into ∂C/∂h_t.
-        Returns the input and the hidden side at every step as ``(T·n, 3H)`` matrices, and ∂C/∂h0."""
+        Returns the input and the hidden side at every step with the steps' columns side by side, ``(3H, T·n)``
+        each, and ∂C/∂h0 ``(n, H)``."""
         xp = backend.xp_of(G)
         GH, RZ, Nn, Hs, _ = cache
-        T, N, H = G.shape
-        r, z = RZ[:, :, :H], RZ[:, :, H:]
-        DI = xp.empty((T, N, 3 * H), dtype=G.dtype)                # input side  [a_r, a_z, a_n]
-        DH = xp.empty((T, N, 3 * H), dtype=G.dtype)                # hidden side [a_r, a_z, a_n ⊙ r]
-        carry = xp.empty((N, H), dtype=G.dtype)
+        T, H, n = Nn.shape
+        D = xp.ascontiguousarray(G.transpose(0, 2, 1))             # ∂C/∂h_t as (T, H, n): samples in columns
+        r, z = RZ[:, :H], RZ[:, H:]
+        carry = xp.empty((H, n), dtype=G.dtype)
         if k:                                                      # the reference below, one pass a step
+            DI, DH = xp.empty((3 * H, T, n), dtype=G.dtype), xp.empty((3 * H, T, n), dtype=G.dtype)
+            di, dh = xp.empty((3 * H, n), dtype=G.dtype), xp.empty((3 * H, n), dtype=G.dtype)
+            D1, RZ1, Nn1, GH1, Hs1 = (v.reshape(len(v), 1, -1) for v in (D, RZ, Nn, GH, Hs))
+            carry1, di1, dh1 = (v.reshape(1, -1) for v in (carry, di, dh))
             for t in reversed(range(T)):
-                k.gru_cell_backward(G[t], carry, G[min(t + 1, T - 1)], RZ[min(t + 1, T - 1)], t < T - 1,
-                                    RZ[t], Nn[t], GH[t], Hs[t], DI[t], DH[t])
-                xp.matmul(DH[t], W, out=carry)                     # carry + ∂C/∂h_t ⊙ z_t: in the next call
-            carry += G[0] * z[0]                                   # ∂C/∂h0
+                k.gru_cell_backward(D1[t], carry1, D1[min(t + 1, T - 1)], RZ1[min(t + 1, T - 1)], t < T - 1,
+                                    RZ1[t], Nn1[t], GH1[t], Hs1[t], di1, dh1)
+                xp.matmul(Wt, dh, out=carry)                       # carry + ∂C/∂h_t ⊙ z_t: in the next call
+                DI[:, t], DH[:, t] = di, dh
+            carry += D[0] * z[0]                                   # ∂C/∂h0
         else:
-            m = GH[:, :, 2 * H:]                                   # m_t = W_n h_{t-1} + b_hn (unscaled row block)
+            DI = xp.empty((T, 3 * H, n), dtype=G.dtype)            # input side  [a_r; a_z; a_n]
+            DH = xp.empty((T, 3 * H, n), dtype=G.dtype)            # hidden side [a_r; a_z; a_n ⊙ r]
+            m = GH[:, 2 * H:]                                      # m_t = W_n h_{t-1} + b_hn (unscaled row block)
             # Factors of every step at once, turned in the loop into the gradients:
             Kn = (1 - z) * (1 - Nn * Nn)                           # ∂C/∂a_n = ∂C/∂h_t ⊙ Kn
             Kz = (Hs[:-1] - Nn) * z * (1 - z)                      # ∂C/∂a_z = ∂C/∂h_t ⊙ Kz
             Kr = m * r * (1 - r)                                   # ∂C/∂a_r = ∂C/∂a_n ⊙ Kr
             for t in reversed(range(T)):
                 if t < T - 1:
-                    G[t] += carry                                  # ∂C/∂h_t = g_t + (what h_{t+1} sends back)
-                dh, di, dhid = G[t], DI[t], DH[t]
-                xp.multiply(dh, Kn[t], out=di[:, 2 * H:])          # ∂C/∂a_n
-                xp.multiply(dh, Kz[t], out=di[:, H:2 * H])         # ∂C/∂a_z
-                xp.multiply(di[:, 2 * H:], Kr[t], out=di[:, :H])   # ∂C/∂a_r
-                dhid[:, :2 * H] = di[:, :2 * H]
-                xp.multiply(di[:, 2 * H:], r[t], out=dhid[:, 2 * H:])  # ∂C/∂m_t = ∂C/∂a_n ⊙ r_t
-                xp.matmul(dhid, W, out=carry)
+                    D[t] += carry                                  # ∂C/∂h_t = g_t + (what h_{t+1} sends back)
+                dh, di, dhid = D[t], DI[t], DH[t]
+                xp.multiply(dh, Kn[t], out=di[2 * H:])             # ∂C/∂a_n
+                xp.multiply(dh, Kz[t], out=di[H:2 * H])            # ∂C/∂a_z
+                xp.multiply(di[2 * H:], Kr[t], out=di[:H])         # ∂C/∂a_r
+                dhid[:2 * H] = di[:2 * H]
+                xp.multiply(di[2 * H:], r[t], out=dhid[2 * H:])    # ∂C/∂m_t = ∂C/∂a_n ⊙ r_t
+                xp.matmul(Wt, dhid, out=carry)
                 carry += dh * z[t]                                 # ∂C/∂h_{t-1} = W^T (hidden side) + ∂C/∂h_t ⊙ z_t
-        return DI.reshape(T * N, 3 * H), DH.reshape(T * N, 3 * H), carry
+            DI, DH = (xp.ascontiguousarray(v.transpose(1, 0, 2)) for v in (DI, DH))
+        G[...] = D.transpose(0, 2, 1)                              # ∂C/∂h_t, for grad_states
+        return DI.reshape(3 * H, T * n), DH.reshape(3 * H, T * n), carry.T
 
 
 class LastStep(Module):
