@@ -1,6 +1,7 @@
 """The chapter 5 comparison grid over seeds: on 2 local Ray workers against the same grid serially.
 
-    python benchmarks/sweep_speedup.py [--seeds 5] [--repeats 1] [--data-dir ../shared/data/mnist] [-- OPTIONS]
+    python benchmarks/sweep_speedup.py [--seeds 5] [--repeats 1] [--runs serial,serial1,ray]
+                                       [--data-dir ../shared/data/mnist] [-- OPTIONS]
 
 Runs, alternating, each ``--repeats`` times, as a user types them (a fresh process each, Ray's start-up and
 shut-down included where Ray is used):
@@ -12,11 +13,16 @@ shut-down included where Ray is used):
   trials at a time, one thread each.
 
 Every run must give the same table (``compare.md``). Options after ``--`` go to every run (e.g. ``--steps
-3000``). Prints a table and writes benchmarks/results/sweep_speedup.json (``--name`` changes the name).
+3000``). Besides the wall time of each run, the sum of its trials' seconds (``trials.json``: each trial's
+command, timed inside the process that ran it) and what the run spent outside its trials: wall minus that sum
+over the trials run at a time (1 or 2): start-up, Ray's start and stop, the table and figure, and, for Ray,
+a worker waiting for the other at the end. Prints a table and writes benchmarks/results/sweep_speedup.json
+(``--name`` changes the name).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -34,6 +40,10 @@ def variants(seeds: int, data_dir: str, extra: list[str]) -> dict:
             "ray, 2 workers": base + ["--workers", "2"]}
 
 
+AT_A_TIME = {"serial": 1, "serial, 1 thread": 1, "ray, 2 workers": 2}
+SHORT = {"serial": "serial", "serial1": "serial, 1 thread", "ray": "ray, 2 workers"}   # --runs names
+
+
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -42,9 +52,16 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "mnist"))
     ap.add_argument("--name", default="sweep_speedup")
+    ap.add_argument("--runs", default="serial,serial1,ray",
+                    help="which runs, from serial, serial1 (serial at 1 thread), ray (default: all three)")
     args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
-    runs = variants(args.seeds, str(Path(args.data_dir).resolve()), extra)
+    chosen = [SHORT[r] for r in args.runs.split(",") if r in SHORT]
+    if not any(AT_A_TIME[c] == 1 for c in chosen) or "ray, 2 workers" not in chosen:
+        ap.error("--runs: name ray and at least one of serial, serial1")
+    runs = {name: cmd for name, cmd in variants(args.seeds, str(Path(args.data_dir).resolve()), extra).items()
+            if name in chosen}
     times = {name: [] for name in runs}
+    trial_seconds = {name: [] for name in runs}
     tables = {}
     load = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory(prefix="sweep-speedup-") as root:
@@ -55,19 +72,22 @@ def main(argv=None) -> None:
                 subprocess.run([*command, "--out", str(out)], check=True, stdout=subprocess.DEVNULL)
                 times[name].append(time.perf_counter() - t0)
                 tables[name] = (out / "compare.md").read_text()
+                trial_seconds[name].append(sum(r["seconds"] for r in json.loads((out / "trials.json").read_text())))
                 load.append(os.getloadavg()[0])
                 print(f"  {name}: {times[name][-1]:.1f} s (load average {load[-1]:.1f})", flush=True)
     same = len(set(tables.values())) == 1
-    serial = min(("serial", "serial, 1 thread"), key=lambda n: median(times[n]))
+    serial = min((n for n in runs if AT_A_TIME[n] == 1), key=lambda n: median(times[n]))
     rows = [{"run": name, "command": " ".join(cmd), "median s": median(times[name]),
+             "trials s (sum)": median(trial_seconds[name]),
+             "outside trials s": median([w - t / AT_A_TIME[name] for w, t in zip(times[name], trial_seconds[name])]),
              "speed-up": median(times[serial]) / median(times[name])} for name, cmd in runs.items()]
     print(f"{os.cpu_count()} CPUs, load average {min(load):.1f}-{max(load):.1f}; medians of {args.repeats}; "
           f"baseline: {serial}; tables identical: {same}")
-    print(table(rows, ["run", "median s", "speed-up"]))
+    print(table(rows, ["run", "median s", "trials s (sum)", "outside trials s", "speed-up"]))
     write_json(f"{args.name}.json", {
         "command": "python benchmarks/sweep_speedup.py " + " ".join(argv), "cpu_count": os.cpu_count(),
         "load_average_1min": load, "seeds": args.seeds, "repeats": args.repeats, "baseline": serial,
-        "tables_identical": same, "rows": rows, "raw": times})
+        "tables_identical": same, "rows": rows, "raw": times, "raw_trial_seconds": trial_seconds})
     if not same:
         sys.exit("the runs gave different tables")
 

@@ -399,3 +399,14 @@ def test_without_address_ray_starts_here_whatever_ray_address_or_a_stale_cluster
     finally:
         ray.shutdown()
     _assert_nothing_left(before)
+
+
+@needs_ray
+def test_stopping_ray_stops_the_monitor_first_and_leaves_no_process():
+    import ray
+    before = {p.pid for p in _children()}
+    sweep._start_ray(None, None)
+    monitor = ray._private.worker._global_node.all_processes["monitor"][0].process
+    sweep._stop_ray()
+    assert not ray.is_initialized() and monitor.poll() is not None
+    _assert_nothing_left(before)
