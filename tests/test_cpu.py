@@ -225,6 +225,7 @@ def test_linear_products_with_a_small_weight_run_compiled_loops_and_equal_numpy(
     for name in ("_linear_forward", "_linear_weight_grad"):
         monkeypatch.setattr(cpu, name, lambda *a, f=getattr(cpu, name), name=name: calls.append(name) or f(*a))
     monkeypatch.setattr(cpu, "MACS_PER_SHARD", 64)
+    monkeypatch.setattr(cpu, "_loops_win", True)         # (wherever BLAS is faster, the loops must still be right)
     z, g = cpu.matmul(x, w.T), g0.copy()
     assert cpu.matmul(d.T, x, add_to=g) is g
     assert calls == ["_linear_forward", "_linear_weight_grad"] and z.dtype == g.dtype == dtype
@@ -257,6 +258,16 @@ def test_linear_products_propagate_nan_and_infinity():
     k.linear_weight_grad(d, x, g, 0, 3)
     np.testing.assert_array_equal(g, d.T @ x)
     np.testing.assert_array_equal(cpu.matmul(d.T, x, add_to=np.zeros((3, 256), np.float32)), g)
+
+
+@pytest.mark.parametrize("arch, api", [("Haswell", "openblas"), ("SkylakeX", "openblas"), ("Haswell", "mkl")])
+def test_the_loops_replace_blas_only_where_blas_runs_narrower_vectors(monkeypatch, arch, api):
+    from llvmlite import binding
+    monkeypatch.setattr(cpu, "_loops_win", None)
+    monkeypatch.setattr(cpu, "threadpool_info",
+                        lambda: [{"user_api": "blas", "internal_api": api, "architecture": arch}])
+    expect = arch == "Haswell" and api == "openblas" and bool(binding.get_host_cpu_features().get("avx512f"))
+    assert cpu.loops_beat_blas() is expect
 
 
 # -- the costs in one pass, against their NumPy code ---------------------------------------------------------

@@ -28,7 +28,7 @@ import queue
 import threading
 
 import numpy
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 
 _lock = threading.Lock()
 _num_threads = None
@@ -264,7 +264,7 @@ def matmul(a, b, add_to=None):
     runs almost as fast as one call (8 thin row blocks had cost up to 1.8x one call on a single thread); each
     thread adds its block into ``add_to`` while the block is in its cache. The blocks depend on the sizes, not on
     the thread count, so neither does the result. Linear's two products with a small weight matrix and a few rows
-    (x Wᵀ, and W.grad += δᵀ x) run compiled loops instead (:func:`_small_weight`)."""
+    (x Wᵀ, and W.grad += δᵀ x) run compiled loops instead where they beat BLAS (:func:`_small_weight`)."""
     m, k = a.shape
     n = b.shape[1]
     if add_to is None and _small_weight(a, b.T, m):             # x Wᵀ with a small W: compiled loops
@@ -304,14 +304,33 @@ SMALL_WEIGHT_BYTES = 1 << 19    # ... by a weight matrix this small (it stays in
 SMALL_WEIGHT_MIN_INPUTS = 256   # ... with rows this long at least (the loops run along them): compiled loops
 
 
+AVX512_OPENBLAS = ("SkylakeX", "Cooperlake", "SapphireRapids")    # OpenBLAS's cores with AVX-512 kernels
+_loops_win = None
+
+
+def loops_beat_blas() -> bool:
+    """Whether the compiled loops of Linear's small products beat BLAS on this machine: the CPU has AVX-512 (numba
+    compiles the loops for it) and NumPy's BLAS is an OpenBLAS running narrower kernels (OPENBLAS_CORETYPE=Haswell,
+    as this project's build machines set, or a CPU it does not know). Measured on a Zen 5 core, 784-30 and 784-100
+    layers at mini-batches 10-256: the loops 1.1-2.1x faster than OpenBLAS's Haswell kernels, but 1.04-1.9x slower
+    than its SkylakeX (AVX-512) kernels in most of those products. Decided once, on first use."""
+    global _loops_win
+    if _loops_win is None:
+        from llvmlite import binding        # numba's compiler: present whenever the loops are (lazy, as numba)
+        blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+        _loops_win = bool(binding.get_host_cpu_features().get("avx512f")) and bool(blas) and all(
+            i.get("internal_api") == "openblas" and i.get("architecture") not in AVX512_OPENBLAS for i in blas)
+    return _loops_win
+
+
 def _small_weight(x, w, rows, d=None) -> bool:
     """Whether ``x`` (rows, k) and ``w`` (n, k) (and ``d``, (rows, n)) are row-major arrays of one float dtype with
-    a few long rows by a small ``w``: there the loops of ``_kernels.linear_*`` run 1.1-2x faster than OpenBLAS's
-    (measured on this machine's AVX-512 cores, where OpenBLAS runs its AVX2 kernels, for 784-30 and 784-100 layers
-    at mini-batches 10 to 256; with short rows, k = 30 or 100, they are slower)."""
+    a few long rows by a small ``w``, on a machine where the loops of ``_kernels.linear_*`` beat BLAS
+    (:func:`loops_beat_blas`; with short rows, k = 30 or 100, they are slower everywhere)."""
     return (0 < rows <= SMALL_WEIGHT_ROWS and w.nbytes <= SMALL_WEIGHT_BYTES and x.shape[1] >= SMALL_WEIGHT_MIN_INPUTS
             and fast(x, w) and x.dtype == w.dtype and x.flags.c_contiguous and w.flags.c_contiguous
-            and (d is None or (type(d) is numpy.ndarray and d.dtype == w.dtype and d.flags.c_contiguous)))
+            and (d is None or (type(d) is numpy.ndarray and d.dtype == w.dtype and d.flags.c_contiguous))
+            and loops_beat_blas())
 
 
 def _tiles(kernel, args, rows, macs_per_row):
