@@ -548,17 +548,21 @@ def sigmoid(z):
     return out and out[0]
 
 
+BACKWARD_NUMPY_BELOW = 16_384   # an activation's backward on fewer numbers: the layer's NumPy line is faster (measured:
+                                # 300 numbers 1.1 vs 2.8 us; the compiled pass wins from ~25,000)
+
+
 def sigmoid_backward(g, a):
-    """∂C/∂a ⊙ a(1-a), or None."""
-    if not _same_float(g, a):
+    """∂C/∂a ⊙ a(1-a), or None (also for fewer than ``BACKWARD_NUMPY_BELOW`` numbers)."""
+    if a.size < BACKWARD_NUMPY_BELOW or not _same_float(g, a):
         return None
     out = elementwise(kernels().sigmoid_backward, g, g, a)
     return out and out[0]
 
 
 def tanh_backward(g, a):
-    """∂C/∂a ⊙ (1-a²), or None."""
-    if not _same_float(g, a):
+    """∂C/∂a ⊙ (1-a²), or None (also for fewer than ``BACKWARD_NUMPY_BELOW`` numbers)."""
+    if a.size < BACKWARD_NUMPY_BELOW or not _same_float(g, a):
         return None
     out = elementwise(kernels().tanh_backward, g, g, a)
     return out and out[0]
