@@ -36,7 +36,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 import deepscope as ds
-from deepscope import nn, optim
+from deepscope import cpu, nn, optim
 from deepscope.train import step
 
 HERE = Path(__file__).resolve().parent
@@ -236,6 +236,7 @@ def main(argv=None):
     images = 256 if args.quick else 1280
     load_before = load()
     print(f"load average before: {load_before}")
+    print(f"Linear's small products by compiled loops (they beat this BLAS): {cpu.loops_beat_blas()}")
     peaks = {t: gemm_peak(t) for t in (1, 2)}
     print(f"float32 GEMM peak: 1 thread {peaks[1] / 1e9:.1f} GFLOP/s, 2 threads {peaks[2] / 1e9:.1f} GFLOP/s")
     spin = blas_spin_check()
@@ -282,6 +283,7 @@ def main(argv=None):
               "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "repeats": repeats,
               "images_per_timing": images, "load_average_before": load_before, "load_average_after": load_after,
               "gemm_peak_flops": {f"{t}thread": p for t, p in peaks.items()}, "openblas_spin_check": spin,
+              "linear_compiled_loops": cpu.loops_beat_blas(),
               "rows": rows, "geometric_mean_ratio": geomean, "min_ratio": min(ratios), "network2": n2}
     write_json(Path(args.out).name, result)
     print(f"wrote benchmarks/results/{args.out}")
