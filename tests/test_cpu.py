@@ -464,3 +464,41 @@ def test_a_training_step_gives_the_same_numbers_at_any_thread_count(monkeypatch)
         cpu.set_num_threads(was)
     for a, b in zip(*weights):
         np.testing.assert_array_equal(a, b)
+
+
+
+HEAP_CHURN = """
+import resource, sys, numpy
+if sys.argv[1] == "deepscope":
+    from deepscope import cpu
+    print(cpu.keep_freed_memory())
+else:
+    print(None)                                         # glibc's own rule, deepscope not imported
+big = numpy.ones(3 << 20, numpy.float32); del big      # a 12 MB block freed: glibc's rule raises its thresholds
+def step():                                             # a step's temporaries: 2 x 12 MB allocated, touched, freed
+    a = numpy.ones(3 << 20, numpy.float32); b = numpy.ones(3 << 20, numpy.float32); del a, b
+step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _heap_churn(*argv, **env):
+    env = dict({k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}, **env)
+    out = subprocess.run([sys.executable, "-c", HEAP_CHURN, *argv], env=env, capture_output=True, text=True, check=True)
+    kept, faults = out.stdout.split()
+    return kept, int(faults)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_freed_memory_stays_in_the_heap_for_the_next_step_unless_the_user_set_malloc():
+    """glibc's own rule trims the 24 MB a step freed and the next step page-faults it back in; with deepscope's
+    fixed thresholds the steps reuse the heap. A user's MALLOC_* setting is left alone."""
+    kept, faults = _heap_churn("deepscope")
+    if kept == "False":
+        pytest.skip("no glibc mallopt here")
+    assert faults < 100
+    assert _heap_churn("glibc")[1] > 10 * max(faults, 100)        # what the thresholds prevent
+    assert _heap_churn("deepscope", MALLOC_TRIM_THRESHOLD_="131072")[0] == "False"

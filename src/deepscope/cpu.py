@@ -13,6 +13,14 @@ calls, and on the loaded 2-core machine of issue 11 they turned 0.09 ms GEMMs in
 (``benchmarks/cpu_speed.py``); deepscope's threads sleep while they wait, and the caller never waits for a
 worker that has not started (it takes the remaining pieces itself).
 
+Memory: glibc's malloc hands the free top of its heap back to the kernel once it exceeds a threshold that it
+raises only as far as the largest block freed so far, so a training step's freed temporaries went back at
+the end of every step and were page-faulted in again by the next (issue 11: rung 1 at m=64 spent ~25% of
+its CPU time, on one thread or two, in the kernel's page-fault and brk paths; with two threads faulting
+into one address space it was the main reason the second core bought little). :func:`keep_freed_memory`
+fixes glibc's thresholds at the values its own rule ends at (blocks up to 32 MB from the heap, up to 64 MB
+of free heap kept), once, when deepscope is imported; a user who set glibc's malloc variables keeps them.
+
 A fast path takes only NumPy arrays (:func:`fast`): CuPy arrays, and any run where numba is missing, take
 the layer's own NumPy/CuPy expression, which is also the reference each fast path is tested against
 (``tests/test_cpu.py``). The loops themselves are in ``deepscope._kernels`` (compiled by numba on first use).
@@ -22,6 +30,7 @@ the layer's own NumPy/CuPy expression, which is also the reference each fast pat
 """
 from __future__ import annotations
 
+import ctypes
 import itertools
 import os
 import queue
@@ -138,6 +147,28 @@ class _Pool:
             self._tasks.put(None)
 
 
+# -- memory: a step's freed temporaries stay in the heap for the next step ----------------------------------
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3     # glibc's mallopt parameters (malloc.h)
+MMAP_THRESHOLD_BYTES = 32 << 20                 # blocks below this come from the heap (glibc's DEFAULT_MMAP_THRESHOLD_MAX)
+TRIM_THRESHOLD_BYTES = 64 << 20                 # free heap kept before trimming (2x the above, as glibc's own rule)
+_MALLOC_VARIABLES = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")
+
+
+def keep_freed_memory() -> bool:
+    """Fix glibc's trim and mmap thresholds at the values its dynamic rule ends at (see the module docstring),
+    so that the memory a training step frees is reused by the next step instead of being returned to the
+    kernel and page-faulted back in. True when set; False where there is no glibc (macOS, Windows, musl) or
+    the user has set glibc's malloc variables (``MALLOC_*_`` or ``glibc.malloc`` in ``GLIBC_TUNABLES``)."""
+    if any(v in os.environ for v in _MALLOC_VARIABLES) or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD,
+                                                                                   TRIM_THRESHOLD_BYTES))
+
+
 def _reset_after_fork():
     global _pool, _lock
     _pool, _lock = None, threading.Lock()   # the child has none of the parent's threads
@@ -145,6 +176,7 @@ def _reset_after_fork():
 
 os.register_at_fork(after_in_child=_reset_after_fork)
 set_num_threads(default_num_threads())
+keep_freed_memory()
 
 
 def split(n: int, parts: int) -> list:
