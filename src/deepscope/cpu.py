@@ -131,6 +131,7 @@ class _Pool:
             if job is None:
                 return
             job.work()
+            del job         # not held while this thread sleeps: its shards' arrays would stay alive into the next step
 
     def run(self, fn, shards):
         job = _Job(fn, shards)
@@ -442,11 +443,9 @@ def conv2d_forward(x, weight, bias, stride, padding):
     def shard(s, e):
         for a, b in chunks[s:e]:
             cols = _columns(xc, kh, kw, stride, padding, a, b)
-            za = w2 @ cols.reshape(c * kh * kw, -1)                                    # Z = W X
-            if bias is None:
-                z2[:, a * hw:b * hw] = za
-            else:
-                numpy.add(za, bias[:, None], out=z2[:, a * hw:b * hw])                 #   + b
+            za = numpy.matmul(w2, cols.reshape(c * kh * kw, -1), out=z2[:, a * hw:b * hw])   # Z = W X (in place)
+            if bias is not None:
+                za += bias[:, None]                                                    #   + b
 
     parallel(shard, len(chunks), min_chunks)
     return z.transpose(1, 0, 2, 3)
@@ -467,12 +466,16 @@ def conv2d_backward(x, weight, grad_output, stride, padding, input_grad=True):
         parts = []
         for a, b in chunks[s:e]:
             cols = _columns(xc, kh, kw, stride, padding, a, b)
+            cols2 = cols.reshape(c * kh * kw, -1)
             delta = g[:, a:b].reshape(o, -1)
-            parts.append((delta @ cols.reshape(c * kh * kw, -1).T,                     # ∂C/∂W = Δ Xᵀ
+            # numpy.dot, not @: NumPy's matmul keeps the GIL for products of <= 500 elements (rung 1's 20x25
+            # ∂C/∂W, over K = 9,216 per chunk), and so ran one thread at a time; dot releases it.
+            parts.append((numpy.dot(delta, cols2.T),                                   # ∂C/∂W = Δ Xᵀ
                           delta.sum(axis=1)))                                           # ∂C/∂b = Σ δ
-            if input_grad:
-                dcols = (w2.T @ delta).reshape(c, kh, kw, b - a, ho, wo)                # ∂C/∂X = Wᵀ Δ
-                k.col2im(dcols, dxpad[:, a:b], *stride)                                 # col2im
+            if input_grad:   # Wᵀ Δ has X's shape: written over X, which ∂C/∂W no longer needs (less memory)
+                numpy.matmul(w2.T, delta, out=cols2)                                    # ∂C/∂X = Wᵀ Δ
+                k.col2im(cols, dxpad[:, a:b], *stride)                                  # col2im
+            del cols, cols2                     # freed before the next chunk's columns are made
         return parts
 
     parts = [p for shard_parts in parallel(shard, len(chunks), min_chunks) for p in shard_parts]
