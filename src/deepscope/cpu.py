@@ -257,7 +257,10 @@ def _element_strides(a):
     return tuple(s // a.itemsize for s in a.strides)
 
 
-ELEMENTS_PER_SHARD = 65_536     # below this an elementwise shard is not worth a thread hand-over
+ELEMENTS_PER_SHARD = 262_144    # below this an elementwise shard is not worth a thread hand-over: on the 2-core
+                                # VM of issue 11 waking a worker costs ~50 us and the data it wrote must move to
+                                # the other core's cache; at 65,536 rung 1's σ' (184,320 elements) and SGD update
+                                # (289,630) took 1.6x and 1.3x longer on 2 threads than on 1
 
 
 def elementwise(kernel, like, *arrays, out_dtypes=(None,)):
@@ -390,7 +393,9 @@ def _linear_weight_grad(d, x, g):
 
 
 # -- convolution: the mini-batch in shards, each shard in chunks whose columns stay in cache ---------------
-COLUMN_BYTES_PER_CHUNK = 1 << 20
+COLUMN_BYTES_PER_CHUNK = 1 << 19    # 512 KB: the CPU time of a step at 1 thread is the same as with 1 MB (rung 1
+                                    # and rung 3, m = 10-256, within 3%), and two threads' chunks in flight hold
+                                    # half as much (rung 3 at m=10: peak-RSS growth 3.6-3.8 -> 3.2-3.5 MB)
 
 
 def _conv_plan(x, weight, stride, padding):

@@ -1,0 +1,124 @@
+"""Where a training step's time goes at 1 and 2 threads: per layer and phase (forward, backward, cost, update),
+the wall time, the calling thread's CPU time and the other threads' CPU time (issue 11's 2-thread scaling).
+
+A phase whose "other" column is 0 ran on one thread (a serial section); one whose 2-thread wall time is no
+better than its 1-thread time gained nothing from the second core (on this 2-core Firecracker VM a sleeping
+worker takes ~50 us to wake: an idle vCPU halts at once, ``haltpoll.guest_halt_poll_ns=0``). Also per step:
+the minor page faults and the kernel (system) CPU time, which count memory handed back to the kernel and
+faulted in again, and the number of parallel sections (thread hand-overs). The nets and steps are
+cpu_speed.py's; medians over the steps. Wall-clock columns mean something only on an idle machine; the
+fault, system-time and section counts do not depend on the load.
+
+    python benchmarks/thread_profile.py                       # rung1,rung3,dropout at m=64
+    python benchmarks/thread_profile.py --nets rung1 --batches 64,256 --steps 40
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import cpu_speed  # noqa: E402
+from common import machine, write_json  # noqa: E402
+
+from deepscope import cpu  # noqa: E402
+
+
+def _timed(record, key, fn):
+    def wrapper(*args):
+        w0, m0, p0 = time.perf_counter(), time.thread_time(), time.process_time()
+        out = fn(*args)
+        w1, m1, p1 = time.perf_counter(), time.thread_time(), time.process_time()
+        record.setdefault(key, []).append((w1 - w0, m1 - m0, (p1 - p0) - (m1 - m0)))
+        return out
+    return wrapper
+
+
+def profile(name, batch, steps):
+    """{threads: {"phases": {phase: (wall, own CPU, other threads' CPU) medians, s}, "step": {...}}}."""
+    runner = cpu_speed.Deepscope(name, batch)
+    record, sections = {}, [0]
+    for i, m in enumerate(runner.net):
+        m.forward = _timed(record, f"{i} {type(m).__name__} forward", m.forward)
+        m.backward = _timed(record, f"{i} {type(m).__name__} backward", m.backward)
+    runner.cost.forward = _timed(record, "cost forward", runner.cost.forward)
+    runner.cost.backward = _timed(record, "cost backward", runner.cost.backward)
+    runner.opt.zero_grad = _timed(record, "zero_grad", runner.opt.zero_grad)
+    runner.opt.step = _timed(record, "update", runner.opt.step)
+    pool_run = cpu._Pool.run
+
+    def counted(pool, fn, shards):
+        sections[0] += 1
+        return pool_run(pool, fn, shards)
+
+    out = {}
+    cpu._Pool.run = counted
+    try:
+        for threads in (1, 2):
+            cpu_speed.set_threads(threads)
+            for _ in range(3):
+                runner.step()
+            record.clear()
+            sections[0] = 0
+            walls, cpus = [], []
+            r0 = resource.getrusage(resource.RUSAGE_SELF)
+            for _ in range(steps):
+                w0, p0 = time.perf_counter(), time.process_time()
+                runner.step()
+                walls.append(time.perf_counter() - w0)
+                cpus.append(time.process_time() - p0)
+            r1 = resource.getrusage(resource.RUSAGE_SELF)
+            out[threads] = {
+                "phases": {k: [statistics.median(x[j] for x in v) for j in range(3)] for k, v in record.items()},
+                "step": {"wall_s": statistics.median(walls), "cpu_s": statistics.median(cpus),
+                         "minor_faults": (r1.ru_minflt - r0.ru_minflt) / steps,
+                         "system_cpu_s": (r1.ru_stime - r0.ru_stime) / steps,
+                         "parallel_sections": sections[0] / steps}}
+    finally:
+        cpu._Pool.run = pool_run
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--nets", default="rung1,rung3,dropout")
+    ap.add_argument("--batches", default="64")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--out", default="thread_profile.json", help="file name under benchmarks/results/")
+    args = ap.parse_args(argv)
+    load_before = os.getloadavg()
+    rows = []
+    for name in args.nets.split(","):
+        for batch in map(int, args.batches.split(",")):
+            p = profile(name, batch, args.steps)
+            one, two = p[1], p[2]
+            print(f"\n{name} m={batch} (us; 2 threads: wall, calling thread's CPU, other threads' CPU)")
+            print(f"{'phase':24} {'1t wall':>8} | {'2t wall':>8} {'own':>7} {'other':>7} | {'1t/2t':>5}")
+            for k, (w1, _, _) in one["phases"].items():
+                w2, own, other = two["phases"][k]
+                print(f"{k:24} {w1 * 1e6:8.0f} | {w2 * 1e6:8.0f} {own * 1e6:7.0f} {other * 1e6:7.0f} | "
+                      f"{w1 / max(w2, 1e-9):5.2f}")
+            for t in (1, 2):
+                s = p[t]["step"]
+                print(f"step at {t} thread(s): wall {s['wall_s'] * 1e6:.0f} us, CPU {s['cpu_s'] * 1e6:.0f} us, "
+                      f"{s['minor_faults']:.0f} page faults, system CPU {s['system_cpu_s'] * 1e6:.0f} us, "
+                      f"{s['parallel_sections']:.1f} parallel sections")
+            scaling = one["step"]["wall_s"] / two["step"]["wall_s"]
+            print(f"2-thread / 1-thread throughput: {scaling:.2f}")
+            rows.append({"net": name, "batch": batch, "threads": {str(t): p[t] for t in (1, 2)},
+                         "scaling_2_over_1": scaling})
+    info = {"command": "python benchmarks/thread_profile.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "machine": machine(), "steps": args.steps, "load_average_before": load_before,
+            "load_average_after": os.getloadavg()}
+    path = write_json(Path(args.out).name, {**info, "rows": rows})
+    print(f"\nwritten to {path}")
+
+
+if __name__ == "__main__":
+    main()
