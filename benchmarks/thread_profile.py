@@ -18,6 +18,7 @@ import argparse
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ sys.path.insert(0, str(HERE))
 import cpu_speed  # noqa: E402
 from common import machine, write_json  # noqa: E402
 
+import deepscope  # noqa: E402
 from deepscope import cpu  # noqa: E402
 
 
@@ -113,7 +115,10 @@ def main(argv=None):
             print(f"2-thread / 1-thread throughput: {scaling:.2f}")
             rows.append({"net": name, "batch": batch, "threads": {str(t): p[t] for t in (1, 2)},
                          "scaling_2_over_1": scaling})
+    commit = subprocess.run(["git", "-C", str(Path(deepscope.__file__).parent), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
     info = {"command": "python benchmarks/thread_profile.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "deepscope_commit": commit or None,     # the checkout the library was imported from
             "machine": machine(), "steps": args.steps, "load_average_before": load_before,
             "load_average_after": os.getloadavg()}
     path = write_json(Path(args.out).name, {**info, "rows": rows})
