@@ -230,7 +230,7 @@ def main(argv=None):
     ap.add_argument("--nets", default=",".join(NETS))
     ap.add_argument("--batches", default=",".join(map(str, BATCHES)))
     ap.add_argument("--no-memory", action="store_true")
-    ap.add_argument("--out", default="cpu_speed.json", help="file name under benchmarks/results/")
+    ap.add_argument("--out", default="cpu_speed.json", help="a file name: written under benchmarks/results/; a path with a folder: written there")
     args = ap.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 5)
     images = 256 if args.quick else 1280
@@ -285,8 +285,7 @@ def main(argv=None):
               "gemm_peak_flops": {f"{t}thread": p for t, p in peaks.items()}, "openblas_spin_check": spin,
               "linear_compiled_loops": cpu.loops_beat_blas(),
               "rows": rows, "geometric_mean_ratio": geomean, "min_ratio": min(ratios), "network2": n2}
-    write_json(Path(args.out).name, result)
-    print(f"wrote benchmarks/results/{args.out}")
+    print(f"wrote {write_json(args.out, result)}")
 
 
 if __name__ == "__main__":

@@ -92,7 +92,7 @@ def main(argv=None):
     ap.add_argument("--nets", default="rung1,rung3,dropout")
     ap.add_argument("--batches", default="64")
     ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--out", default="thread_profile.json", help="file name under benchmarks/results/")
+    ap.add_argument("--out", default="thread_profile.json", help="a file name: written under benchmarks/results/; a path with a folder: written there")
     args = ap.parse_args(argv)
     load_before = os.getloadavg()
     rows = []
@@ -121,7 +121,7 @@ def main(argv=None):
             "deepscope_commit": commit or None,     # the checkout the library was imported from
             "machine": machine(), "steps": args.steps, "load_average_before": load_before,
             "load_average_after": os.getloadavg()}
-    path = write_json(Path(args.out).name, {**info, "rows": rows})
+    path = write_json(args.out, {**info, "rows": rows})
     print(f"\nwritten to {path}")
 
 
