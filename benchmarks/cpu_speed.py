@@ -12,8 +12,8 @@ in a rotating order; the table gives medians of the repeats. Also, in the same r
     layers, as conv_speed.py);
   * [784,30,10] (sigmoid, cross-entropy, ``fit``) against a network2.py-style per-example loop at m = 10
     and 64 (fc_speed.py's loop), 1 thread;
-  * peak memory of a training step (peak-RSS growth over two steps, in a fresh process after a warm-up
-    step at mini-batch 2 and malloc_trim, both frameworks at 2 threads);
+  * peak memory of a training step (peak-RSS growth over two steps, in a fresh process after warm-up steps
+    at mini-batch 2 and at the measured one and malloc_trim, both frameworks at 2 threads);
   * the OpenBLAS spin-wait check behind deepscope's default: 64×784 by 784×100 GEMMs with OpenBLAS's own 2
     threads against one, while the other engineers' processes load the machine.
 
@@ -195,6 +195,8 @@ c.set_threads({threads})
 make = c.Deepscope if {fw!r} == "deepscope" else c.Torch
 warm = make({name!r}, 2)          # imports, compiled kernels, first-call set-up: not a step's memory
 warm.step()
+warm = make({name!r}, {batch})    # a step at the measured batch: every thread either framework runs there has
+warm.step()                       # started (its stack, malloc arena, BLAS buffer: once a process, not a step)
 r = make({name!r}, {batch})
 del warm
 gc.collect()
@@ -209,8 +211,8 @@ print(json.dumps(cs._vm("VmHWM") - base))
 
 def memory(name, batch, threads):
     """Peak memory of a training step: the peak-RSS growth over two steps at mini-batch ``batch``, in a fresh
-    process per framework, after a warm-up step at mini-batch 2 (imports, compiled kernels and first-call
-    set-up are not a step's memory) and ``malloc_trim``."""
+    process per framework, after a warm-up step at mini-batch 2 and one at ``batch`` (imports, compiled kernels,
+    first-call set-up and the first use of each thread are not a step's memory) and ``malloc_trim``."""
     out = {}
     for fw in ("deepscope", "pytorch"):
         code = MEMORY_CHILD.format(here=str(HERE), threads=threads, fw=fw, name=name, batch=batch)
