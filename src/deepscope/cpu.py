@@ -291,26 +291,36 @@ def elementwise(kernel, like, *arrays, out_dtypes=(None,)):
 # -- linear algebra ---------------------------------------------------------------------------------------
 MACS_PER_SHARD = 2_000_000      # below this a GEMM block is not worth a thread hand-over
 GEMM_BLOCKS = 4                 # the most blocks a GEMM is cut into
+AVX512_BLOCK_SCALE = 4          # under OpenBLAS's AVX-512 kernels a GEMM block holds this many times more
+
+
+def gemm_block_macs() -> int:
+    """The fewest multiply-adds in a block of :func:`matmul`: 2 x ``MACS_PER_SHARD``, and ``AVX512_BLOCK_SCALE``
+    times that under OpenBLAS's AVX-512 kernels (:func:`blas_runs_avx512`), which run a product ~1.9x faster and
+    pay more for each cut: on a Zen 5 core, 1 thread, a 256x2880x100 product took 758 us in one call, 879 in 2
+    blocks and 1,060 in 4 (Haswell kernels: 1,413 / 1,428 / 1,480), 256x784x100 204 / 240 / 289 us. So FC
+    784-100-10 at m=256 (20M multiply-adds a product) stays in one call, which a second thread woken for ~50 us
+    cannot beat: in 4 blocks it trained at 312k img/s on 2 threads and 353k on 1 (PyTorch 317k on 2)."""
+    return 2 * MACS_PER_SHARD * (AVX512_BLOCK_SCALE if blas_runs_avx512() else 1)
 
 
 def matmul(a, b, add_to=None):
     """``a @ b`` for 2-D arrays (with ``add_to``: ``add_to += a @ b``, returning ``add_to``): a large product in 2 or
-    4 blocks (each at least 2 x ``MACS_PER_SHARD`` multiply-adds: with OpenBLAS's SkylakeX kernels FC 784-100-10
-    trained at m=64, 5M multiply-adds a product, at 139-141k img/s on 2 threads in 2 blocks and 292-298k in one call)
-    that the threads share: rows of ``a`` when ``a`` is
+    4 blocks (each at least :func:`gemm_block_macs` multiply-adds: smaller blocks cost more than a second thread
+    gains) that the threads share: rows of ``a`` when ``a`` is
     the larger operand, else columns of ``b``, so that each block repacks only its share of the larger operand and
     runs almost as fast as one call (8 thin row blocks had cost up to 1.8x one call on a single thread); each
-    thread adds its block into ``add_to`` while the block is in its cache. The blocks depend on the sizes, not on
-    the thread count, so neither does the result. Linear's two products with a small weight matrix and a few rows
-    (x Wᵀ, and W.grad += δᵀ x) run compiled loops instead where they beat BLAS (:func:`_small_weight`)."""
+    thread adds its block into ``add_to`` while the block is in its cache. The blocks depend on the sizes and the
+    BLAS, not on the thread count, so neither does the result. Linear's two products with a small weight matrix and
+    a few rows (x Wᵀ, and W.grad += δᵀ x) run compiled loops instead where they beat BLAS (:func:`_small_weight`)."""
     m, k = a.shape
     n = b.shape[1]
     if add_to is None and _small_weight(a, b.T, m):             # x Wᵀ with a small W: compiled loops
         return _linear_forward(a, b.T)
     if add_to is not None and _small_weight(b, add_to, k, a.T):  # W.grad += δᵀ x with a small W.grad
         return _linear_weight_grad(a.T, b, add_to)
-    blocks = 1
-    while blocks < GEMM_BLOCKS and m * k * n >= 4 * blocks * MACS_PER_SHARD:      # blocks of >= 2 x MACS_PER_SHARD
+    blocks, least = 1, gemm_block_macs()
+    while blocks < GEMM_BLOCKS and m * k * n >= 2 * blocks * least:
         blocks *= 2
     if blocks == 1 or not fast(a, b) or (add_to is not None and type(add_to) is not numpy.ndarray):
         if m < n <= k and type(a) is numpy.ndarray:     # a few rows of inputs by a tall weight (x Wᵀ at small m):
@@ -346,6 +356,11 @@ AVX512_OPENBLAS = ("SkylakeX", "Cooperlake", "SapphireRapids")    # OpenBLAS's c
 _loops_win = None
 
 
+def _blas_libraries() -> list:
+    """NumPy's BLAS libraries, as threadpoolctl describes them (internal_api, architecture, ...)."""
+    return [i for i in threadpool_info() if i.get("user_api") == "blas"]
+
+
 def loops_beat_blas() -> bool:
     """Whether the compiled loops of Linear's small products beat BLAS on this machine: the CPU has AVX-512 (numba
     compiles the loops for it) and NumPy's BLAS is an OpenBLAS running narrower kernels (OPENBLAS_CORETYPE=Haswell,
@@ -355,10 +370,24 @@ def loops_beat_blas() -> bool:
     global _loops_win
     if _loops_win is None:
         from llvmlite import binding        # numba's compiler: present whenever the loops are (lazy, as numba)
-        blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+        blas = _blas_libraries()
         _loops_win = bool(binding.get_host_cpu_features().get("avx512f")) and bool(blas) and all(
             i.get("internal_api") == "openblas" and i.get("architecture") not in AVX512_OPENBLAS for i in blas)
     return _loops_win
+
+
+_avx512_blas = None
+
+
+def blas_runs_avx512() -> bool:
+    """Whether NumPy's BLAS is an OpenBLAS running its AVX-512 kernels (its own choice on a CPU with AVX-512, unless
+    OPENBLAS_CORETYPE names narrower ones). Decided once, on first use."""
+    global _avx512_blas
+    if _avx512_blas is None:
+        blas = _blas_libraries()
+        _avx512_blas = bool(blas) and all(
+            i.get("internal_api") == "openblas" and i.get("architecture") in AVX512_OPENBLAS for i in blas)
+    return _avx512_blas
 
 
 def _small_weight(x, w, rows, d=None) -> bool:
