@@ -275,8 +275,8 @@ def test_the_loops_replace_blas_only_where_blas_runs_narrower_vectors(monkeypatc
 @pytest.mark.parametrize("arch, api", [("Haswell", "openblas"), ("SkylakeX", "openblas"), ("SkylakeX", "mkl")])
 def test_gemm_blocks_hold_more_under_openblas_avx512_kernels(monkeypatch, arch, api):
     """FC 784-100's 256x784x100 products: 4 blocks under narrower kernels, one call under OpenBLAS's AVX-512 ones
-    (where the cuts cost more than a second thread gains); a 10x1000 by 1000x1000 product (a 4 MB weight, larger
-    than a core's cache) in 2 blocks under both; the same at any thread count."""
+    (where the cuts cost more than a second thread gains); a 1000x1000 layer's products at m=10 (a 4 MB weight or
+    gradient, larger than a core's cache) in 2 blocks under both; the same at any thread count."""
     monkeypatch.setattr(cpu, "_avx512_blas", None)
     monkeypatch.setattr(cpu, "_loops_win", False)         # BLAS, not Linear's compiled loops
     monkeypatch.setattr(cpu, "threadpool_info",
@@ -287,7 +287,7 @@ def test_gemm_blocks_hold_more_under_openblas_avx512_kernels(monkeypatch, arch, 
     assert cpu.gemm_block_macs((1 << 20) + 1) == 2 * cpu.MACS_PER_SHARD
     rng = np.random.default_rng(3)
     x, w, d = (rng.random(s, dtype=np.float32) for s in ((256, 784), (100, 784), (256, 100)))
-    x10, w1000 = rng.random((10, 1000), dtype=np.float32), rng.random((1000, 1000), dtype=np.float32)
+    x10, d10, w1000 = (rng.random(s, dtype=np.float32) for s in ((10, 1000), (10, 1000), (1000, 1000)))
     was = cpu.get_num_threads()
     try:
         for threads in (1, 3):
@@ -296,10 +296,12 @@ def test_gemm_blocks_hold_more_under_openblas_avx512_kernels(monkeypatch, arch, 
             monkeypatch.setattr(cpu, "parallel", lambda fn, n, *a: cuts.append(n) or [fn(0, n)])
             z, g = cpu.matmul(x, w.T), cpu.matmul(d.T, x, add_to=np.zeros((100, 784), np.float32))
             zz = cpu.matmul(x10, w1000.T)
-            assert cuts == ([2] if wide else [4, 4, 2])
+            gg = cpu.matmul(d10.T, x10, add_to=np.zeros((1000, 1000), np.float32))    # its ∂C/∂W: a 4 MB result
+            assert cuts == ([2, 2] if wide else [4, 4, 2, 2])
             np.testing.assert_allclose(z, x @ w.T, rtol=1e-5, atol=1e-4)
             np.testing.assert_allclose(g, d.T @ x, rtol=1e-5, atol=1e-4)
             np.testing.assert_allclose(zz, x10 @ w1000.T, rtol=1e-5, atol=1e-4)
+            np.testing.assert_allclose(gg, d10.T @ x10, rtol=1e-5, atol=1e-4)
     finally:
         cpu.set_num_threads(was)
 

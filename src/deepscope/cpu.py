@@ -291,20 +291,21 @@ def elementwise(kernel, like, *arrays, out_dtypes=(None,)):
 # -- linear algebra ---------------------------------------------------------------------------------------
 MACS_PER_SHARD = 2_000_000      # below this a GEMM block is not worth a thread hand-over
 GEMM_BLOCKS = 4                 # the most blocks a GEMM is cut into
-AVX512_BLOCK_SCALE = 4          # under OpenBLAS's AVX-512 kernels a GEMM block of cached operands holds 4x more
-CORE_CACHE_BYTES = 1 << 20      # a core's L2 (Zen 5: 1 MB): an operand this small gains nothing from being cut
+AVX512_BLOCK_SCALE = 4          # under OpenBLAS's AVX-512 kernels a GEMM of cache-sized arrays: 4x larger blocks
+CORE_CACHE_BYTES = 1 << 20      # a core's L2 (Zen 5: 1 MB): arrays this small gain nothing from being cut
 
 
-def gemm_block_macs(largest_operand_bytes: int) -> int:
+def gemm_block_macs(largest_array_bytes: int) -> int:
     """The fewest multiply-adds in a block of :func:`matmul`: 2 x ``MACS_PER_SHARD``, and ``AVX512_BLOCK_SCALE``
-    times that under OpenBLAS's AVX-512 kernels (:func:`blas_runs_avx512`) when the larger operand fits in a core's
-    cache. Those kernels run a product ~1.9x faster and pay more for each cut, which then gains no cache: on a Zen 5
-    core, 1 thread, 256x784x100 took 204 / 240 / 289 us in 1 / 2 / 4 blocks, 256x2880x100 758 / 879 / 1,060
-    (Haswell kernels 1,413 / 1,428 / 1,480). So FC 784-100-10 at m=256 (20M multiply-adds a product, the 256x784
-    input 0.8 MB) runs one call, which a second thread woken for ~50 us cannot beat: in 4 blocks it had trained at
-    312k img/s on 2 threads and 353k on 1 (PyTorch 317k on 2). A larger operand (the dropout net's 4 MB 1000x1000
-    weight at m=10) is still cut: each core then holds its half (in one call that net ran 12% slower on 2 threads)."""
-    wide = blas_runs_avx512() and largest_operand_bytes <= CORE_CACHE_BYTES
+    times that under OpenBLAS's AVX-512 kernels (:func:`blas_runs_avx512`) when the largest of the operands and
+    the product fits in a core's cache. Those kernels run a product ~1.9x faster and pay more for each cut, which
+    then gains no cache: on a Zen 5 core, 1 thread, 256x784x100 took 204 / 240 / 289 us in 1 / 2 / 4 blocks,
+    256x2880x100 758 / 879 / 1,060 (Haswell kernels 1,413 / 1,428 / 1,480). So FC 784-100-10 at m=256 (20M
+    multiply-adds a product, the 256x784 input 0.8 MB) runs one call, which a second thread woken for ~50 us cannot
+    beat: in 4 blocks it had trained at 312k img/s on 2 threads and 353k on 1 (PyTorch 317k on 2). A larger array
+    (the dropout net's 4 MB 1000x1000 weight and its gradient at m=10) is still cut: each core then holds its half
+    (in one call that net ran 12% slower on 2 threads)."""
+    wide = blas_runs_avx512() and largest_array_bytes <= CORE_CACHE_BYTES
     return 2 * MACS_PER_SHARD * (AVX512_BLOCK_SCALE if wide else 1)
 
 
@@ -323,7 +324,8 @@ def matmul(a, b, add_to=None):
         return _linear_forward(a, b.T)
     if add_to is not None and _small_weight(b, add_to, k, a.T):  # W.grad += δᵀ x with a small W.grad
         return _linear_weight_grad(a.T, b, add_to)
-    blocks, least = 1, gemm_block_macs(max(a.nbytes, b.nbytes))
+    largest = max(a.nbytes, b.nbytes, m * n * numpy.result_type(a, b).itemsize)      # operands and product
+    blocks, least = 1, gemm_block_macs(largest)
     while blocks < GEMM_BLOCKS and m * k * n >= 2 * blocks * least:
         blocks *= 2
     if blocks == 1 or not fast(a, b) or (add_to is not None and type(add_to) is not numpy.ndarray):
