@@ -410,3 +410,36 @@ def test_stopping_ray_stops_the_monitor_first_and_leaves_no_process():
     sweep._stop_ray()
     assert not ray.is_initialized() and monitor.poll() is not None
     _assert_nothing_left(before)
+
+
+@needs_ray
+@pytest.mark.slow
+def test_a_sweep_joins_a_cluster_that_ray_start_made_with_its_token(tmp_path, mnist_sample):
+    """``ray start --head`` turns token authentication on when a token exists (as ``~/.ray/auth_token`` does after
+    any local ``ray.init()``); ``deepscope sweep --address`` must get in, as the README's two-node recipe does."""
+    import secrets
+    import socket
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    env["HOME"] = str(home)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray_exe = str(Path(sys.executable).with_name("ray"))
+    head = subprocess.Popen([ray_exe, "start", "--head", "--port", str(port), "--num-cpus", "1",
+                             "--include-dashboard=false", "--disable-usage-stats", "--block"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        out = tmp_path / "sweep"
+        run = subprocess.run([sys.executable, "-m", "deepscope.cli", "sweep", "--address", f"127.0.0.1:{port}",
+                              "--seeds", "2", "--out", str(out), "--", *TRAIN, "--epochs", "1",
+                              "--data-dir", str(mnist_sample)],
+                             env=env, capture_output=True, text=True, timeout=240)
+        assert run.returncode == 0, run.stderr[-2000:]
+        rows = json.loads((out / "trials.json").read_text())
+        assert len(rows) == 2 and all(r["status"] == "done" for r in rows)
+    finally:
+        head.terminate()             # a `ray start --block` stops its node's processes when it ends
+        head.wait(60)

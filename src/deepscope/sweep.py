@@ -585,11 +585,26 @@ def _start_ray(address: str | None, workers: int | None) -> None:
         kwargs.update(num_cpus=cpus, object_store_memory=80 * 2**20)   # trials share files, not objects
     try:
         with contextlib.redirect_stderr(_stdio.StringIO()):
+            if address is not None:
+                _token_auth_as_ray_start()
             # "local": a new Ray in this process, never a cluster that $RAY_ADDRESS or a stale
             # /tmp/ray/ray_current_cluster names (a dead one there made every sweep fail)
             ray.init(address=address or "local", **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ConfigError(f"cannot reach a Ray cluster at {address}: {str(e).splitlines()[0]}") from None
+
+
+def _token_auth_as_ray_start() -> None:
+    """Joining a cluster, use token authentication when ``ray start`` would: Ray 2.60's ``ray start`` turns it on
+    whenever a token exists and ``$RAY_AUTH_MODE`` is unset (``~/.ray/auth_token``, which any local ``ray.init()``
+    leaves behind), but ``ray.init(address=...)`` does not look for one, and was refused (``InvalidAuthToken``) by
+    the very cluster ``ray start`` had made on the same machine. ``$RAY_AUTH_MODE`` set by the user is left alone."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (   # Ray's own rule (private: a
+            maybe_enable_token_auth_if_token_available)                        # Ray without it has no tokens)
+    except ImportError:
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def _stop_ray() -> None:
