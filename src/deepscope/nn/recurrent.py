@@ -353,11 +353,9 @@ class Recurrent(Module):
                 self._p("bias_ih", suffix).grad += db_ih
                 self._p("bias_hh", suffix).grad += db_hh
 
-    def _input_part(self, seq2, N, suffix, scale=None):
-        """U x_t for every step as one GEMM, ``(T, N, G*H)``; ``scale`` (G*H,) multiplies U's rows."""
+    def _input_part(self, seq2, N, suffix):
+        """U x_t for every step as one GEMM, ``(T, N, G*H)``."""
         U = self._p("weight_ih", suffix).data
-        if scale is not None:
-            U = U * scale[:, None]
         return (seq2 @ U.T).reshape(seq2.shape[0] // N, N, -1)
 
     def extra_repr(self) -> str:
