@@ -56,10 +56,14 @@ def step(model, cost, optimizer, x, y, before_update=None):
             first layer whose gradient is not.
 
     Returns:
-        ``(loss, out)``: the cost of the mini-batch (a float) and the model's outputs.
+        ``(loss, out)``: the cost of the mini-batch and the model's outputs. The cost is a float on the CPU; on a
+        GPU it stays a 0-d device array (``float(loss)`` reads it, and reading waits for the GPU), so that the
+        host can queue the next steps while the GPU works.
     """
     out = model(x)
-    loss = float(cost(out, y))
+    loss = cost(out, y)
+    if backend.xp_of(out) is np:
+        loss = float(loss)
     optimizer.zero_grad()
     model.backward(cost.backward())
     if before_update is not None:
@@ -73,6 +77,10 @@ def step(model, cost, optimizer, x, y, before_update=None):
 def nonfinite_cost(loss, model, where: str) -> str:
     return (f"the cost became {loss} at {where}; first layer with a non-finite gradient: "
             f"{first_nonfinite_layer(model)}")
+
+
+DEVICE_CHUNK = 8192    # examples copied to a GPU at once (Batches.epoch)
+READ_EVERY = 50        # on a GPU, fit reads the running cost and accuracy (and checks the cost) every this many steps
 
 
 class Batches:
@@ -93,17 +101,24 @@ class Batches:
         return len(self.X)
 
     def epoch(self, batch_size: int, xp=None):
-        """The mini-batches of one epoch, as arrays of ``xp`` (the model's array module; default the backend's):
-        the data stays on the host and goes to the device one mini-batch at a time."""
+        """The mini-batches of one epoch, as arrays of ``xp`` (the model's array module; default the backend's).
+
+        The data stays on the host. A GPU gets it in chunks of about ``DEVICE_CHUNK`` examples, each drawn,
+        augmented and copied at once and then cut into mini-batches there: a copy to the GPU waits for the GPU
+        to finish its queued work, so one copy a mini-batch would make every step wait. On the CPU a chunk is
+        one mini-batch."""
         xp = backend.xp() if xp is None else xp
         n = len(self.X)
         order = backend.rng().permutation(n) if self.shuffle else np.arange(n)
-        for i in range(0, n, batch_size):
-            idx = order[i:i + batch_size]
-            xb = self.X[idx]
+        chunk = batch_size if xp is np else batch_size * max(1, DEVICE_CHUNK // batch_size)
+        for c in range(0, n, chunk):
+            part = order[c:c + chunk]
+            X = self.X[part]
             if self.augment is not None:
-                xb = self.augment(xb)
-            yield xp.asarray(xb), xp.asarray(self.y[idx])
+                X = self.augment(X)
+            X, y = xp.asarray(X), xp.asarray(self.y[part])
+            for i in range(0, len(part), batch_size):
+                yield X[i:i + batch_size], y[i:i + batch_size]
 
 
 def fit(model, cost, optimizer, train, epochs: int, batch_size: int, validation=None, test=None, run=None,
@@ -147,9 +162,12 @@ def fit(model, cost, optimizer, train, epochs: int, batch_size: int, validation=
     stopped = None
     before_step, on_step, on_batch_end = (_hooks(callbacks, h) for h in ("on_before_step", "on_step", "on_batch_end"))
 
+    on_host = model.xp is np      # on a GPU, read the cost only every READ_EVERY steps: a read waits for the GPU
+
     def before_update(loss):                       # (count and epoch: the loop's, below)
-        if not math.isfinite(loss):
-            raise NonFiniteError(nonfinite_cost(loss, model, f"epoch {epoch}, step {count}"))
+        if (on_host or count % READ_EVERY == 0) and not math.isfinite(loss):
+            where = f"epoch {epoch}, step {count}" if on_host else f"epoch {epoch}, by step {count}"
+            raise NonFiniteError(nonfinite_cost(float(loss), model, where))
         for hook in before_step:
             hook(count, model, optimizer)
 
@@ -171,8 +189,8 @@ def fit(model, cost, optimizer, train, epochs: int, batch_size: int, validation=
                 correct += _correct(out, yb)
                 for hook in on_batch_end:
                     hook(m, loss_sum / seen, correct / seen)
-            record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1),
-                      "train_acc": correct / max(seen, 1), "lr": optimizer.lr}
+            record = {"epoch": epoch, "train_loss": float(loss_sum) / max(seen, 1),
+                      "train_acc": int(correct) / max(seen, 1), "lr": optimizer.lr}
             if validation is not None:
                 record["val_acc"] = evaluate(model, *validation)
             if test is not None:
@@ -228,13 +246,17 @@ def _load_states(callbacks, states: dict) -> None:
             cb.load_state_dict(states[name])
 
 
-def _correct(out, y) -> int:
-    count = backend.xp_of(out).count_nonzero
+def _correct(out, y):
+    """How many of the mini-batch's outputs pick the right class: an int on the CPU, a 0-d array on a GPU (read
+    later, as the cost)."""
+    xp = backend.xp_of(out)
     if out.ndim == 2 and y.ndim == 1:
-        return int(count(out.argmax(axis=1) == y))
-    if out.ndim == 2 and y.shape == out.shape:   # one-hot targets
-        return int(count(out.argmax(axis=1) == y.argmax(axis=1)))
-    return 0
+        right = xp.count_nonzero(out.argmax(axis=1) == y)
+    elif out.ndim == 2 and y.shape == out.shape:   # one-hot targets
+        right = xp.count_nonzero(out.argmax(axis=1) == y.argmax(axis=1))
+    else:
+        return 0
+    return int(right) if xp is np else right
 
 
 # -- callbacks --------------------------------------------------------------------------------------------
@@ -257,7 +279,7 @@ class ProgressBar:
         self.bar.update(m)
         self.steps += 1
         if self.steps % self.every == 0:
-            self.bar.set_postfix_str(f"loss {loss:.4f} acc {accuracy:.4f}", refresh=False)
+            self.bar.set_postfix_str(f"loss {float(loss):.4f} acc {float(accuracy):.4f}", refresh=False)
 
     def on_epoch_end(self, epoch, record):
         self._close()

@@ -408,7 +408,7 @@ class Network:
                 cost_ij, _ = step(self.model, self.cost, optimizer, xb, yb, finite)   # update_mini_batch
                 cost_sum += cost_ij
             validation_accuracy = self.accuracy(validation_data, mini_batch_size)
-            record = {"epoch": epoch, "cost": cost_sum / num_training_batches,
+            record = {"epoch": epoch, "cost": float(cost_sum) / num_training_batches,
                       "validation_accuracy": validation_accuracy}
             say("Epoch {0}: validation accuracy {1:.2%}".format(epoch, validation_accuracy))
             if validation_accuracy >= result.best_validation_accuracy:

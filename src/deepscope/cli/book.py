@@ -116,7 +116,7 @@ def _ensemble_by_sweep(args) -> int:
     rung = ch6.get_rung("ensemble", **_changes(vars(args)))
     r = sweeps.ensemble(rung, epochs=args.epochs, runs=args.runs, train_size=args.train_size,
                         data_dir=args.data_dir, seed=args.seed, out=args.out, address=args.address,
-                        workers=args.workers, progress=not args.quiet)
+                        workers=args.workers, progress=not args.quiet, device=args.device)
     print("members' test accuracy: " + ", ".join(f"{a:.2f}%" for a in r["members"]))
     book = ch6.get_rung("ensemble")
     print(f"ensemble (plurality vote of {len(r['members'])} nets): {r['vote']:.2f}% (book: {r['book']:.2f}% with "

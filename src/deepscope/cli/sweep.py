@@ -166,16 +166,17 @@ def launch(folder: sweep.SweepFolder, *, address=None, workers=None, scheduler=N
 
 
 def ensemble(rung: ch6.Rung, *, epochs=None, runs=None, train_size=None, data_dir=None, seed=0, out=None,
-             address=None, workers=None, progress=True) -> dict:
+             address=None, workers=None, progress=True, device="cpu") -> dict:
     """Chapter 6's ensemble as a sweep: the nets of ``rung`` (``ch6.get_rung("ensemble", ...)``) trained as
-    parallel trials of ``deepscope train`` (seeds ``seed`` …), then the plurality vote of their models (the
-    best-validation weights) on the test set."""
+    parallel trials of ``deepscope train`` (seeds ``seed`` …) on ``device``, then the plurality vote of their
+    models (the best-validation weights) on the test set."""
     epochs = epochs or rung.epochs
     # train's --lmbda is network2's λ (decay ηλ/n per step); the rung's is network3's (ηλ/(n/m)): λ·m is the same
     command = ["train", "--arch", rung.arch, "--epochs", str(epochs), "-m", str(rung.mini_batch_size),
                "--lr", str(rung.eta), "--lmbda", str(rung.lmbda * rung.mini_batch_size),
                "--momentum", str(rung.momentum), "--init", rung.init, "--schedule", "none", "--quiet"]
     command += ["--expand"] if rung.expanded else []
+    command += ["--device", device] if device != "cpu" else []
     command += ["--train-size", str(train_size)] if train_size else []
     command += ["--data-dir", str(Path(data_dir).resolve())] if data_dir else []
     out = out or reserve(Path("runs") / f"book-ch6-ensemble-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -107,7 +107,7 @@ def cmd_train(args) -> int:
     run = run or Run.create(args.out, "train", COMMAND)
     opts["data_dir"] = options.absolute(opts["data_dir"])
     run.write_config({**opts, "cost": cost_name, "data_source": data.source, "data": data.identity,
-                      "n_train": len(train[0])}, COMMAND)
+                      "n_train": len(train[0]), "device": args.device}, COMMAND)   # where it trained: a record, not read back
     print(f"deepscope: training {opts['arch']} on {len(train[0]):,} {opts['dataset']} images ({data.source}); "
           f"run folder {run}")
     callbacks = [] if args.quiet else [ProgressBar()]

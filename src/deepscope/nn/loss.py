@@ -18,6 +18,8 @@ cross-entropy costs, arrays ``(N, K)`` of target values.
 """
 from __future__ import annotations
 
+import numpy
+
 from .. import backend, cpu
 from ..errors import DataError, ShapeError
 from .activation import log_softmax, sigmoid
@@ -45,14 +47,22 @@ class Loss:
                 raise ShapeError(f"{name}: {n} outputs but {target.shape[0]} labels")
             if target.dtype.kind not in "iu":
                 raise DataError(f"{name}: labels must be integers, got dtype {target.dtype}")
-            if n and (int(target.min()) < 0 or int(target.max()) >= k):
-                raise self._out_of_range(int(target.max()) if int(target.max()) >= k else int(target.min()), k)
+            if n:
+                lo, hi = (int(v) for v in backend.to_numpy(xp.stack([target.min(), target.max()])))   # one read
+                if lo < 0 or hi >= k:
+                    raise self._out_of_range(hi if hi >= k else lo, k)
             return target
         if not allow_dense:
             raise ShapeError(f"{name}: expected integer labels of shape ({n},), got {tuple(target.shape)}")
         if tuple(target.shape) != (n, k):
             raise ShapeError(f"{name}: targets of shape {tuple(target.shape)} do not match outputs {(n, k)}")
         return target.astype(z.dtype, copy=False)
+
+    @staticmethod
+    def _value(c):
+        """The cost as a float on the CPU; on a GPU a 0-d device array (``float()`` reads it: a read waits for the
+        GPU, so it is left to whoever needs the number)."""
+        return float(c) if backend.xp_of(c) is numpy else c
 
     def _out_of_range(self, label: int, k: int) -> DataError:
         return DataError(f"{type(self).__name__}: label {label} is out of range for {k} classes (0..{k - 1})")
@@ -93,7 +103,7 @@ class QuadraticCost(Loss):
         y = self._dense(z, target)
         a = sigmoid(z) if self.output == "sigmoid" else z
         self._a, self._y = a, y
-        return float(0.5 * ((a - y) ** 2).sum() / z.shape[0])
+        return self._value(0.5 * ((a - y) ** 2).sum() / z.shape[0])
 
     def backward(self):
         a, y = self._a, self._y
@@ -126,7 +136,7 @@ class CrossEntropyCost(Loss):
                 loss = (softplus - t * z).sum()
                 a_minus_y -= t
         self._a_minus_y, self._n = a_minus_y, z.shape[0]
-        return float(loss / self._n)
+        return self._value(loss / self._n)
 
     def backward(self):
         return self._a_minus_y / self._n
@@ -152,7 +162,7 @@ class LogLikelihoodCost(Loss):
             p_minus_y = xp.exp(logp)                        # becomes softmax(z) - onehot(y)
             p_minus_y[rows, labels] -= 1
         self._p_minus_y, self._n = p_minus_y, z.shape[0]
-        return float(loss / self._n)
+        return self._value(loss / self._n)
 
     def backward(self):
         return self._p_minus_y / self._n

@@ -535,10 +535,9 @@ class LSTM(Recurrent):
                  stateful: bool = False):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, bidirectional, init, stateful)
 
-    def _scale(self, dtype):
+    def _scale(self, xp, dtype):
         """[½, ½, 1, ½] per gate block: σ(a) = (1 + tanh(a/2))/2, so one tanh over all four gates computes
         them all (the σ gates' pre-activations are halved on the way in)."""
-        xp = backend.xp()
         s = xp.full(4 * self.hidden_size, 0.5, dtype=dtype)
         s[2 * self.hidden_size:3 * self.hidden_size] = 1.0
         return s
@@ -551,7 +550,7 @@ class LSTM(Recurrent):
         parts = [self._p("weight_hh", suffix).data, self._p("weight_ih", suffix).data]
         if self.bias:
             parts.append((self._p("bias_ih", suffix).data + self._p("bias_hh", suffix).data)[:, None])
-        M = xp.concatenate(parts, axis=1) * self._scale(seq2.dtype)[:, None]   # [W | U | b], σ rows halved
+        M = xp.concatenate(parts, axis=1) * self._scale(xp, seq2.dtype)[:, None]   # [W | U | b], σ rows halved
         seq = seq2.reshape(T, N, -1)
         hs, c_n = xp.empty((T, N, H), dtype=seq2.dtype), xp.empty((N, H), dtype=seq2.dtype)
         k = cpu.kernels() if cpu.fast(seq2, h0, c0) else None     # the fast path: NumPy float32/float64

@@ -85,7 +85,7 @@ class AnomalyDetector:
 
     def check_loss(self, loss) -> None:
         """Raise if the cost value itself is not finite."""
-        if not _finite(backend.xp().asarray(loss)):
+        if not _finite(backend.xp_of(loss).asarray(loss)):
             raise NonFiniteError(f"forward, step {self.step}: the cost is {loss}")
 
     def remove(self) -> None:

@@ -60,7 +60,7 @@ def evaluate_char_lm(model, corpus, split: str = "validation", batch_size: int =
         count += y.size
     rnn.reset_state()
     model.train(was_training)
-    return total / count
+    return float(total) / count
 
 
 def train_char_lm(model, corpus, epochs: int = 10, batch_size: int = 32, seq_len: int = 100, lr: float = 2e-3,
@@ -107,11 +107,11 @@ def train_char_lm(model, corpus, epochs: int = 10, batch_size: int = 32, seq_len
             steps += 1
             bar.update(y.size)
             if steps % 20 == 0:
-                bar.set_postfix_str(f"loss {loss_sum / steps:.3f}", refresh=False)
+                bar.set_postfix_str(f"loss {float(loss_sum) / steps:.3f}", refresh=False)
         bar.close()
         train_seconds = time.perf_counter() - t0
         val = evaluate_char_lm(model, corpus, "validation", batch_size, seq_len)
-        record = {"epoch": epoch, "train_loss": loss_sum / max(steps, 1), "val_loss": val,
+        record = {"epoch": epoch, "train_loss": float(loss_sum) / max(steps, 1), "val_loss": val,
                   "val_bpc": val / math.log(2), "seconds": time.perf_counter() - t0,
                   "chars_per_s": steps * batch_size * seq_len / train_seconds}
         history.append(record)

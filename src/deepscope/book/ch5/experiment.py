@@ -66,7 +66,7 @@ def full_batch_gradient(model, cost, X, y) -> float:
     loss = cost(model(X), y)
     model.zero_grad()
     model.backward(cost.backward())
-    return loss
+    return float(loss)
 
 
 def hidden_speeds(model, cost, X, y) -> list[float]:

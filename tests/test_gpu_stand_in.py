@@ -1,0 +1,104 @@
+"""The CuPy path on a machine without a GPU, walked with a stand-in as strict as CuPy (tests/strict_cupy.py):
+no device array turns into a host array by itself and host and device arrays never meet. It catches a NumPy
+array or the global module slipping into device code (the LSTM's gate scale did, until this test); speed
+and CUDA itself are benchmarks/gpu_check.py's, on a real GPU."""
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import deepscope as ds
+from deepscope import backend, nn
+from deepscope.cli.main import main
+
+import strict_cupy
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("cupy") is not None,
+                                reason="CuPy is installed: the real one is tested on its GPU")
+
+
+@pytest.fixture
+def cupy(monkeypatch):
+    module = strict_cupy.install(monkeypatch)
+    yield module
+    backend.use_device("cpu")
+    backend.set_default_dtype("float32")
+
+
+@pytest.fixture
+def gpu_check(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_stand_in_refuses_what_cupy_refuses(cupy):
+    a = cupy.asarray(np.ones(3, dtype=np.float32))
+    with pytest.raises(TypeError, match="Implicit conversion"):
+        np.asarray(a)
+    with pytest.raises(TypeError, match="does not mix host and device"):
+        a + np.ones(3)
+    with pytest.raises(TypeError, match="does not mix host and device"):
+        cupy.concatenate([a, np.ones(3)])
+    with pytest.raises(AttributeError, match="permutation"):
+        cupy.random.default_rng(0).permutation(3)
+    assert backend.xp_of(a) is cupy and type(a) is not np.ndarray
+    assert float((a * 2).sum()) == 6.0 and np.array_equal(a.get(), np.ones(3))
+
+
+def test_every_layer_and_cost_on_the_device_matches_numpy(cupy, gpu_check):
+    result = gpu_check.section_layers(None, cupy)
+    failed = {k: v for k, v in result.items() if isinstance(v, dict) and not v.get("ok")}
+    assert not failed
+    assert result["all_ok"] and {"LSTM float64", "Conv2d float32", "Embedding float64", "GRU float32"} <= set(result)
+
+
+def test_a_step_on_the_device_keeps_everything_there(cupy):
+    backend.use_device("cuda")
+    ds.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Dropout(0.5),
+                          nn.Linear(4 * 12 * 12, 10))
+    opt = ds.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x = cupy.asarray(np.random.default_rng(0).random((6, 1, 28, 28), dtype=np.float32))
+    y = cupy.asarray(np.arange(6) % 10)
+    loss, out = ds.train.step(model, nn.LogLikelihoodCost(), opt, x, y)
+    assert np.isfinite(float(loss)) and isinstance(out, cupy.ndarray)
+    assert all(isinstance(p.data, cupy.ndarray) and isinstance(p.grad, cupy.ndarray) for p in model.parameters())
+
+
+def _config(run):
+    return json.loads((Path(run) / "config.json").read_text())
+
+
+def test_train_evaluate_and_predict_with_device_cuda(cupy, tmp_path, capsys):
+    before = strict_cupy.OPERATIONS[0]
+    assert main(["train", "--device", "cuda", "--epochs", "1", "--train-size", "200", "--out", str(tmp_path / "r"),
+                 "--quiet"]) == 0
+    assert strict_cupy.OPERATIONS[0] - before > 1_000          # the steps ran on the device
+    assert _config(tmp_path / "r")["device"] == "cuda"
+    assert main(["evaluate", str(tmp_path / "r"), "--device", "cuda"]) == 0
+    assert "test       accuracy" in capsys.readouterr().out
+
+
+def test_the_ensemble_trains_its_nets_on_the_device(cupy, tmp_path, capsys):
+    out = tmp_path / "ens"
+    assert main(["book", "ch6", "ensemble", "--device", "cuda", "--workers", "1", "--epochs", "1", "--runs", "2",
+                 "--train-size", "40", "--val-size", "50", "--out", str(out), "--quiet"]) == 0
+    runs = sorted(p.parent for p in out.rglob("config.json"))
+    assert len(runs) == 2
+    assert [_config(r)["device"] for r in runs] == ["cuda", "cuda"]
+    assert "ensemble (plurality vote of 2 nets)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_a_character_model_trains_on_the_device(cupy, tmp_path, cell):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(("To be, or not to be, that is the question. " * 400))
+    assert main(["rnn", "text", "--device", "cuda", "--cell", cell, "--hidden", "16", "--layers", "2",
+                 "--seq-len", "20", "-m", "4", "--epochs", "1", "--corpus", str(corpus),
+                 "--out", str(tmp_path / "r"), "--quiet"]) == 0
