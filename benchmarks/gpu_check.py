@@ -9,8 +9,10 @@ Sections (each writes ``OUT/gpu_<section>.json`` and never stops the others when
   speed   training images/s of rung 3 and the dropout net, deepscope on CuPy against PyTorch + cuDNN on the same
           GPU, alternating, medians, at m = 10 / 64 / 256 / 1024 (the GPU synchronised before each clock read);
   train   ``deepscope train --device cuda`` (the default net, full MNIST): wall time and test accuracy;
-  rungs   ``deepscope book ch6 ensemble --device cuda`` on expanded data: five dropout nets and their vote (the
-          book's last two rungs) with ``--epochs`` from ``--rung-epochs`` (the book's 40 do not fit a lease).
+  pytest  the layer-test harness's CuPy cases (tests/nn/test_layers.py -k cupy) and tests/nn/test_device.py;
+  rungs   five dropout nets on expanded data as five ``deepscope train --device cuda`` processes sharing the GPU,
+          then their plurality vote (the book's last two rungs; settings from ``--rung-*``: the book's 40 epochs
+          at m=10 do not fit a lease).
 
 Nothing here runs without CuPy and a GPU; on this project's CPU machines it says so and exits 2.
 """
@@ -138,7 +140,7 @@ def section_speed(args, cupy):
     out = {"gpu": cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(), "torch": torch.__version__,
            "cudnn": torch.backends.cudnn.version()}
     for net in ("rung3", "dropout"):
-        for m in (10, 64, 256, 1024):
+        for m in args.sizes:
             ds.manual_seed(0)
             ours = build_deepscope(net)
             theirs = build_torch(net, ours).cuda()
@@ -178,37 +180,118 @@ def section_speed(args, cupy):
                     sync()
                     times[k].append(time.perf_counter() - t0)
             ips = {k: iters * m / statistics.median(v) for k, v in times.items()}
-            out[f"{net} m={m}"] = {**ips, "ratio": ips["deepscope"] / ips["pytorch"]}
+            out[f"{net} m={m}"] = {**ips, "ratio": ips["deepscope"] / ips["pytorch"], "steps_timed": iters,
+                                   "repeats": args.repeats, **step_profile(fns)}
             print(f"{net:8s} m={m:5d}  deepscope {ips['deepscope']:10,.0f} img/s  pytorch {ips['pytorch']:10,.0f}"
-                  f"  ratio {ips['deepscope'] / ips['pytorch']:.2f}", flush=True)
+                  f"  ratio {ips['deepscope'] / ips['pytorch']:.2f}  {out[f'{net} m={m}'].get('profile', '')}",
+                  flush=True)
     return out
 
 
+def step_profile(fns) -> dict:
+    """Where a step's time goes: the host's time to issue it and the GPU's time to run it (CuPy's profiler, CUDA
+    events; medians of 30 steps). A step whose host time exceeds its GPU time is launch-bound."""
+    try:
+        from cupyx.profiler import benchmark
+    except ImportError:
+        return {}
+    r = {}
+    for k, (fn, _) in fns.items():
+        b = benchmark(fn, n_repeat=30, n_warmup=2)
+        r[f"{k}_host_ms"] = round(float(np.median(b.cpu_times)) * 1e3, 3)
+        r[f"{k}_gpu_ms"] = round(float(np.median(b.gpu_times[0])) * 1e3, 3)
+    r["profile"] = (f"host/GPU ms a step: deepscope {r['deepscope_host_ms']}/{r['deepscope_gpu_ms']}, "
+                    f"pytorch {r['pytorch_host_ms']}/{r['pytorch_gpu_ms']}")
+    return r
+
+
 # -- whole runs through the CLI ----------------------------------------------------------------------------------
-def _deepscope(argv, log):
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    t0 = time.perf_counter()
-    with open(log, "w") as f:
-        rc = subprocess.call([sys.executable, "-m", "deepscope.cli", *argv], stdout=f, stderr=subprocess.STDOUT, env=env)
-    wall = time.perf_counter() - t0
-    tail = Path(log).read_text(errors="replace").splitlines()[-6:]
-    return {"argv": ["deepscope", *argv], "rc": rc, "wall_s": round(wall, 1), "tail": tail}
+ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def _start(argv, log):
+    """``deepscope ARGV`` in a child process, its output in ``log``."""
+    return subprocess.Popen([sys.executable, "-m", "deepscope.cli", *argv], stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT, env=ENV)
+
+
+def _finish(proc, argv, log, t0, deadline):
+    try:
+        rc = proc.wait(timeout=max(1.0, deadline - time.perf_counter()))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rc = f"killed at the section's time limit ({proc.wait()})"
+    tail = Path(log).read_text(errors="replace").splitlines()[-8:]
+    return {"argv": ["deepscope", *argv], "rc": rc, "wall_s": round(time.perf_counter() - t0, 1), "tail": tail}
 
 
 def section_train(args, cupy):
-    run = Path(args.work) / "train-cuda"
-    return _deepscope(["train", "--device", "cuda", "--data-dir", args.data_dir, "--out", str(run), "--quiet"],
-                      Path(args.out) / "gpu_train.log")
+    """``deepscope train --device cuda``: the default net on full MNIST."""
+    argv = ["train", "--device", "cuda", "--data-dir", args.data_dir, "--out", str(Path(args.work) / "train-cuda"),
+            "--quiet"]
+    t0 = time.perf_counter()
+    log = Path(args.work) / "train.log"
+    return _finish(_start(argv, log), argv, log, t0, t0 + args.train_limit)
+
+
+def section_pytest(args, cupy):
+    """The layer-test harness's CuPy cases (tests/nn/test_layers.py: every layer case on CuPy against NumPy,
+    float64) and the device tests."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/nn/test_layers.py", "-k", "cupy",
+           "tests/nn/test_device.py"]
+    t0 = time.perf_counter()
+    try:
+        r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=args.pytest_limit)
+        rc, out = r.returncode, r.stdout + r.stderr
+    except subprocess.TimeoutExpired as e:
+        rc, out = "timed out", (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else str(e.stdout)
+    lines = out.splitlines()
+    return {"command": " ".join(cmd[1:]), "rc": rc, "wall_s": round(time.perf_counter() - t0, 1),
+            "summary": lines[-1] if lines else "", "failures": [s for s in lines if s.startswith(("FAILED", "ERROR"))][:40],
+            "tail": lines[-60:]}
 
 
 def section_rungs(args, cupy):
-    run = Path(args.work) / "ensemble-cuda"
-    return _deepscope(["book", "ch6", "ensemble", "--device", "cuda", "--data-dir", args.data_dir,
-                       "--epochs", str(args.rung_epochs), "--out", str(run), "--quiet"],
-                      Path(args.out) / "gpu_rungs.log")
+    """The book's last two rungs on the GPU: five dropout nets on expanded MNIST trained side by side as five
+    ``deepscope train --device cuda`` processes sharing the GPU (each net is the dropout rung, 99.60% in the
+    book), then their plurality vote (the ensemble rung, 99.67%). The book's protocol (40 epochs at m=10 with
+    plain SGD, 10M images a net) does not fit a lease; the settings used are recorded with the result."""
+    from deepscope.book import ch6
+    from deepscope.data import load_mnist
+    from deepscope.runs import Run
+    rung = ch6.get_rung("ensemble")
+    t0 = time.perf_counter()
+    deadline = t0 + args.rung_limit
+    argv_of = lambda k: ["train", "--arch", rung.arch, "--expand", "--device", "cuda", "--data-dir", args.data_dir,
+                         "--epochs", str(args.rung_epochs), "-m", str(args.rung_batch), "--lr", str(args.rung_lr),
+                         "--momentum", str(args.rung_momentum), "--lmbda", "0", "--init", "he",
+                         "--schedule", "cosine", "--seed", str(k), "--out", str(Path(args.work) / f"rung-net{k}"),
+                         "--quiet"] + (["--train-size", str(args.rung_train_size)] if args.rung_train_size else [])
+    logs = [Path(args.work) / f"rung-net{k}.log" for k in range(args.rung_nets)]
+    procs = [_start(argv_of(k), logs[k]) for k in range(args.rung_nets)]
+    nets = [_finish(p, argv_of(k), logs[k], t0, deadline) for k, p in enumerate(procs)]
+    X, y = load_mnist(data_dir=args.data_dir, verbose=False).test
+    predictions = []
+    for k, net in enumerate(nets):
+        try:
+            run = Run.open(Path(args.work) / f"rung-net{k}")
+            history = run.history
+            predictions.append(ch6._predict(run.load_model(), X))
+            net.update(epochs_done=len(history), best_val=history.best["val_acc"],
+                       test=100.0 * float((predictions[-1] == y).mean()))
+        except Exception as e:  # a net killed before its first epoch: no model to vote with
+            net["error"] = f"{type(e).__name__}: {e}"[:300]
+    vote = ch6.ensemble_predict(predictions) if predictions else None
+    return {"protocol": {"arch": rung.arch, "expanded": True, "epochs": args.rung_epochs, "batch_size": args.rung_batch,
+                         "lr": args.rung_lr, "momentum": args.rung_momentum, "schedule": "cosine", "init": "he",
+                         "lmbda": 0, "nets": args.rung_nets, "book": "40 epochs, m=10, lr 0.03, plain SGD"},
+            "nets": nets, "members_test": [n.get("test") for n in nets],
+            "vote_test": None if vote is None else 100.0 * float((vote == y).mean()),
+            "voters": len(predictions), "book": {"dropout": 99.60, "ensemble": 99.67}}
 
 
-SECTIONS = {"layers": section_layers, "speed": section_speed, "train": section_train, "rungs": section_rungs}
+SECTIONS = {"layers": section_layers, "pytest": section_pytest, "speed": section_speed, "train": section_train,
+            "rungs": section_rungs}
 
 
 def main() -> int:
@@ -218,7 +301,16 @@ def main() -> int:
     p.add_argument("--out", default=os.environ.get("OUT", "gpu-results"))
     p.add_argument("--work", default="/tmp/deepscope-gpu")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--rung-epochs", type=int, default=1)
+    p.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=[10, 64, 256, 1024])
+    p.add_argument("--train-limit", type=float, default=240, help="seconds the train section may take")
+    p.add_argument("--pytest-limit", type=float, default=120, help="seconds the pytest section may take")
+    p.add_argument("--rung-epochs", type=int, default=3)
+    p.add_argument("--rung-batch", type=int, default=64)
+    p.add_argument("--rung-lr", type=float, default=0.06)
+    p.add_argument("--rung-momentum", type=float, default=0.9)
+    p.add_argument("--rung-nets", type=int, default=5)
+    p.add_argument("--rung-train-size", type=int, default=None, help="first N images only (a dry run)")
+    p.add_argument("--rung-limit", type=float, default=240, help="seconds the five nets may train")
     args = p.parse_args()
     try:
         cupy = backend.device_module("cuda")
@@ -234,8 +326,9 @@ def main() -> int:
         except Exception:
             result = {"error": traceback.format_exc()[-2000:]}
         result = {"section": name, "seconds": round(time.perf_counter() - t0, 1), **result}
-        Path(args.out, f"gpu_{name}.json").write_text(json.dumps(result, indent=1, default=str))
-        print(f"== {name}: {result['seconds']} s", flush=True)
+        text = json.dumps(result, indent=1, default=str)
+        Path(args.out, f"gpu_{name}.json").write_text(text)
+        print(f"== {name}: {result['seconds']} s\n{text[:1500]}", flush=True)
     return 0
 
 
