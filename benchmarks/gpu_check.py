@@ -39,6 +39,7 @@ from deepscope import backend, nn, optim  # noqa: E402
 from deepscope.train import step  # noqa: E402
 
 TOL = {"float64": 1e-10, "float32": 1e-5}
+MEASURED = {}   # (net, m) -> deepscope's training images/s in the speed section (the rungs size their epochs by it)
 
 
 # -- layers ----------------------------------------------------------------------------------------------------
@@ -180,6 +181,7 @@ def section_speed(args, cupy):
                     sync()
                     times[k].append(time.perf_counter() - t0)
             ips = {k: iters * m / statistics.median(v) for k, v in times.items()}
+            MEASURED[(net, m)] = ips["deepscope"]
             out[f"{net} m={m}"] = {**ips, "ratio": ips["deepscope"] / ips["pytorch"], "steps_timed": iters,
                                    "repeats": args.repeats, **step_profile(fns)}
             print(f"{net:8s} m={m:5d}  deepscope {ips['deepscope']:10,.0f} img/s  pytorch {ips['pytorch']:10,.0f}"
@@ -260,6 +262,13 @@ def section_rungs(args, cupy):
     from deepscope.data import load_mnist
     from deepscope.runs import Run
     rung = ch6.get_rung("ensemble")
+    epochs, sized_by = args.rung_epochs, "--rung-epochs"
+    if not epochs:   # as many as should fit: five processes together 1.75x one process's measured speed
+        single = MEASURED.get(("dropout", args.rung_batch))
+        share = single * min(1.0, 1.75 / args.rung_nets) if single else None   # a guess: never measured
+        epochs = max(1, min(40, int((args.rung_limit - 40) * share / 250_000))) if share else 1
+        sized_by = f"auto: one process {single:,.0f} img/s in the speed section" if single else "auto: no speed measured"
+    args.rung_epochs = epochs
     t0 = time.perf_counter()
     deadline = t0 + args.rung_limit
     argv_of = lambda k: ["train", "--arch", rung.arch, "--expand", "--device", "cuda", "--data-dir", args.data_dir,
@@ -278,13 +287,15 @@ def section_rungs(args, cupy):
             history = run.history
             predictions.append(ch6._predict(run.load_model(), X))
             net.update(epochs_done=len(history), best_val=history.best["val_acc"],
+                       epoch_s=[round(r["seconds"], 1) for r in history.records],
                        test=100.0 * float((predictions[-1] == y).mean()))
         except Exception as e:  # a net killed before its first epoch: no model to vote with
             net["error"] = f"{type(e).__name__}: {e}"[:300]
     vote = ch6.ensemble_predict(predictions) if predictions else None
     return {"protocol": {"arch": rung.arch, "expanded": True, "epochs": args.rung_epochs, "batch_size": args.rung_batch,
                          "lr": args.rung_lr, "momentum": args.rung_momentum, "schedule": "cosine", "init": "he",
-                         "lmbda": 0, "nets": args.rung_nets, "book": "40 epochs, m=10, lr 0.03, plain SGD"},
+                         "lmbda": 0, "nets": args.rung_nets, "epochs_sized_by": sized_by,
+                         "book": "40 epochs, m=10, lr 0.03, plain SGD"},
             "nets": nets, "members_test": [n.get("test") for n in nets],
             "vote_test": None if vote is None else 100.0 * float((vote == y).mean()),
             "voters": len(predictions), "book": {"dropout": 99.60, "ensemble": 99.67}}
@@ -304,9 +315,9 @@ def main() -> int:
     p.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=[10, 64, 256, 1024])
     p.add_argument("--train-limit", type=float, default=240, help="seconds the train section may take")
     p.add_argument("--pytest-limit", type=float, default=120, help="seconds the pytest section may take")
-    p.add_argument("--rung-epochs", type=int, default=3)
+    p.add_argument("--rung-epochs", type=int, default=0, help="epochs per net (0: as many as --rung-limit allows)")
     p.add_argument("--rung-batch", type=int, default=64)
-    p.add_argument("--rung-lr", type=float, default=0.06)
+    p.add_argument("--rung-lr", type=float, default=0.03)
     p.add_argument("--rung-momentum", type=float, default=0.9)
     p.add_argument("--rung-nets", type=int, default=5)
     p.add_argument("--rung-train-size", type=int, default=None, help="first N images only (a dry run)")
