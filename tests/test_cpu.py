@@ -215,50 +215,94 @@ def test_matmul_splits_rows_or_columns_and_equals_numpy(threads, shape):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("m, n, k", [(1, 1, 256), (7, 13, 257), (10, 30, 784), (64, 100, 640), (61, 9, 300)])
-def test_linear_products_with_a_small_weight_run_compiled_loops_and_equal_numpy(threads, monkeypatch, dtype, m, n, k):
-    """x Wᵀ and W.grad += δᵀ x by the loops of _kernels.linear_*: as close to the exact products as NumPy's own,
-    and the same numbers however the threads share the rows (shards cut small here, to make many)."""
+def test_linear_products_with_a_small_weight_run_compiled_loops_and_equal_numpy(threads, monkeypatch, dtype, bias,
+                                                                                 m, n, k):
+    """x Wᵀ + b, and W.grad += δᵀ x with b.grad += Σ δ, by the loops of _kernels.linear_*: as close to the exact
+    products as NumPy's own (the bias gradient the same numbers as NumPy's sum), and the same numbers however the
+    threads share the rows (shards cut small here, to make many)."""
     rng = np.random.default_rng(11)
     x, w = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((n, k)).astype(dtype)
     d, g0 = rng.standard_normal((m, n)).astype(dtype), rng.standard_normal((n, k)).astype(dtype)
+    b, gb0 = (rng.standard_normal(n).astype(dtype) for _ in range(2))
     calls = []
-    for name in ("_linear_forward", "_linear_weight_grad"):
-        monkeypatch.setattr(cpu, name, lambda *a, f=getattr(cpu, name), name=name: calls.append(name) or f(*a))
+    for name in ("linear_forward", "linear_weight_grad"):
+        monkeypatch.setattr(cpu.kernels(), name, lambda *a, f=getattr(cpu.kernels(), name), name=name:
+                            calls.append(name) or f(*a))
     monkeypatch.setattr(cpu, "MACS_PER_SHARD", 64)
     monkeypatch.setattr(cpu, "_loops_win", True)         # (wherever BLAS is faster, the loops must still be right)
-    z, g = cpu.matmul(x, w.T), g0.copy()
-    assert cpu.matmul(d.T, x, add_to=g) is g
-    assert calls == ["_linear_forward", "_linear_weight_grad"] and z.dtype == g.dtype == dtype
+    z, g, gb = cpu.linear(x, w, b if bias else None), g0.copy(), gb0.copy()
+    cpu.linear_grads(d, x, g, gb if bias else None)
+    assert set(calls) == {"linear_forward", "linear_weight_grad"} and z.dtype == g.dtype == dtype
+    monkeypatch.undo()
     k_ = cpu.kernels()
-    z1, g1 = np.empty_like(z), g0.copy()
-    k_.linear_forward(x, w, z1, 0, m)                     # one call over every row
-    k_.linear_weight_grad(d, x, g1, 0, n)
+    z1, g1, gb1, none = np.empty_like(z), g0.copy(), gb0.copy(), np.empty(0, dtype)
+    k_.linear_forward(x, w, b if bias else none, z1, 0, m)           # one call over every row
+    k_.linear_weight_grad(d, x, g1, gb1 if bias else none, 0, n)
     np.testing.assert_array_equal(z, z1)
     np.testing.assert_array_equal(g, g1)
+    np.testing.assert_array_equal(gb, gb1)
+    if bias:
+        np.testing.assert_array_equal(gb, gb0 + d.sum(axis=0))      # ∂C/∂b: NumPy's sum, the same order
+    else:
+        np.testing.assert_array_equal(gb, gb0)
+    b_ = b if bias else 0
     x64, w64, d64 = (a.astype(np.float64) for a in (x, w, d))
-    exact_z, exact_g = x64 @ w64.T, g0.astype(np.float64) + d64.T @ x64
+    exact_z, exact_g = x64 @ w64.T + b_, g0.astype(np.float64) + d64.T @ x64
     if dtype == np.float64:
-        np.testing.assert_allclose(z, x @ w.T, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(z, x @ w.T + b_, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(g, g0 + d.T @ x, rtol=1e-12, atol=1e-12)
     else:                                                 # float32: as close to the exact product as NumPy's own
-        assert np.abs(z - exact_z).max() <= 2 * np.abs(x @ w.T - exact_z).max() + 1e-6
+        assert np.abs(z - exact_z).max() <= 2 * np.abs((x @ w.T + b_) - exact_z).max() + 1e-6
         assert np.abs(g - exact_g).max() <= 2 * np.abs((g0 + d.T @ x) - exact_g).max() + 1e-6
+
+
+@pytest.mark.parametrize("loops_win", [True, False])
+@pytest.mark.parametrize("m, n, k, loops", [(64, 10, 30, True), (10, 10, 30, True), (100, 10, 32, True),
+                                            (256, 10, 30, False), (64, 30, 784, None), (300, 30, 784, False)])
+def test_linear_takes_the_loops_for_tiny_products_and_where_they_beat_blas(monkeypatch, loops_win, m, n, k, loops):
+    """A product of at most cpu.TINY_MACS multiply-adds runs the loops on any machine (a BLAS call and NumPy's bias
+    add cost more); a few long rows by a small weight only where the loops beat BLAS (None: loops_win decides);
+    anything else, and every layer without the fast paths, by BLAS and NumPy: the same numbers either way."""
+    monkeypatch.setattr(cpu, "_loops_win", loops_win)
+    rng = np.random.default_rng(12)
+    x, w, b, d = (rng.standard_normal(s).astype(np.float32) for s in ((m, k), (n, k), (n,), (m, n)))
+    calls = []
+    for name in ("linear_forward", "linear_weight_grad"):
+        monkeypatch.setattr(cpu.kernels(), name, lambda *a, f=getattr(cpu.kernels(), name), name=name:
+                            calls.append(name) or f(*a))
+    z, g, gb = cpu.linear(x, w, b), np.zeros_like(w), np.zeros_like(b)
+    cpu.linear_grads(d, x, g, gb)
+    expect = loops_win if loops is None else loops
+    assert calls == (["linear_forward", "linear_weight_grad"] if expect else [])
+    with cpu.reference():                                 # the layer's NumPy/BLAS lines
+        z0, g0, gb0 = cpu.linear(x, w, b), np.zeros_like(w), np.zeros_like(b)
+        cpu.linear_grads(d, x, g0, gb0)
+    assert len(calls) == (2 if expect else 0)
+    np.testing.assert_allclose(z, z0, rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(g, g0, rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(gb, gb0, rtol=2e-5, atol=2e-5)
+    assert z0.flags.c_contiguous and z0.shape == (m, n)
 
 
 def test_linear_products_propagate_nan_and_infinity():
     x, w = np.ones((5, 256), np.float32), np.ones((3, 256), np.float32)
     x[1, 2], w[2, 255] = np.nan, np.inf
-    k = cpu.kernels()
+    k, none = cpu.kernels(), np.empty(0, np.float32)
     z = np.empty((5, 3), np.float32)
-    k.linear_forward(x, w, z, 0, 5)
+    k.linear_forward(x, w, none, z, 0, 5)
     np.testing.assert_array_equal(z, x @ w.T)             # NaN in row 1, ∞ in column 2
-    np.testing.assert_array_equal(cpu.matmul(x, w.T), z)
-    d, g = np.ones((5, 3), np.float32), np.zeros((3, 256), np.float32)
+    np.testing.assert_array_equal(cpu.linear(x, w), x @ w.T)
+    d, g, gb = np.ones((5, 3), np.float32), np.zeros((3, 256), np.float32), np.zeros(3, np.float32)
     d[4, 0] = np.nan
-    k.linear_weight_grad(d, x, g, 0, 3)
+    k.linear_weight_grad(d, x, g, gb, 0, 3)
     np.testing.assert_array_equal(g, d.T @ x)
-    np.testing.assert_array_equal(cpu.matmul(d.T, x, add_to=np.zeros((3, 256), np.float32)), g)
+    np.testing.assert_array_equal(gb, d.sum(axis=0))
+    g2, gb2 = np.zeros((3, 256), np.float32), np.zeros(3, np.float32)
+    cpu.linear_grads(d, x, g2, gb2)
+    np.testing.assert_array_equal(g2, g)
+    np.testing.assert_array_equal(gb2, gb)
 
 
 @pytest.mark.parametrize("arch, api", [("Haswell", "openblas"), ("SkylakeX", "openblas"), ("Haswell", "mkl")])

@@ -227,10 +227,11 @@ _jit_fma = njit(cache=True, nogil=True, fastmath={"contract"}, boundscheck=False
 
 
 @_jit_sum
-def linear_forward(x, w, z, start, stop):
-    """z[i, j] = Σ_k x[i, k] w[j, k] (z = x Wᵀ) for rows start ≤ i < stop; the sum over k in vector lanes
-    (another order than BLAS's, as accurate)."""
+def linear_forward(x, w, b, z, start, stop):
+    """z[i, j] = Σ_k x[i, k] w[j, k] + b[j] (z = x Wᵀ + b; no b when it is empty) for rows start ≤ i < stop; the sum
+    over k in vector lanes (another order than BLAS's, as accurate), then b added, as NumPy adds it to the product."""
     n, kk = w.shape
+    bias = b.size > 0
     for i in range(start, stop, 4):
         i1, i2, i3 = min(i + 1, stop - 1), min(i + 2, stop - 1), min(i + 3, stop - 1)   # (a short last tile
         a0, a1, a2, a3 = x[i], x[i1], x[i2], x[i3]                                       #  repeats its last row)
@@ -249,15 +250,26 @@ def linear_forward(x, w, z, start, stop):
                 s21 += a2[k] * v
                 s30 += a3[k] * u
                 s31 += a3[k] * v
+            if bias:
+                c0, c1 = b[j], b[j1]
+                s00, s10, s20, s30 = s00 + c0, s10 + c0, s20 + c0, s30 + c0
+                s01, s11, s21, s31 = s01 + c1, s11 + c1, s21 + c1, s31 + c1
             z[i, j], z[i1, j], z[i2, j], z[i3, j] = s00, s10, s20, s30
             z[i, j1], z[i1, j1], z[i2, j1], z[i3, j1] = s01, s11, s21, s31
 
 
 @_jit_fma
-def linear_weight_grad(d, x, g, start, stop):
+def linear_weight_grad(d, x, g, gb, start, stop):
     """g[j, k] += Σ_i d[i, j] x[i, k] (∂C/∂W += δᵀ a) for rows start ≤ j < stop, the examples i added in order
-    (one fused multiply-add each, as BLAS's inner loop)."""
+    (one fused multiply-add each, as BLAS's inner loop); and gb[j] += Σ_i d[i, j] (∂C/∂b += Σ δ, the examples
+    added in order, as NumPy's sum over the first axis) unless gb is empty."""
     m, kk = x.shape
+    if gb.size > 0:
+        for j in range(start, stop):
+            s = d[0, j]
+            for i in range(1, m):
+                s += d[i, j]
+            gb[j] += s
     for j in range(start, stop, 4):
         if j + 4 > stop:                                        # the last rows, one at a time
             for jj in range(j, stop):
@@ -296,11 +308,12 @@ def linear_weight_grad(d, x, g, start, stop):
 
 # -- costs, row by row (the mini-batch is small: one thread) --------------------------------------------------
 @_jit
-def loglikelihood(z, labels, p_minus_y):
+def loglikelihood(z, labels, delta):
     """Softmax outputs with the log-likelihood cost: per row, log softmax(z)_j = z_j - m - ln Σ_k e^{z_k - m}
-    (m = max z), C_x = -log softmax(z)_y; p_minus_y = softmax(z) - onehot(y). Returns (Σ_x C_x, -1), or (0, i)
+    (m = max z), C_x = -log softmax(z)_y; delta = (softmax(z) - onehot(y)) / n. Returns (Σ_x C_x, -1), or (0, i)
     for the first row i whose label is not in 0..K-1."""
     n, k = z.shape
+    count = z.dtype.type(n)
     total = 0.0
     for i in range(n):
         y = labels[i]
@@ -315,31 +328,30 @@ def loglikelihood(z, labels, p_minus_y):
             s += np.exp(z[i, j] - m)
         lse = np.log(s)
         for j in range(k):
-            p_minus_y[i, j] = np.exp((z[i, j] - m) - lse)
-        p_minus_y[i, y] -= 1
+            p = np.exp((z[i, j] - m) - lse)
+            delta[i, j] = (p - 1 if j == y else p) / count
         total -= (z[i, y] - m) - lse
     return total, -1
 
 
 @_jit
-def crossentropy(z, labels, a_minus_y):
-    """Sigmoid outputs with the cross-entropy cost: C_x = Σ_j softplus(z_j) - z_y (softplus(z) = max(z, 0) +
-    ln(1 + e^{-|z|})); a_minus_y = σ(z) - onehot(y) (σ from e = e^{-|z|} as ``sigmoid``). Returns (Σ_x C_x, -1),
-    or (0, i) for the first row i whose label is not in 0..K-1."""
+def crossentropy(z, e, tail, labels, delta):
+    """Sigmoid outputs with the cross-entropy cost, given e = e^{-|z|} and tail = ln(1 + e) (NumPy's vectorised exp
+    and log1p): C_x = Σ_j softplus(z_j) - z_y with softplus(z) = max(z, 0) + tail; delta = (σ(z) - onehot(y)) / n,
+    σ from e as ``sigmoid``. Returns (Σ_x C_x, -1), or (0, i) for the first row i whose label is not in 0..K-1."""
     n, k = z.shape
-    one = z.dtype.type(1)
+    one, count = z.dtype.type(1), z.dtype.type(n)
     total = 0.0
     for i in range(n):
         y = labels[i]
         if y < 0 or y >= k:
             return 0.0, i
         for j in range(k):
-            zj = z[i, j]
-            e = np.exp(-np.abs(zj))
-            total += max(zj, 0) + np.log1p(e)
-            r = one / (one + e)
-            a_minus_y[i, j] = r if zj >= 0 else e * r
-        a_minus_y[i, y] -= 1
+            zj, ej = z[i, j], e[i, j]
+            total += max(zj, 0) + tail[i, j]
+            r = one / (one + ej)
+            a = r if zj >= 0 else ej * r
+            delta[i, j] = (a - one if j == y else a) / count
         total -= z[i, y]
     return total, -1
 

@@ -268,11 +268,16 @@ def elementwise(kernel, like, *arrays, out_dtypes=(None,)):
     ``like``) and of new output arrays (one per entry of ``out_dtypes``, None = ``like``'s dtype), the shards
     on the threads; returns the outputs, laid out like ``like``; None when the layouts differ (the caller
     then takes its reference path). Work under two shards' worth is one direct kernel call."""
-    outs = [numpy.empty_like(like, dtype=d) for d in out_dtypes]
-    every = (*arrays, *outs)
-    if like.flags.c_contiguous and all(a.flags.c_contiguous and a.shape == like.shape for a in arrays):
-        flats = [a.reshape(-1) for a in every]                  # the common case: row-major (so are the outputs)
+    n, shape = like.size, like.shape
+    row_major = like.flags.c_contiguous
+    for a in arrays:
+        row_major = row_major and a.flags.c_contiguous and a.shape == shape
+    if row_major:                                               # the common case: row-major (so are the outputs)
+        outs = [numpy.empty(shape, like.dtype if d is None else d) for d in out_dtypes]
+        flats = [a.reshape(n) for a in arrays] + [o.reshape(n) for o in outs]
     else:
+        outs = [numpy.empty_like(like, dtype=d) for d in out_dtypes]
+        every = (*arrays, *outs)
         strides = _element_strides(like)
         if any(a.shape != like.shape or _element_strides(a) != strides or min(a.strides, default=0) < 0
                for a in every):
@@ -280,7 +285,6 @@ def elementwise(kernel, like, *arrays, out_dtypes=(None,)):
         flats = [_flat(a) for a in every]
         if any(f is None for f in flats):
             return None
-    n = like.size
     if one_shard(n, ELEMENTS_PER_SHARD):
         kernel(*flats)
     else:
@@ -317,13 +321,9 @@ def matmul(a, b, add_to=None):
     runs almost as fast as one call (8 thin row blocks had cost up to 1.8x one call on a single thread); each
     thread adds its block into ``add_to`` while the block is in its cache. The blocks depend on the sizes and the
     BLAS, not on the thread count, so neither does the result. Linear's two products with a small weight matrix and
-    a few rows (x Wᵀ, and W.grad += δᵀ x) run compiled loops instead where they beat BLAS (:func:`_small_weight`)."""
+    a few rows (x Wᵀ + b, and W.grad += δᵀ x) run compiled loops instead where they beat BLAS (:func:`linear`)."""
     m, k = a.shape
     n = b.shape[1]
-    if add_to is None and _small_weight(a, b.T, m):             # x Wᵀ with a small W: compiled loops
-        return _linear_forward(a, b.T)
-    if add_to is not None and _small_weight(b, add_to, k, a.T):  # W.grad += δᵀ x with a small W.grad
-        return _linear_weight_grad(a.T, b, add_to)
     largest = max(a.nbytes, b.nbytes, m * n * numpy.result_type(a, b).itemsize)      # operands and product
     blocks, least = 1, gemm_block_macs(largest)
     while blocks < GEMM_BLOCKS and m * k * n >= 2 * blocks * least:
@@ -356,6 +356,8 @@ def matmul(a, b, add_to=None):
 SMALL_WEIGHT_ROWS = 256         # a mini-batch of at most this many rows ...
 SMALL_WEIGHT_BYTES = 1 << 19    # ... by a weight matrix this small (it stays in the core's cache) ...
 SMALL_WEIGHT_MIN_INPUTS = 256   # ... with rows this long at least (the loops run along them): compiled loops
+TINY_MACS = 32_768              # a product this small: compiled loops everywhere (measured, Zen 5, 1 thread: 64x30 by
+                                # 30x10 with its bias 1.3 us against 2.6 us by BLAS and NumPy's add)
 
 
 AVX512_OPENBLAS = ("SkylakeX", "Cooperlake", "SapphireRapids")    # OpenBLAS's cores with AVX-512 kernels
@@ -396,14 +398,25 @@ def blas_runs_avx512() -> bool:
     return _avx512_blas
 
 
-def _small_weight(x, w, rows, d=None) -> bool:
-    """Whether ``x`` (rows, k) and ``w`` (n, k) (and ``d``, (rows, n)) are row-major arrays of one float dtype with
-    a few long rows by a small ``w``, on a machine where the loops of ``_kernels.linear_*`` beat BLAS
-    (:func:`loops_beat_blas`; with short rows, k = 30 or 100, they are slower everywhere)."""
-    return (0 < rows <= SMALL_WEIGHT_ROWS and w.nbytes <= SMALL_WEIGHT_BYTES and x.shape[1] >= SMALL_WEIGHT_MIN_INPUTS
-            and fast(x, w) and x.dtype == w.dtype and x.flags.c_contiguous and w.flags.c_contiguous
-            and (d is None or (type(d) is numpy.ndarray and d.dtype == w.dtype and d.flags.c_contiguous))
-            and loops_beat_blas())
+def _loops(x, w, *others) -> bool:
+    """Whether Linear's products for ``x`` (m, k) and ``w`` (n, k) (and ``others``: (m, n) and (n,) arrays or None)
+    run the compiled loops of ``_kernels.linear_*``: all row-major NumPy arrays of one float dtype, and either a tiny
+    product (at most ``TINY_MACS`` multiply-adds: a BLAS call and NumPy's bias add or sum cost more than the whole
+    loop), or a few long rows by a small ``w`` on a machine where the loops beat BLAS (:func:`loops_beat_blas`;
+    with short rows, k = 30 or 100, they are slower there)."""
+    rows = x.shape[0]
+    if not (rows > 0 and fast(x, w) and x.dtype == w.dtype and x.flags.c_contiguous and w.flags.c_contiguous):
+        return False
+    for a in others:
+        if a is not None and (type(a) is not numpy.ndarray or a.dtype != w.dtype or not a.flags.c_contiguous):
+            return False
+    return rows * w.size <= TINY_MACS or (
+        rows <= SMALL_WEIGHT_ROWS and w.nbytes <= SMALL_WEIGHT_BYTES and x.shape[1] >= SMALL_WEIGHT_MIN_INPUTS
+        and loops_beat_blas())
+
+
+_NONE = {numpy.dtype(numpy.float32): numpy.empty(0, numpy.float32),     # "no bias" for the loops
+         numpy.dtype(numpy.float64): numpy.empty(0, numpy.float64)}
 
 
 def _tiles(kernel, args, rows, macs_per_row):
@@ -416,17 +429,30 @@ def _tiles(kernel, args, rows, macs_per_row):
         parallel(lambda s, e: kernel(*args, 4 * s, min(4 * e, rows)), tiles, least)
 
 
-def _linear_forward(x, w):
-    """x Wᵀ, (m, n)."""
-    z = numpy.empty((x.shape[0], w.shape[0]), dtype=w.dtype)
-    _tiles(kernels().linear_forward, (x, w, z), x.shape[0], w.size)
+def linear(x, w, b=None):
+    """Linear's forward product z = x Wᵀ + b for x (m, k), W (n, k), b (n,) or None: by the compiled loops where
+    :func:`_loops` says so (the bias added in the same pass), else :func:`matmul` and NumPy's add."""
+    if _loops(x, w, b):
+        z = numpy.empty((x.shape[0], w.shape[0]), dtype=w.dtype)
+        _tiles(kernels().linear_forward, (x, w, _NONE[w.dtype] if b is None else b, z), x.shape[0], w.size)
+        return z
+    z = matmul(x, w.T)
+    if b is not None:
+        z += b
     return z
 
 
-def _linear_weight_grad(d, x, g):
-    """g += dᵀ x, returning g."""
-    _tiles(kernels().linear_weight_grad, (d, x, g), g.shape[0], x.size)
-    return g
+def linear_grads(d, x, w_grad, b_grad=None):
+    """Linear's parameter gradients for δ = ``d`` (m, n) and its input x (m, k): W.grad += δᵀ x and b.grad += Σ_n δ
+    (``w_grad`` (n, k), ``b_grad`` (n,) or None), accumulated in place: by the compiled loops where :func:`_loops`
+    says so (both in one pass), else :func:`matmul` and NumPy's sum."""
+    if _loops(x, w_grad, d, b_grad):
+        _tiles(kernels().linear_weight_grad, (d, x, w_grad, _NONE[w_grad.dtype] if b_grad is None else b_grad),
+               w_grad.shape[0], x.size)
+        return
+    matmul(d.T, x, add_to=w_grad)
+    if b_grad is not None:
+        b_grad += d.sum(axis=0)
 
 
 # -- convolution: the mini-batch in shards, each shard in chunks whose columns stay in cache ---------------
@@ -606,7 +632,12 @@ def sumpool2d_backward(grad_output, x_like, kernel, stride, times_x=False):
 
 # -- activations and dropout: one pass over flat shards ------------------------------------------------
 def _same_float(first, *others) -> bool:
-    return fast(first, *others) and all(a.dtype == first.dtype for a in others)
+    if not fast(first, *others):
+        return False
+    for a in others:
+        if a.dtype != first.dtype:
+            return False
+    return True
 
 
 def sigmoid(z):
@@ -676,20 +707,23 @@ def _labelled(z, labels) -> bool:
 
 
 def loglikelihood(z, labels):
-    """(Σ_x -ln softmax(z_x)_{y_x}, softmax(z) - onehot(y), the row of the first label out of range or -1), or
-    None where the fast path does not apply (integer labels (N,) for logits (N, K) only)."""
+    """(Σ_x -ln softmax(z_x)_{y_x}, δ = (softmax(z) - onehot(y)) / n, the row of the first label out of range or -1),
+    or None where the fast path does not apply (integer labels (N,) for logits (N, K) only)."""
     if not _labelled(z, labels):
         return None
-    p_minus_y = numpy.empty_like(z)
-    total, bad = kernels().loglikelihood(z, labels, p_minus_y)
-    return total, p_minus_y, bad
+    delta = numpy.empty_like(z)
+    total, bad = kernels().loglikelihood(z, labels, delta)
+    return total, delta, bad
 
 
 def crossentropy(z, labels):
-    """(Σ_x Σ_j [softplus(z_j) - y_j z_j], σ(z) - onehot(y), the row of the first label out of range or -1), or
-    None (as :func:`loglikelihood`)."""
+    """(Σ_x Σ_j [softplus(z_j) - y_j z_j], δ = (σ(z) - onehot(y)) / n, the row of the first label out of range or -1),
+    or None (as :func:`loglikelihood`). The exponentials and logarithms by NumPy's vectorised exp and log1p (a
+    scalar one in the loop took 6 of the 7 us at 64x10 numbers), the rest in one compiled pass."""
     if not _labelled(z, labels):
         return None
-    a_minus_y = numpy.empty_like(z)
-    total, bad = kernels().crossentropy(z, labels, a_minus_y)
-    return total, a_minus_y, bad
+    e = numpy.abs(z)
+    numpy.exp(numpy.negative(e, out=e), out=e)                   # e = e^{-|z|}
+    delta = numpy.empty_like(z)
+    total, bad = kernels().crossentropy(z, e, numpy.log1p(e), labels, delta)
+    return total, delta, bad

@@ -47,22 +47,22 @@ class Linear(Module):
     def forward(self, x):
         if x.ndim < 2 or x.shape[-1] != self.in_features:
             raise self.shape_error(f"(N, {self.in_features})", x.shape)
-        self._lead = x.shape[:-1]
+        self._lead = lead = x.shape[:-1]
         if x.ndim > 2:
             x = x.reshape(-1, self.in_features)
-        if x.dtype != self.weight.data.dtype:
-            x = x.astype(self.weight.data.dtype)
+        weight = self.weight.data
+        if x.dtype != weight.dtype:
+            x = x.astype(weight.dtype)
         self._x = x  # cached for ∂C/∂W = δᵀ a
-        z = cpu.matmul(x, self.weight.data.T)                  # x Wᵀ, its rows on the CPU's threads
-        if self.bias is not None:
-            z += self.bias.data
-        return z if len(self._lead) == 1 else z.reshape(*self._lead, self.out_features)
+        bias = self.bias
+        z = cpu.linear(x, weight, None if bias is None else bias.data)       # z = x Wᵀ + b, on the CPU's threads
+        return z if len(lead) == 1 else z.reshape(*lead, self.out_features)
 
     def backward(self, grad_output):
         delta = grad_output if grad_output.ndim == 2 else grad_output.reshape(-1, self.out_features)
-        cpu.matmul(delta.T, self._x, add_to=self.weight.grad)    # BP4: W.grad += δᵀ a
-        if self.bias is not None:
-            self.bias.grad += delta.sum(axis=0)                  # BP3
+        bias = self.bias
+        cpu.linear_grads(delta, self._x, self.weight.grad,                   # BP4: W.grad += δᵀ a
+                         None if bias is None else bias.grad)                # BP3: b.grad += Σ_n δ
         if not self.needs_input_grad:                            # the first layer: nobody reads ∂C/∂x
             return None
         grad_input = cpu.matmul(delta, self.weight.data)         # BP2 (σ' is the activation's job)

@@ -68,15 +68,15 @@ class Loss:
         return DataError(f"{type(self).__name__}: label {label} is out of range for {k} classes (0..{k - 1})")
 
     def _compiled(self, kernel, z, target):
-        """The cost and (output - y) in one compiled pass of ``kernel`` (``cpu.crossentropy`` or
+        """The cost and δ = (output - y)/n in one compiled pass of ``kernel`` (``cpu.crossentropy`` or
         ``cpu.loglikelihood``), each label checked on the way; None where no kernel applies (the NumPy lines run)."""
         fast = kernel(z, target)
         if fast is None:
             return None
-        loss, out_minus_y, bad = fast
+        loss, delta, bad = fast
         if bad >= 0:
             raise self._out_of_range(int(target[bad]), z.shape[1])
-        return loss, out_minus_y
+        return loss, delta
 
     @staticmethod
     def _onehot(labels, k, dtype):
@@ -119,9 +119,10 @@ class CrossEntropyCost(Loss):
     ``BCEWithLogitsLoss`` summed over outputs): C = (1/n) Σ Σ_j [softplus(z_j) - y_j z_j], δ = (σ(z) - y)/n."""
 
     def forward(self, z, target) -> float:
+        n = z.shape[0]
         fast = self._compiled(cpu.crossentropy, z, target)     # the lines below in one compiled pass
         if fast is not None:
-            loss, a_minus_y = fast
+            loss, self._delta = fast
         else:
             t = self._check(z, target, allow_dense=True)
             xp = backend.xp_of(z)
@@ -135,11 +136,11 @@ class CrossEntropyCost(Loss):
             else:
                 loss = (softplus - t * z).sum()
                 a_minus_y -= t
-        self._a_minus_y, self._n = a_minus_y, z.shape[0]
-        return self._value(loss / self._n)
+            self._delta = a_minus_y / n                     # δ^L = (a - y)/n
+        return self._value(loss / n)
 
     def backward(self):
-        return self._a_minus_y / self._n
+        return self._delta
 
     def activation(self, z):
         return sigmoid(z)
@@ -150,9 +151,10 @@ class LogLikelihoodCost(Loss):
     C = -(1/n) Σ ln softmax(z)_y,  δ = (softmax(z) - onehot(y)) / n."""
 
     def forward(self, z, target) -> float:
+        n = z.shape[0]
         fast = self._compiled(cpu.loglikelihood, z, target)    # the lines below in one compiled pass
         if fast is not None:
-            loss, p_minus_y = fast
+            loss, self._delta = fast
         else:
             labels = self._check(z, target, allow_dense=False)
             xp = backend.xp_of(z)
@@ -161,11 +163,11 @@ class LogLikelihoodCost(Loss):
             loss = -logp[rows, labels].sum()
             p_minus_y = xp.exp(logp)                        # becomes softmax(z) - onehot(y)
             p_minus_y[rows, labels] -= 1
-        self._p_minus_y, self._n = p_minus_y, z.shape[0]
-        return self._value(loss / self._n)
+            self._delta = p_minus_y / n                     # δ^L = (softmax(z) - onehot(y))/n
+        return self._value(loss / n)
 
     def backward(self):
-        return self._p_minus_y / self._n
+        return self._delta
 
     def activation(self, z):
         return backend.xp_of(z).exp(log_softmax(z))

@@ -165,7 +165,12 @@ class Module:
 
     def has_parameters(self) -> bool:
         """Whether this module or any module inside it has a parameter."""
-        return bool(self._parameters) or any(m.has_parameters() for m in self._modules.values())
+        if self._parameters:
+            return True
+        for m in self._modules.values():
+            if m.has_parameters():
+                return True
+        return False
 
     # -- hooks -------------------------------------------------------------------------------------
     def register_forward_hook(self, fn):
