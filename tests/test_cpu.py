@@ -27,6 +27,7 @@ def threads(request, monkeypatch):
         monkeypatch.setattr(cpu, "ELEMENTS_PER_SHARD", 1)
         monkeypatch.setattr(cpu, "MACS_PER_SHARD", 1)
         monkeypatch.setattr(cpu, "COLUMN_BYTES_PER_CHUNK", 1)
+        monkeypatch.setattr(cpu, "COLUMN_BYTES_PER_CHUNK_MAX", 1)
     yield request.param
     cpu.set_num_threads(was)
 
@@ -491,6 +492,59 @@ def test_parallel_runs_the_shards_on_several_threads_and_reraises():
     cpu.set_num_threads(cpu.default_num_threads())
 
 
+@pytest.mark.parametrize("awake_us", [0, 200, 100_000])
+def test_the_caller_waits_awake_for_a_late_worker_and_gets_every_result(monkeypatch, awake_us):
+    """The caller waits for the worker's last shard awake (up to WAIT_AWAKE_US, then asleep): every shard's result
+    comes back in order, whichever thread ran it, and a worker slower than the wait is still waited for."""
+    monkeypatch.setattr(cpu, "WAIT_AWAKE_US", awake_us)
+    cpu.set_num_threads(2)
+    main = threading.get_ident()
+    try:
+        for _ in range(20):
+            def shard(s, e):
+                if threading.get_ident() != main:
+                    threading.Event().wait(0.002)         # the worker finishes last (asleep: lets the caller wait)
+                return list(range(s, e))
+
+            assert [x for part in cpu.parallel(shard, 8) for x in part] == list(range(8))
+    finally:
+        cpu.set_num_threads(cpu.default_num_threads())
+
+
+@pytest.mark.skipif(cpu.kernels() is None or cpu.kernels().wait_until is None, reason="no awake wait here")
+def test_the_awake_waits_see_another_threads_write_and_give_up_in_time():
+    import time
+    k, flag = cpu.kernels(), np.zeros(1, np.int64)
+    t0 = time.perf_counter()
+    assert k.wait_until(flag, 0, 1, 2_000_000) is False              # nobody writes: gives up after 2 ms
+    assert 0.002 <= time.perf_counter() - t0 < 1.0
+    threading.Timer(0.01, lambda: flag.__setitem__(0, 1)).start()
+    assert k.wait_until(flag, 0, 1, 5_000_000_000) is True           # another thread's write ends the wait
+    threading.Timer(0.01, lambda: flag.__setitem__(0, 2)).start()
+    assert k.publish(flag, 0, 1, 5_000_000_000) is True and flag[0] == 2   # raised by the other side: done
+
+
+def test_conv_chunks_grow_with_the_mini_batch_not_with_the_threads():
+    """Rung 1's first conv: 512 KB chunks at m=10 (as many as before, peak memory), 4 chunks at m=64 (fewer
+    round trips through the GIL), at most 1 MB each at m=256; the same at 1 and 3 threads."""
+    plans, was = [], cpu.get_num_threads()
+    try:
+        for threads in (1, 3):
+            cpu.set_num_threads(threads)
+            plans.append({m: cpu._conv_plan(np.zeros((m, 1, 28, 28), np.float32), np.zeros((20, 1, 5, 5), np.float32),
+                                            (1, 1), (0, 0))[7] for m in (10, 64, 256)})
+    finally:
+        cpu.set_num_threads(was)
+    assert plans[0] == plans[1]
+    column_bytes = 25 * 24 * 24 * 4                         # one image's columns, float32
+    chunks = plans[0]
+    assert len(chunks[10]) == 2 and len(chunks[64]) == 4 and len(chunks[256]) == 16
+    assert max(b - a for a, b in chunks[10]) * column_bytes <= cpu.COLUMN_BYTES_PER_CHUNK
+    assert max(b - a for a, b in chunks[256]) * column_bytes <= cpu.COLUMN_BYTES_PER_CHUNK_MAX
+    for m, c in chunks.items():
+        assert c[0][0] == 0 and c[-1][1] == m and all(c[i][1] == c[i + 1][0] for i in range(len(c) - 1))
+
+
 def test_set_num_threads_rejects_nonsense_and_honours_omp_num_threads():
     for bad in (0, -1, 1.5, "2", True):
         with pytest.raises(ValueError, match="positive integer"):
@@ -524,6 +578,7 @@ def test_a_training_step_gives_the_same_numbers_at_any_thread_count(monkeypatch)
     monkeypatch.setattr(cpu, "ELEMENTS_PER_SHARD", 64)
     monkeypatch.setattr(cpu, "MACS_PER_SHARD", 1000)
     monkeypatch.setattr(cpu, "COLUMN_BYTES_PER_CHUNK", 20_000)
+    monkeypatch.setattr(cpu, "COLUMN_BYTES_PER_CHUNK_MAX", 20_000)
     rng = np.random.default_rng(0)
     x, y = rng.random((37, 1, 14, 14), dtype=np.float32), rng.integers(0, 10, 37)
     weights, was = [], cpu.get_num_threads()

@@ -8,13 +8,63 @@ compile time. This module imports numba at its top; ``deepscope.cpu`` imports it
 """
 from __future__ import annotations
 
+import ctypes
 import math
+import sys
 
 import numpy as np
 from numba import njit
 
 _jit = njit(cache=True, nogil=True, fastmath=False, boundscheck=False,
             error_model="numpy")   # IEEE x/0 (as NumPy), no Python check: loops with a division vectorise
+
+
+# -- waiting for another thread, awake and without the GIL -------------------------------------------------
+# deepscope.cpu's pool waits here instead of sleeping for waits of a few tens of microseconds: a thread that
+# sleeps lets its core halt, and on a VM (issue 11's, guest_halt_poll_ns=0) waking a halted core costs ~30-50
+# us. The clock is libc's clock_gettime (a call the compiler cannot see through, so the flag is read anew each
+# turn); numba cannot cache a function that calls through a ctypes pointer, so these compile on first use.
+_clock_gettime = None
+if sys.platform.startswith("linux"):     # CLOCK_MONOTONIC = 1 and struct timespec = two int64 (x86-64, arm64)
+    try:
+        _clock_gettime = ctypes.CDLL(None).clock_gettime
+        _clock_gettime.argtypes, _clock_gettime.restype = (ctypes.c_int, ctypes.c_void_p), ctypes.c_int
+    except (OSError, AttributeError):      # pragma: no cover - a C library without it
+        _clock_gettime = None
+_CLOCK_MONOTONIC = 1
+_jit_wait = njit(cache=False, nogil=True)
+
+
+if _clock_gettime is not None:
+    @_jit_wait
+    def _now_ns(ts):
+        if _clock_gettime(_CLOCK_MONOTONIC, ts.ctypes.data) != 0:
+            return np.int64(1) << 62                # no clock: any wait ends at once
+        return ts[0] * 1_000_000_000 + ts[1]
+
+    @_jit_wait
+    def wait_until(flag, i, value, limit_ns):
+        """Wait, awake, until flag[i] >= value (True) or ``limit_ns`` nanoseconds have passed (False)."""
+        ts = np.empty(2, np.int64)
+        start = _now_ns(ts)
+        while flag[i] < value:
+            if _now_ns(ts) - start > limit_ns:
+                return False
+        return True
+
+    @_jit_wait
+    def publish(flag, i, value, limit_ns):
+        """flag[i] = value, then wait, awake, until another thread has raised it (it has taken the GIL back) or
+        ``limit_ns`` nanoseconds have passed."""
+        flag[i] = value
+        ts = np.empty(2, np.int64)
+        start = _now_ns(ts)
+        while flag[i] == value:
+            if _now_ns(ts) - start > limit_ns:
+                return False
+        return True
+else:  # pragma: no cover
+    wait_until = publish = None
 
 
 # -- convolution --------------------------------------------------------------------------------------

@@ -96,13 +96,15 @@ class _Job:
         self.left = len(shards)
         self.lock = threading.Lock()
         self.done = threading.Event()
+        self.flag = numpy.zeros(1, dtype=numpy.int64)   # 1: done (written without the GIL), 2: the caller saw it
 
-    def work(self):
-        """Run shards until none is left to take."""
+    def work(self) -> bool:
+        """Run shards until none is left to take; True if this thread finished the job's last shard."""
+        last = False
         while True:
             i = next(self.next)
             if i >= len(self.shards):
-                return
+                return last
             try:
                 self.results[i] = self.fn(*self.shards[i])
             except BaseException as e:  # noqa: BLE001 - handed to the caller, which re-raises it
@@ -111,16 +113,34 @@ class _Job:
                 self.left -= 1
                 if self.left == 0:
                     self.done.set()
+                    last = True
+
+
+WAIT_AWAKE_US = 200     # how long the caller waits awake (spinning, without the GIL) for a worker still running
+                        # a shard before it sleeps: on issue 11's VM a sleeping thread's core halts and takes
+                        # ~30-50 us to wake. 2 shards of ~45 us (2 threads, loaded machine, chrt -f 10): from the
+                        # worker's last shard ending to the caller returning 17-23 us asleep, 6-7 us awake. A longer
+                        # wait sleeps: on a loaded machine the worker may not be running at all
 
 
 class _Pool:
     """``size - 1`` worker threads that sleep on a queue until there is work. The caller takes shards too and
     never waits for a worker that has not started: on a loaded machine a sleeping thread may wake late, and
-    then the caller simply runs its shards as well (the work is never held up by a late thread)."""
+    then the caller simply runs its shards as well (the work is never held up by a late thread). The caller
+    waits for a worker still running a shard awake, without the GIL, for up to ``WAIT_AWAKE_US`` (then
+    sleeps); the worker that finishes the last shard signals it from outside the GIL and holds off taking the
+    GIL back until the caller has it, so that the caller does not sleep on the GIL either. (A worker that waits
+    awake for the next job gained nothing: it must take the GIL, which the caller holds while it hands the job
+    out, and sleeps there instead; rung 1 at m=64, 2 threads: 3.40 -> 4.16 ms a step.)"""
 
     def __init__(self, size: int):
         self.size = size
         self._tasks = queue.SimpleQueue()
+        k = kernels()
+        self._wait = k if k is not None and k.wait_until is not None else None
+        if self._wait is not None:              # compiled now (not cached on disk), not inside the first job
+            k.wait_until(numpy.ones(1, numpy.int64), 0, 1, 0)
+            k.publish(numpy.zeros(1, numpy.int64), 0, 1, 0)
         for _ in range(size - 1):
             threading.Thread(target=self._work, daemon=True, name="deepscope-worker").start()
 
@@ -130,7 +150,8 @@ class _Pool:
             job = self._tasks.get()
             if job is None:
                 return
-            job.work()
+            if job.work() and self._wait is not None:
+                self._wait.publish(job.flag, 0, 1, WAIT_AWAKE_US * 1000)
             del job         # not held while this thread sleeps: its shards' arrays would stay alive into the next step
 
     def run(self, fn, shards):
@@ -138,7 +159,10 @@ class _Pool:
         for _ in range(min(self.size, len(shards)) - 1):
             self._tasks.put(job)
         job.work()
+        if job.left and self._wait is not None:
+            self._wait.wait_until(job.flag, 0, 1, WAIT_AWAKE_US * 1000)
         job.done.wait()
+        job.flag[0] = 2                 # the worker that published may take the GIL now
         if job.error is not None:
             raise job.error
         return job.results
@@ -192,13 +216,16 @@ def one_shard(n: int, min_per_shard: int = 1) -> bool:
     return n < 2 * max(1, min_per_shard) or get_num_threads() == 1
 
 
+SHARDS_PER_THREAD = 1
+
+
 def parallel(fn, n: int, min_per_shard: int = 1) -> list:
     """``[fn(start, stop) for (start, stop) in split(n, k)]`` with the k shards run at once on the pool, k ≤
     the thread count and every shard at least ``min_per_shard`` long (smaller work runs in one call)."""
     global _pool
     if one_shard(n, min_per_shard) or getattr(_local, "busy", False) or not _lock.acquire(blocking=False):
         return [fn(0, n)]
-    k = min(get_num_threads(), n // max(1, min_per_shard))
+    k = min(get_num_threads() * SHARDS_PER_THREAD, n // max(1, min_per_shard))
     try:
         _local.busy = True
         if _pool is None:
@@ -456,14 +483,20 @@ def linear_grads(d, x, w_grad, b_grad=None):
 
 
 # -- convolution: the mini-batch in shards, each shard in chunks whose columns stay in cache ---------------
-COLUMN_BYTES_PER_CHUNK = 1 << 19    # 512 KB: the CPU time of a step at 1 thread is the same as with 1 MB (rung 1
-                                    # and rung 3, m = 10-256, within 3%), and two threads' chunks in flight hold
-                                    # half as much (rung 3 at m=10: peak-RSS growth 3.6-3.8 -> 3.2-3.5 MB)
+COLUMN_BYTES_PER_CHUNK = 1 << 19    # 512 KB, the smallest chunk: at m=10 two threads' chunks in flight hold half as
+                                    # much as 1 MB chunks (rung 3 at m=10: peak-RSS growth 3.6-3.8 -> 3.2-3.5 MB)
+COLUMN_BYTES_PER_CHUNK_MAX = 1 << 20    # 1 MB, a core's L2 (Zen 5), the largest chunk
+CHUNKS_AT_LEAST = 4                 # chunks grow from the smallest to the largest size while there are more of them
 
 
 def _conv_plan(x, weight, stride, padding):
-    """Sizes, and the mini-batch cut into near-equal chunks of images whose columns fit in
-    ``COLUMN_BYTES_PER_CHUNK``, an even number of them (if more than one).
+    """Sizes, and the mini-batch cut into near-equal chunks of images, an even number of them (if more than one).
+    A chunk's columns take ``COLUMN_BYTES_PER_CHUNK`` (512 KB) while that makes at most ``CHUNKS_AT_LEAST`` (4)
+    chunks, else a quarter of the columns up to ``COLUMN_BYTES_PER_CHUNK_MAX`` (1 MB). Every chunk is a few
+    calls from Python (im2col, the GEMMs, the bias), each of which gives up the GIL and takes it back; when the
+    other thread holds it then, the thread sleeps, and on issue 11's VM each such sleep is a ~30-50 us wake-up:
+    rung 1 at m=64 in 8 chunks of 512 KB slept ~5 times in its conv forward and ~7 in its backward at 2 threads,
+    in 4 chunks of 0.9 MB ~1.5 and ~2.4 (the CPU time at 1 thread is the same, 512 KB to 2 MB chunks).
     The chunks do not depend on the thread count (so neither do the results: partial sums are added in
     chunk order); the threads take whole chunks, at least ``min_chunks`` each."""
     n, c, h, w = x.shape
@@ -471,7 +504,9 @@ def _conv_plan(x, weight, stride, padding):
     (sh, sw), (ph, pw) = stride, padding
     ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
     per_image = c * kh * kw * ho * wo
-    size = max(1, COLUMN_BYTES_PER_CHUNK // (per_image * x.itemsize))
+    chunk_bytes = min(max(COLUMN_BYTES_PER_CHUNK, n * per_image * x.itemsize // CHUNKS_AT_LEAST),
+                      max(COLUMN_BYTES_PER_CHUNK, COLUMN_BYTES_PER_CHUNK_MAX))
+    size = max(1, chunk_bytes // (per_image * x.itemsize))
     count = max(1, -(-n // size))
     count += count % 2 if count > 1 else 0          # an even count of near-equal chunks: two threads share evenly
     chunks = split(n, count)
