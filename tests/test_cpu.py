@@ -217,6 +217,37 @@ def test_matmul_splits_rows_or_columns_and_equals_numpy(threads, shape):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_linear_backward_runs_both_products_in_one_section_and_equals_numpy(threads, monkeypatch, dtype, bias,
+                                                                          input_grad):
+    """W.grad += δᵀ a, b.grad += Σ δ and δ W (rung 1's 2880->100 at m=64): the blocks of both products in one
+    parallel section when there are several threads, the same numbers as NumPy's (exactly as cpu.matmul's)."""
+    monkeypatch.setattr(cpu, "loops_beat_blas", lambda: False)          # BLAS blocks, whatever this machine
+    rng = np.random.default_rng(9)
+    d, x, w = (rng.standard_normal(s).astype(dtype) for s in ((64, 100), (64, 2880), (100, 2880)))
+    w_grad, b_grad = rng.standard_normal((100, 2880)).astype(dtype), rng.standard_normal(100).astype(dtype)
+    expect_w, expect_b = w_grad + d.T @ x, b_grad + d.sum(axis=0)
+    expect_in = cpu.matmul(d, w)
+    same_w = cpu.matmul(d.T, x, add_to=w_grad.copy())
+    sections = []
+    run = cpu._Pool.run
+    monkeypatch.setattr(cpu._Pool, "run", lambda pool, fn, shards: sections.append(len(shards)) or run(pool, fn, shards))
+    out = cpu.linear_backward(d, x, w, w_grad, b_grad if bias else None, input_grad=input_grad)
+    assert len(sections) == (0 if threads == 1 else 1)        # without ∂C/∂a: W.grad's blocks alone
+    np.testing.assert_array_equal(w_grad, same_w)                     # the same blocks as matmul: the same numbers
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)   # sums of 64 / 100
+    np.testing.assert_allclose(w_grad, expect_w, **tol)
+    if bias:
+        np.testing.assert_allclose(b_grad, expect_b, **tol)
+    if input_grad:
+        np.testing.assert_array_equal(out, expect_in)
+        np.testing.assert_allclose(out, d @ w, **tol)
+    else:
+        assert out is None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("m, n, k", [(1, 1, 256), (7, 13, 257), (10, 30, 784), (64, 100, 640), (61, 9, 300)])
 def test_linear_products_with_a_small_weight_run_compiled_loops_and_equal_numpy(threads, monkeypatch, dtype, bias,
                                                                                  m, n, k):

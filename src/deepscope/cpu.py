@@ -216,16 +216,13 @@ def one_shard(n: int, min_per_shard: int = 1) -> bool:
     return n < 2 * max(1, min_per_shard) or get_num_threads() == 1
 
 
-SHARDS_PER_THREAD = 1
-
-
 def parallel(fn, n: int, min_per_shard: int = 1) -> list:
     """``[fn(start, stop) for (start, stop) in split(n, k)]`` with the k shards run at once on the pool, k ≤
     the thread count and every shard at least ``min_per_shard`` long (smaller work runs in one call)."""
     global _pool
     if one_shard(n, min_per_shard) or getattr(_local, "busy", False) or not _lock.acquire(blocking=False):
         return [fn(0, n)]
-    k = min(get_num_threads() * SHARDS_PER_THREAD, n // max(1, min_per_shard))
+    k = min(get_num_threads(), n // max(1, min_per_shard))
     try:
         _local.busy = True
         if _pool is None:
@@ -349,6 +346,25 @@ def matmul(a, b, add_to=None):
     thread adds its block into ``add_to`` while the block is in its cache. The blocks depend on the sizes and the
     BLAS, not on the thread count, so neither does the result. Linear's two products with a small weight matrix and
     a few rows (x Wᵀ + b, and W.grad += δᵀ x) run compiled loops instead where they beat BLAS (:func:`linear`)."""
+    blocks = _gemm_blocks(a, b, add_to)
+    if blocks is None:
+        m, k = a.shape
+        if m < b.shape[1] <= k and type(a) is numpy.ndarray:   # a few rows of inputs by a tall weight (x Wᵀ at small
+            out = numpy.ascontiguousarray((b.T @ a.T).T)        # m): OpenBLAS is ~25% faster on the transposed product
+        else:
+            out = a @ b
+        if add_to is None:
+            return out
+        add_to += out
+        return add_to
+    out, run = blocks
+    parallel(lambda s, e: [f() for f in run[s:e]], len(run))
+    return out
+
+
+def _gemm_blocks(a, b, add_to=None):
+    """:func:`matmul`'s blocks: ``(out, [block, ...])`` with each block a call that computes (or adds into
+    ``add_to``) its rows or columns of ``a @ b`` in ``out``, in any order on any thread; None for one block."""
     m, k = a.shape
     n = b.shape[1]
     largest = max(a.nbytes, b.nbytes, m * n * numpy.result_type(a, b).itemsize)      # operands and product
@@ -356,28 +372,17 @@ def matmul(a, b, add_to=None):
     while blocks < GEMM_BLOCKS and m * k * n >= 2 * blocks * least:
         blocks *= 2
     if blocks == 1 or not fast(a, b) or (add_to is not None and type(add_to) is not numpy.ndarray):
-        if m < n <= k and type(a) is numpy.ndarray:     # a few rows of inputs by a tall weight (x Wᵀ at small m):
-            out = numpy.ascontiguousarray((b.T @ a.T).T)  # OpenBLAS is ~25% faster on the transposed product
-        else:
-            out = a @ b
-        if add_to is None:
-            return out
-        add_to += out
-        return add_to
+        return None
     out = numpy.empty((m, n), dtype=numpy.result_type(a, b)) if add_to is None else add_to
     by_rows = a.size >= b.size
-    cuts = split(m if by_rows else n, blocks)
 
-    def shard(s, e):
-        for lo, hi in cuts[s:e]:
-            rows, cols = (slice(lo, hi), slice(None)) if by_rows else (slice(None), slice(lo, hi))
-            if add_to is None:
-                numpy.matmul(a[rows], b[:, cols], out=out[rows, cols])     # one block of a @ b
-            else:
-                out[rows, cols] += a[rows] @ b[:, cols]
+    def block(lo, hi):
+        rows, cols = (slice(lo, hi), slice(None)) if by_rows else (slice(None), slice(lo, hi))
+        if add_to is None:
+            return lambda: numpy.matmul(a[rows], b[:, cols], out=out[rows, cols])     # one block of a @ b
+        return lambda: numpy.add(out[rows, cols], a[rows] @ b[:, cols], out=out[rows, cols])   # ... added in
 
-    parallel(shard, len(cuts))
-    return out
+    return out, [block(lo, hi) for lo, hi in split(m if by_rows else n, blocks)]
 
 
 SMALL_WEIGHT_ROWS = 256         # a mini-batch of at most this many rows ...
@@ -480,6 +485,23 @@ def linear_grads(d, x, w_grad, b_grad=None):
     matmul(d.T, x, add_to=w_grad)
     if b_grad is not None:
         b_grad += d.sum(axis=0)
+
+
+def linear_backward(d, x, w, w_grad, b_grad=None, input_grad=True):
+    """Linear's backward for δ = ``d`` (m, n), its input x (m, k) and W = ``w`` (n, k): :func:`linear_grads` (W.grad
+    += δᵀ x, b.grad += Σ_n δ, in place) and, with ``input_grad``, returns δ W (else None). Where both products run
+    in blocks (:func:`matmul`), their blocks share one parallel section: one hand-over to the threads instead of
+    two (the same blocks, so the same numbers)."""
+    if input_grad and not _loops(x, w_grad, d, b_grad):
+        grads, inputs = _gemm_blocks(d.T, x, w_grad), _gemm_blocks(d, w)
+        if grads is not None and inputs is not None:
+            run = grads[1] + inputs[1]
+            parallel(lambda s, e: [f() for f in run[s:e]], len(run))
+            if b_grad is not None:
+                b_grad += d.sum(axis=0)
+            return inputs[0]
+    linear_grads(d, x, w_grad, b_grad)
+    return matmul(d, w) if input_grad else None
 
 
 # -- convolution: the mini-batch in shards, each shard in chunks whose columns stay in cache ---------------

@@ -61,11 +61,11 @@ class Linear(Module):
     def backward(self, grad_output):
         delta = grad_output if grad_output.ndim == 2 else grad_output.reshape(-1, self.out_features)
         bias = self.bias
-        cpu.linear_grads(delta, self._x, self.weight.grad,                   # BP4: W.grad += δᵀ a
-                         None if bias is None else bias.grad)                # BP3: b.grad += Σ_n δ
-        if not self.needs_input_grad:                            # the first layer: nobody reads ∂C/∂x
+        # BP4: W.grad += δᵀ a,  BP3: b.grad += Σ_n δ,  BP2: ∂C/∂a = δ W (σ' is the activation's job), on the CPU's threads
+        grad_input = cpu.linear_backward(delta, self._x, self.weight.data, self.weight.grad,
+                                         None if bias is None else bias.grad, input_grad=self.needs_input_grad)
+        if grad_input is None:                                   # the first layer: nobody reads ∂C/∂x
             return None
-        grad_input = cpu.matmul(delta, self.weight.data)         # BP2 (σ' is the activation's job)
         return grad_input if len(self._lead) == 1 else grad_input.reshape(*self._lead, self.in_features)
 
     def extra_repr(self) -> str:
