@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import deepscope as ds  # noqa: E402
 from deepscope import backend, nn, optim  # noqa: E402
-from deepscope.train import step  # noqa: E402
+from deepscope.train import GraphedStep, step  # noqa: E402
 
 TOL = {"float64": 1e-10, "float32": 1e-5}
 MEASURED = {}   # (net, m) -> deepscope's training images/s in the speed section (the rungs size their epochs by it)
@@ -157,6 +157,13 @@ def section_speed(args, cupy):
             def ds_step():
                 step(ours, cost, opt, xc, yc)
 
+            ds.manual_seed(0)
+            ours_g = build_deepscope(net).to("cuda")          # the same net, its steps replayed from a CUDA graph
+            graphed = GraphedStep(ours_g, nn.LogLikelihoodCost(), optim.SGD(ours_g.parameters(), lr=0.03))
+
+            def ds_graph_step():
+                graphed(xc, yc)
+
             def torch_step():
                 loss = torch.nn.functional.cross_entropy(theirs(xt), yt)
                 topt.zero_grad()
@@ -164,15 +171,17 @@ def section_speed(args, cupy):
                 topt.step()
 
             iters = max(5, min(200, 20000 // m))
-            times = {"deepscope": [], "pytorch": []}
             fns = {"deepscope": (ds_step, cupy.cuda.Device().synchronize),
+                   "deepscope_graph": (ds_graph_step, cupy.cuda.Device().synchronize),
                    "pytorch": (torch_step, torch.cuda.synchronize)}
+            times = {k: [] for k in fns}
             for fn, sync in fns.values():
                 for _ in range(3):
                     fn()
                 sync()
+            order = list(fns)
             for rep in range(args.repeats):
-                for k in (("deepscope", "pytorch") if rep % 2 == 0 else ("pytorch", "deepscope")):
+                for k in order[rep % 3:] + order[:rep % 3]:   # each first in turn
                     fn, sync = fns[k]
                     sync()
                     t0 = time.perf_counter()
@@ -182,11 +191,60 @@ def section_speed(args, cupy):
                     times[k].append(time.perf_counter() - t0)
             ips = {k: iters * m / statistics.median(v) for k, v in times.items()}
             MEASURED[(net, m)] = ips["deepscope"]
-            out[f"{net} m={m}"] = {**ips, "ratio": ips["deepscope"] / ips["pytorch"], "steps_timed": iters,
-                                   "repeats": args.repeats, **step_profile(fns)}
-            print(f"{net:8s} m={m:5d}  deepscope {ips['deepscope']:10,.0f} img/s  pytorch {ips['pytorch']:10,.0f}"
-                  f"  ratio {ips['deepscope'] / ips['pytorch']:.2f}  {out[f'{net} m={m}'].get('profile', '')}",
+            MEASURED[(net, m, "graph")] = ips["deepscope_graph"] if graphed.failed is None else None
+            out[f"{net} m={m}"] = {**ips, "ratio": ips["deepscope"] / ips["pytorch"],
+                                   "ratio_graph": ips["deepscope_graph"] / ips["pytorch"],
+                                   "graph_recorded": graphed.failed is None and bool(graphed.graphs),
+                                   "graph_error": None if graphed.failed is None else repr(graphed.failed)[:300],
+                                   "steps_timed": iters, "repeats": args.repeats, **step_profile(fns)}
+            print(f"{net:8s} m={m:5d}  deepscope {ips['deepscope']:10,.0f} img/s  graphed {ips['deepscope_graph']:10,.0f}"
+                  f"  pytorch {ips['pytorch']:10,.0f}  ratio {ips['deepscope'] / ips['pytorch']:.2f}"
+                  f" / {ips['deepscope_graph'] / ips['pytorch']:.2f}  {out[f'{net} m={m}'].get('profile', '')}",
                   flush=True)
+    return out
+
+
+def section_graph(args, cupy):
+    """GraphedStep (a step recorded as a CUDA graph and replayed) against step, kernel by kernel, on the GPU:
+    rung 3 from the same weights through the same 30 mini-batches, the learning rate changed at step 15 (the
+    graph is recorded again) and a mini-batch of 7 at step 20 (run eagerly): the weights must agree; and the
+    dropout net replayed on one mini-batch must draw new masks on every replay."""
+    from conv_speed import build_deepscope
+    backend.set_default_dtype("float32")
+    rng = np.random.default_rng(1)
+    sizes = [10] * 20 + [7] + [10] * 9
+    batches = [(cupy.asarray(rng.random((s, 1, 28, 28), dtype=np.float32)), cupy.asarray(rng.integers(0, 10, s)))
+               for s in sizes]
+    nets = []
+    for _ in range(2):
+        ds.manual_seed(0)
+        model = build_deepscope("rung3").to("cuda")
+        nets.append((model, optim.SGD(model.parameters(), lr=0.05, momentum=0.9), nn.LogLikelihoodCost()))
+    (a, oa, ca), (b, ob, cb) = nets
+    graphed = GraphedStep(b, cb, ob)
+    losses = []
+    for i, (x, y) in enumerate(batches):
+        if i == 15:
+            oa.lr = ob.lr = 0.02
+        la, _ = step(a, ca, oa, x, y)
+        lb, _ = graphed(x, y)
+        losses.append((float(la), float(lb)))
+    diff = max(float(cupy.abs(p.data - q.data).max()) for p, q in zip(a.parameters(), b.parameters()))
+    scale = max(float(cupy.abs(p.data).max()) for p in a.parameters())
+    out = {"rung3": {"recorded": graphed.failed is None and bool(graphed.graphs),
+                     "error": None if graphed.failed is None else repr(graphed.failed)[:400],
+                     "max_weight_diff": diff, "weight_scale": scale,
+                     "max_cost_diff": max(abs(u - v) for u, v in losses), "steps": [oa.steps, ob.steps]}}
+    out["rung3"]["ok"] = out["rung3"]["recorded"] and diff <= 1e-5 * scale and oa.steps == ob.steps
+    ds.manual_seed(0)
+    d = build_deepscope("dropout").to("cuda")
+    gd = GraphedStep(d, nn.LogLikelihoodCost(), optim.SGD(d.parameters(), lr=1e-9))
+    x, y = batches[0]
+    costs = [float(gd(x, y)[0]) for _ in range(6)]          # steps 1 eager, 2 recorded, 3-6 replayed
+    out["dropout"] = {"costs": costs, "recorded": gd.failed is None and bool(gd.graphs),
+                      "error": None if gd.failed is None else repr(gd.failed)[:400],
+                      "ok": gd.failed is None and len(set(costs[2:])) == len(costs[2:])}
+    out["all_ok"] = out["rung3"]["ok"] and out["dropout"]["ok"]
     return out
 
 
@@ -202,8 +260,7 @@ def step_profile(fns) -> dict:
         b = benchmark(fn, n_repeat=30, n_warmup=2)
         r[f"{k}_host_ms"] = round(float(np.median(b.cpu_times)) * 1e3, 3)
         r[f"{k}_gpu_ms"] = round(float(np.median(b.gpu_times[0])) * 1e3, 3)
-    r["profile"] = (f"host/GPU ms a step: deepscope {r['deepscope_host_ms']}/{r['deepscope_gpu_ms']}, "
-                    f"pytorch {r['pytorch_host_ms']}/{r['pytorch_gpu_ms']}")
+    r["profile"] = "host/GPU ms a step: " + ", ".join(f"{k} {r[k + '_host_ms']}/{r[k + '_gpu_ms']}" for k in fns)
     return r
 
 
@@ -263,11 +320,14 @@ def section_rungs(args, cupy):
     from deepscope.runs import Run
     rung = ch6.get_rung("ensemble")
     epochs, sized_by = args.rung_epochs, "--rung-epochs"
-    if not epochs:   # as many as should fit: five processes together 1.75x one process's measured speed
-        single = MEASURED.get(("dropout", args.rung_batch))
-        share = single * min(1.0, 1.75 / args.rung_nets) if single else None   # a guess: never measured
+    if not epochs:   # as many as should fit. Five processes shared the GPU at 5.5x one eager process's speed
+        # (first lease: 8.3k img/s each against 7.5k alone); replayed graphs may load the GPU more: assume
+        # 1.75x one eager process's speed, or one replaying process's speed, whichever is more
+        single, graph = MEASURED.get(("dropout", args.rung_batch)), MEASURED.get(("dropout", args.rung_batch, "graph"))
+        share = max(single * min(1.0, 1.75 / args.rung_nets), (graph or 0) / args.rung_nets) if single else None
         epochs = max(1, min(40, int((args.rung_limit - 40) * share / 250_000))) if share else 1
-        sized_by = f"auto: one process {single:,.0f} img/s in the speed section" if single else "auto: no speed measured"
+        sized_by = (f"auto: one process {single:,.0f} img/s kernel by kernel, {graph or 0:,.0f} replaying a graph, "
+                    f"in the speed section" if single else "auto: no speed measured")
     args.rung_epochs = epochs
     t0 = time.perf_counter()
     deadline = t0 + args.rung_limit
@@ -301,8 +361,8 @@ def section_rungs(args, cupy):
             "voters": len(predictions), "book": {"dropout": 99.60, "ensemble": 99.67}}
 
 
-SECTIONS = {"layers": section_layers, "pytest": section_pytest, "speed": section_speed, "train": section_train,
-            "rungs": section_rungs}
+SECTIONS = {"layers": section_layers, "pytest": section_pytest, "graph": section_graph, "speed": section_speed,
+            "train": section_train, "rungs": section_rungs}
 
 
 def main() -> int:

@@ -235,9 +235,38 @@ def _module():
 
         def synchronize(self):
             pass
+    class Stream:
+        """Streams run in order (there is only the CPU); recording a graph is refused, as CUDA refuses an
+        operation it cannot record: code that records must fall back."""
+
+        def __init__(self, non_blocking=False, null=False):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def synchronize(self):
+            pass
+
+        def begin_capture(self, mode=None):
+            raise RuntimeError("the CuPy stand-in cannot record CUDA graphs")
+
+        def end_capture(self):
+            raise RuntimeError("the CuPy stand-in cannot record CUDA graphs")
+
+    class MemoryPool:
+        def malloc(self, size):
+            raise RuntimeError("the CuPy stand-in has no device memory")
+
+    allocator = [None]
     runtime = types.SimpleNamespace(getDeviceCount=lambda: 1,
                                     getDeviceProperties=lambda i: {"name": b"strict CuPy stand-in (CPU)"})
-    m.cuda = types.SimpleNamespace(Device=Device, runtime=runtime)
+    m.cuda = types.SimpleNamespace(Device=Device, runtime=runtime, Stream=Stream, MemoryPool=MemoryPool,
+                                   get_current_stream=lambda: Stream(), get_allocator=lambda: allocator[0],
+                                   set_allocator=lambda a=None: allocator.__setitem__(0, a))
     return m
 
 

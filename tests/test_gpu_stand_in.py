@@ -102,3 +102,52 @@ def test_a_character_model_trains_on_the_device(cupy, tmp_path, cell):
     assert main(["rnn", "text", "--device", "cuda", "--cell", cell, "--hidden", "16", "--layers", "2",
                  "--seq-len", "20", "-m", "4", "--epochs", "1", "--corpus", str(corpus),
                  "--out", str(tmp_path / "r"), "--quiet"]) == 0
+
+
+def _net_and_sgd(**sgd):
+    ds.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(3 * 12 * 12, 10))
+    return model, ds.optim.SGD(model.parameters(), **{"lr": 0.1, "momentum": 0.9, **sgd})
+
+
+def test_a_graphed_step_that_cannot_be_recorded_warns_once_and_steps_as_step_does(cupy):
+    backend.use_device("cuda")
+    rng = np.random.default_rng(0)
+    batches = [(cupy.asarray(rng.random((4, 1, 28, 28), dtype=np.float32)), cupy.asarray(rng.integers(0, 10, 4)))
+               for _ in range(4)]
+    eager, opt_e = _net_and_sgd()
+    graphed_model, opt_g = _net_and_sgd()
+    graphed = ds.train.GraphedStep(graphed_model, nn.LogLikelihoodCost(), opt_g)
+    cost = nn.LogLikelihoodCost()
+    with pytest.warns(UserWarning, match="could not be recorded as a CUDA graph") as warned:
+        for x, y in batches:
+            a, _ = ds.train.step(eager, cost, opt_e, x, y)
+            b, _ = graphed(x, y)
+            assert float(a) == float(b)
+    assert len(warned) == 1 and graphed.failed is not None and opt_g.steps == opt_e.steps == 4
+    for p, q in zip(eager.parameters(), graphed_model.parameters()):
+        assert np.array_equal(p.data.get(), q.data.get())
+
+
+def test_only_plain_sgd_on_a_gpu_is_graphed(cupy):
+    backend.use_device("cuda")
+    model, sgd = _net_and_sgd()
+    assert ds.train.GraphedStep.supports(model, sgd)
+    assert not ds.train.GraphedStep.supports(model, ds.optim.SGD(model.parameters(), lr=0.1, clip_norm=1.0))
+    assert not ds.train.GraphedStep.supports(model, ds.optim.Adam(model.parameters(), lr=0.1))
+    backend.use_device("cpu")
+    cpu_model, cpu_sgd = _net_and_sgd()
+    assert not ds.train.GraphedStep.supports(cpu_model, cpu_sgd)
+    with pytest.raises(ds.ConfigError, match="needs a model on a GPU"):
+        ds.train.GraphedStep(cpu_model, nn.LogLikelihoodCost(), cpu_sgd)
+
+
+def test_the_labels_a_graph_cannot_check_are_checked_on_the_host_first(cupy):
+    backend.use_device("cuda")
+    model, sgd = _net_and_sgd()
+    graphed = ds.train.GraphedStep(model, nn.LogLikelihoodCost(), sgd)
+    graphed.check_labels(np.arange(10), 10)
+    with pytest.raises(ds.DataError, match="label 10 is out of range for 10 classes"):
+        graphed.check_labels(np.array([0, 10, 3]), 10)
+    with pytest.raises(ds.DataError, match="label -1 is out of range"):
+        graphed.check_labels(np.array([0, -1]), 10)
