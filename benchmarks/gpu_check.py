@@ -170,7 +170,7 @@ def section_speed(args, cupy):
                 loss.backward()
                 topt.step()
 
-            iters = max(5, min(200, 20000 // m))
+            iters = max(5, min(100, 10000 // m))
             fns = {"deepscope": (ds_step, cupy.cuda.Device().synchronize),
                    "deepscope_graph": (ds_graph_step, cupy.cuda.Device().synchronize),
                    "pytorch": (torch_step, torch.cuda.synchronize)}
