@@ -1,13 +1,13 @@
-"""What Ray costs a sweep on this machine: starting Ray, and the time Tune adds to every trial.
+"""What Ray costs a sweep on this machine: starting Ray, and the time it adds to every trial.
 
     python benchmarks/sweep_overhead.py [--trials 20] [--repeats 3]
 
 * start-up: ``ray.init`` as ``deepscope sweep`` makes it (local, no dashboard); shut-down, alternating: Ray's own
   ``ray.shutdown`` and the sweep's (``sweep._stop_ray``: the autoscaler monitor first), medians;
-* to the first trial: with Ray running, from the start of a sweep to its first trial's command (Tune's set-up, a
-  worker taking the trainable: what a sweep waits for after ``ray.init``);
+* to the first trial: with Ray running, from the start of a sweep to its first trial's command (a worker taking
+  the trial's task: what a sweep waits for after ``ray.init``);
 * per trial, empty: a sweep of ``--trials`` trials whose command returns at once, on Ray with 2 workers (Ray
-  already running: Tune's scheduling, the worker, the report, the sweep's table) and in this process
+  already running: the task's round trip, the worker, the sweep's table) and in this process
   (``--workers 1``: the sweep's own bookkeeping only);
 * per trial, real: ``--trials`` short ``deepscope train`` runs (the shipped MNIST sample) through the sweep on
   Ray with 2 workers, through the sweep in this process (``--workers 1``), and called one after another

@@ -288,6 +288,30 @@ def test_a_killed_worker_resumes_its_trial_from_the_checkpoint(tmp_path, mnist_s
     _assert_nothing_left(before)
 
 
+def raising_command(argv):
+    """A command for a Ray sweep (sent to the workers by value, see the test): a bug, an exit code, a success."""
+    if argv[2] == "bad":
+        raise ValueError("a bug\nwith a second line")
+    return 3 if argv[2] == "three" else 0
+
+
+@needs_ray
+def test_on_ray_a_trial_that_raises_is_a_row_with_its_error_and_is_not_run_again(tmp_path):
+    import ray
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])   # the workers cannot import this test file
+    try:
+        folder = sweep.SweepFolder.create(tmp_path / "s", ["cmd"], sweep.expand([("x", ["bad", "three", "ok"])]))
+        before = {p.pid for p in _children()}
+        rows = sweep.run(folder, raising_command, workers=2, progress=False).rows
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert [(r["status"], r.get("error")) for r in rows] == [
+        ("error", "ValueError: a bug"), ("failed", "exit code 3; see logs/x-three_seed-0.log"), ("done", None)]
+    assert folder.log_path(folder.trials[0]).read_text().count("[deepscope sweep]") == 1   # a bug: not retried
+    assert all(r["node_id"] for r in rows[1:])
+    _assert_nothing_left(before)
+
+
 SCRIPT = """
 import sys
 from deepscope import sweep
@@ -409,6 +433,24 @@ def test_stopping_ray_stops_the_monitor_first_and_leaves_no_process():
     monitor = ray._private.worker._global_node.all_processes["monitor"][0].process
     sweep._stop_ray()
     assert not ray.is_initialized() and monitor.poll() is not None
+    _assert_nothing_left(before)
+
+
+@needs_ray
+@pytest.mark.slow
+def test_with_asha_the_trials_run_on_tune_which_reads_their_epochs_and_stops_the_weak(tmp_path, mnist_sample):
+    """--scheduler asha: Ray Tune runs the trials and, from the epochs they report, stops one whose validation
+    accuracy trails (one at a time: the strong trial has set the bar when the weak one ends its first epoch)."""
+    epochs = 20
+    folder = sweep.SweepFolder.create(tmp_path / "s", [*TRAIN, "--epochs", str(epochs), "--data-dir",
+                                                       str(mnist_sample)], sweep.expand([("eta", ["3.0", "0.00001"])]))
+    before = {p.pid for p in _children()}
+    result = sweep.run(folder, main, workers=1, scheduler="asha", progress=False)
+    assert not result.interrupted and all(r["node_id"] for r in result.rows)
+    assert [r["status"] for r in result.rows] == ["done", "stopped"]
+    strong, weak = (_epochs(folder.run_dir(t)) for t in folder.trials)
+    assert strong == list(range(1, epochs + 1)) and 1 <= len(weak) < epochs and weak == list(range(1, len(weak) + 1))
+    assert (folder.path / ".tune").is_dir()
     _assert_nothing_left(before)
 
 

@@ -1,4 +1,4 @@
-"""Sweeps: many runs of one deepscope command, side by side, on Ray Tune.
+"""Sweeps: many runs of one deepscope command, side by side, on Ray.
 
 A sweep is a list of trials. Each trial is one call of a deepscope command (``train``, ``book ch6 …``,
 ``scope compare``, …) with some options changed and its own seed, made inside a Ray worker as
@@ -7,10 +7,12 @@ that ``evaluate``, ``show`` and ``report`` read like any other. The trials come 
 (``--grid lr=0.01,0.1``), random samples of a space (``--space lr=0.001:0.1:log``) and seeds, crossed.
 
 Ray runs embedded in this process by default (one worker per core, one BLAS thread per trial) or joins a
-running cluster given its address; Tune places the trials, restarts one whose worker died (it continues from
-the run's last checkpoint, through the command's ``--resume``) and, with ASHA, stops the weak ones early
-from the per-epoch lines of their metrics. With one worker and no cluster (or without Ray installed) the
-trials run one after another in this process instead: the same folder and table, without Ray's start-up.
+running cluster given its address. Each trial is a Ray task: Ray places it on a worker, which stays up for the
+next trial (deepscope imported and its data read once per worker, as in one process), and runs it again on
+another worker if its worker dies (it continues from the run's last checkpoint, through the command's
+``--resume``). With a scheduler (``--scheduler asha``) the trials run on Ray Tune instead, which stops the weak
+ones early from the per-epoch lines of their metrics. With one worker and no cluster (or without Ray installed)
+the trials run one after another in this process: the same folder and table, without Ray's start-up.
 
 The sweep folder::
 
@@ -21,7 +23,7 @@ The sweep folder::
     logs/TRIAL.log  what the trial's command printed
     logs/TRIAL.seconds.json   the seconds of each attempt at the trial (the table's seconds are their sum)
     TRIAL/          the trial's run folder
-    .tune/          Ray Tune's own bookkeeping
+    .tune/          Ray Tune's own bookkeeping (with a scheduler)
 
 ``resume`` runs only the trials without a row (a trial interrupted mid-run continues from its checkpoint).
 """
@@ -50,7 +52,7 @@ from .cpu import set_num_threads
 from .errors import ConfigError, DataError
 from .runs import History, Run
 
-INSTALL_HINT = 'deepscope sweep needs Ray Tune: pip install -e ".[sweep]"  (or pip install "ray[tune]")'
+INSTALL_HINT = 'deepscope sweep needs Ray: pip install -e ".[sweep]"  (or pip install "ray[tune]")'
 FINAL = ("done", "stopped")   # a trial with one of these statuses is never run again
 
 
@@ -120,7 +122,7 @@ def ray_available() -> bool:
 
 
 def require_ray() -> None:
-    """Raise a one-line :class:`ConfigError` saying how to install Ray Tune when it is missing."""
+    """Raise a one-line :class:`ConfigError` saying how to install Ray (Tune) when it is missing."""
     if not ray_available():
         raise ConfigError(INSTALL_HINT)
 
@@ -290,7 +292,7 @@ class _Command(threading.Thread):
     def run(self):
         try:
             self.exit_code = _call(self.main, self.argv, self.log_path)
-        except BaseException as e:       # a bug: reported to Tune, which retries the trial
+        except BaseException as e:       # a bug: raised again by the worker (see _attempt_in_worker)
             self.error = e
 
 
@@ -336,30 +338,46 @@ class _Attempt:
         return row
 
 
-def run_trial(config: dict, main, sweep_dir: str, command: list[str], per_epoch: bool = False) -> None:
-    """Tune's function for one trial (runs in a Ray worker): the command in a thread; with ``per_epoch`` (a
-    scheduler that stops trials early reads them) each new epoch reported as it ends, else one report at the
-    end (each report is a round trip to the driver)."""
-    from ray import tune, get_runtime_context   # lazy: Ray is the optional `sweep` extra
+def _attempt_in_worker(main, sweep_dir: str, command: list[str], trial: Trial, on_tick=None) -> dict:
+    """One attempt at a trial, in a Ray worker: the command in a thread, the attempt's clock ticking every half
+    second (a worker killed now loses at most that much of the trial's time), ``on_tick(attempt, node)`` after
+    each tick; the trial's row once the command has returned. A command that raised (a bug) raises here."""
+    from ray import get_runtime_context   # lazy: Ray is the optional `sweep` extra
 
-    set_num_threads(1)   # one thread per trial (BLAS included): Tune runs one trial per CPU it holds
-    attempt = _Attempt(SweepFolder(sweep_dir, command, []), Trial(**config["trial"]))
+    set_num_threads(1)   # one thread per trial (BLAS included): Ray runs one trial per CPU it holds
+    attempt = _Attempt(SweepFolder(sweep_dir, command, []), trial)
     node = get_runtime_context().get_node_id()
     cmd = _Command(main, attempt.argv, attempt.log_path)
     attempt.clock.tick()
     cmd.start()
-    reported = attempt.resumed_after
     while cmd.is_alive():
-        cmd.join(0.25 if per_epoch else 0.5)
-        attempt.clock.tick()             # a worker killed now loses at most this half second of the trial's time
-        if per_epoch:
-            records = _run_metrics(attempt.run_dir)
-            for r in records[reported:]:     # per-epoch results, for ASHA
-                tune.report({**{k: v for k, v in r.items() if isinstance(v, (int, float))}, "node_id": node})
-            reported = max(reported, len(records))
+        cmd.join(0.25 if on_tick else 0.5)
+        attempt.clock.tick()
+        if on_tick:
+            on_tick(attempt, node)
     if cmd.error is not None:
         raise cmd.error
-    tune.report(attempt.row(cmd.exit_code, node))
+    return attempt.row(cmd.exit_code, node)
+
+
+def trial_task(main, sweep_dir: str, command: list[str], trial: dict) -> dict:
+    """The Ray task of one trial (see :func:`_attempt_in_worker`)."""
+    return _attempt_in_worker(main, sweep_dir, command, Trial(**trial))
+
+
+def run_trial(config: dict, main, sweep_dir: str, command: list[str]) -> None:
+    """Tune's function for one trial, with a scheduler that stops trials early: each new epoch of the run
+    reported as it ends (what the scheduler reads), then the trial's row."""
+    from ray import tune   # lazy: Ray Tune is the optional `sweep` extra
+    reported = []
+
+    def report_epochs(attempt, node):
+        records = _run_metrics(attempt.run_dir)
+        for r in records[attempt.resumed_after + len(reported):]:
+            tune.report({**{k: v for k, v in r.items() if isinstance(v, (int, float))}, "node_id": node})
+            reported.append(r)
+
+    tune.report(_attempt_in_worker(main, sweep_dir, command, Trial(**config["trial"]), on_tick=report_epochs))
 
 
 # ------------------------------------------------------------------------------------------------ the driver
@@ -461,8 +479,8 @@ def in_process(address: str | None = None, workers: int | None = None, scheduler
 def run(folder: SweepFolder, main, *, address: str | None = None, workers: int | None = None,
         scheduler: str | None = None, metric: str = "val_acc", max_failures: int = 3,
         progress: bool = True, longest_first=None) -> SweepResult:
-    """Run the trials of ``folder`` that have no row yet, on Ray Tune (or here, see :func:`in_process`);
-    return every row.
+    """Run the trials of ``folder`` that have no row yet, as Ray tasks (on Ray Tune with a scheduler; here, see
+    :func:`in_process`); return every row.
 
     Args:
         folder: the sweep (see :meth:`SweepFolder.create` / :meth:`SweepFolder.open`).
@@ -472,7 +490,8 @@ def run(folder: SweepFolder, main, *, address: str | None = None, workers: int |
         workers: trials at a time (default: one per CPU of the cluster); 1 without ``address``: one after
             another in this process, without Ray.
         scheduler: None (every trial runs to the end) or ``"asha"`` (stops weak trials early, on ``metric``).
-        max_failures: restarts of a trial whose worker died (each continues from the run's checkpoint).
+        max_failures: restarts of a trial whose worker died (each continues from the run's checkpoint); a
+            command that raises is not run again (its row says why), except under a scheduler (Tune's rule).
         longest_first: ``trial -> its expected cost`` (any number): the trials start in decreasing order of
             it, so that the last to end are short ones and no worker waits long for the last trial.
     """
@@ -510,7 +529,7 @@ def _run_here(folder: SweepFolder, main, todo: list[Trial], bar) -> SweepResult:
             break
         except Exception as e:           # a bug in the command: the trial's row says so, the sweep goes on
             attempt.clock.tick()
-            folder.record(_row(trial, "error", {}, error=f"{type(e).__name__}: {e}".splitlines()[0][:300]))
+            folder.record(_row(trial, "error", {}, error=_one_line(e)))
         else:
             if exit_code == 130:         # the command caught Ctrl-C itself (train: "interrupted; continue …")
                 attempt.clock.tick()
@@ -523,33 +542,89 @@ def _run_here(folder: SweepFolder, main, todo: list[Trial], bar) -> SweepResult:
     return SweepResult(rows, len(todo), interrupted, time.perf_counter() - t0)
 
 
+def _one_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}".splitlines()[0][:300]
+
+
 def _run_on_ray(folder: SweepFolder, main, todo: list[Trial], bar, *, address, workers, scheduler, metric,
                 max_failures) -> SweepResult:
     try:
         import ray                 # lazy: Ray is the optional `sweep` extra
-        from ray import tune
     except ImportError:
         raise ConfigError(INSTALL_HINT) from None
     t0 = time.perf_counter()
     started = not ray.is_initialized()
     if started:
         _start_ray(address, workers)
-    interrupted = False
+    try:
+        if scheduler is None:
+            interrupted = _run_tasks(folder, main, todo, bar, workers=workers, max_failures=max_failures)
+        else:
+            interrupted = _run_tune(folder, main, todo, bar, workers=workers, scheduler=scheduler, metric=metric,
+                                    max_failures=max_failures)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if started:
+            _stop_ray()
+    return SweepResult(folder.ordered_rows(), len(todo), interrupted, time.perf_counter() - t0)
+
+
+def _run_tasks(folder: SweepFolder, main, todo: list[Trial], bar, *, workers, max_failures) -> bool:
+    """The trials as Ray tasks, ``workers`` at a time (default: one per CPU of the cluster), in ``todo``'s order;
+    each row written as its trial ends. Whether the sweep was interrupted (Ctrl-C)."""
+    import ray   # lazy: optional extra
+    at_once = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    # SPREAD: on a cluster, the trials go to every node rather than filling the first; a task whose worker
+    # dies runs again (max_retries), a task whose command raised does not (a bug: its row says so)
+    task = ray.remote(trial_task).options(num_cpus=1, max_retries=max_failures, scheduling_strategy="SPREAD")
+    sweep_dir = str(folder.path.resolve())
+    waiting, running, failed = list(todo), {}, 0
+    try:
+        while waiting or running:
+            while waiting and len(running) < at_once:
+                trial = waiting.pop(0)
+                running[task.remote(main, sweep_dir, folder.command, asdict(trial))] = trial
+            bar.set_postfix_str(f"running {len(running)}, failed {failed}")
+            done, _ = ray.wait(list(running), num_returns=1)
+            for ref in done:
+                trial = running.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayTaskError as e:      # the command raised
+                    row = _row(trial, "error", {}, error=_one_line(e.cause or e))
+                except ray.exceptions.RayError as e:          # its worker died more than max_failures times
+                    row = _row(trial, "error", {}, error=_one_line(e))
+                else:
+                    if result.get("exit_code") == 130:        # the command caught Ctrl-C itself: no result
+                        return True
+                    row = _row(trial, _status(result), result)
+                folder.record(row)
+                failed += row["status"] in ("failed", "error")
+                bar.update(1)
+        return False
+    finally:
+        for ref in running:          # Ctrl-C: stop the trials still running (each keeps its checkpoint)
+            ray.cancel(ref, force=True)
+
+
+def _run_tune(folder: SweepFolder, main, todo: list[Trial], bar, *, workers, scheduler, metric,
+              max_failures) -> bool:
+    """The trials on Ray Tune, under ``scheduler`` (which reads their epochs and stops the weak ones)."""
+    from ray import tune   # lazy: optional extra
     tune_log = logging.getLogger("ray.tune")
     level, tune_log.level = tune_log.level, logging.CRITICAL   # a failed trial is a row of the table, not a traceback
     try:
-        sched = None
-        if scheduler == "asha":
-            sched = tune.schedulers.ASHAScheduler(time_attr="epoch", metric=metric, mode="max", grace_period=1)
+        sched = tune.schedulers.ASHAScheduler(time_attr="epoch", metric=metric, mode="max", grace_period=1)
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, main=main, sweep_dir=str(folder.path.resolve()),
-                                 command=folder.command, per_epoch=sched is not None), {"cpu": 1})
+                                 command=folder.command), {"cpu": 1})
         attempt = len(list((folder.path / ".tune").glob("run-*"))) + 1 if (folder.path / ".tune").exists() else 1
         tuner = tune.Tuner(
             trainable,
             param_space={"trial": tune.grid_search([asdict(t) for t in todo])},
             tune_config=tune.TuneConfig(max_concurrent_trials=workers, scheduler=sched,
-                                        reuse_actors=sched is None,   # ASHA stops trials: their process must end
+                                        reuse_actors=False,   # a stopped trial's process must end
                                         trial_name_creator=lambda t: t.config["trial"]["name"],
                                         trial_dirname_creator=lambda t: t.config["trial"]["name"]),
             run_config=tune.RunConfig(
@@ -557,15 +632,9 @@ def _run_on_ray(folder: SweepFolder, main, todo: list[Trial], bar, *, address, w
                 failure_config=tune.FailureConfig(max_failures=max_failures),
                 callbacks=[_tune_callback(folder, bar)]))
         grid = tuner.fit()
-        interrupted = len(folder.missing()) > 0 and grid is not None and _was_interrupted(grid)
-    except KeyboardInterrupt:
-        interrupted = True
+        return len(folder.missing()) > 0 and grid is not None and _was_interrupted(grid)
     finally:
         tune_log.setLevel(level)
-        if started:
-            _stop_ray()
-    rows = folder.ordered_rows()
-    return SweepResult(rows, len(todo), interrupted, time.perf_counter() - t0)
 
 
 def _was_interrupted(grid) -> bool:

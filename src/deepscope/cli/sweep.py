@@ -48,7 +48,7 @@ def _parser():
 
 def register(sub) -> None:
     p = sub.add_parser("sweep", help="many runs of a training command side by side on Ray (grid, random search, seeds)",
-                       description="Run a deepscope training command many times on Ray Tune: over a grid of "
+                       description="Run a deepscope training command many times on Ray: over a grid of "
                                    "options, random samples of a space, and seeds.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--address", default=None, help="join a running Ray cluster (default: start Ray in this process)")
