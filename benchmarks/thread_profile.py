@@ -9,8 +9,19 @@ faulted in again, and the number of parallel sections (thread hand-overs). The n
 cpu_speed.py's; medians over the steps. Wall-clock columns mean something only on an idle machine; the
 fault, system-time and section counts do not depend on the load.
 
+Sleeps: the process's voluntary context switches (all threads), per phase and per step at 2 threads. Each is a
+thread that blocked (on the job queue, on the caller's wait, or on the GIL while the other thread held it) and
+whose core may then halt: on issue 11's VM each costs a ~30-50 us wake-up. Fewer sleeps a step is what the
+thread pool's and the conv chunks' design aims at; the count moves with the load far less than the times do.
+
+``--ab NAME=VALUE,...`` compares, in one process and alternating (rounds of steps, medians), the current
+settings of ``deepscope.cpu`` with the variant (e.g. the thread pool's awake wait off, the old 512 KB conv
+chunks): the 2-thread / 1-thread throughput of each, for a change's effect on the idle machine in a minute.
+
     python benchmarks/thread_profile.py                       # rung1,rung3,dropout at m=64
     python benchmarks/thread_profile.py --nets rung1 --batches 64,256 --steps 40
+    python benchmarks/thread_profile.py --nets rung1,dropout --batches 64 \
+        --ab WAIT_AWAKE_US=0,COLUMN_BYTES_PER_CHUNK_MAX=524288 --out thread_profile_ab.json
 """
 from __future__ import annotations
 
@@ -32,12 +43,18 @@ import deepscope  # noqa: E402
 from deepscope import cpu  # noqa: E402
 
 
+def _sleeps() -> int:
+    """The process's voluntary context switches so far (every thread's)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+
+
 def _timed(record, key, fn):
     def wrapper(*args):
+        s0 = _sleeps()
         w0, m0, p0 = time.perf_counter(), time.thread_time(), time.process_time()
         out = fn(*args)
         w1, m1, p1 = time.perf_counter(), time.thread_time(), time.process_time()
-        record.setdefault(key, []).append((w1 - w0, m1 - m0, (p1 - p0) - (m1 - m0)))
+        record.setdefault(key, []).append((w1 - w0, m1 - m0, (p1 - p0) - (m1 - m0), _sleeps() - s0))
         return out
     return wrapper
 
@@ -77,14 +94,55 @@ def profile(name, batch, steps):
                 cpus.append(time.process_time() - p0)
             r1 = resource.getrusage(resource.RUSAGE_SELF)
             out[threads] = {
-                "phases": {k: [statistics.median(x[j] for x in v) for j in range(3)] for k, v in record.items()},
+                "phases": {k: [statistics.median(x[j] for x in v) for j in range(3)] + [sum(x[3] for x in v) / steps]
+                           for k, v in record.items()},
                 "step": {"wall_s": statistics.median(walls), "cpu_s": statistics.median(cpus),
                          "minor_faults": (r1.ru_minflt - r0.ru_minflt) / steps,
                          "system_cpu_s": (r1.ru_stime - r0.ru_stime) / steps,
+                         "sleeps": (r1.ru_nvcsw - r0.ru_nvcsw) / steps,
                          "parallel_sections": sections[0] / steps}}
     finally:
         cpu._Pool.run = pool_run
     return out
+
+
+def _settings(text):
+    """``NAME=VALUE,...`` (integers) as {name: value} for ``deepscope.cpu``'s module settings."""
+    out = {}
+    for item in filter(None, text.split(",")):
+        name, _, value = item.partition("=")
+        if not hasattr(cpu, name.strip()):
+            raise SystemExit(f"thread_profile.py: error: deepscope.cpu has no setting {name.strip()!r}")
+        out[name.strip()] = int(value, 0)
+    return out
+
+
+def compare(name, batch, variant, rounds, steps):
+    """Median wall time a step at 1 and 2 threads with the current settings and with ``variant``, alternating in
+    rounds of ``steps`` steps: {"current"|"variant": {"1": s, "2": s, "sleeps_2": per step}}."""
+    runner = cpu_speed.Deepscope(name, batch)
+    current = {k: getattr(cpu, k) for k in variant}
+    times = {(v, t): [] for v in ("current", "variant") for t in (1, 2)}
+    sleeps = {"current": [], "variant": []}
+    try:
+        for _ in range(rounds):
+            for threads in (1, 2):
+                cpu_speed.set_threads(threads)
+                for which, settings in (("current", current), ("variant", variant)):
+                    for k, v in settings.items():
+                        setattr(cpu, k, v)
+                    runner.step()
+                    s0, w0 = _sleeps(), time.perf_counter()
+                    for _ in range(steps):
+                        runner.step()
+                    times[which, threads].append((time.perf_counter() - w0) / steps)
+                    if threads == 2:
+                        sleeps[which].append((_sleeps() - s0) / steps)
+    finally:
+        for k, v in current.items():
+            setattr(cpu, k, v)
+    return {which: {"1": statistics.median(times[which, 1]), "2": statistics.median(times[which, 2]),
+                    "sleeps_2": statistics.median(sleeps[which])} for which in ("current", "variant")}
 
 
 def main(argv=None):
@@ -92,25 +150,40 @@ def main(argv=None):
     ap.add_argument("--nets", default="rung1,rung3,dropout")
     ap.add_argument("--batches", default="64")
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--ab", default=None, metavar="NAME=VALUE,...",
+                    help="compare the current deepscope.cpu settings with these (alternating, one process) instead")
+    ap.add_argument("--rounds", type=int, default=9, help="--ab: alternating rounds (of --steps steps)")
     ap.add_argument("--out", default="thread_profile.json", help="a file name: written under benchmarks/results/; a path with a folder: written there")
     args = ap.parse_args(argv)
     load_before = os.getloadavg()
     rows = []
-    for name in args.nets.split(","):
+    if args.ab is not None:
+        variant = _settings(args.ab)
+        print(f"current deepscope.cpu settings against {variant}: wall a step (median of {args.rounds} alternating "
+              f"rounds of {args.steps} steps)")
+        for name in args.nets.split(","):
+            for batch in map(int, args.batches.split(",")):
+                r = compare(name, batch, variant, args.rounds, args.steps)
+                for which in ("current", "variant"):
+                    t = r[which]
+                    print(f"{name:8} m={batch:<4} {which:8} 1 thread {t['1'] * 1e6:7.0f} us, 2 threads {t['2'] * 1e6:7.0f} us"
+                          f" ({t['sleeps_2']:.1f} sleeps), 2t/1t {t['1'] / t['2']:.2f}")
+                rows.append({"net": name, "batch": batch, "variant": variant, **r})
+    for name in ([] if args.ab is not None else args.nets.split(",")):
         for batch in map(int, args.batches.split(",")):
             p = profile(name, batch, args.steps)
             one, two = p[1], p[2]
             print(f"\n{name} m={batch} (us; 2 threads: wall, calling thread's CPU, other threads' CPU)")
-            print(f"{'phase':24} {'1t wall':>8} | {'2t wall':>8} {'own':>7} {'other':>7} | {'1t/2t':>5}")
-            for k, (w1, _, _) in one["phases"].items():
-                w2, own, other = two["phases"][k]
-                print(f"{k:24} {w1 * 1e6:8.0f} | {w2 * 1e6:8.0f} {own * 1e6:7.0f} {other * 1e6:7.0f} | "
+            print(f"{'phase':24} {'1t wall':>8} | {'2t wall':>8} {'own':>7} {'other':>7} {'sleeps':>6} | {'1t/2t':>5}")
+            for k, (w1, *_) in one["phases"].items():
+                w2, own, other, sleeps = two["phases"][k]
+                print(f"{k:24} {w1 * 1e6:8.0f} | {w2 * 1e6:8.0f} {own * 1e6:7.0f} {other * 1e6:7.0f} {sleeps:6.2f} | "
                       f"{w1 / max(w2, 1e-9):5.2f}")
             for t in (1, 2):
                 s = p[t]["step"]
                 print(f"step at {t} thread(s): wall {s['wall_s'] * 1e6:.0f} us, CPU {s['cpu_s'] * 1e6:.0f} us, "
                       f"{s['minor_faults']:.0f} page faults, system CPU {s['system_cpu_s'] * 1e6:.0f} us, "
-                      f"{s['parallel_sections']:.1f} parallel sections")
+                      f"{s['parallel_sections']:.1f} parallel sections, {s['sleeps']:.1f} sleeps")
             scaling = one["step"]["wall_s"] / two["step"]["wall_s"]
             print(f"2-thread / 1-thread throughput: {scaling:.2f}")
             rows.append({"net": name, "batch": batch, "threads": {str(t): p[t] for t in (1, 2)},
