@@ -10,8 +10,9 @@ not depend on the thread count, so neither do the numbers a run computes. BLAS (
 threadpoolctl) runs one thread inside each of deepscope's, so the process never runs more threads than asked
 for. That is what makes the default safe on a shared machine: OpenBLAS's own threads spin-wait between
 calls, and on the loaded 2-core machine of issue 11 they turned 0.09 ms GEMMs into 230-300 ms stalls
-(``benchmarks/cpu_speed.py``); deepscope's threads sleep while they wait, and the caller never waits for a
-worker that has not started (it takes the remaining pieces itself).
+(``benchmarks/cpu_speed.py``); deepscope's workers sleep while they wait for work, the caller never waits for
+a worker that has not started (it takes the remaining pieces itself), and it waits for a worker's last piece
+awake for at most ``WAIT_AWAKE_US`` (200 us), then asleep.
 
 Memory: glibc's malloc hands the free top of its heap back to the kernel once it exceeds a threshold that it
 raises only as far as the largest block freed so far, so a training step's freed temporaries went back at
