@@ -147,27 +147,6 @@ def use_device(device: str):
     return _xp
 
 
-_capturing = False
-
-
-class capturing:
-    """Context manager: a CUDA graph is recording (:class:`deepscope.train.GraphedStep`). While it records,
-    nothing may be read back to the host (a read would break the recording), so the checks that read the GPU
-    (a cost's label range) are left to whoever starts the recording. ``capturing.now()`` says whether one is on."""
-
-    def __enter__(self):
-        global _capturing
-        _capturing = True
-
-    def __exit__(self, *exc):
-        global _capturing
-        _capturing = False
-
-    @staticmethod
-    def now() -> bool:
-        return _capturing
-
-
 def get_rng_state() -> dict:
     """The generator's state, for checkpoints (a JSON-serialisable dict)."""
     return _rng.bit_generator.state

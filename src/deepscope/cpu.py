@@ -40,6 +40,8 @@ import threading
 import numpy
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from . import device
+
 _lock = threading.Lock()
 _num_threads = None
 _pool = None
@@ -353,7 +355,7 @@ def matmul(a, b, add_to=None):
         if m < b.shape[1] <= k and type(a) is numpy.ndarray:   # a few rows of inputs by a tall weight (x Wᵀ at small
             out = numpy.ascontiguousarray((b.T @ a.T).T)        # m): OpenBLAS is ~25% faster on the transposed product
         else:
-            out = a @ b
+            out = device.matmul(a, b)                           # (a GPU's own kernel while a CUDA graph records)
         if add_to is None:
             return out
         add_to += out

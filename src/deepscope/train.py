@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import backend
+from . import backend, device
 from .errors import ConfigError, DataError, NonFiniteError, ShapeError
 from .runs import History
 from .scope.anomaly import AnomalyDetector
@@ -96,6 +97,8 @@ class GraphedStep:
       writes (the flat parameter buffers): recorded again when any of them changes (a schedule's new η);
     - memory: the recording allocates from a memory pool of its own that nothing else uses, so the arrays the
       graph writes on every replay are never handed to anyone else;
+    - matrix products: CuPy refuses to record cuBLAS, so inside a recording they run deepscope's own GEMM
+      kernel (:mod:`deepscope.device`);
     - nothing may be read back to the host while recording: the labels' range is checked on the host before
       (:meth:`check_labels`), not per step; dropout masks come from CuPy's generator, whose state lives on the
       GPU, so every replay draws new ones.
@@ -140,23 +143,22 @@ class GraphedStep:
 
     def _record(self, x, y):
         """Record one step on a side stream into a graph (nothing runs); None, and eager steps from then on, if
-        CUDA refuses to record it."""
+        CUDA (or CuPy) refuses to record it."""
         cupy, opt = self.cupy, self.optimizer
         pool, stream = cupy.cuda.MemoryPool(), cupy.cuda.Stream(non_blocking=True)
         xs, ys = x.copy(), y.copy()                      # the graph's inputs, filled before every launch
         steps, previous = opt.steps, cupy.cuda.get_allocator()
-        cupy.cuda.get_current_stream().synchronize()
-        cupy.cuda.set_allocator(pool.malloc)
         try:
-            with stream, backend.capturing():
+            device.prepare(x.dtype)                      # the recordable GEMM, loaded (waits for the GPU: once)
+            cupy.cuda.set_allocator(pool.malloc)
+            with stream, device.capturing():
                 stream.begin_capture()
                 try:
                     loss, out = step(self.model, self.cost, opt, xs, ys, before_update=lambda loss: None)
                 finally:
                     graph = stream.end_capture()
-        except Exception as e:   # a CUDA call that cannot be recorded: say so once, train eagerly
+        except Exception as e:   # a call that cannot be recorded: say so once, train eagerly
             self.failed = e
-            import warnings
             warnings.warn(f"deepscope: the training step could not be recorded as a CUDA graph "
                           f"({type(e).__name__}: {e}); it runs kernel by kernel", stacklevel=3)
             return None

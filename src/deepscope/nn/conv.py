@@ -33,7 +33,7 @@ forward keeps no columns (backward, if called anyway, rebuilds them from the cac
 """
 from __future__ import annotations
 
-from .. import backend, cpu
+from .. import backend, cpu, device
 from . import init as _init
 from .module import Module, Parameter
 
@@ -162,7 +162,7 @@ class Conv2d(Module):
             bias = None if self.bias is None else self.bias.data
             return cpu.conv2d_forward(x, self.weight.data, bias, self.stride, self.padding)
         cols = self._columns(self._pad(x))
-        z = self.weight.data.reshape(self.out_channels, -1) @ cols          # Z = W X   (out, N·Ho·Wo)
+        z = device.matmul(self.weight.data.reshape(self.out_channels, -1), cols)   # Z = W X   (out, N·Ho·Wo)
         if self.bias is not None:
             z += self.bias.data[:, None]                                       #   + b
         # Cache the columns for ∂C/∂W only when training (inference keeps no copy of them).
@@ -187,13 +187,13 @@ class Conv2d(Module):
         # Δ as (out, N·Ho·Wo); free when grad_output is channel-major (as our own outputs are).
         delta = grad_output.transpose(1, 0, 2, 3).reshape(self.out_channels, -1)
         w2 = self.weight.data.reshape(self.out_channels, -1)
-        self.weight.grad += (delta @ cols.T).reshape(self.weight.data.shape)   # ∂C/∂W = Δ Xᵀ
+        self.weight.grad += device.matmul(delta, cols.T).reshape(self.weight.data.shape)   # ∂C/∂W = Δ Xᵀ
         if self.bias is not None:
             self.bias.grad += delta.sum(axis=1)                                  # ∂C/∂b = Σ δ
         del cols
         if not self.needs_input_grad:                       # the first layer: nobody reads ∂C/∂x
             return None
-        dcols = (w2.T @ delta).reshape(c, kh, kw, n, ho, wo)                    # ∂C/∂X = Wᵀ Δ
+        dcols = device.matmul(w2.T, delta).reshape(c, kh, kw, n, ho, wo)        # ∂C/∂X = Wᵀ Δ
         # col2im: add each kernel offset's slice into its strided window of ∂C/∂x̃ (channel-major).
         dxpad = xp.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=dcols.dtype)
         for i in range(kh):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy
 
-from .. import backend, cpu
+from .. import backend, cpu, device
 from ..errors import DataError, ShapeError
 from .activation import log_softmax, sigmoid
 
@@ -47,7 +47,7 @@ class Loss:
                 raise ShapeError(f"{name}: {n} outputs but {target.shape[0]} labels")
             if target.dtype.kind not in "iu":
                 raise DataError(f"{name}: labels must be integers, got dtype {target.dtype}")
-            if n and not backend.capturing.now():     # (a CUDA graph's recorder checks the labels itself)
+            if n and not device.capturing.now():     # (a CUDA graph's recorder checks the labels itself)
                 lo, hi = (int(v) for v in backend.to_numpy(xp.stack([target.min(), target.max()])))   # one read
                 if lo < 0 or hi >= k:
                     raise self._out_of_range(hi if hi >= k else lo, k)
