@@ -135,10 +135,16 @@ def test_only_plain_sgd_on_a_gpu_is_graphed(cupy):
     assert ds.train.GraphedStep.supports(model, sgd)
     assert not ds.train.GraphedStep.supports(model, ds.optim.SGD(model.parameters(), lr=0.1, clip_norm=1.0))
     assert not ds.train.GraphedStep.supports(model, ds.optim.Adam(model.parameters(), lr=0.1))
+    assert ds.train.GraphedStep.supports(model, sgd, nn.LogLikelihoodCost())
+    assert not ds.train.GraphedStep.supports(model, sgd, nn.CrossEntropyCost())      # never checked in a recording
+    sigmoid = nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.Sigmoid())
+    assert not ds.train.GraphedStep.supports(sigmoid, ds.optim.SGD(sigmoid.parameters(), lr=0.1))
+    lstm = nn.Sequential(nn.LSTM(4, 8), nn.LastStep(), nn.Linear(8, 10))
+    assert not ds.train.GraphedStep.supports(lstm, ds.optim.SGD(lstm.parameters(), lr=0.1))
     backend.use_device("cpu")
     cpu_model, cpu_sgd = _net_and_sgd()
     assert not ds.train.GraphedStep.supports(cpu_model, cpu_sgd)
-    with pytest.raises(ds.ConfigError, match="needs a model on a GPU"):
+    with pytest.raises(ds.ConfigError, match="needs a model on a GPU, plain SGD"):
         ds.train.GraphedStep(cpu_model, nn.LogLikelihoodCost(), cpu_sgd)
 
 

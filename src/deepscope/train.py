@@ -34,8 +34,9 @@ import warnings
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import backend, device
+from . import backend, device, nn
 from .errors import ConfigError, DataError, NonFiniteError, ShapeError
+from .optim import SGD
 from .runs import History
 from .scope.anomaly import AnomalyDetector
 
@@ -109,16 +110,25 @@ class GraphedStep:
     """
 
     def __init__(self, model, cost, optimizer):
-        if not self.supports(model, optimizer):
-            raise ConfigError("GraphedStep needs a model on a GPU and plain SGD without gradient clipping")
+        if not self.supports(model, optimizer, cost):
+            raise ConfigError("GraphedStep needs a model on a GPU, plain SGD without gradient clipping, and layers "
+                              f"and a cost checked in a recording ({', '.join(c.__name__ for c in self.PROVEN)})")
         import cupy    # lazy: CuPy is the optional gpu extra
         self.cupy, self.model, self.cost, self.optimizer = cupy, model, cost, optimizer
         self.seen, self.graphs, self.failed = set(), {}, None
 
-    @staticmethod
-    def supports(model, optimizer) -> bool:
-        from .optim import SGD
-        return model.xp is not np and type(optimizer) is SGD and optimizer.clip_norm is None
+    # The layers and costs whose recorded step was checked against the eager one on a GPU (benchmarks/gpu_check.py
+    # 'graph': rung 3 and the dropout net, H200). Other nets step eagerly until a lease checks them.
+    PROVEN = (nn.Sequential, nn.Conv2d, nn.MaxPool2d, nn.ReLU, nn.Flatten, nn.Linear, nn.Dropout,
+              nn.LogLikelihoodCost)
+
+    @classmethod
+    def supports(cls, model, optimizer, cost=None) -> bool:
+        """Whether a step of ``model`` by ``optimizer`` (and ``cost``) can be recorded: on a GPU, plain SGD without
+        clipping, and only layers (and a cost) in :attr:`PROVEN`."""
+        return (model.xp is not np and type(optimizer) is SGD and optimizer.clip_norm is None
+                and all(type(m) in cls.PROVEN for m in model.modules())
+                and (cost is None or type(cost) in cls.PROVEN))
 
     def _key(self):
         o = self.optimizer
@@ -270,8 +280,9 @@ def fit(model, cost, optimizer, train, epochs: int, batch_size: int, validation=
 
     # On a GPU, plain SGD with no per-step callback replays a recorded step (GraphedStep); the cost is read
     # after the update there, every READ_EVERY steps.
-    graphed = GraphedStep(model, cost, optimizer) if (CUDA_GRAPHS and not on_host and not before_step and
-                                                      not on_step and GraphedStep.supports(model, optimizer)) else None
+    use_graph = (CUDA_GRAPHS and not on_host and not before_step and not on_step
+                 and GraphedStep.supports(model, optimizer, cost))
+    graphed = GraphedStep(model, cost, optimizer) if use_graph else None
     count, labels_unchecked = optimizer.steps, True
     try:
         model.train()
