@@ -666,3 +666,23 @@ def test_freed_memory_stays_in_the_heap_for_the_next_step_unless_the_user_set_ma
     assert faults < 100
     assert _heap_churn("glibc")[1] > 10 * max(faults, 100)        # what the thresholds prevent
     assert _heap_churn("deepscope", MALLOC_TRIM_THRESHOLD_="131072")[0] == "False"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("label_dtype", [np.int64, np.int32, np.uint8])
+def test_correct_count_equals_numpy_argmax(dtype, label_dtype):
+    """fit's count of right answers: NumPy's argmax (the first maximum on ties, a NaN counting as the maximum)."""
+    from deepscope.train import _correct
+    rng = np.random.default_rng(13)
+    out = rng.integers(0, 4, (200, 10)).astype(dtype)          # many ties
+    out[3, 5] = out[7, 0] = out[9, 9] = np.nan
+    out[11] = np.nan
+    labels = rng.integers(0, 10, 200).astype(label_dtype)
+    labels[[3, 7, 9, 11]] = [5, 0, 9, 0]
+    expect = int(np.count_nonzero(out.argmax(axis=1) == labels))
+    assert cpu.correct(out, labels) == expect and expect > 10
+    assert _correct(out, labels) == expect and type(_correct(out, labels)) is int
+    with cpu.reference():
+        assert cpu.correct(out, labels) is None and _correct(out, labels) == expect
+    onehot = np.eye(10, dtype=dtype)[labels]                     # one-hot targets: NumPy's lines
+    assert _correct(out, onehot) == expect

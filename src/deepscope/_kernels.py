@@ -406,6 +406,26 @@ def crossentropy(z, e, tail, labels, delta):
     return total, -1
 
 
+@_jit
+def correct(out, labels):
+    """Σ_i [argmax_j out[i, j] = labels[i]] (the first maximum, and a NaN counts as the maximum, as NumPy's argmax)."""
+    n, k = out.shape
+    count = 0
+    for i in range(n):
+        row = out[i]
+        best, at = row[0], 0
+        if best == best:                         # (no NaN yet)
+            for j in range(1, k):
+                v = row[j]
+                if v != v:
+                    at = j
+                    break
+                if v > best:
+                    best, at = v, j
+        count += at == labels[i]
+    return count
+
+
 # -- optimiser updates on the flat parameter buffer --------------------------------------------------------
 @_jit
 def sgd(w, g, v, lr, momentum, decay, n_decayed):

@@ -259,7 +259,7 @@ def fast(*arrays) -> bool:
     for a in arrays:
         if type(a) is not numpy.ndarray or a.dtype not in _FAST_DTYPES:  # numba has no float16
             return False
-    return kernels() is not None
+    return bool(_kernels) or kernels() is not None
 
 
 class reference:
@@ -787,3 +787,11 @@ def crossentropy(z, labels):
     delta = numpy.empty_like(z)
     total, bad = kernels().crossentropy(z, e, numpy.log1p(e), labels, delta)
     return total, delta, bad
+
+
+def correct(out, labels):
+    """How many rows of ``out`` (N, K) have their largest entry (the first, on ties, as NumPy's argmax) at the
+    integer label, or None where the fast path does not apply."""
+    if not _labelled(out, labels):
+        return None
+    return int(kernels().correct(out, labels))

@@ -240,7 +240,8 @@ class SGD(Optimizer):
                 w[...] -= lr * v                                # w <- w - η v
 
         book = self.momentum_form == "book"
-        kernel = cpu.kernels() and (cpu.kernels().sgd if book or v is None else cpu.kernels().sgd_pytorch)
+        k = cpu.kernels()
+        kernel = k and (k.sgd if book or v is None else k.sgd_pytorch)
         self._update(lambda w_, g_, v_, n: kernel(w_, g_, v_, lr, mu, decay, n), w, g,
                      w[:0] if v is None else v, reference=reference)       # (w[:0]: the kernel's "no velocity")
 

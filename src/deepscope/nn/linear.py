@@ -63,7 +63,7 @@ class Linear(Module):
         bias = self.bias
         # BP4: W.grad += δᵀ a,  BP3: b.grad += Σ_n δ,  BP2: ∂C/∂a = δ W (σ' is the activation's job), on the CPU's threads
         grad_input = cpu.linear_backward(delta, self._x, self.weight.data, self.weight.grad,
-                                         None if bias is None else bias.grad, input_grad=self.needs_input_grad)
+                                         None if bias is None else bias.grad, input_grad=self._needs_input_grad)
         if grad_input is None:                                   # the first layer: nobody reads ∂C/∂x
             return None
         return grad_input if len(self._lead) == 1 else grad_input.reshape(*self._lead, self.in_features)
