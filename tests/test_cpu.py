@@ -686,3 +686,35 @@ def test_correct_count_equals_numpy_argmax(dtype, label_dtype):
         assert cpu.correct(out, labels) is None and _correct(out, labels) == expect
     onehot = np.eye(10, dtype=dtype)[labels]                     # one-hot targets: NumPy's lines
     assert _correct(out, onehot) == expect
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m, n, k", [(64, 10, 30), (10, 10, 30), (1, 1, 7), (64, 10, 60)])
+def test_linear_backward_of_a_tiny_layer_runs_one_compiled_pass_each_and_equals_numpy(monkeypatch, dtype, m, n, k):
+    """A tiny layer's backward (at most cpu.TINY_MACS multiply-adds a product): W.grad += δᵀx with b.grad += Σδ, and
+    δW, by the compiled loops; as close to the exact products as NumPy's own (float64: 1e-12)."""
+    rng = np.random.default_rng(14)
+    x, w, d = (rng.standard_normal(s).astype(dtype) for s in ((m, k), (n, k), (m, n)))
+    g, gb = rng.standard_normal((n, k)).astype(dtype), rng.standard_normal(n).astype(dtype)
+    g0, gb0 = g.copy(), gb.copy()
+    calls = []
+    for name in ("linear_weight_grad", "linear_input_grad"):
+        monkeypatch.setattr(cpu.kernels(), name, lambda *a, f=getattr(cpu.kernels(), name), name=name:
+                            calls.append(name) or f(*a))
+    dx = cpu.linear_backward(d, x, w, g, gb)
+    tiny = m * n * k <= cpu.TINY_MACS
+    assert calls == (["linear_weight_grad", "linear_input_grad"] if tiny else [])
+    assert cpu.linear_backward(d, x, w, g.copy(), gb.copy(), input_grad=False) is None
+    np.testing.assert_array_equal(gb, gb0 + d.sum(axis=0))
+    d64, w64, x64 = (a.astype(np.float64) for a in (d, w, x))
+    if dtype == np.float64:
+        np.testing.assert_allclose(dx, d @ w, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(g, g0 + d.T @ x, rtol=1e-12, atol=1e-12)
+    else:
+        assert np.abs(dx - d64 @ w64).max() <= 2 * np.abs(d @ w - d64 @ w64).max() + 1e-6
+        exact_g = g0.astype(np.float64) + d64.T @ x64
+        assert np.abs(g - exact_g).max() <= 2 * np.abs((g0 + d.T @ x) - exact_g).max() + 1e-6
+    assert dx.dtype == dtype and dx.shape == (m, k)
+    nan = d.copy()
+    nan[0, 0] = np.nan
+    assert np.isnan(cpu.linear_backward(nan, x, w, g.copy(), gb.copy())[0]).all()

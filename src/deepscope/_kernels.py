@@ -356,6 +356,22 @@ def linear_weight_grad(d, x, g, gb, start, stop):
             i += 1
 
 
+@_jit_fma
+def linear_input_grad(d, w, out):
+    """out[i, k] = Σ_j d[i, j] w[j, k] (∂C/∂a = δ W), the neurons j added in order (one fused multiply-add each)."""
+    m, n = d.shape
+    kk = w.shape[1]
+    for i in range(m):
+        row, di = out[i], d[i]
+        first, w0 = di[0], w[0]
+        for k in range(kk):
+            row[k] = first * w0[k]
+        for j in range(1, n):
+            dij, wj = di[j], w[j]
+            for k in range(kk):
+                row[k] += dij * wj[k]
+
+
 # -- costs, row by row (the mini-batch is small: one thread) --------------------------------------------------
 @_jit
 def loglikelihood(z, labels, delta):

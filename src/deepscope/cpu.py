@@ -482,20 +482,34 @@ def linear_grads(d, x, w_grad, b_grad=None):
     (``w_grad`` (n, k), ``b_grad`` (n,) or None), accumulated in place: by the compiled loops where :func:`_loops`
     says so (both in one pass), else :func:`matmul` and NumPy's sum."""
     if _loops(x, w_grad, d, b_grad):
-        _tiles(kernels().linear_weight_grad, (d, x, w_grad, _NONE[w_grad.dtype] if b_grad is None else b_grad),
-               w_grad.shape[0], x.size)
+        _grads_by_loops(d, x, w_grad, b_grad)
         return
     matmul(d.T, x, add_to=w_grad)
     if b_grad is not None:
         b_grad += d.sum(axis=0)
 
 
+def _grads_by_loops(d, x, w_grad, b_grad):
+    _tiles(kernels().linear_weight_grad, (d, x, w_grad, _NONE[w_grad.dtype] if b_grad is None else b_grad),
+           w_grad.shape[0], x.size)
+
+
 def linear_backward(d, x, w, w_grad, b_grad=None, input_grad=True):
     """Linear's backward for δ = ``d`` (m, n), its input x (m, k) and W = ``w`` (n, k): :func:`linear_grads` (W.grad
     += δᵀ x, b.grad += Σ_n δ, in place) and, with ``input_grad``, returns δ W (else None). Where both products run
     in blocks (:func:`matmul`), their blocks share one parallel section: one hand-over to the threads instead of
-    two (the same blocks, so the same numbers)."""
-    if input_grad and not _loops(x, w_grad, d, b_grad):
+    two (the same blocks, so the same numbers). Where the gradients run the compiled loops and δ W is as tiny
+    (at most ``TINY_MACS`` multiply-adds), δ W does too."""
+    if _loops(x, w_grad, d, b_grad):
+        _grads_by_loops(d, x, w_grad, b_grad)
+        if not input_grad:
+            return None
+        if d.shape[0] * w.size <= TINY_MACS and w.dtype == d.dtype and w.flags.c_contiguous:
+            dx = numpy.empty((d.shape[0], w.shape[1]), dtype=w.dtype)
+            kernels().linear_input_grad(d, w, dx)
+            return dx
+        return matmul(d, w)
+    if input_grad:
         grads, inputs = _gemm_blocks(d.T, x, w_grad), _gemm_blocks(d, w)
         if grads is not None and inputs is not None:
             run = grads[1] + inputs[1]
@@ -503,7 +517,9 @@ def linear_backward(d, x, w, w_grad, b_grad=None, input_grad=True):
             if b_grad is not None:
                 b_grad += d.sum(axis=0)
             return inputs[0]
-    linear_grads(d, x, w_grad, b_grad)
+    matmul(d.T, x, add_to=w_grad)
+    if b_grad is not None:
+        b_grad += d.sum(axis=0)
     return matmul(d, w) if input_grad else None
 
 
