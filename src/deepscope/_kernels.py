@@ -269,7 +269,7 @@ def dropout(x, u, p, scale, out, mask):
 
 # -- fully connected layers: products with a small weight matrix (cpu.matmul) -----------------------------------
 # OpenBLAS runs products as thin as a mini-batch by a 784x30 weight far below its peak; these loops keep a
-# register tile of 4 inputs x 2 neurons (forward) or 4 neurons x 4 inputs (BP4) over the long axis, in the
+# register tile of 4 inputs x 4 neurons (forward) or 4 neurons x 4 inputs (BP4) over the long axis, in the
 # CPU's widest vectors. Rows [start, stop) of the output: the threads share tiles, and each number is computed
 # by the same loop whichever rows a call is given.
 _jit_sum = njit(cache=True, nogil=True, fastmath={"reassoc", "contract"}, boundscheck=False, error_model="numpy")
@@ -278,34 +278,49 @@ _jit_fma = njit(cache=True, nogil=True, fastmath={"contract"}, boundscheck=False
 
 @_jit_sum
 def linear_forward(x, w, b, z, start, stop):
-    """z[i, j] = Σ_k x[i, k] w[j, k] + b[j] (z = x Wᵀ + b; no b when it is empty) for rows start ≤ i < stop; the sum
+    """z[i, j] = Σ_k x[i, k] w[j, k] + b[j] (z = x Wᵀ + b; no b when it is empty) for rows start ≤ i < stop, in
+    register tiles of 4 inputs x 4 neurons (16 sums: each vector of x and of w loaded once for 4 of them); the sum
     over k in vector lanes (another order than BLAS's, as accurate), then b added, as NumPy adds it to the product."""
     n, kk = w.shape
     bias = b.size > 0
+    zero = x.dtype.type(0)
     for i in range(start, stop, 4):
         i1, i2, i3 = min(i + 1, stop - 1), min(i + 2, stop - 1), min(i + 3, stop - 1)   # (a short last tile
-        a0, a1, a2, a3 = x[i], x[i1], x[i2], x[i3]                                       #  repeats its last row)
-        for j in range(0, n, 2):
-            j1 = min(j + 1, n - 1)
-            b0, b1 = w[j], w[j1]
-            s00, s01, s10, s11 = a0[0] * b0[0], a0[0] * b1[0], a1[0] * b0[0], a1[0] * b1[0]
-            s20, s21, s30, s31 = a2[0] * b0[0], a2[0] * b1[0], a3[0] * b0[0], a3[0] * b1[0]
-            for k in range(1, kk):
-                u, v = b0[k], b1[k]
-                s00 += a0[k] * u
-                s01 += a0[k] * v
-                s10 += a1[k] * u
-                s11 += a1[k] * v
-                s20 += a2[k] * u
-                s21 += a2[k] * v
-                s30 += a3[k] * u
-                s31 += a3[k] * v
+        a0, a1, a2, a3 = x[i], x[i1], x[i2], x[i3]                                       #  repeats its last row,
+        for j in range(0, n, 4):                                                         #  or column)
+            j1, j2, j3 = min(j + 1, n - 1), min(j + 2, n - 1), min(j + 3, n - 1)
+            b0, b1, b2, b3 = w[j], w[j1], w[j2], w[j3]
+            s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = zero
+            s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = zero
+            for k in range(kk):
+                u0, u1, u2, u3 = b0[k], b1[k], b2[k], b3[k]
+                p0, p1, p2, p3 = a0[k], a1[k], a2[k], a3[k]
+                s00 += p0 * u0
+                s01 += p0 * u1
+                s02 += p0 * u2
+                s03 += p0 * u3
+                s10 += p1 * u0
+                s11 += p1 * u1
+                s12 += p1 * u2
+                s13 += p1 * u3
+                s20 += p2 * u0
+                s21 += p2 * u1
+                s22 += p2 * u2
+                s23 += p2 * u3
+                s30 += p3 * u0
+                s31 += p3 * u1
+                s32 += p3 * u2
+                s33 += p3 * u3
             if bias:
-                c0, c1 = b[j], b[j1]
-                s00, s10, s20, s30 = s00 + c0, s10 + c0, s20 + c0, s30 + c0
-                s01, s11, s21, s31 = s01 + c1, s11 + c1, s21 + c1, s31 + c1
-            z[i, j], z[i1, j], z[i2, j], z[i3, j] = s00, s10, s20, s30
-            z[i, j1], z[i1, j1], z[i2, j1], z[i3, j1] = s01, s11, s21, s31
+                c0, c1, c2, c3 = b[j], b[j1], b[j2], b[j3]
+                s00, s01, s02, s03 = s00 + c0, s01 + c1, s02 + c2, s03 + c3
+                s10, s11, s12, s13 = s10 + c0, s11 + c1, s12 + c2, s13 + c3
+                s20, s21, s22, s23 = s20 + c0, s21 + c1, s22 + c2, s23 + c3
+                s30, s31, s32, s33 = s30 + c0, s31 + c1, s32 + c2, s33 + c3
+            z[i, j], z[i, j1], z[i, j2], z[i, j3] = s00, s01, s02, s03
+            z[i1, j], z[i1, j1], z[i1, j2], z[i1, j3] = s10, s11, s12, s13
+            z[i2, j], z[i2, j1], z[i2, j2], z[i2, j3] = s20, s21, s22, s23
+            z[i3, j], z[i3, j1], z[i3, j2], z[i3, j3] = s30, s31, s32, s33
 
 
 @_jit_fma
