@@ -440,8 +440,9 @@ def test_stopping_ray_stops_the_monitor_first_and_leaves_no_process():
 @pytest.mark.slow
 def test_with_asha_the_trials_run_on_tune_which_reads_their_epochs_and_stops_the_weak(tmp_path, mnist_sample):
     """--scheduler asha: Ray Tune runs the trials and, from the epochs they report, stops one whose validation
-    accuracy trails (one at a time: the strong trial has set the bar when the weak one ends its first epoch)."""
-    epochs = 20
+    accuracy trails (one at a time: the strong trial has set the bar when the weak one ends its first epoch; the
+    epochs are many so that the weak trial is stopped long before its last, even on a busy machine)."""
+    epochs = 40
     folder = sweep.SweepFolder.create(tmp_path / "s", [*TRAIN, "--epochs", str(epochs), "--data-dir",
                                                        str(mnist_sample)], sweep.expand([("eta", ["3.0", "0.00001"])]))
     before = {p.pid for p in _children()}
