@@ -11,7 +11,8 @@ in a rotating order; the table gives medians of the repeats. Also, in the same r
     the fraction of it each training run reaches (FLOPs per image: 3 × 2 × multiply-adds of the conv and FC
     layers, as conv_speed.py);
   * [784,30,10] (sigmoid, cross-entropy, ``fit``) against a network2.py-style per-example loop at m = 10
-    and 64 (fc_speed.py's loop), 1 thread;
+    and 64 (fc_speed.py's loop), 1 thread: images/s from median wall times, and the CPU time a step from the
+    smallest of the repeats (steadier on a loaded machine);
   * peak memory of a training step (peak-RSS growth over two steps, in a fresh process after warm-up steps
     at mini-batch 2 and at the measured one and malloc_trim, both frameworks at 2 threads);
   * the OpenBLAS spin-wait check behind deepscope's default: 64×784 by 784×100 GEMMs with OpenBLAS's own 2
@@ -19,6 +20,7 @@ in a rotating order; the table gives medians of the repeats. Also, in the same r
 
     python benchmarks/cpu_speed.py                 # writes benchmarks/results/cpu_speed.json
     python benchmarks/cpu_speed.py --quick         # a quick check that it runs
+    python benchmarks/cpu_speed.py --network2-only --repeats 15   # only [784,30,10] against the loop (~10 s)
 """
 from __future__ import annotations
 
@@ -147,7 +149,9 @@ def training_speed(name, batch, repeats, images, threads=(1, 2)):
 
 
 def network2_comparison(repeats, images):
-    """[784,30,10]: deepscope's fit against the per-example loop, 1 thread, m = 10 and 64."""
+    """[784,30,10]: deepscope's fit against the per-example loop, 1 thread, m = 10 and 64: images/s from the median
+    wall time of the repeats (alternating), and the CPU time a step from the smallest (which the other processes of
+    a loaded machine barely move)."""
     set_threads(1)
     rng = np.random.default_rng(0)
     X = rng.random((images, 784), dtype=np.float32)
@@ -158,15 +162,20 @@ def network2_comparison(repeats, images):
                "network2": fc_speed.network2_run([784, 30, 10], X, y, m)}
         for fn in fns.values():
             fn()
-        times = {k: [] for k in fns}
+        times, cpu_times = {k: [] for k in fns}, {k: [] for k in fns}
         for _ in range(repeats):
             for k, fn in fns.items():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 fn()
                 times[k].append(time.perf_counter() - t0)
+                cpu_times[k].append(time.process_time() - c0)
         ips = {k: images / statistics.median(v) for k, v in times.items()}
+        steps = -(-images // m)
+        cpu_us = {k: 1e6 * min(v) / steps for k, v in cpu_times.items()}
         rows.append({"net": "[784,30,10]", "batch": m, "deepscope_images_per_s": ips["deepscope"],
-                     "network2_images_per_s": ips["network2"], "ratio": ips["deepscope"] / ips["network2"]})
+                     "network2_images_per_s": ips["network2"], "ratio": ips["deepscope"] / ips["network2"],
+                     "deepscope_cpu_us_per_step": cpu_us["deepscope"], "network2_cpu_us_per_step": cpu_us["network2"],
+                     "cpu_time_ratio": cpu_us["network2"] / cpu_us["deepscope"]})
     return rows
 
 
@@ -232,6 +241,7 @@ def main(argv=None):
     ap.add_argument("--nets", default=",".join(NETS))
     ap.add_argument("--batches", default=",".join(map(str, BATCHES)))
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--network2-only", action="store_true", help="only [784,30,10] against the network2 loop")
     ap.add_argument("--out", default="cpu_speed.json", help="a file name: written under benchmarks/results/; a path with a folder: written there")
     args = ap.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 5)
@@ -241,16 +251,21 @@ def main(argv=None):
     print(f"Linear's small products by compiled loops (they beat this BLAS): {cpu.loops_beat_blas()}")
     print(f"fewest multiply-adds in a GEMM block of cached operands: {cpu.gemm_block_macs(0):,} (OpenBLAS's "
           f"AVX-512 kernels: {cpu.blas_runs_avx512()})")
-    peaks = {t: gemm_peak(t) for t in (1, 2)}
-    print(f"float32 GEMM peak: 1 thread {peaks[1] / 1e9:.1f} GFLOP/s, 2 threads {peaks[2] / 1e9:.1f} GFLOP/s")
-    spin = blas_spin_check()
-    print("OpenBLAS 64x784x100 GEMM, ms (median, max):",
-          {k: [(round(v['median_ms'], 3), round(v['max_ms'], 1)) for v in vs] for k, vs in spin.items()})
+    if args.network2_only:
+        args.nets = ""
+    peaks, spin = {}, {}
+    if args.nets:
+        peaks = {t: gemm_peak(t) for t in (1, 2)}
+        print(f"float32 GEMM peak: 1 thread {peaks[1] / 1e9:.1f} GFLOP/s, 2 threads {peaks[2] / 1e9:.1f} GFLOP/s")
+        spin = blas_spin_check()
+        print("OpenBLAS 64x784x100 GEMM, ms (median, max):",
+              {k: [(round(v['median_ms'], 3), round(v['max_ms'], 1)) for v in vs] for k, vs in spin.items()})
     header = (f"{'net':8} {'m':>4} | {'ds 1t':>7} {'pt 1t':>7} {'ratio':>5} | {'ds 2t':>7} {'pt 2t':>7} {'ratio':>5} | "
               f"{'ds 2t/1t':>8} | {'%peak 1t':>8} {'%peak 2t':>8} | {'mem ds/pt':>9}")
-    print(header + "\n" + "-" * len(header))
+    if args.nets:
+        print(header + "\n" + "-" * len(header))
     rows = []
-    for name in args.nets.split(","):
+    for name in filter(None, args.nets.split(",")):
         fpi = flops_per_image(name)
         for batch in map(int, args.batches.split(",")):
             s = training_speed(name, batch, repeats, images)
@@ -274,12 +289,14 @@ def main(argv=None):
                   f"{row['deepscope_scaling_2_over_1']:8.2f} | {100 * f['1thread']:7.1f}% {100 * f['2thread']:7.1f}% | "
                   f"{mem}", flush=True)
     ratios = [r[k] for r in rows for k in ("ratio_1thread", "ratio_2threads")]
-    geomean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
-    print(f"geometric mean of the deepscope/PyTorch ratios: {geomean:.2f} (min {min(ratios):.2f})")
+    geomean = math.exp(sum(math.log(r) for r in ratios) / len(ratios)) if ratios else None
+    if ratios:
+        print(f"geometric mean of the deepscope/PyTorch ratios: {geomean:.2f} (min {min(ratios):.2f})")
     n2 = network2_comparison(repeats, 1000 if args.quick else 5000)
     for r in n2:
         print(f"[784,30,10] m={r['batch']}: deepscope {r['deepscope_images_per_s']:.0f} img/s, network2 loop "
-              f"{r['network2_images_per_s']:.0f} img/s: {r['ratio']:.1f}x")
+              f"{r['network2_images_per_s']:.0f} img/s: {r['ratio']:.2f}x; CPU time a step {r['deepscope_cpu_us_per_step']:.1f} "
+              f"vs {r['network2_cpu_us_per_step']:.1f} us: {r['cpu_time_ratio']:.2f}x")
     load_after = load()
     print(f"load average after: {load_after}")
     result = {"command": "python benchmarks/cpu_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -289,7 +306,7 @@ def main(argv=None):
               "gemm_peak_flops": {f"{t}thread": p for t, p in peaks.items()}, "openblas_spin_check": spin,
               "linear_compiled_loops": cpu.loops_beat_blas(),
               "gemm_block_macs_cached": cpu.gemm_block_macs(0), "blas_avx512": cpu.blas_runs_avx512(),
-              "rows": rows, "geometric_mean_ratio": geomean, "min_ratio": min(ratios), "network2": n2}
+              "rows": rows, "geometric_mean_ratio": geomean, "min_ratio": min(ratios) if ratios else None, "network2": n2}
     print(f"wrote {write_json(args.out, result)}")
 
 

@@ -290,14 +290,18 @@ def test_linear_products_with_a_small_weight_run_compiled_loops_and_equal_numpy(
         assert np.abs(g - exact_g).max() <= 2 * np.abs((g0 + d.T @ x) - exact_g).max() + 1e-6
 
 
-@pytest.mark.parametrize("loops_win", [True, False])
+@pytest.mark.parametrize("loops_win, avx512_blas", [(True, False), (False, False), (False, True)])
 @pytest.mark.parametrize("m, n, k, loops", [(64, 10, 30, True), (10, 10, 30, True), (100, 10, 32, True),
-                                            (256, 10, 30, False), (64, 30, 784, None), (300, 30, 784, False)])
-def test_linear_takes_the_loops_for_tiny_products_and_where_they_beat_blas(monkeypatch, loops_win, m, n, k, loops):
+                                            (256, 10, 30, False), (64, 30, 784, None), (300, 30, 784, False),
+                                            (65, 30, 784, "grads")])
+def test_linear_takes_the_loops_for_tiny_products_and_where_they_beat_blas(monkeypatch, loops_win, avx512_blas,
+                                                                           m, n, k, loops):
     """A product of at most cpu.TINY_MACS multiply-adds runs the loops on any machine (a BLAS call and NumPy's bias
-    add cost more); a few long rows by a small weight only where the loops beat BLAS (None: loops_win decides);
+    add cost more); a few long rows by a small weight only where the loops beat BLAS (None: the forward product
+    where OpenBLAS runs narrower kernels or its AVX-512 ones, the weight's gradient only under narrower kernels);
     anything else, and every layer without the fast paths, by BLAS and NumPy: the same numbers either way."""
     monkeypatch.setattr(cpu, "_loops_win", loops_win)
+    monkeypatch.setattr(cpu, "_avx512_blas", avx512_blas)
     rng = np.random.default_rng(12)
     x, w, b, d = (rng.standard_normal(s).astype(np.float32) for s in ((m, k), (n, k), (n,), (m, n)))
     calls = []
@@ -306,12 +310,13 @@ def test_linear_takes_the_loops_for_tiny_products_and_where_they_beat_blas(monke
                             calls.append(name) or f(*a))
     z, g, gb = cpu.linear(x, w, b), np.zeros_like(w), np.zeros_like(b)
     cpu.linear_grads(d, x, g, gb)
-    expect = loops_win if loops is None else loops
-    assert calls == (["linear_forward", "linear_weight_grad"] if expect else [])
+    forward = loops_win or avx512_blas if loops is None else loops_win if loops == "grads" else loops
+    grads = loops_win if loops in (None, "grads") else loops
+    assert calls == ["linear_forward"] * forward + ["linear_weight_grad"] * grads
     with cpu.reference():                                 # the layer's NumPy/BLAS lines
         z0, g0, gb0 = cpu.linear(x, w, b), np.zeros_like(w), np.zeros_like(b)
         cpu.linear_grads(d, x, g0, gb0)
-    assert len(calls) == (2 if expect else 0)
+    assert len(calls) == forward + grads
     np.testing.assert_allclose(z, z0, rtol=2e-5, atol=2e-5)
     np.testing.assert_allclose(g, g0, rtol=2e-5, atol=2e-5)
     np.testing.assert_allclose(gb, gb0, rtol=2e-5, atol=2e-5)

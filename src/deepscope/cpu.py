@@ -391,6 +391,7 @@ def _gemm_blocks(a, b, add_to=None):
 SMALL_WEIGHT_ROWS = 256         # a mini-batch of at most this many rows ...
 SMALL_WEIGHT_BYTES = 1 << 19    # ... by a weight matrix this small (it stays in the core's cache) ...
 SMALL_WEIGHT_MIN_INPUTS = 256   # ... with rows this long at least (the loops run along them): compiled loops
+FORWARD_LOOPS_ROWS = 64         # ... and under OpenBLAS's AVX-512 kernels, the forward product of at most this many rows
 TINY_MACS = 32_768              # a product this small: compiled loops everywhere (measured, Zen 5, 1 thread: 64x30 by
                                 # 30x10 with its bias 1.3 us against 2.6 us by BLAS and NumPy's add)
 
@@ -433,12 +434,17 @@ def blas_runs_avx512() -> bool:
     return _avx512_blas
 
 
-def _loops(x, w, *others) -> bool:
+def _loops(x, w, *others, forward=False) -> bool:
     """Whether Linear's products for ``x`` (m, k) and ``w`` (n, k) (and ``others``: (m, n) and (n,) arrays or None)
     run the compiled loops of ``_kernels.linear_*``: all row-major NumPy arrays of one float dtype, and either a tiny
     product (at most ``TINY_MACS`` multiply-adds: a BLAS call and NumPy's bias add or sum cost more than the whole
     loop), or a few long rows by a small ``w`` on a machine where the loops beat BLAS (:func:`loops_beat_blas`;
-    with short rows, k = 30 or 100, they are slower there)."""
+    with short rows, k = 30 or 100, they are slower there). The ``forward`` product x Wᵀ + b of at most
+    ``FORWARD_LOOPS_ROWS`` rows also beats OpenBLAS's AVX-512 kernels (its 4x4 register tiles; Zen 5, 1 thread,
+    k = 784, n = 10-100: m = 10 1.07-1.31x, m = 64 1.12-1.75x, e.g. 64x784 by 784x30 20 vs 35 us), while W.grad += δᵀx
+    loses to them from m = 64 (0.69-0.85x); at m = 256 the loops' gain (1.08x for n = 100) does not pay for
+    cutting the product between 2 threads, which those kernels' one call need not (FC 784-100-10, 2 threads: 339k
+    vs 371k img/s)."""
     rows = x.shape[0]
     if not (rows > 0 and fast(x, w) and x.dtype == w.dtype and x.flags.c_contiguous and w.flags.c_contiguous):
         return False
@@ -447,7 +453,7 @@ def _loops(x, w, *others) -> bool:
             return False
     return rows * w.size <= TINY_MACS or (
         rows <= SMALL_WEIGHT_ROWS and w.nbytes <= SMALL_WEIGHT_BYTES and x.shape[1] >= SMALL_WEIGHT_MIN_INPUTS
-        and loops_beat_blas())
+        and (loops_beat_blas() or (forward and rows <= FORWARD_LOOPS_ROWS and blas_runs_avx512())))
 
 
 _NONE = {numpy.dtype(numpy.float32): numpy.empty(0, numpy.float32),     # "no bias" for the loops
@@ -467,7 +473,7 @@ def _tiles(kernel, args, rows, macs_per_row):
 def linear(x, w, b=None):
     """Linear's forward product z = x Wᵀ + b for x (m, k), W (n, k), b (n,) or None: by the compiled loops where
     :func:`_loops` says so (the bias added in the same pass), else :func:`matmul` and NumPy's add."""
-    if _loops(x, w, b):
+    if _loops(x, w, b, forward=True):
         z = numpy.empty((x.shape[0], w.shape[0]), dtype=w.dtype)
         _tiles(kernels().linear_forward, (x, w, _NONE[w.dtype] if b is None else b, z), x.shape[0], w.size)
         return z
