@@ -391,6 +391,7 @@ def _gemm_blocks(a, b, add_to=None):
 SMALL_WEIGHT_ROWS = 256         # a mini-batch of at most this many rows ...
 SMALL_WEIGHT_BYTES = 1 << 19    # ... by a weight matrix this small (it stays in the core's cache) ...
 SMALL_WEIGHT_MIN_INPUTS = 256   # ... with rows this long at least (the loops run along them): compiled loops
+SMALL_MACS = 262_144            # ... and under OpenBLAS's AVX-512 kernels, both products up to this many multiply-adds
 FORWARD_LOOPS_ROWS = 64         # ... and under OpenBLAS's AVX-512 kernels, the forward product of at most this many rows
 TINY_MACS = 32_768              # a product this small: compiled loops everywhere (measured, Zen 5, 1 thread: 64x30 by
                                 # 30x10 with its bias 1.3 us against 2.6 us by BLAS and NumPy's add)
@@ -444,7 +445,9 @@ def _loops(x, w, *others, forward=False) -> bool:
     k = 784, n = 10-100: m = 10 1.07-1.31x, m = 64 1.12-1.75x, e.g. 64x784 by 784x30 20 vs 35 us), while W.grad += δᵀx
     loses to them from m = 64 (0.69-0.85x); at m = 256 the loops' gain (1.08x for n = 100) does not pay for
     cutting the product between 2 threads, which those kernels' one call need not (FC 784-100-10, 2 threads: 339k
-    vs 371k img/s)."""
+    vs 371k img/s). Both products of at most ``SMALL_MACS`` multiply-adds beat those kernels too (a BLAS call's
+    fixed costs and NumPy's separate add and sum: W.grad += δᵀx, b.grad += Σδ, k = 784, n = 10-30, m = 10-24: 1.15-1.44x,
+    at 250k multiply-adds (32x784x10) 0.98x)."""
     rows = x.shape[0]
     if not (rows > 0 and fast(x, w) and x.dtype == w.dtype and x.flags.c_contiguous and w.flags.c_contiguous):
         return False
@@ -453,7 +456,8 @@ def _loops(x, w, *others, forward=False) -> bool:
             return False
     return rows * w.size <= TINY_MACS or (
         rows <= SMALL_WEIGHT_ROWS and w.nbytes <= SMALL_WEIGHT_BYTES and x.shape[1] >= SMALL_WEIGHT_MIN_INPUTS
-        and (loops_beat_blas() or (forward and rows <= FORWARD_LOOPS_ROWS and blas_runs_avx512())))
+        and (loops_beat_blas() or (blas_runs_avx512() and (rows * w.size <= SMALL_MACS
+                                                          or (forward and rows <= FORWARD_LOOPS_ROWS)))))
 
 
 _NONE = {numpy.dtype(numpy.float32): numpy.empty(0, numpy.float32),     # "no bias" for the loops
