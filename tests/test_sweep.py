@@ -420,6 +420,8 @@ def test_without_address_ray_starts_here_whatever_ray_address_or_a_stale_cluster
     sweep._start_ray(None, 1)
     try:
         assert ray.is_initialized() and ray.cluster_resources()["CPU"] >= 1
+        # a trial runs at the sweep's own priority (Ray's default would lower its workers to nice 15)
+        assert ray.get(ray.remote(lambda: os.nice(0)).remote()) == os.nice(0)
     finally:
         ray.shutdown()
     _assert_nothing_left(before)
