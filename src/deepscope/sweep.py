@@ -580,32 +580,32 @@ def _run_tasks(folder: SweepFolder, main, todo: list[Trial], bar, *, workers, ma
     task = ray.remote(trial_task).options(num_cpus=1, max_retries=max_failures, scheduling_strategy="SPREAD")
     sweep_dir = str(folder.path.resolve())
     waiting, running, failed = list(todo), {}, 0
-    try:
-        while waiting or running:
-            while waiting and len(running) < at_once:
-                trial = waiting.pop(0)
-                running[task.remote(main, sweep_dir, folder.command, asdict(trial))] = trial
-            bar.set_postfix_str(f"running {len(running)}, failed {failed}")
-            done, _ = ray.wait(list(running), num_returns=1)
-            for ref in done:
-                trial = running.pop(ref)
-                try:
-                    result = ray.get(ref)
-                except ray.exceptions.RayTaskError as e:      # the command raised
-                    row = _row(trial, "error", {}, error=_one_line(e.cause or e))
-                except ray.exceptions.RayError as e:          # its worker died more than max_failures times
-                    row = _row(trial, "error", {}, error=_one_line(e))
-                else:
-                    if result.get("exit_code") == 130:        # the command caught Ctrl-C itself: no result
-                        return True
-                    row = _row(trial, _status(result), result)
-                folder.record(row)
-                failed += row["status"] in ("failed", "error")
-                bar.update(1)
-        return False
-    finally:
-        for ref in running:          # Ctrl-C: stop the trials still running (each keeps its checkpoint)
-            ray.cancel(ref, force=True)
+    # Ctrl-C: the trials still running are not cancelled here (cancelling a task as it completes crashed
+    # Ray's core worker: 'Tried to complete task that was not pending', 1 run in 4); stopping the Ray the sweep
+    # started ends them, as Ray ends a finished driver's tasks on a cluster joined with --address, and each
+    # keeps its last epoch's checkpoint.
+    while waiting or running:
+        while waiting and len(running) < at_once:
+            trial = waiting.pop(0)
+            running[task.remote(main, sweep_dir, folder.command, asdict(trial))] = trial
+        bar.set_postfix_str(f"running {len(running)}, failed {failed}")
+        done, _ = ray.wait(list(running), num_returns=1)
+        for ref in done:
+            trial = running.pop(ref)
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayTaskError as e:      # the command raised
+                row = _row(trial, "error", {}, error=_one_line(e.cause or e))
+            except ray.exceptions.RayError as e:          # its worker died more than max_failures times
+                row = _row(trial, "error", {}, error=_one_line(e))
+            else:
+                if result.get("exit_code") == 130:        # the command caught Ctrl-C itself: no result
+                    return True
+                row = _row(trial, _status(result), result)
+            folder.record(row)
+            failed += row["status"] in ("failed", "error")
+            bar.update(1)
+    return False
 
 
 def _run_tune(folder: SweepFolder, main, todo: list[Trial], bar, *, workers, scheduler, metric,
