@@ -15,7 +15,6 @@ from deepscope.cli.main import main
 
 import strict_cupy
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("cupy") is not None,
                                 reason="CuPy is installed: the real one is tested on its GPU")
 
@@ -26,15 +25,6 @@ def cupy(monkeypatch):
     yield module
     backend.use_device("cpu")
     backend.set_default_dtype("float32")
-
-
-@pytest.fixture
-def gpu_check(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_the_stand_in_refuses_what_cupy_refuses(cupy):
