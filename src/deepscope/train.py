@@ -181,8 +181,8 @@ class GraphedStep:
     def check_labels(self, y, classes: int) -> None:
         """Integer labels must lie in 0..classes-1 (checked once on the host: a recorded step cannot read them)."""
         y = np.asarray(y)
-        if y.ndim == 1 and y.size and (int(y.min()) < 0 or int(y.max()) >= classes):
-            raise self.cost._out_of_range(int(y.max()) if int(y.max()) >= classes else int(y.min()), classes)
+        if y.ndim == 1 and y.size:
+            self.cost.check_label_range(y, classes)
 
 
 DEVICE_CHUNK = 8192    # examples copied to a GPU at once (Batches.epoch)

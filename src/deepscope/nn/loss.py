@@ -48,9 +48,7 @@ class Loss:
             if target.dtype.kind not in "iu":
                 raise DataError(f"{name}: labels must be integers, got dtype {target.dtype}")
             if n and not device.capturing.now():     # (a CUDA graph's recorder checks the labels itself)
-                lo, hi = (int(v) for v in backend.to_numpy(xp.stack([target.min(), target.max()])))   # one read
-                if lo < 0 or hi >= k:
-                    raise self._out_of_range(hi if hi >= k else lo, k)
+                self.check_label_range(target, k)
             return target
         if not allow_dense:
             raise ShapeError(f"{name}: expected integer labels of shape ({n},), got {tuple(target.shape)}")
@@ -63,6 +61,14 @@ class Loss:
         """The cost as a float on the CPU; on a GPU a 0-d device array (``float()`` reads it: a read waits for the
         GPU, so it is left to whoever needs the number)."""
         return float(c) if backend.xp_of(c) is numpy else c
+
+    def check_label_range(self, labels, k: int) -> None:
+        """Integer labels (any array module) must lie in 0..k-1: one read of the smallest and the largest, and a
+        :class:`DataError` naming the one out of range."""
+        xp = backend.xp_of(labels)
+        lo, hi = (int(v) for v in backend.to_numpy(xp.stack([labels.min(), labels.max()])))
+        if lo < 0 or hi >= k:
+            raise self._out_of_range(hi if hi >= k else lo, k)
 
     def _out_of_range(self, label: int, k: int) -> DataError:
         return DataError(f"{type(self).__name__}: label {label} is out of range for {k} classes (0..{k - 1})")
