@@ -493,15 +493,19 @@ def linear_grads(d, x, w_grad, b_grad=None):
     says so (both in one pass), else :func:`matmul` and NumPy's sum."""
     if _loops(x, w_grad, d, b_grad):
         _grads_by_loops(d, x, w_grad, b_grad)
-        return
-    matmul(d.T, x, add_to=w_grad)
-    if b_grad is not None:
-        b_grad += d.sum(axis=0)
+    else:
+        _grads_by_blas(d, x, w_grad, b_grad)
 
 
 def _grads_by_loops(d, x, w_grad, b_grad):
     _tiles(kernels().linear_weight_grad, (d, x, w_grad, _NONE[w_grad.dtype] if b_grad is None else b_grad),
            w_grad.shape[0], x.size)
+
+
+def _grads_by_blas(d, x, w_grad, b_grad):
+    matmul(d.T, x, add_to=w_grad)
+    if b_grad is not None:
+        b_grad += d.sum(axis=0)
 
 
 def linear_backward(d, x, w, w_grad, b_grad=None, input_grad=True):
@@ -527,9 +531,7 @@ def linear_backward(d, x, w, w_grad, b_grad=None, input_grad=True):
             if b_grad is not None:
                 b_grad += d.sum(axis=0)
             return inputs[0]
-    matmul(d.T, x, add_to=w_grad)
-    if b_grad is not None:
-        b_grad += d.sum(axis=0)
+    _grads_by_blas(d, x, w_grad, b_grad)
     return matmul(d, w) if input_grad else None
 
 
