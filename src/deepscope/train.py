@@ -265,7 +265,7 @@ def fit(model, cost, optimizer, train, epochs: int, batch_size: int, validation=
             start, history = checkpoint.epoch, checkpoint.history
             _load_states(callbacks, checkpoint.state)
             run.write_metrics(history)  # it may hold an epoch whose checkpoint was never written
-    _call(callbacks, "on_fit_start", model, optimizer, start)
+    call_callbacks(callbacks, "on_fit_start", model, optimizer, start)
     # The data needs no gradient: the net's first layer skips ∂C/∂x (as PyTorch does); restored afterwards.
     flags = {m: m.needs_input_grad for m in model.modules()}
     model.needs_input_grad = False
@@ -291,7 +291,7 @@ def fit(model, cost, optimizer, train, epochs: int, batch_size: int, validation=
         model.train()
         for epoch in range(start + 1, epochs + 1):
             t0 = time.perf_counter()
-            _call(callbacks, "on_epoch_start", epoch, epochs, len(train))
+            call_callbacks(callbacks, "on_epoch_start", epoch, epochs, len(train))
             loss_sum, correct, seen = 0.0, 0, 0
             for xb, yb in train.epoch(batch_size, model.xp):
                 count += 1
@@ -319,27 +319,27 @@ def fit(model, cost, optimizer, train, epochs: int, batch_size: int, validation=
                 record["test_acc"] = evaluate(model, *test)
             record["seconds"] = time.perf_counter() - t0
             history.append(record)
-            reasons = [r for r in _call(callbacks, "on_epoch_end", epoch, record) if r]
+            reasons = [r for r in call_callbacks(callbacks, "on_epoch_end", epoch, record) if r]
             if run is not None:  # save before reporting: a closed stdout never loses a finished epoch
                 if history.best is record:
                     run.save_model(model)
                 run.save_checkpoint(model, optimizer, epoch, history, _states(callbacks))
                 run.write_metrics(history)
-            _call(callbacks, "on_record", epoch, record)
+            call_callbacks(callbacks, "on_record", epoch, record)
             if reasons:
                 stopped = reasons[0]
                 break
     except BaseException as e:
-        _call(callbacks, "on_fit_end", history, e)
+        call_callbacks(callbacks, "on_fit_end", history, e)
         raise
     finally:
         for m, flag in flags.items():
             m.needs_input_grad = flag      # parents first (modules() order), so children keep their own
-    _call(callbacks, "on_fit_end", history, stopped)
+    call_callbacks(callbacks, "on_fit_end", history, stopped)
     return history
 
 
-def _call(callbacks, hook: str, *args) -> list:
+def call_callbacks(callbacks, hook: str, *args) -> list:
     return [fn(*args) for fn in _hooks(callbacks, hook)]
 
 

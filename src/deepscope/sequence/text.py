@@ -21,7 +21,7 @@ from tqdm import tqdm
 from .. import backend, nn, optim
 from ..errors import ConfigError, DataError, NonFiniteError
 from ..runs import History
-from ..train import _call, step   # fit's way of calling callbacks
+from ..train import call_callbacks, step
 from .mnist import recurrent_layer
 
 
@@ -86,7 +86,7 @@ def train_char_lm(model, corpus, epochs: int = 10, batch_size: int = 32, seq_len
     history = checkpoint.history if checkpoint else History()
     if checkpoint and scheduler is not None:
         scheduler.load_state_dict(checkpoint.state.get("Schedule", {}))
-    _call(callbacks, "on_fit_start", model, opt, checkpoint.epoch if checkpoint else 0)
+    call_callbacks(callbacks, "on_fit_start", model, opt, checkpoint.epoch if checkpoint else 0)
     for epoch in range((checkpoint.epoch if checkpoint else 0) + 1, epochs + 1):
         model.train()
         rnn.reset_state()
@@ -100,9 +100,9 @@ def train_char_lm(model, corpus, epochs: int = 10, batch_size: int = 32, seq_len
             def finite(loss, where=f"epoch {epoch}, step {steps + 1}"):
                 if not math.isfinite(loss):
                     raise NonFiniteError(f"the cost became {loss} at {where}")
-                _call(callbacks, "on_before_step", opt.steps + 1, model, opt)
+                call_callbacks(callbacks, "on_before_step", opt.steps + 1, model, opt)
             loss, _ = step(model, cost, opt, xp.asarray(x), xp.asarray(y), finite)
-            _call(callbacks, "on_step", opt.steps, model, opt)
+            call_callbacks(callbacks, "on_step", opt.steps, model, opt)
             loss_sum += loss
             steps += 1
             bar.update(y.size)
@@ -123,11 +123,11 @@ def train_char_lm(model, corpus, epochs: int = 10, batch_size: int = 32, seq_len
             run.save_checkpoint(model, opt, epoch, history,
                                 {"Schedule": scheduler.state_dict()} if scheduler is not None else {})
             run.write_metrics(history)
-        _call(callbacks, "on_record", epoch, record)
+        call_callbacks(callbacks, "on_record", epoch, record)
         if progress:
             tqdm.write(format_record(record))
     rnn.reset_state()
-    _call(callbacks, "on_fit_end", history, None)
+    call_callbacks(callbacks, "on_fit_end", history, None)
     return history.records
 
 
