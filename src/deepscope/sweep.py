@@ -653,8 +653,9 @@ def _start_ray(address: str | None, workers: int | None) -> None:
         cpus = os.cpu_count() or 1
         # trials share files, not objects; the workers run at this command's priority, as the trials would one
         # after another in this process (Ray's default is nice 15: beside any other busy process on the
-        # machine, a trial then got a small fraction of a core)
-        kwargs.update(num_cpus=cpus, object_store_memory=80 * 2**20, _system_config={"worker_niceness": os.nice(0)})
+        # machine, a trial then got a small fraction of a core). Ray's worker_niceness is added to the niceness a
+        # worker inherits from this process (as Ray's job manager sets it, 0 keeps it)
+        kwargs.update(num_cpus=cpus, object_store_memory=80 * 2**20, _system_config={"worker_niceness": 0})
     try:
         with contextlib.redirect_stderr(_stdio.StringIO()):
             if address is not None:
