@@ -103,6 +103,28 @@ def test_im2col_kernel_copies_every_receptive_field_exactly(dtype, channel_major
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kernel,stride", [((5, 5), (1, 1)), ((3, 2), (1, 2)), ((2, 2), (2, 2)), ((1, 1), (3, 1))])
+def test_col2im_kernel_adds_every_column_back_as_the_numpy_loop(dtype, kernel, stride):
+    """The compiled col2im on images 2:5 of ∂C/∂x̃ against conv.py's NumPy loop (each kernel offset's slice added
+    into its strided window); the images outside the chunk stay untouched."""
+    rng = np.random.default_rng(17)
+    (kh, kw), (sh, sw) = kernel, stride
+    c, n, h, w = 3, 7, 11, 10
+    ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+    dcols = rng.standard_normal((c, kh, kw, 3, ho, wo)).astype(dtype)
+    start = rng.standard_normal((c, n, h, w)).astype(dtype)
+    expect = start.copy()
+    for i in range(kh):
+        for j in range(kw):
+            expect[:, 2:5, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw] += dcols[:, i, j]
+    got = start.copy()
+    cpu.kernels().col2im(dcols, got, 2, sh, sw)
+    np.testing.assert_allclose(got, expect, **_close(dtype))
+    np.testing.assert_array_equal(got[:, :2], start[:, :2])
+    np.testing.assert_array_equal(got[:, 5:], start[:, 5:])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("channel_major", [False, True])
 @pytest.mark.parametrize("pool", [nn.MaxPool2d, nn.AvgPool2d, nn.L2Pool2d])
 @pytest.mark.parametrize("kernel,stride", [(2, None), (3, 2), ((2, 3), (1, 2))])

@@ -69,14 +69,21 @@ else:  # pragma: no cover
 
 # -- convolution --------------------------------------------------------------------------------------
 @_jit
-def col2im(dcols, dx, sh, sw):
-    """dx[c, n, s·j + l, s·k + m] += dcols[c, l, m, n, j, k]: ∂C/∂x̃ from ∂C/∂X (dx zeroed, (C, N, H̃, W̃))."""
+def col2im(dcols, dx, n0, sh, sw):
+    """dx[c, n0 + n, s·j + l, s·k + m] += dcols[c, l, m, n, j, k]: ∂C/∂x̃ from ∂C/∂X for the images n0, n0 + 1, …
+    (dx zeroed, (C, N, H̃, W̃); the whole array, so that a C-contiguous one gives rows the compiler knows are
+    contiguous: vector adds, where a slice of it gave scalar ones).
+
+    The kernel column m is the outer loop: the row adds that follow one another then touch different rows of
+    the plane, and the next m's adds (one element along, overlapping) come ho·kh adds later, when the earlier
+    stores have left the store buffer. (With m inner, each add read what the one before had just written, one
+    element off, and waited on the store.) Rung 3's second conv at m=256, own AVX-512 kernels: 9.7 -> 2.1 ms."""
     c_, kh, kw, n_, ho, wo = dcols.shape
     for c in range(c_):
         for n in range(n_):
-            plane = dx[c, n]
-            for l in range(kh):
-                for m in range(kw):
+            plane = dx[c, n0 + n]
+            for m in range(kw):
+                for l in range(kh):
                     src = dcols[c, l, m, n]
                     for j in range(ho):
                         row, add = plane[j * sh + l], src[j]
@@ -89,14 +96,17 @@ def col2im(dcols, dx, sh, sw):
 
 
 @_jit
-def im2col(x, cols, sh, sw):
-    """cols[c, l, m, n, j, k] = x[c, n, s·j + l, s·k + m]: every receptive field of x (C, N, H, W) as a column."""
+def im2col(x, cols, n0, sh, sw):
+    """cols[c, l, m, n, j, k] = x[c, n0 + n, s·j + l, s·k + m]: every receptive field of the images n0, n0 + 1, …
+    of x (C, N, H, W) as a column (x whole, as in col2im: a C-contiguous x gives vector copies; rung 3's second
+    conv at m=256: 2.6 -> 1.7 ms)."""
     c_, kh, kw, n_, ho, wo = cols.shape
     for c in range(c_):
-        for l in range(kh):
-            for m in range(kw):
-                for n in range(n_):
-                    plane, dst = x[c, n], cols[c, l, m, n]
+        for n in range(n_):
+            plane = x[c, n0 + n]
+            for l in range(kh):
+                for m in range(kw):
+                    dst = cols[c, l, m, n]
                     for j in range(ho):
                         row, out = plane[j * sh + l], dst[j]
                         if sw == 1:
