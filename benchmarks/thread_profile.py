@@ -66,6 +66,10 @@ def profile(name, batch, steps):
     for i, m in enumerate(runner.net):
         m.forward = _timed(record, f"{i} {type(m).__name__} forward", m.forward)
         m.backward = _timed(record, f"{i} {type(m).__name__} backward", m.backward)
+    for i, run in runner.net._fused_runs().items():        # Conv2d → MaxPool2d(2) → σ run as one pass (nn/fuse.py)
+        key = f"{i}-{i + len(run.modules) - 1} ConvPool"
+        run.forward = _timed(record, f"{key} forward", run.forward)
+        run.backward = _timed(record, f"{key} backward", run.backward)
     runner.cost.forward = _timed(record, "cost forward", runner.cost.forward)
     runner.cost.backward = _timed(record, "cost backward", runner.cost.backward)
     runner.opt.zero_grad = _timed(record, "zero_grad", runner.opt.zero_grad)

@@ -87,6 +87,68 @@ def test_conv2d_fast_path_equals_reference(threads, dtype, channel_major, kernel
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("neuron", [nn.Sigmoid, nn.ReLU])
+@pytest.mark.parametrize("channel_major", [False, True])
+@pytest.mark.parametrize("kernel,stride,padding,bias,size", [(3, 1, 0, True, (10, 9)), ((3, 2), (1, 2), (0, 1), False, (9, 10)),
+                                                             (5, 1, 0, True, (12, 12))])
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_conv_pool_neuron_as_one_pass_equals_reference(threads, dtype, neuron, channel_major, kernel, stride, padding,
+                                                       bias, size, input_grad):
+    """Conv2d → MaxPool2d(2) → σ/ReLU of a Sequential, run as one pass (nn/fuse.py), against the three layers' NumPy
+    expressions (``cpu.reference()``), also on odd conv outputs (a last row or column in no window) and with many
+    ties (small integers); and against the three layers' own fast paths: the same outputs, bit for bit."""
+    ds.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, kernel, stride=stride, padding=padding, bias=bias), nn.MaxPool2d(2), neuron(),
+                        nn.Flatten()).to(dtype)
+    net.needs_input_grad = input_grad
+    rng = np.random.default_rng(1)
+    x = _layout(rng.integers(-2, 3, (5, 3) + size).astype(dtype), channel_major)
+    with cpu.reference():
+        y = net(x)
+    g = rng.standard_normal(y.shape).astype(dtype)
+    results = []
+    for ctx, fuse in ((cpu.reference, 1), (_nothing, 1), (_nothing, 0)):
+        with ctx():
+            cpu.FUSE_CONV_POOL, was = fuse, cpu.FUSE_CONV_POOL
+            try:
+                net.zero_grad()
+                y = net(x)
+                dx = net.backward(g)
+                fused = type(net._passes[0]).__name__ == "ConvPool" if net._passes else False
+            finally:
+                cpu.FUSE_CONV_POOL = was
+        results.append((y.copy(), None if dx is None else dx.copy(), [p.grad.copy() for p in net.parameters()], fused))
+    (y0, dx0, g0, fused0), (y1, dx1, g1, fused1), (y2, _, _, fused2) = results
+    assert (fused0, fused1, fused2) == (False, True, False)
+    np.testing.assert_allclose(y1, y0, **_close(dtype))
+    np.testing.assert_array_equal(y1, y2)
+    for a, b in zip(g1, g0):
+        np.testing.assert_allclose(a, b, **_close(dtype))
+    if input_grad:
+        np.testing.assert_allclose(dx1, dx0, **_close(dtype))
+    else:
+        assert dx0 is None and dx1 is None
+
+
+def test_conv_pool_neuron_runs_layer_by_layer_under_a_hook_and_propagates_nan(threads):
+    """An instrument's hook sees every layer's output, so the layers then run one by one; NaN goes through the
+    one-pass max as through MaxPool2d's."""
+    ds.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.ReLU())
+    x = np.random.default_rng(2).standard_normal((3, 1, 8, 8)).astype(np.float32)
+    x[1, 0, 4, 4] = np.nan
+    y = net(x)
+    assert type(net._passes[0]).__name__ == "ConvPool"
+    seen = []
+    handle = net[1].register_forward_hook(lambda m, inputs, out: seen.append(out.shape))
+    y_hooked = net(x)
+    handle.remove()
+    assert seen == [(3, 2, 3, 3)] and net._passes[0] is net[0]
+    np.testing.assert_array_equal(y, y_hooked)
+    assert np.isnan(y[1]).any() and not np.isnan(y[[0, 2]]).any()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("channel_major", [False, True])
 @pytest.mark.parametrize("kernel,stride,padding", [((5, 5), (1, 1), (0, 0)), ((3, 2), (1, 2), (0, 1)), ((2, 2), (2, 2), (2, 2))])
 def test_im2col_kernel_copies_every_receptive_field_exactly(dtype, channel_major, kernel, stride, padding):

@@ -22,6 +22,9 @@ into one address space it was the main reason the second core bought little). :f
 fixes glibc's thresholds at the values its own rule ends at (blocks up to 32 MB from the heap, up to 64 MB
 of free heap kept), once, when deepscope is imported; a user who set glibc's malloc variables keeps them.
 
+Fewer, larger parallel sections: a hand-over costs a worker's wake-up, so a Sequential's ``Conv2d → MaxPool2d(2) →
+σ`` runs as one section (:func:`conv_pool_forward`, ``nn/fuse.py``) rather than one per layer.
+
 A fast path takes only NumPy arrays (:func:`fast`): CuPy arrays, and any run where numba is missing, take
 the layer's own NumPy/CuPy expression, which is also the reference each fast path is tested against
 (``tests/test_cpu.py``). The loops themselves are in ``deepscope._kernels`` (compiled by numba on first use).
@@ -583,46 +586,52 @@ def _columns(xc, kh, kw, stride, padding, a, b):
     return cols
 
 
-def conv2d_forward(x, weight, bias, stride, padding):
+def conv2d_forward(x, weight, bias, stride, padding, then=None):
     """Conv2d's forward, Z = W X + b, chunk by chunk of the mini-batch on the threads (X, the im2col columns,
     built per chunk and not kept: backward rebuilds them, as PyTorch keeps none either; keeping them cost
     ~1.4x PyTorch's peak memory on rung 3 for ~5% speed). Returns z as ``(N, out, H_out, W_out)``, a view
-    of channel-major memory."""
+    of channel-major memory. With ``then``, each chunk's W X (images a:b, as (out, b-a, H_out, W_out), without
+    b) goes to ``then(wx, a, b)`` in the same shard instead, and nothing is returned (:func:`conv_pool_forward`)."""
     n, c, o, kh, kw, ho, wo, chunks, min_chunks = _conv_plan(x, weight, stride, padding)
     w2 = weight.reshape(o, -1)
     xc = x.transpose(1, 0, 2, 3)                                                # (C, N, H, W)
-    z = numpy.empty((o, n, ho, wo), dtype=weight.dtype)
-    z2 = z.reshape(o, n * ho * wo)
+    z = numpy.empty((o, n, ho, wo), dtype=weight.dtype) if then is None else None
+    z2 = None if z is None else z.reshape(o, n * ho * wo)
     hw = ho * wo
 
     def shard(s, e):
         for a, b in chunks[s:e]:
             cols = _columns(xc, kh, kw, stride, padding, a, b)
+            if then is not None:
+                then(numpy.matmul(w2, cols.reshape(c * kh * kw, -1)).reshape(o, b - a, ho, wo), a, b)
+                continue
             za = numpy.matmul(w2, cols.reshape(c * kh * kw, -1), out=z2[:, a * hw:b * hw])   # Z = W X (in place)
             if bias is not None:
                 za += bias[:, None]                                                    #   + b
 
     parallel(shard, len(chunks), min_chunks)
-    return z.transpose(1, 0, 2, 3)
+    return None if z is None else z.transpose(1, 0, 2, 3)
 
 
-def conv2d_backward(x, weight, grad_output, stride, padding, input_grad=True):
+def conv2d_backward(x, weight, grad_output, stride, padding, input_grad=True, delta_of=None):
     """Conv2d's backward chunk by chunk on the threads: returns (∂C/∂W, ∂C/∂b, ∂C/∂x or None), with
-    ∂C/∂W = Δ Xᵀ, ∂C/∂b = Σ δ, ∂C/∂X = Wᵀ Δ scattered back by col2im (X rebuilt per chunk)."""
+    ∂C/∂W = Δ Xᵀ, ∂C/∂b = Σ δ, ∂C/∂X = Wᵀ Δ scattered back by col2im (X rebuilt per chunk). With ``delta_of``
+    (and no ``grad_output``), a chunk's Δ (images a:b) is ``delta_of(a, b)``, made in the same shard
+    (:func:`conv_pool_backward`)."""
     k = kernels()
     n, c, o, kh, kw, ho, wo, chunks, min_chunks = _conv_plan(x, weight, stride, padding)
     (ph, pw), (h, w) = padding, x.shape[2:]
     w2 = weight.reshape(o, -1)
     xc = x.transpose(1, 0, 2, 3)                                                # (C, N, H, W)
     dxpad = numpy.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=weight.dtype) if input_grad else None
-    g = grad_output.transpose(1, 0, 2, 3)                                       # (out, N, Ho, Wo)
+    g = None if grad_output is None else grad_output.transpose(1, 0, 2, 3)      # (out, N, Ho, Wo)
 
     def shard(s, e):
         parts = []
         for a, b in chunks[s:e]:
             cols = _columns(xc, kh, kw, stride, padding, a, b)
             cols2 = cols.reshape(c * kh * kw, -1)
-            delta = g[:, a:b].reshape(o, -1)
+            delta = g[:, a:b].reshape(o, -1) if delta_of is None else delta_of(a, b)
             # numpy.dot, not @: NumPy's matmul keeps the GIL for products of <= 500 elements (rung 1's 20x25
             # ∂C/∂W, over K = 9,216 per chunk), and so ran one thread at a time; dot releases it. Formed as
             # (∂C/∂W)ᵀ = X Δᵀ: OpenBLAS runs that layout of the product far faster (rung 3's second conv at m=256,
@@ -642,6 +651,56 @@ def conv2d_backward(x, weight, grad_output, stride, padding, input_grad=True):
         db += db_
     dx = None if dxpad is None else dxpad[:, :, ph:ph + h, pw:pw + w].transpose(1, 0, 2, 3)
     return dw.T.reshape(weight.shape), db, dx
+
+
+# -- a convolution, the max pooling after it and the neuron after that, in one pass (nn/fuse.py) -------------
+FUSE_CONV_POOL = 1      # 1: nn/fuse.py's ConvPool runs Conv2d → MaxPool2d(2) → σ as one pass; 0: each layer on its own
+                        # (the same numbers; for an A/B: benchmarks/thread_profile.py --ab FUSE_CONV_POOL=0)
+
+
+def conv_pool_forward(x, weight, bias, stride, padding, relu):
+    """Conv2d → MaxPool2d(2) → σ (``relu``: ReLU) chunk by chunk of the mini-batch in one parallel section (one
+    hand-over to the threads instead of three, no full-size Z in memory): per chunk Z = W X (as
+    :func:`conv2d_forward`), then b, the max over each 2×2 window and ReLU in one compiled pass, or the sigmoid as
+    :func:`sigmoid` computes it. Returns (a, arg): a as (N, out, H_p, W_p), N-major (a Flatten after it is free),
+    and each window's first maximum, l·2 + m (int8), for :func:`conv_pool_backward`."""
+    k = kernels()
+    n, o = x.shape[0], weight.shape[0]
+    ho = (x.shape[2] + 2 * padding[0] - weight.shape[2]) // stride[0] + 1
+    wo = (x.shape[3] + 2 * padding[1] - weight.shape[3]) // stride[1] + 1
+    out = numpy.empty((n, o, ho // 2, wo // 2), dtype=weight.dtype)
+    arg = numpy.empty(out.shape, dtype=numpy.int8)
+    b_ = _NONE[weight.dtype] if bias is None else bias
+    no_e = numpy.empty((0, 0, 0, 0), dtype=weight.dtype)
+
+    def pool_and_neuron(wx, a, b):
+        if relu:
+            k.conv_pool_forward(wx, b_, out[a:b], arg[a:b], True, no_e)              # max(0, max_window(W X + b))
+            return
+        m, e = numpy.empty(out[a:b].shape, dtype=out.dtype), numpy.empty(out[a:b].shape, dtype=out.dtype)
+        k.conv_pool_forward(wx, b_, m, arg[a:b], False, e)                          # m = max_window(W X + b), -|m|
+        numpy.exp(e, out=e)                                                         # e = e^{-|m|}
+        k.sigmoid(m.reshape(-1), e.reshape(-1), out[a:b].reshape(-1))               # σ(m)
+
+    conv2d_forward(x, weight, bias, stride, padding, then=pool_and_neuron)
+    return out, arg
+
+
+def conv_pool_backward(x, weight, grad_output, out, arg, stride, padding, relu, input_grad=True):
+    """Backward of :func:`conv_pool_forward` (``out``, ``arg`` from it) in one parallel section: per chunk, δ =
+    ∂C/∂a ⊙ σ'(m) routed to each window's first maximum (one compiled pass), then that chunk's part of
+    :func:`conv2d_backward`. Returns (∂C/∂W, ∂C/∂b, ∂C/∂x or None)."""
+    k = kernels()
+    o = weight.shape[0]
+    ho = (x.shape[2] + 2 * padding[0] - weight.shape[2]) // stride[0] + 1
+    wo = (x.shape[3] + 2 * padding[1] - weight.shape[3]) // stride[1] + 1
+
+    def delta_of(a, b):
+        d = numpy.empty((o, b - a, ho, wo), dtype=weight.dtype)
+        k.pool_neuron_backward(grad_output[a:b], out[a:b], arg[a:b], not relu, d)
+        return d.reshape(o, -1)
+
+    return conv2d_backward(x, weight, None, stride, padding, input_grad, delta_of=delta_of)
 
 
 # -- pooling: the feature maps as planes, in shards ----------------------------------------------------

@@ -394,6 +394,9 @@ def _jsonable(obj):
 class Sequential(Module):
     """A chain of modules: forward runs them in order, backward in reverse (the book's backprop).
 
+    On the CPU a ``Conv2d → MaxPool2d(2) → Sigmoid | ReLU`` run of the chain is computed as one pass
+    (:class:`deepscope.nn.fuse.ConvPool`: the same numbers, one hand-over to the threads instead of three).
+
     Args:
         *modules: the layers, in order. Their names are ``"0"``, ``"1"``, … (PyTorch's state-dict keys).
     """
@@ -405,18 +408,41 @@ class Sequential(Module):
                 raise TypeError(f"Sequential: item {i} is a {type(m).__name__}, not a Module")
             self.add_module(str(i), m)
             m.name = str(i)
+        self._runs = self._passes = None
 
     def forward(self, x):
-        for m in self._modules.values():
-            x = m(x)
+        runs = self._fused_runs()
+        self._passes = None
+        if not runs:
+            for m in self._modules.values():
+                x = m(x)
+            return x
+        modules, passes, i = list(self._modules.values()), [], 0
+        while i < len(modules):
+            step = runs.get(i)
+            if step is None or not step.applies(x):
+                step = modules[i]
+            x = step(x)
+            passes.append(step)
+            i += len(step.modules) if step is not modules[i] else 1
+        self._passes = passes               # what backward goes back through: modules, or runs of them as one
         return x
 
     def backward(self, grad_output):
-        for m in reversed(self._modules.values()):
+        for m in reversed(self._passes or self._modules.values()):
             grad_output = m.backward(grad_output)
             if grad_output is None:  # a layer whose input needs no gradient: nothing below it needs any
                 break
         return grad_output
+
+    def _fused_runs(self) -> dict:
+        """{i: a ConvPool of modules i, i+1, i+2} for this chain's modules (found once per set of modules)."""
+        modules = tuple(self._modules.values())
+        if self._runs is None or self._runs[0] != modules:
+            from .fuse import ConvPool    # (here, not at the top: fuse.py builds on the layers, they on this file)
+            self._runs = modules, {i: ConvPool(*modules[i:i + 3]) for i in range(len(modules))
+                                   if ConvPool.starts_at(modules, i)}
+        return self._runs[1]
 
     def _pass_needs_input_grad(self, value: bool) -> None:
         # The children before the first one with parameters read (a function of) this container's input.

@@ -1,0 +1,83 @@
+"""A convolution, the max pooling after it and the neuron after that, run as one pass (chapter 6's
+convolutional-pooling layer, network3.py's ``ConvPoolLayer``).
+
+A :class:`~deepscope.nn.Sequential` that holds ``Conv2d → MaxPool2d(2) → Sigmoid`` (or ``ReLU``) runs the three
+as one :class:`ConvPool` on the CPU: the same equations as the three layers' pages (conv.py, pool.py,
+activation.py), taken chunk by chunk of the mini-batch instead of layer by layer:
+
+    forward   z = b + w ⋆ x,       m = max_{l,m} z_{(l,m)} over each 2×2 window,      a = σ(m)
+    backward  ∂C/∂m = ∂C/∂a ⊙ σ'(m)                 (σ' = a(1-a) for the sigmoid, [a > 0] for ReLU)
+              ∂C/∂z = ∂C/∂m at the window's first maximum, 0 elsewhere
+              ∂C/∂w, ∂C/∂b, ∂C/∂x from ∂C/∂z as Conv2d's backward
+
+Why: each layer's fast path is a parallel section of its own (or, under 262,144 numbers, a serial pass), and on
+issue 11's 2-core VM every hand-over to the other thread costs a ~30-50 us wake-up and GIL hand-offs, about what a
+pooling or a sigmoid over a mini-batch of 64 takes. One section forward and one backward for the three (rung 1 at
+m=64: 4 parallel sections a step instead of 6, ~10 sleeps instead of ~16, no serial σ pass, and the Flatten after it
+no longer copies), and no full-size z or ∂C/∂z in memory. The outputs are those of the three layers' own fast paths,
+bit for bit; the gradients round σ'(m) once, as their compiled pass does.
+
+The run applies when the three are exactly these classes, the pooling is 2×2 with stride 2, none of them has a
+hook (an instrument sees every layer's output, so each layer then runs on its own), and the input is a NumPy
+float array (``cpu.fast``: CuPy arrays and runs without numba take the layers one by one; so does
+``cpu.FUSE_CONV_POOL = 0``).
+"""
+from __future__ import annotations
+
+from .. import cpu
+from .activation import ReLU, Sigmoid
+from .conv import Conv2d
+from .pool import MaxPool2d
+
+
+class ConvPool:
+    """``Conv2d → MaxPool2d(2) → Sigmoid | ReLU`` of a Sequential as one pass (see the module docstring). Not a
+    layer of its own: the three modules keep their parameters, names and state-dict keys; this object holds only
+    what its backward needs (the input, the outputs and where each window's maximum was)."""
+
+    def __init__(self, conv: Conv2d, pool: MaxPool2d, neuron):
+        self.modules = (conv, pool, neuron)
+        self.conv, self.relu = conv, type(neuron) is ReLU
+        self._x = self._out = self._arg = None
+
+    @staticmethod
+    def starts_at(modules, i) -> bool:
+        """Whether ``modules[i:i+3]`` are a Conv2d, a 2×2 max pooling with stride 2 and a sigmoid or ReLU."""
+        return (i + 3 <= len(modules) and type(modules[i]) is Conv2d and type(modules[i + 1]) is MaxPool2d
+                and modules[i + 1].kernel_size == modules[i + 1].stride == (2, 2)
+                and type(modules[i + 2]) in (Sigmoid, ReLU))
+
+    def applies(self, x) -> bool:
+        """Whether this input runs as one pass: a NumPy float array of the weights' dtype, an output of at least
+        2×2, and no hooks on the three modules."""
+        conv, w = self.conv, self.conv.weight.data
+        if not (cpu.FUSE_CONV_POOL and cpu.fast(x, w) and x.dtype == w.dtype and x.ndim == 4 and x.shape[1] == conv.in_channels):
+            return False
+        for m in self.modules:
+            if m._forward_hooks or m._backward_hooks:
+                return False
+        (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+        return (x.shape[2] + 2 * ph - kh) // sh + 1 >= 2 and (x.shape[3] + 2 * pw - kw) // sw + 1 >= 2
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def forward(self, x):
+        """a = σ(max over 2×2 windows of (b + w ⋆ x)), N-major."""
+        conv = self.conv
+        bias = None if conv.bias is None else conv.bias.data
+        self._out, self._arg = cpu.conv_pool_forward(x, conv.weight.data, bias, conv.stride, conv.padding, self.relu)
+        self._x = x
+        return self._out
+
+    def backward(self, grad_output):
+        """∂C/∂x (None when the convolution's input needs no gradient), accumulating ∂C/∂w and ∂C/∂b."""
+        conv = self.conv
+        if grad_output.dtype != self._out.dtype:
+            grad_output = grad_output.astype(self._out.dtype)
+        dw, db, dx = cpu.conv_pool_backward(self._x, conv.weight.data, grad_output, self._out, self._arg,
+                                            conv.stride, conv.padding, self.relu, conv.needs_input_grad)
+        conv.weight.grad += dw                                                   # ∂C/∂W = Δ Xᵀ
+        if conv.bias is not None:
+            conv.bias.grad += db                                                 # ∂C/∂b = Σ δ
+        return dx
