@@ -70,7 +70,11 @@ class _nothing:
 @pytest.mark.parametrize("kernel,stride,padding,bias", [(3, 1, 0, True), ((3, 2), (1, 2), (0, 1), False),
                                                         (2, 2, 2, True)])
 @pytest.mark.parametrize("input_grad", [True, False])
-def test_conv2d_fast_path_equals_reference(threads, dtype, channel_major, kernel, stride, padding, bias, input_grad):
+@pytest.mark.parametrize("weight_grad", ["loops", "blas"])
+def test_conv2d_fast_path_equals_reference(threads, monkeypatch, dtype, channel_major, kernel, stride, padding, bias,
+                                           input_grad, weight_grad):
+    """∂C/∂W by the compiled dot products (conv_weight_grad, a small kernel) and by BLAS (a larger one)."""
+    monkeypatch.setattr(cpu, "CONV_WEIGHT_GRAD_LOOPS_MAX", 1 << 20 if weight_grad == "loops" else 0)
     ds.manual_seed(0)
     conv = nn.Conv2d(3, 4, kernel, stride=stride, padding=padding, bias=bias).to(dtype)
     conv.needs_input_grad = input_grad
@@ -162,6 +166,19 @@ def test_im2col_kernel_copies_every_receptive_field_exactly(dtype, channel_major
     s_c, s_n, s_h, s_w = xpad.strides
     expect = np.lib.stride_tricks.as_strided(xpad, (c, kh, kw, n, ho, wo), (s_c, s_h, s_w, s_n, s_h * sh, s_w * sw))
     np.testing.assert_array_equal(cpu._columns(xc, kh, kw, stride, padding, 1, 4), expect)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("fields,maps", [(25, 20), (7, 5), (1, 1), (4, 9)])
+def test_conv_weight_grad_kernel_equals_the_numpy_products(dtype, fields, maps):
+    """conv_weight_grad on the columns 30:130 of δ against X Δᵀ and Σ δ by NumPy (short last tiles included)."""
+    rng = np.random.default_rng(19)
+    cols = rng.standard_normal((fields, 100)).astype(dtype)
+    g = rng.standard_normal((maps, 170)).astype(dtype)
+    dwt, db = np.empty((fields, maps), dtype), np.empty(maps, dtype)
+    cpu.kernels().conv_weight_grad(cols, g, 30, dwt, db)
+    np.testing.assert_allclose(dwt, cols @ g[:, 30:130].T, **_close(dtype))
+    np.testing.assert_allclose(db, g[:, 30:130].sum(axis=1), **_close(dtype))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -539,6 +539,9 @@ def linear_backward(d, x, w, w_grad, b_grad=None, input_grad=True):
 
 
 # -- convolution: the mini-batch in shards, each shard in chunks whose columns stay in cache ---------------
+CONV_WEIGHT_GRAD_LOOPS_MAX = 2048   # ∂C/∂W of a kernel with at most this many weights (rung 1's and rung 3's first conv,
+                                    # 20x1x5x5) by the compiled dot products: OpenBLAS runs the 25 x 20 product over
+                                    # K = 9,216 a chunk at ~20% of its peak (3.2 ms at m=256), the loop in 1.2 ms
 COLUMN_BYTES_PER_CHUNK = 1 << 19    # 512 KB, the smallest chunk: at m=10 two threads' chunks in flight hold half as
                                     # much as 1 MB chunks (rung 3 at m=10: peak-RSS growth 3.6-3.8 -> 3.2-3.5 MB)
 COLUMN_BYTES_PER_CHUNK_MAX = 1 << 20    # 1 MB, a core's L2 (Zen 5), the largest chunk
@@ -624,20 +627,29 @@ def conv2d_backward(x, weight, grad_output, stride, padding, input_grad=True, de
     w2 = weight.reshape(o, -1)
     xc = x.transpose(1, 0, 2, 3)                                                # (C, N, H, W)
     dxpad = numpy.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=weight.dtype) if input_grad else None
-    g = None if grad_output is None else grad_output.transpose(1, 0, 2, 3)      # (out, N, Ho, Wo)
+    g2 = None if grad_output is None else grad_output.transpose(1, 0, 2, 3).reshape(o, -1)   # Δ, (out, N·Ho·Wo)
+    loops = (weight.size <= CONV_WEIGHT_GRAD_LOOPS_MAX and weight.dtype == x.dtype
+             and (g2 is None or g2.dtype == weight.dtype))
+    hw = ho * wo
 
     def shard(s, e):
         parts = []
         for a, b in chunks[s:e]:
             cols = _columns(xc, kh, kw, stride, padding, a, b)
             cols2 = cols.reshape(c * kh * kw, -1)
-            delta = g[:, a:b].reshape(o, -1) if delta_of is None else delta_of(a, b)
-            # numpy.dot, not @: NumPy's matmul keeps the GIL for products of <= 500 elements (rung 1's 20x25
-            # ∂C/∂W, over K = 9,216 per chunk), and so ran one thread at a time; dot releases it. Formed as
-            # (∂C/∂W)ᵀ = X Δᵀ: OpenBLAS runs that layout of the product far faster (rung 3's second conv at m=256,
-            # 40x500 over K = 512 a chunk, own AVX-512 kernels: 50% -> 69% of its GEMM peak).
-            parts.append((numpy.dot(cols2, delta.T),                                   # (∂C/∂W)ᵀ = X Δᵀ
-                          delta.sum(axis=1)))                                           # ∂C/∂b = Σ δ
+            whole, at = (g2, a * hw) if delta_of is None else (delta_of(a, b), 0)   # the chunk's Δ: columns at, …
+            delta = whole[:, at:at + (b - a) * hw]
+            if loops:                   # a small kernel: the compiled dot products (see conv_weight_grad)
+                dwt, db = numpy.empty((c * kh * kw, o), weight.dtype), numpy.empty(o, weight.dtype)
+                k.conv_weight_grad(cols2, whole, at, dwt, db)                          # (∂C/∂W)ᵀ = X Δᵀ, ∂C/∂b = Σ δ
+                parts.append((dwt, db))
+            else:
+                # numpy.dot, not @: NumPy's matmul keeps the GIL for products of <= 500 elements, and so ran one
+                # thread at a time; dot releases it. Formed as (∂C/∂W)ᵀ = X Δᵀ: OpenBLAS runs that layout of the
+                # product far faster (rung 3's second conv at m=256, 40x500 over K = 512 a chunk, own AVX-512
+                # kernels: 50% -> 69% of its GEMM peak).
+                parts.append((numpy.dot(cols2, delta.T),                               # (∂C/∂W)ᵀ = X Δᵀ
+                              delta.sum(axis=1)))                                       # ∂C/∂b = Σ δ
             if input_grad:   # Wᵀ Δ has X's shape: written over X, which ∂C/∂W no longer needs (less memory)
                 numpy.matmul(w2.T, delta, out=cols2)                                    # ∂C/∂X = Wᵀ Δ
                 k.col2im(cols, dxpad, a, *stride)                                       # col2im
