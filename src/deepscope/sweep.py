@@ -574,21 +574,28 @@ def _run_tasks(folder: SweepFolder, main, todo: list[Trial], bar, *, workers, ma
     """The trials as Ray tasks, ``workers`` at a time (default: one per CPU of the cluster), in ``todo``'s order;
     each row written as its trial ends. Whether the sweep was interrupted (Ctrl-C)."""
     import ray   # lazy: optional extra
-    at_once = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    at_once = workers or cpus
     # SPREAD: on a cluster, the trials go to every node rather than filling the first; a task whose worker
     # dies runs again (max_retries), a task whose command raised does not (a bug: its row says so)
     task = ray.remote(trial_task).options(num_cpus=1, max_retries=max_failures, scheduling_strategy="SPREAD")
     sweep_dir = str(folder.path.resolve())
+    # One trial queued behind each running one when the cluster's CPUs are what keeps the rest waiting: Ray
+    # hands it to the worker that ends a trial at once (the same lease), rather than after this loop has
+    # recorded the row and submitted another (20-60 ms a trial here, more on a busy machine). Still in todo's
+    # order: Ray runs one driver's tasks first in, first out. With fewer workers than CPUs, this loop's count
+    # is the limit.
+    in_flight = 2 * at_once if at_once >= cpus else at_once
     waiting, running, failed = list(todo), {}, 0
     # Ctrl-C: the trials still running are not cancelled here (cancelling a task as it completes crashed
     # Ray's core worker: 'Tried to complete task that was not pending', 1 run in 4); stopping the Ray the sweep
     # started ends them, as Ray ends a finished driver's tasks on a cluster joined with --address, and each
     # keeps its last epoch's checkpoint.
     while waiting or running:
-        while waiting and len(running) < at_once:
+        while waiting and len(running) < in_flight:
             trial = waiting.pop(0)
             running[task.remote(main, sweep_dir, folder.command, asdict(trial))] = trial
-        bar.set_postfix_str(f"running {len(running)}, failed {failed}")
+        bar.set_postfix_str(f"running {min(len(running), at_once)}, failed {failed}")
         done, _ = ray.wait(list(running), num_returns=1)
         for ref in done:
             trial = running.pop(ref)
