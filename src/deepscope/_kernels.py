@@ -120,14 +120,15 @@ def col2im(dcols, dx, n0, sh, sw):
 
 
 @_jit
-def im2col(x, cols, n0, sh, sw):
+def im2col(x, cols, n0, sh, sw, channel_major):
     """cols[c, l, m, n, j, k] = x[c, n0 + n, s·j + l, s·k + m]: every receptive field of the images n0, n0 + 1, …
-    of x (C, N, H, W) as a column (x whole, as in col2im: a C-contiguous x gives vector copies; rung 3's second
-    conv at m=256: 2.6 -> 1.7 ms)."""
+    of x (C, N, H, W) as a column; x given as (N, C, H, W) when not ``channel_major``. x is whole and given in the
+    order its memory is laid out, as in col2im: a C-contiguous x gives vector copies (rung 3's second conv at
+    m=256: 2.6 -> 1.7 ms)."""
     c_, kh, kw, n_, ho, wo = cols.shape
     for c in range(c_):
         for n in range(n_):
-            plane = x[c, n0 + n]
+            plane = x[c, n0 + n] if channel_major else x[n0 + n, c]
             for l in range(kh):
                 for m in range(kw):
                     dst = cols[c, l, m, n]

@@ -615,7 +615,10 @@ def _columns(xc, kh, kw, stride, padding, a, b):
     c, _, h, w = x.shape
     ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
     cols = numpy.empty((c, kh, kw, b - a, ho, wo), dtype=x.dtype)
-    kernels().im2col(x, cols, first, sh, sw)      # (a compiled copy: ~2x NumPy's copy of the 6-D strided view)
+    if x.flags.c_contiguous or not x.transpose(1, 0, 2, 3).flags.c_contiguous:
+        kernels().im2col(x, cols, first, sh, sw, True)     # (a compiled copy: ~2x NumPy's copy of the 6-D strided view)
+    else:                                                  # N-major memory (a ConvPool's output): x as (N, C, H, W)
+        kernels().im2col(x.transpose(1, 0, 2, 3), cols, first, sh, sw, False)
     return cols
 
 
