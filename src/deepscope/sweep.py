@@ -553,6 +553,7 @@ def _run_on_ray(folder: SweepFolder, main, todo: list[Trial], bar, *, address, w
     except ImportError:
         raise ConfigError(INSTALL_HINT) from None
     t0 = time.perf_counter()
+    wait_ray_stopped()             # the Ray of this process's last sweep, if it is still stopping
     started = not ray.is_initialized()
     if started:
         _start_ray(address, workers)
@@ -566,7 +567,7 @@ def _run_on_ray(folder: SweepFolder, main, todo: list[Trial], bar, *, address, w
         interrupted = True
     finally:
         if started:
-            _stop_ray()
+            _stop_ray_soon()
     return SweepResult(folder.ordered_rows(), len(todo), interrupted, time.perf_counter() - t0)
 
 
@@ -651,6 +652,7 @@ def _was_interrupted(grid) -> bool:
 
 def _start_ray(address: str | None, workers: int | None) -> None:
     import ray   # lazy: optional extra
+    wait_ray_stopped()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")   # Tune's status tables would fight the progress bar
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # No runtime_env (it would keep Ray from using the workers it starts with: ~1.5 s more per sweep here);
@@ -700,6 +702,24 @@ def _stop_ray() -> None:
         except Exception:            # another Ray version's internals: shutdown below still stops everything
             pass
     ray.shutdown()
+
+
+_stopping: list[threading.Thread] = []   # the Ray a sweep started, stopping while the sweep's caller goes on
+
+
+def _stop_ray_soon() -> None:
+    """:func:`_stop_ray` in a thread: a sweep returns its rows while Ray stops (~0.4 s here, most of it waiting
+    on Ray's processes to end), so that its caller writes the sweep's table and figure meanwhile. The process
+    waits for it before it exits (not a daemon thread); :func:`wait_ray_stopped` waits for it."""
+    thread = threading.Thread(target=_stop_ray, name="deepscope-stop-ray")
+    thread.start()
+    _stopping.append(thread)
+
+
+def wait_ray_stopped() -> None:
+    """Return once the Ray that a sweep of this process started has stopped (at once if none is stopping)."""
+    while _stopping:
+        _stopping.pop().join()
 
 
 # --------------------------------------------------------------------------------------------------- summary
