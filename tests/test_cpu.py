@@ -594,6 +594,19 @@ def test_flat_buffer_follows_replaced_parameters_and_zero_grad_is_one_buffer():
     model.to("float64")
     opt.step()
     assert opt.flat.data.dtype == np.float64 and all(v.dtype == np.float64 for v in opt.velocity)
+    for p in model.parameters():                  # every parameter and its gradient start on a cache line
+        assert p.data.ctypes.data % 64 == 0 and p.grad.ctypes.data % 64 == 0
+    assert opt.flat.size > sum(p.data.size for p in model.parameters())   # (so the padding between them is used)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_empty_aligned_starts_on_a_cache_line(dtype):
+    assert cpu.empty_aligned((0, 3), dtype).shape == (0, 3)
+    for shape in [(1,), (5, 3), (64, 784)]:
+        a = cpu.empty_aligned(shape, dtype)
+        assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.ctypes.data % 64 == 0
+    z = cpu.zeros_aligned(37, dtype)
+    assert z.shape == (37,) and not z.any() and z.ctypes.data % 64 == 0
 
 
 def test_a_shared_parameter_is_updated_once():
