@@ -507,7 +507,9 @@ def _loops(x, w, *others, forward=False) -> bool:
     fixed costs and NumPy's separate add and sum: W.grad += δᵀx, b.grad += Σδ, k = 784, n = 10-30, m = 10-24: 1.15-1.44x,
     at 250k multiply-adds (32x784x10) 0.98x)."""
     rows = x.shape[0]
-    if not (rows > 0 and fast(x, w) and x.dtype == w.dtype and x.flags.c_contiguous and w.flags.c_contiguous):
+    if not (rows > 0 and _enabled and type(x) is numpy.ndarray and type(w) is numpy.ndarray      # (fast(x, w),
+            and x.dtype == w.dtype and x.dtype in _FAST_DTYPES and (_kernels or kernels())      # written out: this
+            and x.flags.c_contiguous and w.flags.c_contiguous):                                 # runs 4 times a step)
         return False
     for a in others:
         if a is not None and (type(a) is not numpy.ndarray or a.dtype != w.dtype or not a.flags.c_contiguous):
@@ -525,6 +527,9 @@ _NONE = {numpy.dtype(numpy.float32): numpy.empty(0, numpy.float32),     # "no bi
 def _tiles(kernel, args, rows, macs_per_row):
     """``kernel(*args, start, stop)`` over tiles of 4 output rows, shared by the threads (each shard at least
     2 x ``MACS_PER_SHARD`` multiply-adds): the numbers do not depend on where the shards are cut."""
+    if _num_threads == 1:
+        kernel(*args, 0, rows)
+        return
     tiles, least = -(-rows // 4), -(-2 * MACS_PER_SHARD // (4 * macs_per_row))
     if one_shard(tiles, least):
         kernel(*args, 0, rows)
@@ -537,7 +542,7 @@ def linear(x, w, b=None):
     :func:`_loops` says so (the bias added in the same pass), else :func:`matmul` and NumPy's add."""
     if _loops(x, w, b, forward=True):
         z = numpy.empty((x.shape[0], w.shape[0]), dtype=w.dtype)
-        _tiles(kernels().linear_forward, (x, w, _NONE[w.dtype] if b is None else b, z), x.shape[0], w.size)
+        _tiles(_kernels.linear_forward, (x, w, _NONE[w.dtype] if b is None else b, z), x.shape[0], w.size)
         return z
     z = matmul(x, w.T)
     if b is not None:
@@ -556,7 +561,7 @@ def linear_grads(d, x, w_grad, b_grad=None):
 
 
 def _grads_by_loops(d, x, w_grad, b_grad):
-    _tiles(kernels().linear_weight_grad, (d, x, w_grad, _NONE[w_grad.dtype] if b_grad is None else b_grad),
+    _tiles(_kernels.linear_weight_grad, (d, x, w_grad, _NONE[w_grad.dtype] if b_grad is None else b_grad),
            w_grad.shape[0], x.size)
 
 
