@@ -14,6 +14,16 @@ thread that blocked (on the job queue, on the caller's wait, or on the GIL while
 whose core may then halt: on issue 11's VM each costs a ~30-50 us wake-up. Fewer sleeps a step is what the
 thread pool's and the conv chunks' design aims at; the count moves with the load far less than the times do.
 
+A Sequential's ``Conv2d → MaxPool2d(2) → σ`` that runs as one pass (``nn/fuse.py``) is one row, "i-j ConvPool".
+
+Reading the 2-thread / 1-thread ratio: it is the idle machine's number only on an idle machine. Beside other
+users' processes at normal priority the worker waits for a core and the ratio collapses (rung 1 at m=64 read 1.07
+at 19:27 in a window the load average called idle, against cpu_speed.py's 1.47 minutes before: not explained;
+``compare`` below and cpu_speed.py's ``training_speed`` read 1.54-1.59 and 1.51-1.55 run alternately in one
+process under ``chrt -f 10`` at load 4-5, 20:42). Under ``chrt -f 10`` beside busy processes the cores never
+halt, so a wake-up is cheap and the ratio reads higher than on the idle machine (rung 1 unfused 1.56-1.58 chrt'd
+vs 1.47 idle): compare variants alternating, in one process, and take the idle machine's run as the number.
+
 ``--ab NAME=VALUE,...`` compares, in one process and alternating (rounds of steps, medians), the current
 settings of ``deepscope.cpu`` with the variant (e.g. the thread pool's awake wait off, the old 512 KB conv
 chunks): the 2-thread / 1-thread throughput of each, for a change's effect on the idle machine in a minute.
@@ -22,6 +32,7 @@ chunks): the 2-thread / 1-thread throughput of each, for a change's effect on th
     python benchmarks/thread_profile.py --nets rung1 --batches 64,256 --steps 40
     python benchmarks/thread_profile.py --nets rung1,dropout --batches 64 \
         --ab WAIT_AWAKE_US=0,COLUMN_BYTES_PER_CHUNK_MAX=524288 --out thread_profile_ab.json
+    python benchmarks/thread_profile.py --nets rung1,dropout --batches 64 --steps 10 --rounds 9 --ab FUSE_CONV_POOL=0
 """
 from __future__ import annotations
 

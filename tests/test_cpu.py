@@ -57,6 +57,16 @@ def _both(layer, x, g):
     return results
 
 
+def _assert_gradients_close(grads, dx, ref_grads, ref_dx, dtype, input_grad):
+    """The parameter gradients and ∂C/∂x (None both, without ``input_grad``) of a fast path against the reference's."""
+    for a, b in zip(grads, ref_grads):
+        np.testing.assert_allclose(a, b, **_close(dtype))
+    if input_grad:
+        np.testing.assert_allclose(dx, ref_dx, **_close(dtype))
+    else:
+        assert ref_dx is None and dx is None
+
+
 class _nothing:
     def __enter__(self):
         pass
@@ -82,12 +92,7 @@ def test_conv2d_fast_path_equals_reference(threads, monkeypatch, dtype, channel_
     x = _layout(rng.standard_normal((5, 3, 9, 8)).astype(dtype), channel_major)
     (y0, dx0, g0), (y1, dx1, g1) = _both(conv, x, lambda s: rng.standard_normal(s).astype(dtype))
     np.testing.assert_allclose(y1, y0, **_close(dtype))
-    for a, b in zip(g1, g0):
-        np.testing.assert_allclose(a, b, **_close(dtype))
-    if input_grad:
-        np.testing.assert_allclose(dx1, dx0, **_close(dtype))
-    else:
-        assert dx0 is None and dx1 is None
+    _assert_gradients_close(g1, dx1, g0, dx0, dtype, input_grad)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -126,12 +131,7 @@ def test_conv_pool_neuron_as_one_pass_equals_reference(threads, dtype, neuron, c
     assert (fused0, fused1, fused2) == (False, True, False)
     np.testing.assert_allclose(y1, y0, **_close(dtype))
     np.testing.assert_array_equal(y1, y2)
-    for a, b in zip(g1, g0):
-        np.testing.assert_allclose(a, b, **_close(dtype))
-    if input_grad:
-        np.testing.assert_allclose(dx1, dx0, **_close(dtype))
-    else:
-        assert dx0 is None and dx1 is None
+    _assert_gradients_close(g1, dx1, g0, dx0, dtype, input_grad)
 
 
 def test_conv_pool_neuron_runs_layer_by_layer_under_a_hook_and_propagates_nan(threads):
