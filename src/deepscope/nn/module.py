@@ -412,19 +412,17 @@ class Sequential(Module):
 
     def forward(self, x):
         runs = self._fused_runs()
-        self._passes = None
         if not runs:
             for m in self._modules.values():
                 x = m(x)
             return x
         modules, passes, i = list(self._modules.values()), [], 0
         while i < len(modules):
-            step = runs.get(i)
-            if step is None or not step.applies(x):
-                step = modules[i]
+            run = runs.get(i)
+            step = run if run is not None and run.applies(x) else modules[i]
             x = step(x)
             passes.append(step)
-            i += len(step.modules) if step is not modules[i] else 1
+            i += len(run.modules) if step is run else 1
         self._passes = passes               # what backward goes back through: modules, or runs of them as one
         return x
 
@@ -442,6 +440,7 @@ class Sequential(Module):
             from .fuse import ConvPool    # (here, not at the top: fuse.py builds on the layers, they on this file)
             self._runs = modules, {i: ConvPool(*modules[i:i + 3]) for i in range(len(modules))
                                    if ConvPool.starts_at(modules, i)}
+            self._passes = None
         return self._runs[1]
 
     def _pass_needs_input_grad(self, value: bool) -> None:
