@@ -672,6 +672,15 @@ def test_the_awake_waits_see_another_threads_write_and_give_up_in_time():
     assert k.wait_until(flag, 0, 1, 5_000_000_000) is True           # another thread's write ends the wait
     threading.Timer(0.01, lambda: flag.__setitem__(0, 2)).start()
     assert k.publish(flag, 0, 1, 5_000_000_000) is True and flag[0] == 2   # raised by the other side: done
+    posted = np.zeros(1, np.int64)
+    t0 = time.perf_counter()
+    assert k.park(posted, 0, 2_000_000) is False                          # no new job: back to the queue after 2 ms
+    assert 0.002 <= time.perf_counter() - t0 < 1.0
+    threading.Timer(0.01, lambda: posted.__setitem__(0, 1)).start()
+    assert k.park(posted, 0, 5_000_000_000) is True                       # the next job is out
+    flag[0] = 0
+    threading.Timer(0.01, lambda: (flag.__setitem__(0, 2), posted.__setitem__(0, 2))).start()
+    assert k.publish_and_park(flag, 0, 1, 5_000_000_000, posted, 1, 5_000_000_000) is True and flag[0] == 2
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux's SCHED_IDLE")

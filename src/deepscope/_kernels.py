@@ -70,8 +70,25 @@ if _clock_gettime is not None:
             if _now_ns(ts) - start > limit_ns:
                 return False
         return True
+
+    @_jit_wait
+    def park(posted, seen, limit_ns):
+        """Wait, awake, until posted[0] != seen (a new job was handed out: True) or ``limit_ns`` nanoseconds have
+        passed (False)."""
+        ts = np.empty(2, np.int64)
+        start = _now_ns(ts)
+        while posted[0] == seen:
+            if _now_ns(ts) - start > limit_ns:
+                return False
+        return True
+
+    @_jit_wait
+    def publish_and_park(flag, i, value, limit_ns, posted, seen, park_ns):
+        """``publish``, then ``park``, in one call: the thread takes the GIL back only when the next job is out."""
+        publish(flag, i, value, limit_ns)
+        return park(posted, seen, park_ns)
 else:  # pragma: no cover
-    wait_until = publish = None
+    wait_until = publish = park = publish_and_park = None
 
 if _usleep is not None:
     @_jit_wait

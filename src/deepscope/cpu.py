@@ -139,6 +139,10 @@ KEEP_AWAKE_US = 2000    # after each parallel section, an idle-priority thread k
                         # and waking a halted core for the next section's worker, or for a thread that slept on
                         # the GIL, takes ~30-50 us; a core that runs only a SCHED_IDLE thread is woken at once
 KEEP_AWAKE_NAP_US = 100_000     # the longest nap of that thread between training steps (it naps 1 ms, doubling)
+PARK_US = 300           # a worker done with its shards waits this long, awake and without the GIL, for the next job
+                        # before it goes back to the queue (0: at once): it then takes the GIL once a section (to
+                        # start the next job), not twice (also to get back to the queue, while the caller runs the
+                        # serial work between sections: ~4 of rung 1's ~10 sleeps a step at m=64)
 
 
 class _Pool:
@@ -147,18 +151,22 @@ class _Pool:
     then the caller simply runs its shards as well (the work is never held up by a late thread). The caller
     waits for a worker still running a shard awake, without the GIL, for up to ``WAIT_AWAKE_US`` (then
     sleeps); the worker that finishes the last shard signals it from outside the GIL and holds off taking the
-    GIL back until the caller has it, so that the caller does not sleep on the GIL either. (A worker that waits
-    awake for the next job gained nothing: it must take the GIL, which the caller holds while it hands the job
-    out, and sleeps there instead; rung 1 at m=64, 2 threads: 3.40 -> 4.16 ms a step.)"""
+    GIL back until the caller has it, so that the caller does not sleep on the GIL either; it then waits, still
+    awake and without the GIL, up to ``PARK_US`` for the next job, so that it takes the GIL back only to start that
+    job. (A worker that took the GIL back first and then waited awake for the next job gained nothing: it must
+    take the GIL to start it, which the caller holds while it hands the job out, and slept there; rung 1 at m=64,
+    2 threads: 3.40 -> 4.16 ms a step.)"""
 
     def __init__(self, size: int):
         self.size = size
         self._tasks = queue.SimpleQueue()
+        self._posted = numpy.zeros(1, numpy.int64)      # jobs handed out so far (a parked worker watches it)
         k = kernels()
         self._wait = k if k is not None and k.wait_until is not None else None
         if self._wait is not None:              # compiled now (not cached on disk), not inside the first job
             k.wait_until(numpy.ones(1, numpy.int64), 0, 1, 0)
             k.publish(numpy.zeros(1, numpy.int64), 0, 1, 0)
+            k.publish_and_park(numpy.zeros(1, numpy.int64), 0, 1, 0, numpy.zeros(1, numpy.int64), 0, 0)
             if k.keep_awake is not None:
                 k.keep_awake(numpy.zeros(1, numpy.int64), numpy.ones(1, numpy.int64), 1)
         for _ in range(size - 1):
@@ -184,12 +192,19 @@ class _Pool:
             job = self._tasks.get()
             if job is None:
                 return
-            if job.work() and self._wait is not None:
-                self._wait.publish(job.flag, 0, 1, WAIT_AWAKE_US * 1000)
-            del job         # not held while this thread sleeps: its shards' arrays would stay alive into the next step
+            seen = int(self._posted[0])
+            last, flag = job.work(), job.flag
+            del job         # not held while this thread waits: its shards' arrays would stay alive into the next step
+            if self._wait is None:
+                continue
+            if last:        # tell the caller, then wait for the next job, all without the GIL
+                self._wait.publish_and_park(flag, 0, 1, WAIT_AWAKE_US * 1000, self._posted, seen, PARK_US * 1000)
+            elif PARK_US:
+                self._wait.park(self._posted, seen, PARK_US * 1000)
 
     def run(self, fn, shards):
         job = _Job(fn, shards)
+        self._posted[0] += 1
         for _ in range(min(self.size, len(shards)) - 1):
             self._tasks.put(job)
         job.work()
