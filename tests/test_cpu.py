@@ -393,13 +393,14 @@ def test_linear_products_with_a_small_weight_run_compiled_loops_and_equal_numpy(
 
 @pytest.mark.parametrize("loops_win, avx512_blas", [(True, False), (False, False), (False, True)])
 @pytest.mark.parametrize("m, n, k, loops", [(64, 10, 30, True), (10, 10, 30, True), (100, 10, 32, True),
-                                            (256, 10, 30, False), (64, 30, 784, None), (300, 30, 784, False),
-                                            (65, 30, 784, "grads"), (10, 30, 784, "small")])
+                                            (256, 10, 30, False), (64, 100, 784, None), (300, 30, 784, False),
+                                            (65, 30, 784, "grads"), (10, 30, 784, "small"), (64, 30, 784, "both")])
 def test_linear_takes_the_loops_for_tiny_products_and_where_they_beat_blas(monkeypatch, loops_win, avx512_blas,
                                                                            m, n, k, loops):
     """A product of at most cpu.TINY_MACS multiply-adds runs the loops on any machine (a BLAS call and NumPy's bias
     add cost more); a few long rows by a small weight only where the loops beat BLAS (None: the forward product
-    where OpenBLAS runs narrower kernels or its AVX-512 ones, the weight's gradient only under narrower kernels);
+    where OpenBLAS runs narrower kernels or its AVX-512 ones, the weight's gradient only under narrower kernels;
+    "both": both products under either, the gradient's under AVX-512 up to cpu.GRAD_LOOPS_MACS multiply-adds);
     anything else, and every layer without the fast paths, by BLAS and NumPy: the same numbers either way."""
     monkeypatch.setattr(cpu, "_loops_win", loops_win)
     monkeypatch.setattr(cpu, "_avx512_blas", avx512_blas)
@@ -411,8 +412,9 @@ def test_linear_takes_the_loops_for_tiny_products_and_where_they_beat_blas(monke
                             calls.append(name) or f(*a))
     z, g, gb = cpu.linear(x, w, b), np.zeros_like(w), np.zeros_like(b)
     cpu.linear_grads(d, x, g, gb)
-    forward = loops_win or avx512_blas if loops in (None, "small") else loops_win if loops == "grads" else loops
-    grads = loops_win or (avx512_blas and loops == "small") if loops in (None, "grads", "small") else loops
+    forward = loops_win or avx512_blas if loops in (None, "small", "both") else loops_win if loops == "grads" else loops
+    grads = loops_win or (avx512_blas and loops in ("small", "both")) if loops in (None, "grads", "small", "both") \
+        else loops
     assert calls == ["linear_forward"] * forward + ["linear_weight_grad"] * grads
     with cpu.reference():                                 # the layer's NumPy/BLAS lines
         z0, g0, gb0 = cpu.linear(x, w, b), np.zeros_like(w), np.zeros_like(b)
@@ -845,10 +847,11 @@ def test_correct_count_equals_numpy_argmax(dtype, label_dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("m, n, k", [(64, 10, 30), (10, 10, 30), (1, 1, 7), (64, 10, 60)])
+@pytest.mark.parametrize("m, n, k", [(64, 10, 30), (10, 10, 30), (1, 1, 7), (64, 10, 60), (32, 10, 31)])
 def test_linear_backward_of_a_tiny_layer_runs_one_compiled_pass_each_and_equals_numpy(monkeypatch, dtype, m, n, k):
-    """A tiny layer's backward (at most cpu.TINY_MACS multiply-adds a product): W.grad += δᵀx with b.grad += Σδ, and
-    δW, by the compiled loops; as close to the exact products as NumPy's own (float64: 1e-12)."""
+    """A tiny layer's backward (at most cpu.TINY_MACS multiply-adds a product): W.grad += δᵀx with b.grad += Σδ by the
+    compiled loops, and δW too up to cpu.INPUT_GRAD_LOOPS_MACS; as close to the exact products as NumPy's own (float64:
+    1e-12)."""
     rng = np.random.default_rng(14)
     x, w, d = (rng.standard_normal(s).astype(dtype) for s in ((m, k), (n, k), (m, n)))
     g, gb = rng.standard_normal((n, k)).astype(dtype), rng.standard_normal(n).astype(dtype)
@@ -859,7 +862,8 @@ def test_linear_backward_of_a_tiny_layer_runs_one_compiled_pass_each_and_equals_
                             calls.append(name) or f(*a))
     dx = cpu.linear_backward(d, x, w, g, gb)
     tiny = m * n * k <= cpu.TINY_MACS
-    assert calls == (["linear_weight_grad", "linear_input_grad"] if tiny else [])
+    by_loops = ["linear_weight_grad"] + (["linear_input_grad"] if m * n * k <= cpu.INPUT_GRAD_LOOPS_MACS else [])
+    assert calls == (by_loops if tiny else [])
     assert cpu.linear_backward(d, x, w, g.copy(), gb.copy(), input_grad=False) is None
     np.testing.assert_array_equal(gb, gb0 + d.sum(axis=0))
     d64, w64, x64 = (a.astype(np.float64) for a in (d, w, x))

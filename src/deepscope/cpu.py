@@ -443,6 +443,8 @@ def _gemm_blocks(a, b, add_to=None):
     ``add_to``) its rows or columns of ``a @ b`` in ``out``, in any order on any thread; None for one block."""
     m, k = a.shape
     n = b.shape[1]
+    if m * k * n < 4 * MACS_PER_SHARD:          # under two blocks of the fewest multiply-adds gemm_block_macs gives
+        return None
     largest = max(a.nbytes, b.nbytes, m * n * numpy.result_type(a, b).itemsize)      # operands and product
     blocks, least = 1, gemm_block_macs(largest)
     while blocks < GEMM_BLOCKS and m * k * n >= 2 * blocks * least:
@@ -466,8 +468,13 @@ SMALL_WEIGHT_BYTES = 1 << 19    # ... by a weight matrix this small (it stays in
 SMALL_WEIGHT_MIN_INPUTS = 256   # ... with rows this long at least (the loops run along them): compiled loops
 SMALL_MACS = 262_144            # ... and under OpenBLAS's AVX-512 kernels, both products up to this many multiply-adds
 FORWARD_LOOPS_ROWS = 64         # ... and under OpenBLAS's AVX-512 kernels, the forward product of at most this many rows
+GRAD_LOOPS_ROWS = 64            # ... and W.grad += δᵀx (with b.grad += Σδ) of at most this many rows ...
+GRAD_LOOPS_MACS = 2_000_000     # ... and multiply-adds (W.grad on a cache line: optim.FlatParameters)
 TINY_MACS = 32_768              # a product this small: compiled loops everywhere (measured, Zen 5, 1 thread: 64x30 by
                                 # 30x10 with its bias 1.3 us against 2.6 us by BLAS and NumPy's add)
+INPUT_GRAD_LOOPS_MACS = 10_000  # ∂C/∂x = δ W by the loops only up to this many multiply-adds: their rows of n_in = 30 are
+                                # one 16-wide vector and 14 scalar lanes each (Zen 5, 1 thread, δ 10 neurons wide: 10x30
+                                # out 0.6 vs 0.8-1.6 us by BLAS, 64x30 2.7-5.1 vs 1.0-2.2 us)
 
 
 AVX512_OPENBLAS = ("SkylakeX", "Cooperlake", "SapphireRapids")    # OpenBLAS's cores with AVX-512 kernels
@@ -515,9 +522,11 @@ def _loops(x, w, *others, forward=False) -> bool:
     loop), or a few long rows by a small ``w`` on a machine where the loops beat BLAS (:func:`loops_beat_blas`;
     with short rows, k = 30 or 100, they are slower there). The ``forward`` product x Wᵀ + b of at most
     ``FORWARD_LOOPS_ROWS`` rows also beats OpenBLAS's AVX-512 kernels (its 4x4 register tiles; Zen 5, 1 thread,
-    k = 784, n = 10-100: m = 10 1.07-1.31x, m = 64 1.12-1.75x, e.g. 64x784 by 784x30 20 vs 35 us), while W.grad += δᵀx
-    loses to them from m = 64 (0.69-0.85x); at m = 256 the loops' gain (1.08x for n = 100) does not pay for
-    cutting the product between 2 threads, which those kernels' one call need not (FC 784-100-10, 2 threads: 339k
+    k = 784, n = 10-100: m = 10 1.07-1.31x, m = 64 1.12-1.75x, e.g. 64x784 by 784x30 20 vs 35 us). W.grad += δᵀx, with
+    W.grad on a cache line (optim.FlatParameters), beats them up to ``GRAD_LOOPS_ROWS`` rows and ``GRAD_LOOPS_MACS``
+    multiply-adds ([784,30,10] fit at m=64, CPU time a step, loaded: 113.6 -> 106.8 us) but not beyond ([784,100,10]
+    at m=64: 196 -> 207 us; before the alignment it lost from m = 64, 0.69-0.85x); at m = 256 the loops' gain (1.08x
+    for n = 100) does not pay for cutting the product between 2 threads, which those kernels' one call need not (FC 784-100-10, 2 threads: 339k
     vs 371k img/s). Both products of at most ``SMALL_MACS`` multiply-adds beat those kernels too (a BLAS call's
     fixed costs and NumPy's separate add and sum: W.grad += δᵀx, b.grad += Σδ, k = 784, n = 10-30, m = 10-24: 1.15-1.44x,
     at 250k multiply-adds (32x784x10) 0.98x)."""
@@ -532,7 +541,9 @@ def _loops(x, w, *others, forward=False) -> bool:
     return rows * w.size <= TINY_MACS or (
         rows <= SMALL_WEIGHT_ROWS and w.nbytes <= SMALL_WEIGHT_BYTES and x.shape[1] >= SMALL_WEIGHT_MIN_INPUTS
         and (loops_beat_blas() or (blas_runs_avx512() and (rows * w.size <= SMALL_MACS
-                                                          or (forward and rows <= FORWARD_LOOPS_ROWS)))))
+                                                          or (forward and rows <= FORWARD_LOOPS_ROWS)
+                                                          or (not forward and rows <= GRAD_LOOPS_ROWS
+                                                              and rows * w.size <= GRAD_LOOPS_MACS)))))
 
 
 _NONE = {numpy.dtype(numpy.float32): numpy.empty(0, numpy.float32),     # "no bias" for the loops
@@ -591,14 +602,14 @@ def linear_backward(d, x, w, w_grad, b_grad=None, input_grad=True):
     += δᵀ x, b.grad += Σ_n δ, in place) and, with ``input_grad``, returns δ W (else None). Where both products run
     in blocks (:func:`matmul`), their blocks share one parallel section: one hand-over to the threads instead of
     two (the same blocks, so the same numbers). Where the gradients run the compiled loops and δ W is as tiny
-    (at most ``TINY_MACS`` multiply-adds), δ W does too."""
+    (at most ``INPUT_GRAD_LOOPS_MACS`` multiply-adds), δ W does too."""
     if _loops(x, w_grad, d, b_grad):
         _grads_by_loops(d, x, w_grad, b_grad)
         if not input_grad:
             return None
-        if d.shape[0] * w.size <= TINY_MACS and w.dtype == d.dtype and w.flags.c_contiguous:
+        if d.shape[0] * w.size <= INPUT_GRAD_LOOPS_MACS and w.dtype == d.dtype and w.flags.c_contiguous:
             dx = numpy.empty((d.shape[0], w.shape[1]), dtype=w.dtype)
-            kernels().linear_input_grad(d, w, dx)
+            _kernels.linear_input_grad(d, w, dx)
             return dx
         return matmul(d, w)
     if input_grad:
