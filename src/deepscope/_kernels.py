@@ -393,6 +393,34 @@ _jit_sum = njit(cache=True, nogil=True, fastmath={"reassoc", "contract"}, bounds
 _jit_fma = njit(cache=True, nogil=True, fastmath={"contract"}, boundscheck=False, error_model="numpy")
 
 
+@njit(inline="always")     # (inlined into its callers, compiled with their flags: the sums in vector lanes)
+def _dot_tile(a0, a1, a2, a3, b0, b1, b2, b3, kk, zero):
+    """The 16 dot products Σ_{k<kk} a_r[k] b_c[k] of 4 rows a by 4 rows b, row by row: a register tile in which each
+    vector of a and of b is loaded once for 4 of them (linear_forward, conv_weight_grad)."""
+    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = zero
+    s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = zero
+    for k in range(kk):
+        u0, u1, u2, u3 = b0[k], b1[k], b2[k], b3[k]
+        p0, p1, p2, p3 = a0[k], a1[k], a2[k], a3[k]
+        s00 += p0 * u0
+        s01 += p0 * u1
+        s02 += p0 * u2
+        s03 += p0 * u3
+        s10 += p1 * u0
+        s11 += p1 * u1
+        s12 += p1 * u2
+        s13 += p1 * u3
+        s20 += p2 * u0
+        s21 += p2 * u1
+        s22 += p2 * u2
+        s23 += p2 * u3
+        s30 += p3 * u0
+        s31 += p3 * u1
+        s32 += p3 * u2
+        s33 += p3 * u3
+    return s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33
+
+
 @_jit_sum
 def linear_forward(x, w, b, z, start, stop):
     """z[i, j] = Σ_k x[i, k] w[j, k] + b[j] (z = x Wᵀ + b; no b when it is empty) for rows start ≤ i < stop, in
@@ -407,27 +435,8 @@ def linear_forward(x, w, b, z, start, stop):
         for j in range(0, n, 4):                                                         #  or column)
             j1, j2, j3 = min(j + 1, n - 1), min(j + 2, n - 1), min(j + 3, n - 1)
             b0, b1, b2, b3 = w[j], w[j1], w[j2], w[j3]
-            s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = zero
-            s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = zero
-            for k in range(kk):
-                u0, u1, u2, u3 = b0[k], b1[k], b2[k], b3[k]
-                p0, p1, p2, p3 = a0[k], a1[k], a2[k], a3[k]
-                s00 += p0 * u0
-                s01 += p0 * u1
-                s02 += p0 * u2
-                s03 += p0 * u3
-                s10 += p1 * u0
-                s11 += p1 * u1
-                s12 += p1 * u2
-                s13 += p1 * u3
-                s20 += p2 * u0
-                s21 += p2 * u1
-                s22 += p2 * u2
-                s23 += p2 * u3
-                s30 += p3 * u0
-                s31 += p3 * u1
-                s32 += p3 * u2
-                s33 += p3 * u3
+            (s00, s01, s02, s03, s10, s11, s12, s13,
+             s20, s21, s22, s23, s30, s31, s32, s33) = _dot_tile(a0, a1, a2, a3, b0, b1, b2, b3, kk, zero)
             if bias:
                 c0, c1, c2, c3 = b[j], b[j1], b[j2], b[j3]
                 s00, s01, s02, s03 = s00 + c0, s01 + c1, s02 + c2, s03 + c3
@@ -528,27 +537,8 @@ def conv_weight_grad(cols, g, c0, out, gb):
         for o in range(0, oo, 4):
             o1, o2, o3 = min(o + 1, oo - 1), min(o + 2, oo - 1), min(o + 3, oo - 1)
             b0, b1, b2, b3 = g[o, c0:c0 + kk], g[o1, c0:c0 + kk], g[o2, c0:c0 + kk], g[o3, c0:c0 + kk]
-            s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = zero
-            s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = zero
-            for k in range(kk):
-                u0, u1, u2, u3 = b0[k], b1[k], b2[k], b3[k]
-                p0, p1, p2, p3 = a0[k], a1[k], a2[k], a3[k]
-                s00 += p0 * u0
-                s01 += p0 * u1
-                s02 += p0 * u2
-                s03 += p0 * u3
-                s10 += p1 * u0
-                s11 += p1 * u1
-                s12 += p1 * u2
-                s13 += p1 * u3
-                s20 += p2 * u0
-                s21 += p2 * u1
-                s22 += p2 * u2
-                s23 += p2 * u3
-                s30 += p3 * u0
-                s31 += p3 * u1
-                s32 += p3 * u2
-                s33 += p3 * u3
+            (s00, s01, s02, s03, s10, s11, s12, s13,
+             s20, s21, s22, s23, s30, s31, s32, s33) = _dot_tile(a0, a1, a2, a3, b0, b1, b2, b3, kk, zero)
             out[r, o], out[r, o1], out[r, o2], out[r, o3] = s00, s01, s02, s03
             out[r1, o], out[r1, o1], out[r1, o2], out[r1, o3] = s10, s11, s12, s13
             out[r2, o], out[r2, o1], out[r2, o2], out[r2, o3] = s20, s21, s22, s23
