@@ -3,6 +3,7 @@ one thread and sharded over several (thresholds lowered so that even small array
 memory layouts a layer meets (N-major input, channel-major conv outputs) and both dtypes."""
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -44,7 +45,7 @@ def _layout(a, channel_major):
 
 
 def _both(layer, x, g):
-    """(output, ∂C/∂x, parameter gradients) from the fast path and from the reference path."""
+    """(output, ∂C/∂x, parameter gradients) from the reference path and from the fast path, and the δ both got."""
     results, grad = [], None
     for ctx in (cpu.reference, _nothing):
         with ctx():
@@ -54,7 +55,31 @@ def _both(layer, x, g):
             grad = _layout(g(y.shape), True) if grad is None else grad     # the same δ for both paths
             dx = layer.backward(grad)
             results.append((y.copy(), None if dx is None else dx.copy(), [p.grad.copy() for p in layer.parameters()]))
-    return results
+    return results[0], results[1], grad
+
+
+def _magnitudes(layer, x, grad):
+    """(output, ∂C/∂x, parameter gradients) of a bilinear layer computed from |w|, |b|, |x| and |δ| in float64 (its
+    reference path): Σ|terms| of each sum the layer forms. Two summation orders of a sum agree to a few roundings
+    of that, not of the sum itself, which cancellation can make far smaller than its terms."""
+    absolute = copy.deepcopy(layer).to(np.float64)
+    for p in absolute.parameters():
+        p.data[...] = np.abs(p.data)
+        p.grad[...] = 0
+    with cpu.reference():
+        y = absolute(np.abs(x).astype(np.float64))
+        dx = absolute.backward(np.abs(grad).astype(np.float64))
+    return y, dx, [p.grad for p in absolute.parameters()]
+
+
+def _sums_close(actual, desired, magnitude, dtype):
+    """``_close(dtype)``, plus 8 roundings of the sum's Σ|terms| (``magnitude``) where the terms cancel."""
+    close = _close(dtype)
+    tolerance = close["atol"] + 8 * np.finfo(dtype).eps * magnitude + close["rtol"] * np.abs(desired)
+    error = np.abs(actual.astype(np.float64) - desired)
+    worst = np.unravel_index(np.argmax(error - tolerance), error.shape)
+    assert (error <= tolerance).all(), (f"{int((error > tolerance).sum())} of {error.size} differ; at {worst}: "
+                                        f"{actual[worst]} vs {desired[worst]}, Σ|terms| {magnitude[worst]}")
 
 
 def _assert_gradients_close(grads, dx, ref_grads, ref_dx, dtype, input_grad):
@@ -90,9 +115,15 @@ def test_conv2d_fast_path_equals_reference(threads, monkeypatch, dtype, channel_
     conv.needs_input_grad = input_grad
     rng = np.random.default_rng(1)
     x = _layout(rng.standard_normal((5, 3, 9, 8)).astype(dtype), channel_major)
-    (y0, dx0, g0), (y1, dx1, g1) = _both(conv, x, lambda s: rng.standard_normal(s).astype(dtype))
-    np.testing.assert_allclose(y1, y0, **_close(dtype))
-    _assert_gradients_close(g1, dx1, g0, dx0, dtype, input_grad)
+    (y0, dx0, g0), (y1, dx1, g1), delta = _both(conv, x, lambda s: rng.standard_normal(s).astype(dtype))
+    y_mag, dx_mag, g_mag = _magnitudes(conv, x, delta)
+    _sums_close(y1, y0, y_mag, dtype)
+    for a, b, mag in zip(g1, g0, g_mag):
+        _sums_close(a, b, mag, dtype)
+    if input_grad:
+        _sums_close(dx1, dx0, dx_mag, dtype)
+    else:
+        assert dx0 is None and dx1 is None
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -213,7 +244,7 @@ def test_pooling_fast_paths_equal_reference(threads, dtype, channel_major, pool,
     rng = np.random.default_rng(2)
     x = rng.integers(-3, 4, (4, 3) + size).astype(dtype)        # small integers: many ties for max pooling
     x = _layout(x, channel_major)
-    (y0, dx0, _), (y1, dx1, _) = _both(layer, x, lambda s: rng.standard_normal(s).astype(dtype))
+    (y0, dx0, _), (y1, dx1, _), _ = _both(layer, x, lambda s: rng.standard_normal(s).astype(dtype))
     np.testing.assert_allclose(y1, y0, **_close(dtype))
     np.testing.assert_allclose(dx1, dx0, **_close(dtype))
     if pool is nn.MaxPool2d:                                     # the max and its routing are exact
@@ -242,7 +273,7 @@ def test_activation_fast_paths_equal_reference(threads, monkeypatch, dtype, laye
     z = rng.standard_normal((6, 3, 5, 7)).astype(dtype) * 8
     z[0, 0, 0, :3] = [0, 200, -200]                              # the sigmoid's tails and ReLU's kink
     z = _layout(z, channel_major)
-    (y0, dx0, _), (y1, dx1, _) = _both(layer(), z, lambda s: rng.standard_normal(s).astype(dtype))
+    (y0, dx0, _), (y1, dx1, _), _ = _both(layer(), z, lambda s: rng.standard_normal(s).astype(dtype))
     np.testing.assert_allclose(y1, y0, **_close(dtype))
     np.testing.assert_allclose(dx1, dx0, **_close(dtype))
 
