@@ -218,6 +218,16 @@ def maxpool_backward(g, arg, dx, kw, sh, sw):
                 dx[p, j * sh + a // kw, k * sw + a % kw] += g[p, j, k]
 
 
+@njit(inline="always")     # (inlined into its callers: the same loop as written out there)
+def _to_first_max(r0, r1, k, v, at):
+    """A 2×2 window's gradient: v to its element ``at`` (0, 1 in row r0, 2, 3 in row r1, columns 2k, 2k+1), 0 to the
+    other three. Four selects, not a branch and a zeroing: every element written once."""
+    r0[2 * k] = v if at == 0 else 0
+    r0[2 * k + 1] = v if at == 1 else 0
+    r1[2 * k] = v if at == 2 else 0
+    r1[2 * k + 1] = v if at == 3 else 0
+
+
 @_jit
 def maxpool2_backward(g, arg, dx):
     """maxpool_backward for 2×2 windows with stride 2: writes every element of dx (no zeroing needed)."""
@@ -227,11 +237,7 @@ def maxpool2_backward(g, arg, dx):
         for j in range(ho):
             r0, r1, gr, ar = dx[p, 2 * j], dx[p, 2 * j + 1], g[p, j], arg[p, j]
             for k in range(wo):
-                a, v = ar[k], gr[k]
-                r0[2 * k] = v if a == 0 else 0
-                r0[2 * k + 1] = v if a == 1 else 0
-                r1[2 * k] = v if a == 2 else 0
-                r1[2 * k + 1] = v if a == 3 else 0
+                _to_first_max(r0, r1, k, gr[k], ar[k])
             for v in range(2 * wo, w_):              # a last odd column belongs to no window
                 r0[v] = 0
                 r1[v] = 0
@@ -293,10 +299,7 @@ def pool_neuron_backward(g, a, arg, sigmoid, delta):
                         v = as_delta(gk * ak * (1.0 - ak))                    # ∂C/∂m = ∂C/∂a ⊙ a(1-a)
                     else:
                         v = as_delta(gk if ak > 0 else gk * 0)                # ∂C/∂m = ∂C/∂a ⊙ [a > 0]
-                    r0[2 * k] = v if at == 0 else 0                           # at the first maximum
-                    r0[2 * k + 1] = v if at == 1 else 0
-                    r1[2 * k] = v if at == 2 else 0
-                    r1[2 * k + 1] = v if at == 3 else 0
+                    _to_first_max(r0, r1, k, v, at)                           # at the first maximum
                 for u in range(2 * wp, w_):                  # a last odd column belongs to no window
                     r0[u] = 0
                     r1[u] = 0
