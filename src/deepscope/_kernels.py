@@ -195,16 +195,7 @@ def maxpool2_forward(x, out, arg):
         for j in range(ho):
             r0, r1, o, ar = x[p, 2 * j], x[p, 2 * j + 1], out[p, j], arg[p, j]
             for k in range(wo):
-                a, b, c, d = r0[2 * k], r0[2 * k + 1], r1[2 * k], r1[2 * k + 1]
-                best, at = a, 0
-                if b > best:
-                    best, at = b, 1
-                if c > best:
-                    best, at = c, 2
-                if d > best:
-                    best, at = d, 3
-                o[k] = math.nan if a != a or b != b or c != c or d != d else best
-                ar[k] = at
+                o[k], ar[k] = _first_max(r0[2 * k], r0[2 * k + 1], r1[2 * k], r1[2 * k + 1])
 
 
 @_jit
@@ -216,6 +207,22 @@ def maxpool_backward(g, arg, dx, kw, sh, sw):
             for k in range(wo):
                 a = arg[p, j, k]
                 dx[p, j * sh + a // kw, k * sw + a % kw] += g[p, j, k]
+
+
+@njit(inline="always")     # (inlined into its callers: the same loop as written out there)
+def _first_max(a, b, c, d):
+    """The max of a 2×2 window (a, b its first row, c, d its second) and where its first maximum is (0-3); NaN if
+    any element is NaN (as NumPy's max)."""
+    best, at = a, 0
+    if b > best:
+        best, at = b, 1
+    if c > best:
+        best, at = c, 2
+    if d > best:
+        best, at = d, 3
+    if a != a or b != b or c != c or d != d:
+        best = math.nan
+    return best, at
 
 
 @njit(inline="always")     # (inlined into its callers: the same loop as written out there)
@@ -264,15 +271,7 @@ def conv_pool_forward(z, bias, out, arg, relu, neg_abs):
                     if has_bias:                                              # z = W X + b
                         bc = bias[c]
                         a, b, e, d = a + bc, b + bc, e + bc, d + bc
-                    best, at = a, 0                                           # max over the window
-                    if b > best:
-                        best, at = b, 1
-                    if e > best:
-                        best, at = e, 2
-                    if d > best:
-                        best, at = d, 3
-                    if a != a or b != b or e != e or d != d:
-                        best = math.nan
+                    best, at = _first_max(a, b, e, d)                         # max over the window
                     if relu:                                                  # a = max(0, m)
                         best = best if best > 0 else best * 0
                     o[k] = best
