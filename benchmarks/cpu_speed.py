@@ -4,7 +4,11 @@ For FC 784-100-10 (sigmoid), rung 1, rung 3 and the dropout net (nets as in conv
 cost, plain SGD, the first layer skipping ∂C/∂x in both frameworks) at mini-batches 10, 64 and 256 it
 measures training images/s of deepscope and PyTorch with 1 and with 2 threads (``deepscope.set_num_threads``
 and ``torch.set_num_threads`` switched in the same process). Each repeat times all four (framework × threads)
-in a rotating order; the table gives medians of the repeats. Also, in the same run:
+in a rotating order; the table gives medians of the repeats. Each turn starts once the other framework's threads
+have stopped running (PyTorch's OpenMP workers spin on after its turn: 6-7 ms of CPU time inside deepscope's next
+turn, rung 1 at m=64) and after one untimed step at the turn's thread count (switching costs deepscope a new thread
+pool and PyTorch a resized OpenMP team: +0.9-1.5 ms on the first step of a turn); the JSON gives the CPU time the
+other framework's threads ran in each turn (``other_framework_cpu_ms_per_turn``, ~0). Also, in the same run:
 
   * scaling: deepscope's 2-thread / 1-thread throughput;
   * the float32 GEMM peak at 1 and 2 threads (a 2048³ NumPy matmul, OpenBLAS at that many threads) and
@@ -30,6 +34,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -128,12 +133,55 @@ def gemm_peak(threads, repeats=7, n=2048):
     return 2 * n ** 3 / statistics.median(ts)
 
 
+def _thread_cpu_ns() -> dict:
+    """{thread id: CPU time so far, ns} for every thread of this process (/proc/self/task/*/schedstat; {} elsewhere)."""
+    out = {}
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                out[int(tid)] = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
+QUIET_NS = 2_000_000        # a turn starts once no other thread of the process has run for this long ...
+QUIET_WAIT_S = 0.5          # ... or after this long at most
+
+
+def wait_quiet():
+    """Wait until every thread but this one has stopped running for ``QUIET_NS``: the framework timed before has
+    handed its cores back (PyTorch's OpenMP workers spin-wait up to several ms after a parallel region, libgomp's
+    default; deepscope's idle-priority keep-awake thread and parked workers up to 2 ms). Returns the seconds
+    waited."""
+    me, t0 = threading.get_native_id(), time.perf_counter()
+    last, still = _thread_cpu_ns(), time.perf_counter()
+    while time.perf_counter() - t0 < QUIET_WAIT_S:
+        time.sleep(0.0005)
+        now = _thread_cpu_ns()
+        if any(v != last.get(tid) for tid, v in now.items() if tid != me):
+            still = time.perf_counter()
+        elif time.perf_counter() - still >= QUIET_NS / 1e9:
+            break
+        last = now
+    return time.perf_counter() - t0
+
+
 def training_speed(name, batch, repeats, images, threads=(1, 2)):
-    """{(framework, threads): median images/s}, all four timed in each repeat in a rotating order."""
+    """{(framework, threads): median images/s}, all four timed in each repeat in a rotating order. Each turn
+    starts on a quiet process (:func:`wait_quiet`: the other framework's threads have stopped spinning) and
+    after one untimed step at its thread count (deepscope starts its thread pool for a new count, PyTorch
+    resizes its OpenMP team: a cost of switching, not of a training step). Also returns, per (framework,
+    threads), the median CPU ms a turn that the other framework's threads ran (0 when the turns are fair)."""
     iters = max(2, images // batch)
     runners = {"deepscope": Deepscope(name, batch), "pytorch": Torch(name, batch)}
     keys = [(fw, t) for t in threads for fw in runners]
     times = {k: [] for k in keys}
+    intrusion = {k: [] for k in keys}
     for fw, t in keys:                                  # warm-up: first-call costs, allocations, compilation
         set_threads(t)
         for _ in range(2):
@@ -141,11 +189,19 @@ def training_speed(name, batch, repeats, images, threads=(1, 2)):
     for rep in range(repeats):
         for fw, t in keys[rep % len(keys):] + keys[:rep % len(keys)]:
             set_threads(t)
+            wait_quiet()
+            runners[fw].step()
+            c0 = _thread_cpu_ns()
             t0 = time.perf_counter()
             for _ in range(iters):
                 runners[fw].step()
             times[(fw, t)].append(time.perf_counter() - t0)
-    return {k: iters * batch / statistics.median(v) for k, v in times.items()}
+            c1 = _thread_cpu_ns()
+            ours = {th.native_id for th in threading.enumerate() if th.name.startswith("deepscope")}
+            others = [tid for tid in c1 if tid != threading.get_native_id() and (tid in ours) == (fw == "pytorch")]
+            intrusion[(fw, t)].append(sum(c1[tid] - c0.get(tid, 0) for tid in others) / 1e6)
+    return ({k: iters * batch / statistics.median(v) for k, v in times.items()},
+            {k: statistics.median(v) for k, v in intrusion.items()})
 
 
 def network2_comparison(repeats, images):
@@ -268,9 +324,10 @@ def main(argv=None):
     for name in filter(None, args.nets.split(",")):
         fpi = flops_per_image(name)
         for batch in map(int, args.batches.split(",")):
-            s = training_speed(name, batch, repeats, images)
+            s, other_cpu = training_speed(name, batch, repeats, images)
             row = {"net": name, "batch": batch, "flops_per_image_forward": fpi,
                    "images_per_s": {f"{fw}_{t}thread": v for (fw, t), v in s.items()},
+                   "other_framework_cpu_ms_per_turn": {f"{fw}_{t}thread": v for (fw, t), v in other_cpu.items()},
                    "ratio_1thread": s[("deepscope", 1)] / s[("pytorch", 1)],
                    "ratio_2threads": s[("deepscope", 2)] / s[("pytorch", 2)],
                    "deepscope_scaling_2_over_1": s[("deepscope", 2)] / s[("deepscope", 1)],
