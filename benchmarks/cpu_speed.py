@@ -49,7 +49,7 @@ from deepscope.train import step
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import conv_speed  # noqa: E402
-from common import write_json  # noqa: E402
+from common import core_to_core_ns, write_json  # noqa: E402
 import fc_speed  # noqa: E402
 
 NETS = ("fc100", "rung1", "rung3", "dropout")
@@ -304,6 +304,8 @@ def main(argv=None):
     images = 256 if args.quick else 1280
     load_before = load()
     print(f"load average before: {load_before}")
+    c2c_before = core_to_core_ns()
+    print(f"core-to-core round trip before: {c2c_before} ns (~100-200: the vCPUs share an L3; ~400: apart)")
     print(f"Linear's small products by compiled loops (they beat this BLAS): {cpu.loops_beat_blas()}")
     print(f"fewest multiply-adds in a GEMM block of cached operands: {cpu.gemm_block_macs(0):,} (OpenBLAS's "
           f"AVX-512 kernels: {cpu.blas_runs_avx512()})")
@@ -356,10 +358,13 @@ def main(argv=None):
               f"vs {r['network2_cpu_us_per_step']:.1f} us: {r['cpu_time_ratio']:.2f}x")
     load_after = load()
     print(f"load average after: {load_after}")
+    c2c_after = core_to_core_ns()
+    print(f"core-to-core round trip after: {c2c_after} ns")
     result = {"command": "python benchmarks/cpu_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "machine": conv_speed.platform.platform(), "cpu_count": os.cpu_count(), "numpy": np.__version__,
               "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "repeats": repeats,
               "images_per_timing": images, "load_average_before": load_before, "load_average_after": load_after,
+              "core_to_core_round_trip_ns": {"before": c2c_before, "after": c2c_after},
               "gemm_peak_flops": {f"{t}thread": p for t, p in peaks.items()}, "openblas_spin_check": spin,
               "linear_compiled_loops": cpu.loops_beat_blas(),
               "gemm_block_macs_cached": cpu.gemm_block_macs(0), "blas_avx512": cpu.blas_runs_avx512(),

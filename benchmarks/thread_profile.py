@@ -16,9 +16,14 @@ thread pool's and the conv chunks' design aims at; the count moves with the load
 
 A Sequential's ``Conv2d → MaxPool2d(2) → σ`` that runs as one pass (``nn/fuse.py``) is one row, "i-j ConvPool".
 
-Reading the 2-thread / 1-thread ratio: it is the idle machine's number only on an idle machine. Beside other
+Reading the 2-thread / 1-thread ratio: it is the idle machine's number only on an idle machine, and only with the
+core-to-core round trip printed beside it (``common.core_to_core_ns``): the VM's host moves its two vCPUs between
+cores that share an L3 (~90-200 ns) and cores apart (~390-430 ns) within minutes, and the ratio moves with it
+(rung 1 at m=64, own kernels, idle, 21:34-21:41: 1.44-1.61 at ~100-150 ns, 1.14-1.35 at ~400 ns; the same command
+two minutes apart read 1.55 and 1.16). That, not the method, is why this and cpu_speed.py disagreed: run back to
+back in the same state they agree. Beside other
 users' processes at normal priority the worker waits for a core and the ratio collapses (rung 1 at m=64 read 1.07
-at 19:27 in a window the load average called idle, against cpu_speed.py's 1.47 minutes before: not explained;
+at 19:27 in a window the load average called idle, against cpu_speed.py's 1.47 minutes before;
 ``compare`` below and cpu_speed.py's ``training_speed`` read 1.54-1.59 and 1.51-1.55 run alternately in one
 process under ``chrt -f 10`` at load 4-5, 20:42). Under ``chrt -f 10`` beside busy processes the cores never
 halt, so a wake-up is cheap and the ratio reads higher than on the idle machine (rung 1 unfused 1.56-1.58 chrt'd
@@ -48,7 +53,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import cpu_speed  # noqa: E402
-from common import machine, write_json  # noqa: E402
+from common import core_to_core_ns, machine, write_json  # noqa: E402
 
 import deepscope  # noqa: E402
 from deepscope import cpu  # noqa: E402
@@ -171,6 +176,8 @@ def main(argv=None):
     ap.add_argument("--out", default="thread_profile.json", help="a file name: written under benchmarks/results/; a path with a folder: written there")
     args = ap.parse_args(argv)
     load_before = os.getloadavg()
+    c2c_before = core_to_core_ns()
+    print(f"core-to-core round trip: {c2c_before} ns (~100-200: the vCPUs share an L3; ~400: apart)")
     rows = []
     if args.ab is not None:
         variant = _settings(args.ab)
@@ -208,7 +215,8 @@ def main(argv=None):
     info = {"command": "python benchmarks/thread_profile.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "deepscope_commit": commit or None,     # the checkout the library was imported from
             "machine": machine(), "steps": args.steps, "load_average_before": load_before,
-            "load_average_after": os.getloadavg()}
+            "load_average_after": os.getloadavg(),
+            "core_to_core_round_trip_ns": {"before": c2c_before, "after": core_to_core_ns()}}
     path = write_json(args.out, {**info, "rows": rows})
     print(f"\nwritten to {path}")
 
