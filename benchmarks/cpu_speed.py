@@ -156,7 +156,7 @@ QUIET_WAIT_S = 0.5          # ... or after this long at most
 def wait_quiet():
     """Wait until every thread but this one has stopped running for ``QUIET_NS``: the framework timed before has
     handed its cores back (PyTorch's OpenMP workers spin-wait up to several ms after a parallel region, libgomp's
-    default; deepscope's idle-priority keep-awake thread and parked workers up to 2 ms). Returns the seconds
+    default; deepscope's parked workers up to 0.3 ms). Returns the seconds
     waited."""
     me, t0 = threading.get_native_id(), time.perf_counter()
     last, still = _thread_cpu_ns(), time.perf_counter()

@@ -716,34 +716,6 @@ def test_the_awake_waits_see_another_threads_write_and_give_up_in_time():
     assert k.publish_and_park(flag, 0, 1, 5_000_000_000, posted, 1, 5_000_000_000) is True and flag[0] == 2
 
 
-@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux's SCHED_IDLE")
-def test_the_keep_awake_thread_spins_at_idle_priority_only_after_a_section_and_stops_with_the_pool(monkeypatch):
-    """It runs at SCHED_IDLE (it never takes a core from another thread), busy for KEEP_AWAKE_US after a parallel
-    section and napping otherwise, and it ends when the pool closes (set_num_threads(1))."""
-    import time
-    monkeypatch.setattr(cpu, "KEEP_AWAKE_US", 50_000)
-    monkeypatch.setattr(cpu, "KEEP_AWAKE_NAP_US", 2_000)
-    was = cpu.get_num_threads()
-    try:
-        cpu.set_num_threads(2)
-        cpu.parallel(lambda s, e: None, 2)
-        spinner = [t for t in threading.enumerate() if t.name == "deepscope-keep-awake"]
-        assert len(spinner) == 1
-        policy = os.sched_getscheduler(spinner[0].native_id)
-        assert policy == os.SCHED_IDLE
-        assert cpu._pool._deadline[0] > time.monotonic_ns()                  # busy for the next 50 ms
-        time.sleep(0.06)
-        assert cpu._pool._deadline[0] < time.monotonic_ns()                  # then napping
-        c0 = time.process_time()
-        time.sleep(0.1)
-        assert time.process_time() - c0 < 0.05                               # (not spinning while napping)
-        cpu.set_num_threads(1)
-        spinner[0].join(timeout=5)
-        assert not spinner[0].is_alive()
-    finally:
-        cpu.set_num_threads(was)
-
-
 def test_conv_chunks_grow_with_the_mini_batch_not_with_the_threads():
     """Rung 1's first conv: 512 KB chunks at m=10 (as many as before, peak memory), 4 chunks at m=64 (fewer
     round trips through the GIL), at most 1 MB each at m=256; the same at 1 and 3 threads."""

@@ -33,13 +33,6 @@ if sys.platform.startswith("linux"):     # CLOCK_MONOTONIC = 1 and struct timesp
         _clock_gettime = None
 _CLOCK_MONOTONIC = 1
 _jit_wait = njit(cache=False, nogil=True)
-_usleep = None
-if _clock_gettime is not None:
-    try:
-        _usleep = ctypes.CDLL(None).usleep
-        _usleep.argtypes, _usleep.restype = (ctypes.c_uint,), ctypes.c_int
-    except (OSError, AttributeError):      # pragma: no cover
-        _usleep = None
 
 
 if _clock_gettime is not None:
@@ -89,23 +82,6 @@ if _clock_gettime is not None:
         return park(posted, seen, park_ns)
 else:  # pragma: no cover
     wait_until = publish = park = publish_and_park = None
-
-if _usleep is not None:
-    @_jit_wait
-    def keep_awake(deadline, stop, nap_us_max):
-        """Busy-wait while the clock is before deadline[0] (nanoseconds, CLOCK_MONOTONIC; raised by the caller as
-        it works), else nap (1 ms, doubling up to ``nap_us_max``), until stop[0] != 0. Run at the lowest priority
-        (SCHED_IDLE), this keeps an otherwise idle core from halting without taking time from any other thread."""
-        ts = np.empty(2, np.int64)
-        nap = 1000
-        while stop[0] == 0:
-            if _now_ns(ts) < deadline[0]:
-                nap = 1000
-                continue
-            _usleep(nap)
-            nap = min(2 * nap, nap_us_max)
-else:  # pragma: no cover
-    keep_awake = None
 
 
 # -- convolution --------------------------------------------------------------------------------------

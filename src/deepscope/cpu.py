@@ -12,11 +12,7 @@ for. That is what makes the default safe on a shared machine: OpenBLAS's own thr
 calls, and on the loaded 2-core machine of issue 11 they turned 0.09 ms GEMMs into 230-300 ms stalls
 (``benchmarks/cpu_speed.py``); deepscope's workers sleep while they wait for work, the caller never waits for
 a worker that has not started (it takes the remaining pieces itself), and it waits for a worker's last piece
-awake for at most ``WAIT_AWAKE_US`` (200 us), then asleep. With 2 or more threads one more thread, at the
-lowest priority there is (SCHED_IDLE: any other runnable thread of any process takes the core from it at once),
-busy-waits for ``KEEP_AWAKE_US`` (2 ms) after each parallel section and naps otherwise: on a VM whose idle
-cores halt at once, as issue 11's, it keeps a core awake for the next section's worker (waking a halted core
-costs ~30-50 us, about what a pooling over a mini-batch of 64 takes), and it computes nothing.
+awake for at most ``WAIT_AWAKE_US`` (200 us), then asleep.
 
 Memory: glibc's malloc hands the free top of its heap back to the kernel once it exceeds a threshold that it
 raises only as far as the largest block freed so far, so a training step's freed temporaries went back at
@@ -43,7 +39,6 @@ import itertools
 import os
 import queue
 import threading
-import time
 
 import numpy
 from threadpoolctl import threadpool_info, threadpool_limits
@@ -134,11 +129,6 @@ WAIT_AWAKE_US = 200     # how long the caller waits awake (spinning, without the
                         # wait sleeps: on a loaded machine the worker may not be running at all
 
 
-KEEP_AWAKE_US = 2000    # after each parallel section, an idle-priority thread keeps a core busy this long (0: off): on
-                        # issue 11's VM (haltpoll.guest_halt_poll_ns=0) a core with nothing to run halts at once,
-                        # and waking a halted core for the next section's worker, or for a thread that slept on
-                        # the GIL, takes ~30-50 us; a core that runs only a SCHED_IDLE thread is woken at once
-KEEP_AWAKE_NAP_US = 100_000     # the longest nap of that thread between training steps (it naps 1 ms, doubling)
 PARK_US = 300           # a worker done with its shards waits this long, awake and without the GIL, for the next job
                         # before it goes back to the queue (0: at once): it then takes the GIL once a section (to
                         # start the next job), not twice (also to get back to the queue, while the caller runs the
@@ -167,24 +157,8 @@ class _Pool:
             k.wait_until(numpy.ones(1, numpy.int64), 0, 1, 0)
             k.publish(numpy.zeros(1, numpy.int64), 0, 1, 0)
             k.publish_and_park(numpy.zeros(1, numpy.int64), 0, 1, 0, numpy.zeros(1, numpy.int64), 0, 0)
-            if k.keep_awake is not None:
-                k.keep_awake(numpy.zeros(1, numpy.int64), numpy.ones(1, numpy.int64), 1)
         for _ in range(size - 1):
             threading.Thread(target=self._work, daemon=True, name="deepscope-worker").start()
-        self._deadline, self._stop = numpy.zeros(1, numpy.int64), numpy.zeros(1, numpy.int64)
-        if size > 1 and k is not None and k.keep_awake is not None and hasattr(os, "SCHED_IDLE"):
-            threading.Thread(target=self._keep_awake, args=(k.keep_awake,), daemon=True,
-                             name="deepscope-keep-awake").start()
-
-    def _keep_awake(self, keep_awake):
-        """Keep a core from halting between the parallel sections of a step (``KEEP_AWAKE_US``), at SCHED_IDLE:
-        any other runnable thread, of this process or another, takes the core from it at once. It holds the GIL
-        only to start and to end."""
-        try:
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))      # this thread only (Linux)
-        except OSError:                 # pragma: no cover - not allowed: then it must not spin at all
-            return
-        keep_awake(self._deadline, self._stop, KEEP_AWAKE_NAP_US)
 
     def _work(self):
         _local.busy = True       # work started from a worker runs inline (no nesting)
@@ -212,13 +186,11 @@ class _Pool:
             self._wait.wait_until(job.flag, 0, 1, WAIT_AWAKE_US * 1000)
         job.done.wait()
         job.flag[0] = 2                 # the worker that published may take the GIL now
-        self._deadline[0] = time.monotonic_ns() + KEEP_AWAKE_US * 1000
         if job.error is not None:
             raise job.error
         return job.results
 
     def close(self):
-        self._stop[0] = 1
         for _ in range(self.size - 1):
             self._tasks.put(None)
 
