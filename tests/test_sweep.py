@@ -312,10 +312,18 @@ def test_on_ray_a_trial_that_raises_is_a_row_with_its_error_and_is_not_run_again
     _assert_nothing_left(before)
 
 
+# The sweep stops after recording its first finished trial until Ctrl-C comes: trials here take 0.1-0.4 s, so a
+# Ctrl-C sent "after the first row" could otherwise land after the last (the whole sweep ends ~0.1 s after its first
+# row when the workers are warm), and the test would pass or fail by timing
 SCRIPT = """
-import sys
+import sys, time
 from deepscope import sweep
 from deepscope.cli import main
+record = sweep.SweepFolder.record
+def record_and_wait_for_ctrl_c(self, row):
+    record(self, row)
+    time.sleep(120)
+sweep.SweepFolder.record = record_and_wait_for_ctrl_c
 folder = sweep.SweepFolder.create(sys.argv[1], sys.argv[2:], sweep.expand([("eta", ["0.1", "0.3"])], seeds=2))
 result = sweep.run(folder, main, workers=2, progress=False)
 sys.exit(130 if result.interrupted else 0)
