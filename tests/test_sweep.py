@@ -316,13 +316,14 @@ def test_on_ray_a_trial_that_raises_is_a_row_with_its_error_and_is_not_run_again
 # Ctrl-C sent "after the first row" could otherwise land after the last (the whole sweep ends ~0.1 s after its first
 # row when the workers are warm), and the test would pass or fail by timing
 SCRIPT = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)   # a shell's background job starts with Ctrl-C ignored
 from deepscope import sweep
 from deepscope.cli import main
 record = sweep.SweepFolder.record
 def record_and_wait_for_ctrl_c(self, row):
     record(self, row)
-    time.sleep(120)
+    time.sleep(60)
 sweep.SweepFolder.record = record_and_wait_for_ctrl_c
 folder = sweep.SweepFolder.create(sys.argv[1], sys.argv[2:], sweep.expand([("eta", ["0.1", "0.3"])], seeds=2))
 result = sweep.run(folder, main, workers=2, progress=False)
