@@ -397,7 +397,7 @@ def test_linear_products_with_a_small_weight_run_compiled_loops_and_equal_numpy(
     monkeypatch.setattr(cpu, "MACS_PER_SHARD", 64)
     monkeypatch.setattr(cpu, "_loops_win", True)         # (wherever BLAS is faster, the loops must still be right)
     z, g, gb = cpu.linear(x, w, b if bias else None), g0.copy(), gb0.copy()
-    cpu.linear_grads(d, x, g, gb if bias else None)
+    cpu.linear_backward(d, x, w, g, gb if bias else None, input_grad=False)
     assert set(calls) == {"linear_forward", "linear_weight_grad"} and z.dtype == g.dtype == dtype
     monkeypatch.undo()
     k_ = cpu.kernels()
@@ -442,14 +442,14 @@ def test_linear_takes_the_loops_for_tiny_products_and_where_they_beat_blas(monke
         monkeypatch.setattr(cpu.kernels(), name, lambda *a, f=getattr(cpu.kernels(), name), name=name:
                             calls.append(name) or f(*a))
     z, g, gb = cpu.linear(x, w, b), np.zeros_like(w), np.zeros_like(b)
-    cpu.linear_grads(d, x, g, gb)
+    cpu.linear_backward(d, x, w, g, gb, input_grad=False)
     forward = loops_win or avx512_blas if loops in (None, "small", "both") else loops_win if loops == "grads" else loops
     grads = loops_win or (avx512_blas and loops in ("small", "both")) if loops in (None, "grads", "small", "both") \
         else loops
     assert calls == ["linear_forward"] * forward + ["linear_weight_grad"] * grads
     with cpu.reference():                                 # the layer's NumPy/BLAS lines
         z0, g0, gb0 = cpu.linear(x, w, b), np.zeros_like(w), np.zeros_like(b)
-        cpu.linear_grads(d, x, g0, gb0)
+        cpu.linear_backward(d, x, w, g0, gb0, input_grad=False)
     assert len(calls) == forward + grads
     x64, w64, d64 = (a.astype(np.float64) for a in (x, w, d))   # float32 sums of k terms: as close to the exact
     for got, ref, exact in ((z, z0, x64 @ w64.T + b), (g, g0, d64.T @ x64), (gb, gb0, d64.sum(axis=0))):   # as NumPy's
@@ -471,7 +471,7 @@ def test_linear_products_propagate_nan_and_infinity():
     np.testing.assert_array_equal(g, d.T @ x)
     np.testing.assert_array_equal(gb, d.sum(axis=0))
     g2, gb2 = np.zeros((3, 256), np.float32), np.zeros(3, np.float32)
-    cpu.linear_grads(d, x, g2, gb2)
+    cpu.linear_backward(d, x, w, g2, gb2, input_grad=False)
     np.testing.assert_array_equal(g2, g)
     np.testing.assert_array_equal(gb2, gb)
 

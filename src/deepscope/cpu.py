@@ -406,8 +406,13 @@ def matmul(a, b, add_to=None):
         add_to += out
         return add_to
     out, run = blocks
-    parallel(lambda s, e: [f() for f in run[s:e]], len(run))
+    _run_blocks(run)
     return out
+
+
+def _run_blocks(run):
+    """The blocks of :func:`_gemm_blocks` (of one product or several), shared by the threads."""
+    parallel(lambda s, e: [f() for f in run[s:e]], len(run))
 
 
 def _gemm_blocks(a, b, add_to=None):
@@ -548,16 +553,6 @@ def linear(x, w, b=None):
     return z
 
 
-def linear_grads(d, x, w_grad, b_grad=None):
-    """Linear's parameter gradients for δ = ``d`` (m, n) and its input x (m, k): W.grad += δᵀ x and b.grad += Σ_n δ
-    (``w_grad`` (n, k), ``b_grad`` (n,) or None), accumulated in place: by the compiled loops where :func:`_loops`
-    says so (both in one pass), else :func:`matmul` and NumPy's sum."""
-    if _loops(x, w_grad, d, b_grad):
-        _grads_by_loops(d, x, w_grad, b_grad)
-    else:
-        _grads_by_blas(d, x, w_grad, b_grad)
-
-
 def _grads_by_loops(d, x, w_grad, b_grad):
     _tiles(_kernels.linear_weight_grad, (d, x, w_grad, _NONE[w_grad.dtype] if b_grad is None else b_grad),
            w_grad.shape[0], x.size)
@@ -570,8 +565,10 @@ def _grads_by_blas(d, x, w_grad, b_grad):
 
 
 def linear_backward(d, x, w, w_grad, b_grad=None, input_grad=True):
-    """Linear's backward for δ = ``d`` (m, n), its input x (m, k) and W = ``w`` (n, k): :func:`linear_grads` (W.grad
-    += δᵀ x, b.grad += Σ_n δ, in place) and, with ``input_grad``, returns δ W (else None). Where both products run
+    """Linear's backward for δ = ``d`` (m, n), its input x (m, k) and W = ``w`` (n, k): the parameter gradients
+    W.grad += δᵀ x and b.grad += Σ_n δ (``w_grad`` (n, k), ``b_grad`` (n,) or None), accumulated in place, by the
+    compiled loops where :func:`_loops` says so (both in one pass), else :func:`matmul` and NumPy's sum; and, with
+    ``input_grad``, returns δ W (else None). Where both products run
     in blocks (:func:`matmul`), their blocks share one parallel section: one hand-over to the threads instead of
     two (the same blocks, so the same numbers). Where the gradients run the compiled loops and δ W is as tiny
     (at most ``INPUT_GRAD_LOOPS_MACS`` multiply-adds), δ W does too."""
@@ -587,8 +584,7 @@ def linear_backward(d, x, w, w_grad, b_grad=None, input_grad=True):
     if input_grad:
         grads, inputs = _gemm_blocks(d.T, x, w_grad), _gemm_blocks(d, w)
         if grads is not None and inputs is not None:
-            run = grads[1] + inputs[1]
-            parallel(lambda s, e: [f() for f in run[s:e]], len(run))
+            _run_blocks(grads[1] + inputs[1])
             if b_grad is not None:
                 b_grad += d.sum(axis=0)
             return inputs[0]
@@ -606,6 +602,12 @@ COLUMN_BYTES_PER_CHUNK_MAX = 1 << 20    # 1 MB, a core's L2 (Zen 5), the largest
 CHUNKS_AT_LEAST = 4                 # chunks grow from the smallest to the largest size while there are more of them
 
 
+def _conv_output_size(x, weight, stride, padding):
+    """(H_out, W_out) = (⌊(H + 2p - kh) / s⌋ + 1, ⌊(W + 2p - kw) / s⌋ + 1) (as nn.conv.output_size)."""
+    (sh, sw), (ph, pw), (kh, kw) = stride, padding, weight.shape[2:]
+    return (x.shape[2] + 2 * ph - kh) // sh + 1, (x.shape[3] + 2 * pw - kw) // sw + 1
+
+
 def _conv_plan(x, weight, stride, padding):
     """Sizes, and the mini-batch cut into near-equal chunks of images, an even number of them (if more than one).
     A chunk's columns take ``COLUMN_BYTES_PER_CHUNK`` (512 KB) while that makes at most ``CHUNKS_AT_LEAST`` (4)
@@ -616,10 +618,9 @@ def _conv_plan(x, weight, stride, padding):
     in 4 chunks of 0.9 MB ~1.5 and ~2.4 (the CPU time at 1 thread is the same, 512 KB to 2 MB chunks).
     The chunks do not depend on the thread count (so neither do the results: partial sums are added in
     chunk order); the threads take whole chunks, at least ``min_chunks`` each."""
-    n, c, h, w = x.shape
+    n, c = x.shape[:2]
     o, _, kh, kw = weight.shape
-    (sh, sw), (ph, pw) = stride, padding
-    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    ho, wo = _conv_output_size(x, weight, stride, padding)
     per_image = c * kh * kw * ho * wo
     chunk_bytes = min(max(COLUMN_BYTES_PER_CHUNK, n * per_image * x.itemsize // CHUNKS_AT_LEAST),
                       max(COLUMN_BYTES_PER_CHUNK, COLUMN_BYTES_PER_CHUNK_MAX))
@@ -742,8 +743,7 @@ def conv_pool_forward(x, weight, bias, stride, padding, relu):
     and each window's first maximum, l·2 + m (int8), for :func:`conv_pool_backward`."""
     k = kernels()
     n, o = x.shape[0], weight.shape[0]
-    ho = (x.shape[2] + 2 * padding[0] - weight.shape[2]) // stride[0] + 1
-    wo = (x.shape[3] + 2 * padding[1] - weight.shape[3]) // stride[1] + 1
+    ho, wo = _conv_output_size(x, weight, stride, padding)
     out = numpy.empty((n, o, ho // 2, wo // 2), dtype=weight.dtype)
     arg = numpy.empty(out.shape, dtype=numpy.int8)
     b_ = _NONE[weight.dtype] if bias is None else bias
@@ -768,8 +768,7 @@ def conv_pool_backward(x, weight, grad_output, out, arg, stride, padding, relu, 
     :func:`conv2d_backward`. Returns (∂C/∂W, ∂C/∂b, ∂C/∂x or None)."""
     k = kernels()
     o = weight.shape[0]
-    ho = (x.shape[2] + 2 * padding[0] - weight.shape[2]) // stride[0] + 1
-    wo = (x.shape[3] + 2 * padding[1] - weight.shape[3]) // stride[1] + 1
+    ho, wo = _conv_output_size(x, weight, stride, padding)
 
     def delta_of(a, b):
         d = numpy.empty((o, b - a, ho, wo), dtype=weight.dtype)
