@@ -185,10 +185,14 @@ def test_conv_pool_neuron_runs_layer_by_layer_under_a_hook_and_propagates_nan(th
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("channel_major", [False, True])
-@pytest.mark.parametrize("kernel,stride,padding", [((5, 5), (1, 1), (0, 0)), ((3, 2), (1, 2), (0, 1)), ((2, 2), (2, 2), (2, 2))])
-def test_im2col_kernel_copies_every_receptive_field_exactly(dtype, channel_major, kernel, stride, padding):
-    """cpu._columns (the compiled copy) against the NumPy copy of the strided view of x̃ it replaced."""
-    x = _layout(np.random.default_rng(13).standard_normal((5, 3, 9, 8)).astype(dtype), channel_major)
+@pytest.mark.parametrize("kernel,stride,padding", [((5, 5), (1, 1), (0, 0)), ((3, 2), (1, 2), (0, 1)), ((2, 2), (2, 2), (2, 2)),
+                                                   ((3, 1), (1, 1), (0, 0)), ((5, 5), (1, 1), (1, 2))])   # rows of 8
+@pytest.mark.parametrize("strided", [False, True])
+def test_im2col_kernel_copies_every_receptive_field_exactly(dtype, channel_major, kernel, stride, padding, strided):
+    """cpu._columns (the compiled copy) against the NumPy copy of the strided view of x̃ it replaced; output rows of 8
+    (the kernel's one-vector copies) included, and an x whose rows are not contiguous (every other number)."""
+    x = _layout(np.random.default_rng(13).standard_normal((5, 3, 9, 16 if strided else 8)).astype(dtype), channel_major)
+    x = x[..., ::2] if strided else x
     xc = x.transpose(1, 0, 2, 3)
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     xpad = np.pad(xc[:, 1:4], ((0, 0), (0, 0), (ph, ph), (pw, pw)))
@@ -213,10 +217,13 @@ def test_conv_weight_grad_kernel_equals_the_numpy_products(dtype, fields, maps):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("kernel,stride", [((5, 5), (1, 1)), ((3, 2), (1, 2)), ((2, 2), (2, 2)), ((1, 1), (3, 1))])
-def test_col2im_kernel_adds_every_column_back_as_the_numpy_loop(dtype, kernel, stride):
+@pytest.mark.parametrize("kernel,stride", [((5, 5), (1, 1)), ((3, 2), (1, 2)), ((2, 2), (2, 2)), ((1, 1), (3, 1)),
+                                           ((3, 3), (1, 1))])                # rows of 8
+@pytest.mark.parametrize("strided", [False, True])
+def test_col2im_kernel_adds_every_column_back_as_the_numpy_loop(dtype, kernel, stride, strided):
     """The compiled col2im on images 2:5 of ∂C/∂x̃ against conv.py's NumPy loop (each kernel offset's slice added
-    into its strided window); the images outside the chunk stay untouched."""
+    into its strided window); the images outside the chunk stay untouched. Rows of 8 (the kernel's one-vector adds)
+    included, and a ∂C/∂x̃ whose rows are not contiguous (every other number)."""
     rng = np.random.default_rng(17)
     (kh, kw), (sh, sw) = kernel, stride
     c, n, h, w = 3, 7, 11, 10
@@ -227,7 +234,7 @@ def test_col2im_kernel_adds_every_column_back_as_the_numpy_loop(dtype, kernel, s
     for i in range(kh):
         for j in range(kw):
             expect[:, 2:5, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw] += dcols[:, i, j]
-    got = start.copy()
+    got = np.repeat(start, 2, axis=3)[..., ::2] if strided else start.copy()
     cpu.kernels().col2im(dcols, got, 2, sh, sw)
     np.testing.assert_allclose(got, expect, **_close(dtype))
     np.testing.assert_array_equal(got[:, :2], start[:, :2])
