@@ -204,6 +204,27 @@ def test_im2col_kernel_copies_every_receptive_field_exactly(dtype, channel_major
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("sigmoid", [False, True])
+@pytest.mark.parametrize("size", [(8, 6), (9, 7)])
+def test_pool_neuron_backward_kernel_equals_the_numpy_scatter(dtype, sigmoid, size):
+    """pool_neuron_backward against NumPy: δ = ∂C/∂a ⊙ σ'(m) put at each window's maximum (arg), 0 everywhere else
+    (a last odd row and column included; δ starts as NaN, so an element left unwritten fails)."""
+    rng = np.random.default_rng(23)
+    n, c, (h, w) = 3, 4, size
+    shape = (n, c, h // 2, w // 2)
+    g = rng.standard_normal(shape).astype(dtype)
+    a = rng.random(shape).astype(dtype) if sigmoid else np.maximum(rng.standard_normal(shape), 0).astype(dtype)
+    arg = rng.integers(0, 4, shape).astype(np.int8)
+    v = g * a * (1 - a) if sigmoid else g * (a > 0)
+    expect = np.zeros((n, c, h, w), dtype)
+    i, ch, j, k = np.indices(shape)
+    expect[i, ch, 2 * j + arg // 2, 2 * k + arg % 2] = v
+    got = np.full((c, n, h, w), np.nan, dtype)
+    cpu.kernels().pool_neuron_backward(g, a, arg, sigmoid, got)
+    np.testing.assert_allclose(got, expect.transpose(1, 0, 2, 3), rtol=4 * np.finfo(dtype).eps, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("fields,maps", [(25, 20), (7, 5), (1, 1), (4, 9)])
 def test_conv_weight_grad_kernel_equals_the_numpy_products(dtype, fields, maps):
     """conv_weight_grad on the columns 30:130 of δ against X Δᵀ and Σ δ by NumPy (short last tiles included)."""
