@@ -408,7 +408,8 @@ def test_linear_backward_runs_both_products_in_one_section_and_equals_numpy(thre
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("m, n, k", [(1, 1, 256), (7, 13, 257), (10, 30, 784), (64, 100, 640), (61, 9, 300)])
+@pytest.mark.parametrize("m, n, k", [(1, 1, 256), (7, 13, 257), (10, 30, 784), (64, 100, 640), (61, 9, 300),
+                                     (6, 11, 300)])   # (W.grad's last rows: 1, 1, 2, 0, 1, 2 + 1)
 def test_linear_products_with_a_small_weight_run_compiled_loops_and_equal_numpy(threads, monkeypatch, dtype, bias,
                                                                                  m, n, k):
     """x Wᵀ + b, and W.grad += δᵀ x with b.grad += Σ δ, by the loops of _kernels.linear_*: as close to the exact
@@ -668,6 +669,46 @@ def test_empty_aligned_starts_on_a_cache_line(dtype):
         assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.ctypes.data % 64 == 0
     z = cpu.zeros_aligned(37, dtype)
     assert z.shape == (37,) and not z.any() and z.ctypes.data % 64 == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, rows", [((50, 784), 64), ((50, 784), 7), ((20, 1, 5, 6), 20), ((9,), 4), ((3, 0), 2)])
+def test_take_rows_equals_numpy_indexing_and_starts_on_a_cache_line(dtype, shape, rows):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(shape).astype(dtype)
+    if x.size >= 3:
+        x.reshape(-1)[:3] = [np.nan, np.inf, -0.0]
+    index = rng.integers(0, shape[0], rows)                   # any valid rows, repeats included
+    out = cpu.take_rows(x, index)
+    np.testing.assert_array_equal(out, x[index])
+    assert out.dtype == x.dtype and out.flags.c_contiguous and (out.size == 0 or out.ctypes.data % 64 == 0)
+    assert np.signbit(out).tolist() == np.signbit(x[index]).tolist()   # bit for bit (-0.0 stays -0.0)
+
+
+def test_take_rows_leaves_other_arrays_to_numpy():
+    x, index = np.ones((6, 4), np.float32), np.arange(3)
+    assert cpu.take_rows(x.astype(np.uint8), index) is None
+    assert cpu.take_rows(x[:, ::2], index) is None                 # not row-major
+    assert cpu.take_rows(x, index.astype(np.int32)) is None
+    assert cpu.take_rows(x, index[:, None]) is None
+    assert cpu.take_rows(x, np.array([0, 6])) is None and cpu.take_rows(x, np.array([-1])) is None   # x[index] says why
+    with cpu.reference():
+        assert cpu.take_rows(x, index) is None
+
+
+def test_fit_draws_the_same_mini_batches_by_the_compiled_copy():
+    from deepscope.train import Batches
+    rng = np.random.default_rng(2)
+    X, y = rng.random((70, 12), dtype=np.float32), rng.integers(0, 3, 70)
+    ds.manual_seed(4)
+    fast = [(a.copy(), b.copy()) for a, b in Batches(X, y).epoch(16)]
+    ds.manual_seed(4)
+    with cpu.reference():
+        ref = list(Batches(X, y).epoch(16))
+    assert len(fast) == len(ref) == 5
+    for (a, b), (a0, b0) in zip(fast, ref):
+        np.testing.assert_array_equal(a, a0)
+        np.testing.assert_array_equal(b, b0)
 
 
 def test_a_shared_parameter_is_updated_once():

@@ -364,6 +364,24 @@ def zeros_aligned(n: int, dtype, xp=numpy):
     return out
 
 
+def take_rows(x, index):
+    """``x[index]`` (a mini-batch drawn from a training set) for a row-major NumPy float array ``x`` and a 1-D int64
+    ``index``, starting on a cache line (:func:`empty_aligned`: Linear's loops run W.grad += δᵀx for a 64x784 input
+    by a 30x784 weight in 18.5 us on it, 23 us off it, Zen 5), copied by a compiled loop that starts loading each
+    row before it copies it (``_kernels.take_rows``); None where that does not apply or a row number is out of
+    range (the caller takes ``x[index]``, which says so)."""
+    if not (type(x) is numpy.ndarray and x.dtype in _FAST_DTYPES and x.ndim >= 1 and x.flags.c_contiguous
+            and type(index) is numpy.ndarray and index.ndim == 1 and index.dtype == numpy.int64 and _enabled
+            and (_kernels or kernels())):
+        return None
+    row = x.size // len(x) if len(x) else 0
+    space = numpy.empty(len(index) * row + CACHE_LINE // x.itemsize, x.dtype)
+    skip = _kernels.take_rows(x.reshape(len(x), row), index, space)
+    if skip < 0:
+        return None
+    return space[skip:skip + len(index) * row].reshape(len(index), *x.shape[1:])
+
+
 # -- linear algebra ---------------------------------------------------------------------------------------
 MACS_PER_SHARD = 2_000_000      # below this a GEMM block is not worth a thread hand-over
 GEMM_BLOCKS = 4                 # the most blocks a GEMM is cut into

@@ -220,7 +220,8 @@ class Batches:
         chunk = batch_size if xp is np else batch_size * max(1, DEVICE_CHUNK // batch_size)
         for c in range(0, n, chunk):
             part = order[c:c + chunk]
-            X = self.X[part]
+            X = cpu.take_rows(self.X, part)            # X[part], each row's loads started ahead
+            X = self.X[part] if X is None else X
             if self.augment is not None:
                 X = self.augment(X)
             X, y = xp.asarray(X), xp.asarray(self.y[part])
