@@ -165,6 +165,34 @@ def test_conv_pool_neuron_as_one_pass_equals_reference(threads, dtype, neuron, c
     _assert_gradients_close(g1, dx1, g0, dx0, dtype, input_grad)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("neuron", [nn.Sigmoid, nn.ReLU])
+def test_conv_pool_forward_with_rows_one_image_longer_equals_reference(threads, monkeypatch, dtype, neuron):
+    """ALIASED_ROW_BYTES at one number: every chunk's X and W X get a spare image of room (cpu._spare), which must
+    change nothing: the same outputs and gradients as without it, bit for bit, and as the NumPy reference."""
+    ds.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.MaxPool2d(2), neuron(), nn.Flatten()).to(dtype)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 3, 10, 9)).astype(dtype)
+    g = rng.standard_normal((6, 4 * 4 * 3)).astype(dtype)
+    results = []
+    for ctx, row_bytes in ((cpu.reference, 0), (_nothing, 0), (_nothing, np.dtype(dtype).itemsize)):
+        monkeypatch.setattr(cpu, "ALIASED_ROW_BYTES", row_bytes)
+        assert cpu._spare(5, 8, 7, np.dtype(dtype).itemsize) == (row_bytes > 0)
+        with ctx():
+            net.zero_grad()
+            y = net(x)
+            dx = net.backward(g)
+        results.append((y.copy(), dx.copy(), [p.grad.copy() for p in net.parameters()]))
+    (y0, dx0, g0), (y1, dx1, g1), (y2, dx2, g2) = results
+    np.testing.assert_allclose(y2, y0, **_close(dtype))
+    _assert_gradients_close(g2, dx2, g0, dx0, dtype, True)
+    np.testing.assert_array_equal(y2, y1)
+    np.testing.assert_array_equal(dx2, dx1)
+    for a, b in zip(g2, g1):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_conv_pool_neuron_runs_layer_by_layer_under_a_hook_and_propagates_nan(threads):
     """An instrument's hook sees every layer's output, so the layers then run one by one; NaN goes through the
     one-pass max as through MaxPool2d's."""
@@ -201,6 +229,9 @@ def test_im2col_kernel_copies_every_receptive_field_exactly(dtype, channel_major
     s_c, s_n, s_h, s_w = xpad.strides
     expect = np.lib.stride_tricks.as_strided(xpad, (c, kh, kw, n, ho, wo), (s_c, s_h, s_w, s_n, s_h * sh, s_w * sw))
     np.testing.assert_array_equal(cpu._columns(xc, kh, kw, stride, padding, 1, 4), expect)
+    spared = cpu._columns(xc, kh, kw, stride, padding, 1, 4, spare=1)       # room for one image more, left unwritten
+    assert spared.shape == expect.shape[:3] + (4,) + expect.shape[4:]
+    np.testing.assert_array_equal(spared[:, :, :, :3], expect)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

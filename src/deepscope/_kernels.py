@@ -154,15 +154,16 @@ def col2im(dcols, dx, n0, sh, sw):
 
 
 @_jit
-def im2col(x, cols, n0, sh, sw, channel_major):
-    """cols[c, l, m, n, j, k] = x[c, n0 + n, s·j + l, s·k + m]: every receptive field of the images n0, n0 + 1, …
-    of x (C, N, H, W) as a column; x given as (N, C, H, W) when not ``channel_major``. x is whole and given in the
+def im2col(x, cols, n0, count, sh, sw, channel_major):
+    """cols[c, l, m, n, j, k] = x[c, n0 + n, s·j + l, s·k + m] for n < count: every receptive field of the images n0,
+    n0 + 1, … of x (C, N, H, W) as a column (cols may hold more images: the rest is left as it is); x given as (N, C,
+    H, W) when not ``channel_major``. x is whole and given in the
     order its memory is laid out, as in col2im: a C-contiguous x gives vector copies (rung 3's second conv at
     m=256: 2.6 -> 1.7 ms; its rows of 8 as one vector each (_copy8): 1.6 -> 0.6 ms, the kernel alone)."""
-    c_, kh, kw, n_, ho, wo = cols.shape
+    c_, kh, kw, _, ho, wo = cols.shape
     rows8 = sw == 1 and wo == 8 and x.strides[3] == x.itemsize and cols.strides[5] == cols.itemsize
     for c in range(c_):
-        for n in range(n_):
+        for n in range(count):
             plane = x[c, n0 + n] if channel_major else x[n0 + n, c]
             for l in range(kh):
                 for m in range(kw):
@@ -280,8 +281,8 @@ def conv_pool_forward(z, bias, out, arg, relu, neg_abs):
     b; out[i, c, j, k] = m, the max over window (j, k) of z[c, i] + b[c] (NaN propagates, arg = the offset of the first
     maximum, as maxpool2_forward), then max(0, m) as the relu kernel when ``relu``; and -|m| into ``neg_abs`` unless it
     is empty (for the sigmoid, whose e^{-|m|} is NumPy's vectorised exp). out, arg, neg_abs are (n, C, H_p, W_p),
-    N-major. No b when it is empty."""
-    c_, n_ = z.shape[0], z.shape[1]
+    N-major (z may hold more images than n: the rest is not read). No b when it is empty."""
+    c_, n_ = z.shape[0], out.shape[0]
     hp, wp = out.shape[2], out.shape[3]
     has_bias, sigmoid = bias.size > 0, neg_abs.size > 0
     for c in range(c_):

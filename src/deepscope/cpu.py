@@ -650,9 +650,23 @@ def _conv_plan(x, weight, stride, padding):
     return n, c, o, kh, kw, ho, wo, chunks, min_chunks
 
 
-def _columns(xc, kh, kw, stride, padding, a, b):
+ALIASED_ROW_BYTES = 2048    # GEMM operands whose rows are a multiple of this long get one image more room (0: never).
+                            # Rows 4 KB apart fall in the same sets of the L1 cache (64 sets of 64 B), 2 KB apart in two:
+                            # BLAS reading 16-32 of them at once evicts its own lines. Rung 3's (and rung 1's) first conv
+                            # at 16 images a chunk has rows of 36,864 B = 9 x 4 KB: Z = W X (20x25 by 25x9216), own
+                            # AVX-512 kernels, 1 thread, alone: 111 -> 63 us with X's and Z's rows one image longer.
+
+
+def _spare(images, ho, wo, itemsize):
+    """1 if rows of ``images`` images' outputs would be a multiple of ALIASED_ROW_BYTES long, else 0."""
+    row = images * ho * wo * itemsize
+    return int(ALIASED_ROW_BYTES > 0 and row % ALIASED_ROW_BYTES == 0)
+
+
+def _columns(xc, kh, kw, stride, padding, a, b, spare=0):
     """X for images a:b: every receptive field of x̃ as a column, (C, kh, kw, b-a, H_out, W_out), from ``xc``,
-    the input as (C, N, H, W) (x̃: padded by p zeros)."""
+    the input as (C, N, H, W) (x̃: padded by p zeros); with room for ``spare`` more images, left unwritten (the
+    caller reads X as the first b-a images of each row: rows longer than the data, see ALIASED_ROW_BYTES)."""
     (sh, sw), (ph, pw) = stride, padding
     x, first = xc, a                              # the whole input and the chunk's first image (see im2col)
     if ph or pw:
@@ -661,11 +675,11 @@ def _columns(xc, kh, kw, stride, padding, a, b):
         x[:, :, ph:ph + h, pw:pw + w] = xc[:, a:b]
     c, _, h, w = x.shape
     ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
-    cols = numpy.empty((c, kh, kw, b - a, ho, wo), dtype=x.dtype)
+    cols = numpy.empty((c, kh, kw, b - a + spare, ho, wo), dtype=x.dtype)
     if x.flags.c_contiguous or not x.transpose(1, 0, 2, 3).flags.c_contiguous:
-        kernels().im2col(x, cols, first, sh, sw, True)     # (a compiled copy: ~2x NumPy's copy of the 6-D strided view)
+        kernels().im2col(x, cols, first, b - a, sh, sw, True)   # (a compiled copy: ~2x NumPy's copy of the 6-D view)
     else:                                                  # N-major memory (a ConvPool's output): x as (N, C, H, W)
-        kernels().im2col(x.transpose(1, 0, 2, 3), cols, first, sh, sw, False)
+        kernels().im2col(x.transpose(1, 0, 2, 3), cols, first, b - a, sh, sw, False)
     return cols
 
 
@@ -677,7 +691,8 @@ def conv2d_forward(x, weight, bias, stride, padding, then=None):
     time a step, medians alternating in one process: rebuilt 28.5 ms, the second conv's kept 30.1 ms, both convs'
     kept 30.4 ms)). Returns z as ``(N, out, H_out, W_out)``, a view
     of channel-major memory. With ``then``, each chunk's W X (images a:b, as (out, b-a, H_out, W_out), without
-    b) goes to ``then(wx, a, b)`` in the same shard instead, and nothing is returned (:func:`conv_pool_forward`)."""
+    b, with room for one image more when its rows would alias: see ALIASED_ROW_BYTES) goes to ``then(wx, a, b)`` in
+    the same shard instead, and nothing is returned (:func:`conv_pool_forward`)."""
     n, c, o, kh, kw, ho, wo, chunks, min_chunks = _conv_plan(x, weight, stride, padding)
     w2 = weight.reshape(o, -1)
     xc = x.transpose(1, 0, 2, 3)                                                # (C, N, H, W)
@@ -687,10 +702,15 @@ def conv2d_forward(x, weight, bias, stride, padding, then=None):
 
     def shard(s, e):
         for a, b in chunks[s:e]:
-            cols = _columns(xc, kh, kw, stride, padding, a, b)
-            if then is not None:
-                then(numpy.matmul(w2, cols.reshape(c * kh * kw, -1)).reshape(o, b - a, ho, wo), a, b)
+            if then is not None:         # X's and W X's rows one image longer if they would alias (ALIASED_ROW_BYTES)
+                spare = _spare(b - a, ho, wo, x.itemsize)
+                cols = _columns(xc, kh, kw, stride, padding, a, b, spare)
+                wx = numpy.empty((o, b - a + spare, ho, wo), dtype=weight.dtype)
+                numpy.matmul(w2, cols.reshape(c * kh * kw, -1)[:, :(b - a) * hw],
+                             out=wx.reshape(o, -1)[:, :(b - a) * hw])                 # Z = W X
+                then(wx, a, b)
                 continue
+            cols = _columns(xc, kh, kw, stride, padding, a, b)
             za = numpy.matmul(w2, cols.reshape(c * kh * kw, -1), out=z2[:, a * hw:b * hw])   # Z = W X (in place)
             if bias is not None:
                 za += bias[:, None]                                                    #   + b
