@@ -491,6 +491,24 @@ def _dot_tile(a0, a1, a2, a3, b0, b1, b2, b3, kk, zero):
     return s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33
 
 
+@njit(inline="always")
+def _dot_tile_4x2(a0, a1, a2, a3, b0, b1, kk, zero):
+    """:func:`_dot_tile` for 2 rows b: the 8 dot products (linear_forward's last 1-2 neurons)."""
+    s00 = s01 = s10 = s11 = s20 = s21 = s30 = s31 = zero
+    for k in range(kk):
+        u0, u1 = b0[k], b1[k]
+        p0, p1, p2, p3 = a0[k], a1[k], a2[k], a3[k]
+        s00 += p0 * u0
+        s01 += p0 * u1
+        s10 += p1 * u0
+        s11 += p1 * u1
+        s20 += p2 * u0
+        s21 += p2 * u1
+        s30 += p3 * u0
+        s31 += p3 * u1
+    return s00, s01, s10, s11, s20, s21, s30, s31
+
+
 @_jit_sum
 def linear_forward(x, w, b, z, start, stop):
     """z[i, j] = Σ_k x[i, k] w[j, k] + b[j] (z = x Wᵀ + b; no b when it is empty) for rows start ≤ i < stop, in
@@ -504,6 +522,14 @@ def linear_forward(x, w, b, z, start, stop):
         a0, a1, a2, a3 = x[i], x[i1], x[i2], x[i3]                                       #  repeats its last row,
         for j in range(0, n, 4):                                                         #  or column)
             j1, j2, j3 = min(j + 1, n - 1), min(j + 2, n - 1), min(j + 3, n - 1)
+            if j + 2 >= n:                                          # the last 1-2 neurons: a tile of 4 by 2
+                s00, s01, s10, s11, s20, s21, s30, s31 = _dot_tile_4x2(a0, a1, a2, a3, w[j], w[j1], kk, zero)
+                if bias:
+                    s00, s01, s10, s11 = s00 + b[j], s01 + b[j1], s10 + b[j], s11 + b[j1]
+                    s20, s21, s30, s31 = s20 + b[j], s21 + b[j1], s30 + b[j], s31 + b[j1]
+                z[i, j], z[i, j1], z[i1, j], z[i1, j1] = s00, s01, s10, s11
+                z[i2, j], z[i2, j1], z[i3, j], z[i3, j1] = s20, s21, s30, s31
+                continue
             b0, b1, b2, b3 = w[j], w[j1], w[j2], w[j3]
             (s00, s01, s02, s03, s10, s11, s12, s13,
              s20, s21, s22, s23, s30, s31, s32, s33) = _dot_tile(a0, a1, a2, a3, b0, b1, b2, b3, kk, zero)
