@@ -6,7 +6,9 @@ every ``numpy.matmul`` / ``numpy.dot``, grouped by name and operand shape — ti
 (``time.process_time``: waiting for a core on a loaded machine is not counted). For each product it also times
 the same product alone, on operands that stay in cache (a 2048³ GEMM gives the peak), and prints the fraction of
 the peak each reaches in the step and alone: what is left to gain in the products, and what the copies
-(im2col, col2im) and the pooling cost around them. (The step's CPU time includes the timing wrappers' own, a few
+(im2col, col2im) and the pooling cost around them. (Alone, the operands are contiguous; in the step a ConvPool's
+forward gives X and Z rows one image longer where they would alias in the cache (cpu.ALIASED_ROW_BYTES), so a
+product can run faster in the step than alone: the first conv's 20x25 by 25x9216.) (The step's CPU time includes the timing wrappers' own, a few
 microseconds a call; the calls' sum excludes Python's time between them.)
 
     python benchmarks/conv_profile.py                               # rung 3, m=256
