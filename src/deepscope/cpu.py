@@ -654,7 +654,10 @@ ALIASED_ROW_BYTES = 2048    # GEMM operands whose rows are a multiple of this lo
                             # Rows 4 KB apart fall in the same sets of the L1 cache (64 sets of 64 B), 2 KB apart in two:
                             # BLAS reading 16-32 of them at once evicts its own lines. Rung 3's (and rung 1's) first conv
                             # at 16 images a chunk has rows of 36,864 B = 9 x 4 KB: Z = W X (20x25 by 25x9216), own
-                            # AVX-512 kernels, 1 thread, alone: 111 -> 63 us with X's and Z's rows one image longer.
+                            # AVX-512 kernels, 1 thread, alone: 111 -> 63 us with X's and Z's rows one image longer;
+                            # in rung 3's step at m=256 35% -> 55% of the GEMM peak, and the second conv's (8 images,
+                            # rows of 2 KB) 67% -> 75% (benchmarks/conv_profile.py). Not for the backward's products:
+                            # there the longer rows measured no faster (X Δᵀ and Wᵀ Δ, 500x512 by 512x40, alone).
 
 
 def _spare(images, ho, wo, itemsize):
