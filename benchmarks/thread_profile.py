@@ -29,6 +29,14 @@ process under ``chrt -f 10`` at load 4-5, 20:42). Under ``chrt -f 10`` beside bu
 halt, so a wake-up is cheap and the ratio reads higher than on the idle machine (rung 1 unfused 1.56-1.58 chrt'd
 vs 1.47 idle): compare variants alternating, in one process, and take the idle machine's run as the number.
 
+What the far placement costs (``--probe``, measured 22:49-23:00 UTC, chrt'd, this VM): a parallel section of two
+~3.5 us shards takes ~19-22 us with the cores close and ~50 us apart (7.5 us on one thread); two threads calling a
+small NumPy function in turn pay ~0.2 us a call for the GIL hand-over close and ~2.8 us apart; a thread overwriting 1 MB
+that the other thread last read pays ~17 us close and ~124 us apart (that it last wrote: ~31 us; that it read itself:
+~16 us), reading 1 MB the other wrote ~23 against ~20 us. So a step loses, apart, ~30 us a parallel section, a few us
+each time the two threads' Python work interleaves, and ~0.1 ms a MB that one thread rewrites after the other read it
+(rung 1's serial SGD update rewrote the 1.15 MB weight the worker had read: 165 us apart, 32 us close).
+
 ``--ab NAME=VALUE,...`` compares, in one process and alternating (rounds of steps, medians), the current
 settings of ``deepscope.cpu`` with the variant (e.g. the thread pool's awake wait off, the old 512 KB conv
 chunks): the 2-thread / 1-thread throughput of each, for a change's effect on the idle machine in a minute.
@@ -38,6 +46,8 @@ chunks): the 2-thread / 1-thread throughput of each, for a change's effect on th
     python benchmarks/thread_profile.py --nets rung1,dropout --batches 64 \
         --ab WAIT_AWAKE_US=0,COLUMN_BYTES_PER_CHUNK_MAX=524288 --out thread_profile_ab.json
     python benchmarks/thread_profile.py --nets rung1,dropout --batches 64 --steps 10 --rounds 9 --ab FUSE_CONV_POOL=0
+    python benchmarks/thread_profile.py --nets rung1 --set OWN_NEURON_HALVES=1     # a profile with other settings
+    python benchmarks/thread_profile.py --probe     # the section's and the rewrite's price, with the round trip
 """
 from __future__ import annotations
 
@@ -47,8 +57,11 @@ import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -126,6 +139,61 @@ def profile(name, batch, steps):
     return out
 
 
+def section_cost_us(repeats=300):
+    """The wall time of a parallel section whose two shards take ~3.5 us each (NumPy's exp over 10,000 floats), with
+    ~100 us of serial Python work before each, at 1 and at 2 threads: the hand-over's price, in us (medians)."""
+    a = np.ones(20_000, np.float32)
+    o = np.empty_like(a)
+
+    def shard(s, e):
+        np.exp(a[s * 10_000:e * 10_000], out=o[s * 10_000:e * 10_000])
+
+    out = {}
+    for threads in (1, 2):
+        deepscope.set_num_threads(threads)
+        times = []
+        for _ in range(repeats):
+            end = time.perf_counter() + 1e-4
+            while time.perf_counter() < end:
+                pass
+            t0 = time.perf_counter()
+            cpu.parallel(shard, 2)
+            times.append(time.perf_counter() - t0)
+        out[threads] = statistics.median(times) * 1e6
+    return out
+
+
+def rewrite_cost_us_per_mb(nbytes=4 << 20, repeats=50):
+    """What a thread pays to overwrite 4 MB (``fill``) that the other thread last read, and that it itself last read,
+    in us a MB (medians): the price of a core writing the cache lines the other core holds a copy of."""
+    a, sink = np.zeros(nbytes // 4, np.float32), np.empty(nbytes // 4, np.float32)
+    go, done = threading.Event(), threading.Event()
+
+    def other():
+        go.wait()
+        np.add(a, 0, out=np.empty_like(a))
+        done.set()
+
+    out = {}
+    for who in ("own", "other"):
+        times = []
+        for _ in range(repeats):
+            if who == "own":
+                np.add(a, 0, out=sink)
+            else:
+                go.clear(), done.clear()
+                t = threading.Thread(target=other)
+                t.start()
+                go.set()
+                done.wait()
+                t.join()
+            t0 = time.perf_counter()
+            a.fill(1.0)
+            times.append(time.perf_counter() - t0)
+        out[who] = statistics.median(times) * 1e6 / (nbytes / 2 ** 20)
+    return out
+
+
 def _settings(text):
     """``NAME=VALUE,...`` (integers) as {name: value} for ``deepscope.cpu``'s module settings."""
     out = {}
@@ -173,13 +241,25 @@ def main(argv=None):
     ap.add_argument("--ab", default=None, metavar="NAME=VALUE,...",
                     help="compare the current deepscope.cpu settings with these (alternating, one process) instead")
     ap.add_argument("--rounds", type=int, default=9, help="--ab: alternating rounds (of --steps steps)")
+    ap.add_argument("--probe", action="store_true",
+                    help="only measure a parallel section's price and a rewrite of what the other core read")
+    ap.add_argument("--set", default="", metavar="NAME=VALUE,...", help="run with these deepscope.cpu settings")
     ap.add_argument("--out", default="thread_profile.json", help="a file name: written under benchmarks/results/; a path with a folder: written there")
     args = ap.parse_args(argv)
+    for name, value in _settings(args.set).items():
+        setattr(cpu, name, value)
     load_before = os.getloadavg()
     c2c_before = core_to_core_ns()
     print(f"core-to-core round trip: {c2c_before} ns (~100-200: the vCPUs share an L3; ~400: apart)")
     rows = []
-    if args.ab is not None:
+    if args.probe:
+        sec, rewrite = section_cost_us(), rewrite_cost_us_per_mb()
+        print(f"a parallel section of 2 x ~3.5 us: {sec[1]:.1f} us on 1 thread, {sec[2]:.1f} us on 2; overwriting what "
+              f"this thread read {rewrite['own']:.0f} us a MB, what the other thread read {rewrite['other']:.0f}; "
+              f"core-to-core round trip after: {core_to_core_ns()} ns")
+        rows.append({"section_us": sec, "rewrite_us_per_mb": rewrite})
+        args.nets = ""
+    if args.ab is not None and args.nets:
         variant = _settings(args.ab)
         print(f"current deepscope.cpu settings against {variant}: wall a step (median of {args.rounds} alternating "
               f"rounds of {args.steps} steps)")
@@ -191,7 +271,7 @@ def main(argv=None):
                     print(f"{name:8} m={batch:<4} {which:8} 1 thread {t['1'] * 1e6:7.0f} us, 2 threads {t['2'] * 1e6:7.0f} us"
                           f" ({t['sleeps_2']:.1f} sleeps), 2t/1t {t['1'] / t['2']:.2f}")
                 rows.append({"net": name, "batch": batch, "variant": variant, **r})
-    for name in ([] if args.ab is not None else args.nets.split(",")):
+    for name in ([] if args.ab is not None else filter(None, args.nets.split(","))):
         for batch in map(int, args.batches.split(",")):
             p = profile(name, batch, args.steps)
             one, two = p[1], p[2]

@@ -97,29 +97,27 @@ class _Job:
     def __init__(self, fn, shards):
         self.fn, self.shards = fn, shards
         self.next = itertools.count()          # next(count) is atomic: each shard is taken exactly once
+        self.finished = itertools.count(1)     # ... and counted once when it is done
         self.results = [None] * len(shards)
         self.error = None
-        self.left = len(shards)
-        self.lock = threading.Lock()
-        self.done = threading.Event()
+        self.done = threading.Lock()           # held until the last shard is done (a plain lock: a threading.Event
+        self.done.acquire()                    # runs a Condition's Python code in both threads, each section)
         self.flag = numpy.zeros(1, dtype=numpy.int64)   # 1: done (written without the GIL), 2: the caller saw it
 
     def work(self) -> bool:
         """Run shards until none is left to take; True if this thread finished the job's last shard."""
-        last = False
+        last, n = False, len(self.shards)
         while True:
             i = next(self.next)
-            if i >= len(self.shards):
+            if i >= n:
                 return last
             try:
                 self.results[i] = self.fn(*self.shards[i])
             except BaseException as e:  # noqa: BLE001 - handed to the caller, which re-raises it
                 self.error = self.error or e
-            with self.lock:
-                self.left -= 1
-                if self.left == 0:
-                    self.done.set()
-                    last = True
+            if next(self.finished) == n:
+                self.done.release()
+                last = True
 
 
 WAIT_AWAKE_US = 200     # how long the caller waits awake (spinning, without the GIL) for a worker still running
@@ -182,9 +180,9 @@ class _Pool:
         for _ in range(min(self.size, len(shards)) - 1):
             self._tasks.put(job)
         job.work()
-        if job.left and self._wait is not None:
+        if job.done.locked() and self._wait is not None:
             self._wait.wait_until(job.flag, 0, 1, WAIT_AWAKE_US * 1000)
-        job.done.wait()
+        job.done.acquire()
         job.flag[0] = 2                 # the worker that published may take the GIL now
         if job.error is not None:
             raise job.error
@@ -384,7 +382,12 @@ def take_rows(x, index):
 
 # -- linear algebra ---------------------------------------------------------------------------------------
 MACS_PER_SHARD = 2_000_000      # below this a GEMM block is not worth a thread hand-over
-GEMM_BLOCKS = 4                 # the most blocks a GEMM is cut into
+GEMM_BLOCKS = 2                 # the most blocks a GEMM is cut into: one a thread on 2 cores. 4 blocks ran each thread's
+                                # two as two calls (and two repackings of the larger operand), also at 1 thread: rung 1
+                                # at m=64, Haswell kernels, 1 / 2 threads, chrt'd, cores close, alternating in one process
+                                # (thread_profile.py --ab GEMM_BLOCKS=2), 4 blocks 2958/1840, 2659/1593, 2909/1679,
+                                # 2828/1722 us a step against 2 blocks 2767/1653, 2569/1535, 2789/1597, 2775/1638; the
+                                # dropout net, rung 3 and m = 10 or 256 within ±2%. (More cores: fewer of them on Linear.)
 AVX512_BLOCK_SCALE = 4          # under OpenBLAS's AVX-512 kernels a GEMM of cache-sized arrays: 4x larger blocks
 CORE_CACHE_BYTES = 1 << 20      # a core's L2 (Zen 5: 1 MB): arrays this small gain nothing from being cut
 
@@ -404,8 +407,8 @@ def gemm_block_macs(largest_array_bytes: int) -> int:
 
 
 def matmul(a, b, add_to=None):
-    """``a @ b`` for 2-D arrays (with ``add_to``: ``add_to += a @ b``, returning ``add_to``): a large product in 2 or
-    4 blocks (each at least :func:`gemm_block_macs` multiply-adds: smaller blocks cost more than a second thread
+    """``a @ b`` for 2-D arrays (with ``add_to``: ``add_to += a @ b``, returning ``add_to``): a large product in up to
+    ``GEMM_BLOCKS`` blocks (each at least :func:`gemm_block_macs` multiply-adds: smaller blocks cost more than a second thread
     gains) that the threads share: rows of ``a`` when ``a`` is
     the larger operand, else columns of ``b``, so that each block repacks only its share of the larger operand and
     runs almost as fast as one call (8 thin row blocks had cost up to 1.8x one call on a single thread); each
@@ -433,17 +436,26 @@ def _run_blocks(run):
     parallel(lambda s, e: [f() for f in run[s:e]], len(run))
 
 
+def _gemm_block_count(a, b) -> int:
+    """How many blocks :func:`matmul` cuts ``a @ b`` into: a power of 2 up to ``GEMM_BLOCKS``, each of at least
+    :func:`gemm_block_macs` multiply-adds."""
+    m, k = a.shape
+    n = b.shape[1]
+    if m * k * n < 4 * MACS_PER_SHARD:          # under two blocks of the fewest multiply-adds gemm_block_macs gives
+        return 1
+    largest = max(a.nbytes, b.nbytes, m * n * numpy.result_type(a, b).itemsize)      # operands and product
+    blocks, least = 1, gemm_block_macs(largest)
+    while blocks < GEMM_BLOCKS and m * k * n >= 2 * blocks * least:
+        blocks *= 2
+    return blocks
+
+
 def _gemm_blocks(a, b, add_to=None):
     """:func:`matmul`'s blocks: ``(out, [block, ...])`` with each block a call that computes (or adds into
     ``add_to``) its rows or columns of ``a @ b`` in ``out``, in any order on any thread; None for one block."""
     m, k = a.shape
     n = b.shape[1]
-    if m * k * n < 4 * MACS_PER_SHARD:          # under two blocks of the fewest multiply-adds gemm_block_macs gives
-        return None
-    largest = max(a.nbytes, b.nbytes, m * n * numpy.result_type(a, b).itemsize)      # operands and product
-    blocks, least = 1, gemm_block_macs(largest)
-    while blocks < GEMM_BLOCKS and m * k * n >= 2 * blocks * least:
-        blocks *= 2
+    blocks = _gemm_block_count(a, b)
     if blocks == 1 or not fast(a, b) or (add_to is not None and type(add_to) is not numpy.ndarray):
         return None
     out = numpy.empty((m, n), dtype=numpy.result_type(a, b)) if add_to is None else add_to
@@ -582,6 +594,59 @@ def _grads_by_blas(d, x, w_grad, b_grad):
         b_grad += d.sum(axis=0)
 
 
+OWN_NEURON_HALVES = 0   # > 0: a Linear layer whose weight matrix has at least this many times the entries of its input
+                        # keeps each half of its neurons on one thread (_backward_by_neuron_halves); 0: never. Off: no
+                        # clear gain. The dropout net at m=64 (1000x1000 and 640x1000 weights, 64x1000 and 64x640 inputs),
+                        # 2 threads, chrt'd, alternating (thread_profile.py --ab OWN_NEURON_HALVES=1 or 4), us a step:
+                        # 9,074 against 9,360 off with the cores apart; close 8,983 / 8,899 / 8,344 / 7,904 against
+                        # 8,968 / 8,895 / 8,028 / 7,724 off. Rung 1's 2880x100 weight (1.6x its 64x2880 input): 2,009
+                        # against 1,972 apart, 1,736 / 1,770 against 1,735 / 1,769 close (two more sections: P_0 + P_1
+                        # and the update)
+OWNED_WEIGHT_MIN = 16_384       # a weight this large is updated by the threads in halves of its rows (optim.FlatParameters)
+
+
+def _by_neuron_halves(d, x, w, w_grad) -> bool:
+    """Whether Linear's backward runs by neuron halves: W at least ``OWN_NEURON_HALVES`` times x (so the forward
+    product's blocks are columns of Wᵀ, neurons, as :func:`_gemm_blocks` cuts them), δ W large enough to be cut
+    (:func:`_gemm_blocks`), all row-major NumPy arrays of one dtype."""
+    return (0 < OWN_NEURON_HALVES * x.size <= w.size and w.shape[0] >= 2 and fast(d, x, w, w_grad)
+            and d.dtype == x.dtype == w.dtype == w_grad.dtype and w.flags.c_contiguous and w_grad.flags.c_contiguous
+            and _gemm_block_count(d, w) > 1)
+
+
+def _backward_by_neuron_halves(d, x, w, w_grad, b_grad):
+    """Linear's backward with each thread on the neurons (rows of W) whose forward product it ran, as two
+    partial sums of δ W: thread i (i = 0, 1, neurons j in half i)
+
+        W.grad[j] += δ[:, j]ᵀ x                       (BP4, its rows)
+        P_i = δ[:, j] W[j]                            (BP2's δ W, the part of the sum over its neurons)
+
+    then ∂C/∂x = P_0 + P_1 added by images (each thread the images whose conv or pooling backward it runs next),
+    and the optimizer updates W[j] and W.grad[j] on the same thread (``optim.FlatParameters.halves``). So W and
+    W.grad are read and written by one thread only. Why: on issue 11's VM, whose host places the two vCPUs on cores
+    that share an L3 or not, a core that writes a cache line the other core has read waits ~107 us a MB for the
+    other's copy to be invalidated when the cores share no L3 (2 us a MB when they do; reading what the other wrote:
+    ~11 us a MB; benchmarks/thread_profile.py --probe). The blocks of :func:`linear_backward` have one thread compute
+    all of W.grad and the other all of δ W, reading all of W, which the first thread's update then rewrites. Worth its
+    extra sections (P_0 + P_1 when it is large, the update) only for a weight well above its input (``OWN_NEURON_HALVES``). The
+    same partial sums at 1 and 2 threads, so the same numbers."""
+    halves = split(w.shape[0], 2)
+    dx = numpy.empty((d.shape[0], w.shape[1]), dtype=w.dtype)
+    part = numpy.empty_like(dx)
+
+    def half(i):
+        lo, hi = halves[i]
+        numpy.add(w_grad[lo:hi], d[:, lo:hi].T @ x, out=w_grad[lo:hi])     # W.grad[j] += δ[:, j]ᵀ x
+        numpy.matmul(d[:, lo:hi], w[lo:hi], out=part if i else dx)          # P_i = δ[:, j] W[j]
+
+    parallel(lambda s, e: [half(i) for i in range(s, e)], 2)
+    if b_grad is not None:
+        b_grad += d.sum(axis=0)                                             # b.grad += Σ δ
+    rows = max(1, ELEMENTS_PER_SHARD // dx.shape[1])      # (as elementwise: a small sum in one call, no hand-over)
+    parallel(lambda s, e: numpy.add(dx[s:e], part[s:e], out=dx[s:e]), dx.shape[0], rows)   # ∂C/∂x = P_0 + P_1
+    return dx
+
+
 def linear_backward(d, x, w, w_grad, b_grad=None, input_grad=True):
     """Linear's backward for δ = ``d`` (m, n), its input x (m, k) and W = ``w`` (n, k): the parameter gradients
     W.grad += δᵀ x and b.grad += Σ_n δ (``w_grad`` (n, k), ``b_grad`` (n,) or None), accumulated in place, by the
@@ -599,6 +664,8 @@ def linear_backward(d, x, w, w_grad, b_grad=None, input_grad=True):
             _kernels.linear_input_grad(d, w, dx)
             return dx
         return matmul(d, w)
+    if input_grad and OWN_NEURON_HALVES and _by_neuron_halves(d, x, w, w_grad):
+        return _backward_by_neuron_halves(d, x, w, w_grad, b_grad)
     if input_grad:
         grads, inputs = _gemm_blocks(d.T, x, w_grad), _gemm_blocks(d, w)
         if grads is not None and inputs is not None:
