@@ -46,7 +46,7 @@ chunks): the 2-thread / 1-thread throughput of each, for a change's effect on th
     python benchmarks/thread_profile.py --nets rung1,dropout --batches 64 \
         --ab WAIT_AWAKE_US=0,COLUMN_BYTES_PER_CHUNK_MAX=524288 --out thread_profile_ab.json
     python benchmarks/thread_profile.py --nets rung1,dropout --batches 64 --steps 10 --rounds 9 --ab FUSE_CONV_POOL=0
-    python benchmarks/thread_profile.py --nets rung1 --set OWN_NEURON_HALVES=1     # a profile with other settings
+    python benchmarks/thread_profile.py --nets rung1 --set GEMM_BLOCKS=4     # a profile with other settings
     python benchmarks/thread_profile.py --probe     # the section's and the rewrite's price, with the round trip
 """
 from __future__ import annotations

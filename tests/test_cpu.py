@@ -29,7 +29,6 @@ def threads(request, monkeypatch):
         monkeypatch.setattr(cpu, "MACS_PER_SHARD", 1)
         monkeypatch.setattr(cpu, "COLUMN_BYTES_PER_CHUNK", 1)
         monkeypatch.setattr(cpu, "COLUMN_BYTES_PER_CHUNK_MAX", 1)
-        monkeypatch.setattr(cpu, "OWNED_WEIGHT_MIN", 1)
     yield request.param
     cpu.set_num_threads(was)
 
@@ -415,7 +414,6 @@ def test_linear_backward_runs_both_products_in_one_section_and_equals_numpy(thre
     """W.grad += δᵀ a, b.grad += Σ δ and δ W (rung 1's 2880->100 at m=64): the blocks of both products in one
     parallel section when there are several threads, the same numbers as NumPy's (exactly as cpu.matmul's)."""
     monkeypatch.setattr(cpu, "loops_beat_blas", lambda: False)          # BLAS blocks, whatever this machine
-    monkeypatch.setattr(cpu, "OWN_NEURON_HALVES", 0)                    # (by neuron halves: the test below)
     rng = np.random.default_rng(9)
     d, x, w = (rng.standard_normal(s).astype(dtype) for s in ((64, 100), (64, 2880), (100, 2880)))
     w_grad, b_grad = rng.standard_normal((100, 2880)).astype(dtype), rng.standard_normal(100).astype(dtype)
@@ -671,9 +669,7 @@ def test_adam_flat_update_equals_the_per_parameter_update(threads):
             np.testing.assert_allclose(p.data, w, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("halves", [0, 1])
-def test_flat_buffer_follows_replaced_parameters_and_zero_grad_is_one_buffer(threads, monkeypatch, halves):
-    monkeypatch.setattr(cpu, "OWN_NEURON_HALVES", halves)       # zero_grad by the update's shards or halves
+def test_flat_buffer_follows_replaced_parameters_and_zero_grad_is_one_buffer(threads):
     model = _net()
     opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     assert all(np.shares_memory(p.grad, opt.flat.grad) for p in model.parameters())
@@ -695,55 +691,6 @@ def test_flat_buffer_follows_replaced_parameters_and_zero_grad_is_one_buffer(thr
     for p in model.parameters():                  # every parameter and its gradient start on a cache line
         assert p.data.ctypes.data % 64 == 0 and p.grad.ctypes.data % 64 == 0
     assert opt.flat.size > sum(p.data.size for p in model.parameters())   # (so the padding between them is used)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(64, 100, 2880), (64, 1000, 640), (33, 101, 2881)])
-def test_linear_backward_by_neuron_halves_equals_numpy(threads, monkeypatch, dtype, shape):
-    """A weight larger than the input (rung 1's 2880->100, the dropout net's 640->1000 at m=64): W.grad's rows and
-    the partial sums of δ W by neuron halves, one section for both and one for P_0 + P_1 by images; the numbers of
-    NumPy's expressions, and the same at 1 and 3 threads (the same halves)."""
-    monkeypatch.setattr(cpu, "loops_beat_blas", lambda: False)
-    monkeypatch.setattr(cpu, "OWN_NEURON_HALVES", 1)
-    m, n, k = shape
-    rng = np.random.default_rng(10)
-    d, x, w = (rng.standard_normal(s).astype(dtype) for s in ((m, n), (m, k), (n, k)))
-    w_grad, b_grad = rng.standard_normal((n, k)).astype(dtype), rng.standard_normal(n).astype(dtype)
-    expect_w, expect_b, expect_in = w_grad + d.T @ x, b_grad + d.sum(axis=0), d @ w
-    lo, hi = cpu.split(n, 2)
-    by_halves = d[:, slice(*lo)] @ w[slice(*lo)] + d[:, slice(*hi)] @ w[slice(*hi)]    # P_0 + P_1
-    assert cpu._by_neuron_halves(d, x, w, w_grad)
-    sections = []
-    run = cpu._Pool.run
-    monkeypatch.setattr(cpu._Pool, "run", lambda pool, fn, shards: sections.append(len(shards)) or run(pool, fn, shards))
-    out = cpu.linear_backward(d, x, w, w_grad, b_grad)
-    assert sections == ([] if threads == 1 else [2, threads])       # the halves; then P_0 + P_1, images in shards
-                                                                    # (ELEMENTS_PER_SHARD = 1 at 3 threads)
-    np.testing.assert_array_equal(out, by_halves)
-    tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)   # sums of 64 / 100
-    np.testing.assert_allclose(w_grad, expect_w, **tol)
-    np.testing.assert_allclose(b_grad, expect_b, **tol)
-    np.testing.assert_allclose(out, expect_in, **tol)
-
-
-def test_flat_parameters_halves_cover_every_entry_once_cut_between_neurons(monkeypatch):
-    """The update's two threads' ranges: disjoint, every parameter's entries covered, a large weight cut between
-    the rows of its two neuron halves (as Linear's backward cuts them), small ones on the first thread."""
-    monkeypatch.setattr(cpu, "OWNED_WEIGHT_MIN", 2000)
-    model = nn.Sequential(nn.Linear(40, 101), nn.Sigmoid(), nn.Linear(101, 10))          # weights 4,040 and 1,010
-    flat = optim.SGD(model.parameters(), lr=0.1).flat
-    owner = np.full(flat.size, -1)
-    for i, ranges in enumerate(flat.halves):
-        for a, b in ranges:
-            assert (owner[a:b] == -1).all()
-            owner[a:b] = i
-    assert (owner >= 0).all()                                     # (the padding too)
-    for p, (s, e) in zip(flat.params, flat.spans):
-        if p.data.size >= 2000:
-            cut = s + cpu.split(p.data.shape[0], 2)[0][1] * p.data.shape[1]
-            assert (owner[s:cut] == 0).all() and (owner[cut:e] == 1).all()
-        else:
-            assert (owner[s:e] == 0).all()
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

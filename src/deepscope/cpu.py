@@ -594,59 +594,6 @@ def _grads_by_blas(d, x, w_grad, b_grad):
         b_grad += d.sum(axis=0)
 
 
-OWN_NEURON_HALVES = 0   # > 0: a Linear layer whose weight matrix has at least this many times the entries of its input
-                        # keeps each half of its neurons on one thread (_backward_by_neuron_halves); 0: never. Off: no
-                        # clear gain. The dropout net at m=64 (1000x1000 and 640x1000 weights, 64x1000 and 64x640 inputs),
-                        # 2 threads, chrt'd, alternating (thread_profile.py --ab OWN_NEURON_HALVES=1 or 4), us a step:
-                        # 9,074 against 9,360 off with the cores apart; close 8,983 / 8,899 / 8,344 / 7,904 against
-                        # 8,968 / 8,895 / 8,028 / 7,724 off. Rung 1's 2880x100 weight (1.6x its 64x2880 input): 2,009
-                        # against 1,972 apart, 1,736 / 1,770 against 1,735 / 1,769 close (two more sections: P_0 + P_1
-                        # and the update)
-OWNED_WEIGHT_MIN = 16_384       # a weight this large is updated by the threads in halves of its rows (optim.FlatParameters)
-
-
-def _by_neuron_halves(d, x, w, w_grad) -> bool:
-    """Whether Linear's backward runs by neuron halves: W at least ``OWN_NEURON_HALVES`` times x (so the forward
-    product's blocks are columns of Wᵀ, neurons, as :func:`_gemm_blocks` cuts them), δ W large enough to be cut
-    (:func:`_gemm_blocks`), all row-major NumPy arrays of one dtype."""
-    return (0 < OWN_NEURON_HALVES * x.size <= w.size and w.shape[0] >= 2 and fast(d, x, w, w_grad)
-            and d.dtype == x.dtype == w.dtype == w_grad.dtype and w.flags.c_contiguous and w_grad.flags.c_contiguous
-            and _gemm_block_count(d, w) > 1)
-
-
-def _backward_by_neuron_halves(d, x, w, w_grad, b_grad):
-    """Linear's backward with each thread on the neurons (rows of W) whose forward product it ran, as two
-    partial sums of δ W: thread i (i = 0, 1, neurons j in half i)
-
-        W.grad[j] += δ[:, j]ᵀ x                       (BP4, its rows)
-        P_i = δ[:, j] W[j]                            (BP2's δ W, the part of the sum over its neurons)
-
-    then ∂C/∂x = P_0 + P_1 added by images (each thread the images whose conv or pooling backward it runs next),
-    and the optimizer updates W[j] and W.grad[j] on the same thread (``optim.FlatParameters.halves``). So W and
-    W.grad are read and written by one thread only. Why: on issue 11's VM, whose host places the two vCPUs on cores
-    that share an L3 or not, a core that writes a cache line the other core has read waits ~107 us a MB for the
-    other's copy to be invalidated when the cores share no L3 (2 us a MB when they do; reading what the other wrote:
-    ~11 us a MB; benchmarks/thread_profile.py --probe). The blocks of :func:`linear_backward` have one thread compute
-    all of W.grad and the other all of δ W, reading all of W, which the first thread's update then rewrites. Worth its
-    extra sections (P_0 + P_1 when it is large, the update) only for a weight well above its input (``OWN_NEURON_HALVES``). The
-    same partial sums at 1 and 2 threads, so the same numbers."""
-    halves = split(w.shape[0], 2)
-    dx = numpy.empty((d.shape[0], w.shape[1]), dtype=w.dtype)
-    part = numpy.empty_like(dx)
-
-    def half(i):
-        lo, hi = halves[i]
-        numpy.add(w_grad[lo:hi], d[:, lo:hi].T @ x, out=w_grad[lo:hi])     # W.grad[j] += δ[:, j]ᵀ x
-        numpy.matmul(d[:, lo:hi], w[lo:hi], out=part if i else dx)          # P_i = δ[:, j] W[j]
-
-    parallel(lambda s, e: [half(i) for i in range(s, e)], 2)
-    if b_grad is not None:
-        b_grad += d.sum(axis=0)                                             # b.grad += Σ δ
-    rows = max(1, ELEMENTS_PER_SHARD // dx.shape[1])      # (as elementwise: a small sum in one call, no hand-over)
-    parallel(lambda s, e: numpy.add(dx[s:e], part[s:e], out=dx[s:e]), dx.shape[0], rows)   # ∂C/∂x = P_0 + P_1
-    return dx
-
-
 def linear_backward(d, x, w, w_grad, b_grad=None, input_grad=True):
     """Linear's backward for δ = ``d`` (m, n), its input x (m, k) and W = ``w`` (n, k): the parameter gradients
     W.grad += δᵀ x and b.grad += Σ_n δ (``w_grad`` (n, k), ``b_grad`` (n,) or None), accumulated in place, by the
@@ -664,8 +611,6 @@ def linear_backward(d, x, w, w_grad, b_grad=None, input_grad=True):
             _kernels.linear_input_grad(d, w, dx)
             return dx
         return matmul(d, w)
-    if input_grad and OWN_NEURON_HALVES and _by_neuron_halves(d, x, w, w_grad):
-        return _backward_by_neuron_halves(d, x, w, w_grad, b_grad)
     if input_grad:
         grads, inputs = _gemm_blocks(d.T, x, w_grad), _gemm_blocks(d, w)
         if grads is not None and inputs is not None:
