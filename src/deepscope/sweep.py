@@ -659,7 +659,6 @@ def _was_interrupted(grid) -> bool:
 
 def _start_ray(address: str | None, workers: int | None) -> None:
     import ray   # lazy: optional extra
-    wait_ray_stopped()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")   # Tune's status tables would fight the progress bar
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # No runtime_env (it would keep Ray from using the workers it starts with: ~1.5 s more per sweep here);

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from .. import cpu
 from .activation import ReLU, Sigmoid
-from .conv import Conv2d
+from .conv import Conv2d, output_size
 from .pool import MaxPool2d
 
 
@@ -57,7 +57,7 @@ class ConvPool:
             if m._forward_hooks or m._backward_hooks:
                 return False
         (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
-        return (x.shape[2] + 2 * ph - kh) // sh + 1 >= 2 and (x.shape[3] + 2 * pw - kw) // sw + 1 >= 2
+        return output_size(x.shape[2], kh, sh, ph) >= 2 and output_size(x.shape[3], kw, sw, pw) >= 2
 
     def __call__(self, x):
         return self.forward(x)
