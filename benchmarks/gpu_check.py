@@ -8,6 +8,8 @@ Sections (each writes ``OUT/gpu_<section>.json`` and never stops the others when
           every gradient (∂C/∂x and each Parameter.grad), float64 (rtol 1e-10) and float32 (rtol 1e-5);
   speed   training images/s of rung 3 and the dropout net, deepscope on CuPy against PyTorch + cuDNN on the same
           GPU, alternating, medians, at m = 10 / 64 / 256 / 1024 (the GPU synchronised before each clock read);
+  tiles   the recorded GEMM's tile rule (device._tiles) against 16x16 tiles everywhere: rung 3 and the dropout
+          net replayed from CUDA graphs recorded each way, alternating, at the same sizes as speed;
   train   ``deepscope train --device cuda`` (the default net, full MNIST): wall time and test accuracy;
   pytest  the layer-test harness's CuPy cases (tests/nn/test_layers.py -k cupy) and tests/nn/test_device.py;
   rungs   five dropout nets on expanded data as five ``deepscope train --device cuda`` processes sharing the GPU,
@@ -261,7 +263,9 @@ def check_gemm(cupy) -> dict:
     r = {}
     cases = [((10, 640), (640, 100), False, False), ((20, 25), (25, 5760), False, False),
              ((20, 5760), (25, 5760), False, True), ((500, 40), (40, 640), True, False),
-             ((40, 65536), (500, 65536), False, True), ((1024, 640), (1000, 640), False, True), ((3, 5), (5, 7), 0, 0)]
+             ((40, 65536), (500, 65536), False, True), ((1024, 640), (1000, 640), False, True), ((3, 5), (5, 7), 0, 0),
+             ((1024, 1000), (1000, 1000), False, True), ((1000, 1024), (1024, 1000), True, False),
+             ((256, 640), (1000, 640), False, True)]
     ok = True
     for dtype in ("float32", "float64"):
         for sa, sb, ta, tb in cases:
@@ -274,7 +278,10 @@ def check_gemm(cupy) -> dict:
             good = got.shape == want.shape and err <= (1e-6 if dtype == "float32" else 1e-14)
             ok &= good
             t = {}
-            for name, fn in (("gemm", lambda: device.gemm(a, b)), ("cublas", lambda: a @ b)):
+            slices, kchunk = device._slices(a.shape[1])
+            tiles = device._tiles(a.shape[0], b.shape[1], slices)
+            for name, fn in (("gemm", lambda: device.gemm(a, b)), ("cublas", lambda: a @ b),
+                             ("gemm_16x16", lambda: device._launch(a, b, slices, kchunk, 1, 1))):
                 fn()
                 cupy.cuda.Device().synchronize()
                 t0 = time.perf_counter()
@@ -283,9 +290,66 @@ def check_gemm(cupy) -> dict:
                 cupy.cuda.Device().synchronize()
                 t[name] = round((time.perf_counter() - t0) / 20 * 1e6, 1)
             r[f"{dtype} {tuple(a.shape)}{'ᵀ' if ta else ''} @ {tuple(b.shape)}{'ᵀ' if tb else ''}"] = {
-                "rel_err": err, "ok": good, "us_gemm": t["gemm"], "us_cublas": t["cublas"]}
+                "rel_err": err, "ok": good, "tiles": tiles, "us_gemm": t["gemm"], "us_cublas": t["cublas"],
+                "us_gemm_16x16": t["gemm_16x16"]}
+    for dtype in ("float32", "float64"):        # every tile shape on sides that are no multiple of a tile, K split
+        for rm, rn in ((1, 1), (4, 4), (1, 4), (4, 1)):
+            for ta, tb in ((False, False), (True, True), (True, False)):
+                a = cupy.asarray(rng.standard_normal((4200, 100) if ta else (100, 4200)).astype(dtype))
+                b = cupy.asarray(rng.standard_normal((130, 4200) if tb else (4200, 130)).astype(dtype))
+                a, b = (a.T if ta else a), (b.T if tb else b)
+                got, want = device._launch(a, b, 2, 2112, rm, rn), a @ b
+                err = float(cupy.abs(got - want).max()) / float((cupy.abs(a) @ cupy.abs(b)).max())
+                good = got.shape == want.shape and err <= (1e-6 if dtype == "float32" else 1e-14)
+                ok &= good
+                r[f"{dtype} tiles {rm}x{rn} (100, 4200){'ᵀ' if ta else ''} @ (4200, 130){'ᵀ' if tb else ''}"] = {
+                    "rel_err": err, "ok": good}
     r["ok"] = ok
     return r
+
+
+def section_tiles(args, cupy):
+    """The recorded GEMM's tile rule (device._tiles: 64-wide tiles for large products) against 16x16 tiles
+    everywhere: rung 3 and the dropout net recorded once each way from the same weights, replayed alternately
+    (training images/s, medians) and profiled (GPU ms a step)."""
+    from conv_speed import build_deepscope
+    from deepscope import device
+    backend.set_default_dtype("float32")
+    rule = device._tiles
+    out = {}
+    for net in ("rung3", "dropout"):
+        for m in args.sizes:
+            rng = np.random.default_rng(0)
+            xc = cupy.asarray(rng.random((m, 1, 28, 28), dtype=np.float32))
+            yc = cupy.asarray(rng.integers(0, 10, m))
+            fns = {}
+            for name, tiles in (("rule", rule), ("16x16", lambda M, N, slices: (1, 1))):
+                ds.manual_seed(0)
+                model = build_deepscope(net).to("cuda")
+                g = GraphedStep(model, nn.LogLikelihoodCost(), optim.SGD(model.parameters(), lr=0.03))
+                device._tiles = tiles
+                try:
+                    for _ in range(3):          # eager, recorded, replayed
+                        g(xc, yc)
+                finally:
+                    device._tiles = rule
+                fns[name] = ((lambda g=g: g(xc, yc)), cupy.cuda.Device().synchronize)
+            iters = max(5, min(100, 10000 // m))
+            times = {k: [] for k in fns}
+            for rep in range(args.repeats):
+                for k in (list(fns) if rep % 2 else list(fns)[::-1]):
+                    fn, sync = fns[k]
+                    sync()
+                    t0 = time.perf_counter()
+                    for _ in range(iters):
+                        fn()
+                    sync()
+                    times[k].append(time.perf_counter() - t0)
+            ips = {k: iters * m / statistics.median(v) for k, v in times.items()}
+            out[f"{net} m={m}"] = {**ips, "speed-up": ips["rule"] / ips["16x16"], **step_profile(fns)}
+            print(f"{net:8s} m={m:5d}  tile rule {ips['rule']:10,.0f} img/s  16x16 {ips['16x16']:10,.0f}"
+                  f"  x{ips['rule'] / ips['16x16']:.2f}  {out[f'{net} m={m}'].get('profile', '')}", flush=True)
+    return out
 
 
 def step_profile(fns) -> dict:
@@ -402,7 +466,7 @@ def section_rungs(args, cupy):
 
 
 SECTIONS = {"layers": section_layers, "pytest": section_pytest, "graph": section_graph, "speed": section_speed,
-            "train": section_train, "rungs": section_rungs}
+            "tiles": section_tiles, "train": section_train, "rungs": section_rungs}
 
 
 def main() -> int:

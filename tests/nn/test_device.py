@@ -66,3 +66,32 @@ def test_to_cuda_moves_parameters_and_optimizer_state():  # pragma: no cover - n
     opt.step()
     assert all(isinstance(v, cupy.ndarray) for v in opt.velocity)
     assert model.to("cpu").xp is np
+
+
+def test_recorded_gemm_cuts_large_products_into_wide_tiles_and_small_ones_into_16x16(monkeypatch):
+    from deepscope import device
+    monkeypatch.setattr(device, "_multiprocessors", [132])            # an H100
+    assert device._tiles(1024, 1000, 1) == (4, 4)                     # the dropout net at m=1024
+    assert device._tiles(256, 1000, 1) == (1, 4)                      # 64-row tiles would give 64 blocks
+    assert device._tiles(40, 500, 32) == (1, 4)                       # a conv's ∂C/∂W, K split in 32
+    assert device._tiles(1024, 10, 1) == (1, 1)                       # 16 blocks of 64 rows: too few
+    assert device._tiles(10, 100, 1) == (1, 1)                        # m=10: launch-bound, most blocks
+    assert device._slices(640) == (1, 640)
+    assert device._slices(4200) == (2, 2112)                          # multiples of 16 that cover K
+    assert device._slices(65536) == (32, 2048)
+
+
+@pytest.mark.skipif(not HAS_CUPY, reason="needs CuPy and a GPU")
+@pytest.mark.parametrize("tiles", [(1, 1), (4, 4), (1, 4), (4, 1)])
+@pytest.mark.parametrize("dtype,rtol", [("float32", 1e-6), ("float64", 1e-14)])
+def test_recorded_gemm_equals_cublas_for_every_tile_shape(tiles, dtype, rtol):  # pragma: no cover - needs a GPU
+    import cupy
+    from deepscope import device
+    rng = np.random.default_rng(0)
+    for ta, tb in ((False, False), (True, True), (True, False)):     # transposed views read in place
+        a = cupy.asarray(rng.standard_normal((4200, 100) if ta else (100, 4200)).astype(dtype))
+        b = cupy.asarray(rng.standard_normal((130, 4200) if tb else (4200, 130)).astype(dtype))
+        a, b = (a.T if ta else a), (b.T if tb else b)
+        got = device._launch(a, b, 2, 2112, *tiles)                   # sides no multiple of a tile, K in 2 slices
+        bound = float((cupy.abs(a) @ cupy.abs(b)).max())
+        assert float(cupy.abs(got - a @ b).max()) <= rtol * bound
