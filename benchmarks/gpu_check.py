@@ -136,6 +136,23 @@ def section_layers(args, cupy):
 
 
 # -- speed -----------------------------------------------------------------------------------------------------
+def images_per_second(fns, iters, m, repeats) -> dict:
+    """Training images/s of each ``name: (step, synchronize)`` in ``fns``: ``repeats`` rounds of ``iters`` steps
+    of ``m`` images, the steps taking turns at going first, the GPU synchronised before each clock read; medians."""
+    times = {k: [] for k in fns}
+    order = list(fns)
+    for rep in range(repeats):
+        for k in order[rep % len(order):] + order[:rep % len(order)]:      # each first in turn
+            fn, sync = fns[k]
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(iters):
+                fn()
+            sync()
+            times[k].append(time.perf_counter() - t0)
+    return {k: iters * m / statistics.median(v) for k, v in times.items()}
+
+
 def section_speed(args, cupy):
     import torch
     from conv_speed import build_deepscope, build_torch
@@ -176,22 +193,11 @@ def section_speed(args, cupy):
             fns = {"deepscope": (ds_step, cupy.cuda.Device().synchronize),
                    "deepscope_graph": (ds_graph_step, cupy.cuda.Device().synchronize),
                    "pytorch": (torch_step, torch.cuda.synchronize)}
-            times = {k: [] for k in fns}
             for fn, sync in fns.values():
                 for _ in range(3):
                     fn()
                 sync()
-            order = list(fns)
-            for rep in range(args.repeats):
-                for k in order[rep % 3:] + order[:rep % 3]:   # each first in turn
-                    fn, sync = fns[k]
-                    sync()
-                    t0 = time.perf_counter()
-                    for _ in range(iters):
-                        fn()
-                    sync()
-                    times[k].append(time.perf_counter() - t0)
-            ips = {k: iters * m / statistics.median(v) for k, v in times.items()}
+            ips = images_per_second(fns, iters, m, args.repeats)
             MEASURED[(net, m)] = ips["deepscope"]
             MEASURED[(net, m, "graph")] = ips["deepscope_graph"] if graphed.failed is None else None
             out[f"{net} m={m}"] = {**ips, "ratio": ips["deepscope"] / ips["pytorch"],
@@ -334,18 +340,7 @@ def section_tiles(args, cupy):
                 finally:
                     device._tiles = rule
                 fns[name] = ((lambda g=g: g(xc, yc)), cupy.cuda.Device().synchronize)
-            iters = max(5, min(100, 10000 // m))
-            times = {k: [] for k in fns}
-            for rep in range(args.repeats):
-                for k in (list(fns) if rep % 2 else list(fns)[::-1]):
-                    fn, sync = fns[k]
-                    sync()
-                    t0 = time.perf_counter()
-                    for _ in range(iters):
-                        fn()
-                    sync()
-                    times[k].append(time.perf_counter() - t0)
-            ips = {k: iters * m / statistics.median(v) for k, v in times.items()}
+            ips = images_per_second(fns, max(5, min(100, 10000 // m)), m, args.repeats)
             out[f"{net} m={m}"] = {**ips, "speed-up": ips["rule"] / ips["16x16"], **step_profile(fns)}
             print(f"{net:8s} m={m:5d}  tile rule {ips['rule']:10,.0f} img/s  16x16 {ips['16x16']:10,.0f}"
                   f"  x{ips['rule'] / ips['16x16']:.2f}  {out[f'{net} m={m}'].get('profile', '')}", flush=True)
