@@ -101,6 +101,57 @@ class _nothing:
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m, n_in, n_out, bias", [(64, 784, 30, True), (10, 300, 7, False), (5, 257, 1, True),
+                                                  (3, 40, 2, True)])
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_linear_sigmoid_as_one_pass_equals_reference(threads, dtype, m, n_in, n_out, bias, input_grad):
+    """Linear → Sigmoid of a Sequential, run as one pass (nn/fuse.py's LinearSigmoid: the loops write -|z|, then
+    NumPy's exp and the σ kernel), against the layers' NumPy expressions (``cpu.reference()``) and against the two
+    layers' own fast paths (``cpu.FUSE_LINEAR_SIGMOID = 0``): the same outputs and gradients, bit for bit; also with
+    NaN, ±∞ and outputs far in both tails of σ."""
+    ds.manual_seed(0)
+    net = nn.Sequential(nn.Linear(n_in, n_out, bias=bias), nn.Sigmoid(), nn.Linear(n_out, 3)).to(dtype)
+    net.needs_input_grad = input_grad
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((m, n_in)) * 3).astype(dtype)
+    x[0, 0], x[-1, 1] = np.nan, np.inf                   # a NaN row and a row of ±∞ (or NaN) outputs
+    g = rng.standard_normal((m, 3)).astype(dtype)
+    (y0, dx0, g0, fused0), (y1, dx1, g1, fused1), (y2, dx2, g2, fused2) = _three_ways(net, x, g, "FUSE_LINEAR_SIGMOID",
+                                                                                    "LinearSigmoid")
+    assert (fused0, fused1, fused2) == (False, True, False)
+    np.testing.assert_array_equal(y1, y2)
+    for a, b in zip(g1 + [dx1], g2 + [dx2]):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(y1, y0, **_close(dtype))
+    with np.errstate(invalid="ignore"):
+        _assert_gradients_close(g1, dx1, g0, dx0, dtype, input_grad)
+    assert np.isnan(y1[0]).all() and not np.isnan(y1[1:-1]).any()
+
+
+def test_linear_sigmoid_runs_layer_by_layer_under_a_hook_or_for_other_inputs(threads):
+    """A hook on either layer, a 3-D input, another dtype or a Sigmoid whose input needs no gradient: the two layers
+    run one by one (and say what is wrong with a bad input, as Linear does)."""
+    ds.manual_seed(0)
+    net = nn.Sequential(nn.Linear(300, 8), nn.Sigmoid())
+    x = np.random.default_rng(5).standard_normal((6, 300)).astype(np.float32)
+    y = net(x)
+    assert type(net._passes[0]).__name__ == "LinearSigmoid"
+    handle = net[1].register_forward_hook(lambda m, inputs, out: None)
+    np.testing.assert_array_equal(net(x), y)
+    assert net._passes[0] is net[0]
+    handle.remove()
+    np.testing.assert_array_equal(net(x.reshape(2, 3, 300)).reshape(6, 8), y)
+    assert net._passes[0] is net[0]
+    np.testing.assert_allclose(net(x.astype(np.float64)), y, rtol=1e-6)
+    assert net._passes[0] is net[0]
+    net[1].needs_input_grad = False
+    net(x)
+    assert net._passes[0] is net[0]
+    with pytest.raises(ds.errors.ShapeError, match="Linear"):
+        net(x[:, :299])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("channel_major", [False, True])
 @pytest.mark.parametrize("kernel,stride,padding,bias", [(3, 1, 0, True), ((3, 2), (1, 2), (0, 1), False),
                                                         (2, 2, 2, True)])
@@ -126,6 +177,25 @@ def test_conv2d_fast_path_equals_reference(threads, monkeypatch, dtype, channel_
         assert dx0 is None and dx1 is None
 
 
+def _three_ways(net, x, g, flag, run):
+    """(output, ∂C/∂x, parameter gradients, whether the first pass was a ``run``) of ``net`` on ``x`` and ``g``: by
+    the NumPy expressions, by the fast paths with the run of nn/fuse.py switched on by ``cpu.<flag>``, and off."""
+    results = []
+    for ctx, fuse in ((cpu.reference, 1), (_nothing, 1), (_nothing, 0)):
+        with ctx():
+            was = getattr(cpu, flag)
+            setattr(cpu, flag, fuse)
+            try:
+                net.zero_grad()
+                y = net(x)
+                dx = net.backward(g)
+                fused = type(net._passes[0]).__name__ == run if net._passes else False
+            finally:
+                setattr(cpu, flag, was)
+        results.append((y.copy(), None if dx is None else dx.copy(), [p.grad.copy() for p in net.parameters()], fused))
+    return results
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("neuron", [nn.Sigmoid, nn.ReLU])
 @pytest.mark.parametrize("channel_major", [False, True])
@@ -146,19 +216,7 @@ def test_conv_pool_neuron_as_one_pass_equals_reference(threads, dtype, neuron, c
     with cpu.reference():
         y = net(x)
     g = rng.standard_normal(y.shape).astype(dtype)
-    results = []
-    for ctx, fuse in ((cpu.reference, 1), (_nothing, 1), (_nothing, 0)):
-        with ctx():
-            cpu.FUSE_CONV_POOL, was = fuse, cpu.FUSE_CONV_POOL
-            try:
-                net.zero_grad()
-                y = net(x)
-                dx = net.backward(g)
-                fused = type(net._passes[0]).__name__ == "ConvPool" if net._passes else False
-            finally:
-                cpu.FUSE_CONV_POOL = was
-        results.append((y.copy(), None if dx is None else dx.copy(), [p.grad.copy() for p in net.parameters()], fused))
-    (y0, dx0, g0, fused0), (y1, dx1, g1, fused1), (y2, _, _, fused2) = results
+    (y0, dx0, g0, fused0), (y1, dx1, g1, fused1), (y2, _, _, fused2) = _three_ways(net, x, g, "FUSE_CONV_POOL", "ConvPool")
     assert (fused0, fused1, fused2) == (False, True, False)
     np.testing.assert_allclose(y1, y0, **_close(dtype))
     np.testing.assert_array_equal(y1, y2)
@@ -462,7 +520,7 @@ def test_linear_products_with_a_small_weight_run_compiled_loops_and_equal_numpy(
     monkeypatch.undo()
     k_ = cpu.kernels()
     z1, g1, gb1, none = np.empty_like(z), g0.copy(), gb0.copy(), np.empty(0, dtype)
-    k_.linear_forward(x, w, b if bias else none, z1, 0, m)           # one call over every row
+    k_.linear_forward(x, w, b if bias else none, z1, np.empty((0, 0), dtype), 0, m)   # one call, every row
     k_.linear_weight_grad(d, x, g1, gb1 if bias else none, 0, n)
     np.testing.assert_array_equal(z, z1)
     np.testing.assert_array_equal(g, g1)
@@ -522,7 +580,7 @@ def test_linear_products_propagate_nan_and_infinity():
     x[1, 2], w[2, 255] = np.nan, np.inf
     k, none = cpu.kernels(), np.empty(0, np.float32)
     z = np.empty((5, 3), np.float32)
-    k.linear_forward(x, w, none, z, 0, 5)
+    k.linear_forward(x, w, none, z, np.empty((0, 0), np.float32), 0, 5)
     np.testing.assert_array_equal(z, x @ w.T)             # NaN in row 1, ∞ in column 2
     np.testing.assert_array_equal(cpu.linear(x, w), x @ w.T)
     d, g, gb = np.ones((5, 3), np.float32), np.zeros((3, 256), np.float32), np.zeros(3, np.float32)

@@ -510,12 +510,13 @@ def _dot_tile_4x2(a0, a1, a2, a3, b0, b1, kk, zero):
 
 
 @_jit_sum
-def linear_forward(x, w, b, z, start, stop):
+def linear_forward(x, w, b, z, neg_abs, start, stop):
     """z[i, j] = Σ_k x[i, k] w[j, k] + b[j] (z = x Wᵀ + b; no b when it is empty) for rows start ≤ i < stop, in
     register tiles of 4 inputs x 4 neurons (16 sums: each vector of x and of w loaded once for 4 of them); the sum
-    over k in vector lanes (another order than BLAS's, as accurate), then b added, as NumPy adds it to the product."""
+    over k in vector lanes (another order than BLAS's, as accurate), then b added, as NumPy adds it to the product;
+    and -|z| into ``neg_abs`` unless it is empty (nn/fuse.py's Linear → Sigmoid: e^{-|z|} is NumPy's vectorised exp)."""
     n, kk = w.shape
-    bias = b.size > 0
+    bias, sigmoid = b.size > 0, neg_abs.size > 0
     zero = x.dtype.type(0)
     for i in range(start, stop, 4):
         i1, i2, i3 = min(i + 1, stop - 1), min(i + 2, stop - 1), min(i + 3, stop - 1)   # (a short last tile
@@ -529,6 +530,10 @@ def linear_forward(x, w, b, z, start, stop):
                     s20, s21, s30, s31 = s20 + b[j], s21 + b[j1], s30 + b[j], s31 + b[j1]
                 z[i, j], z[i, j1], z[i1, j], z[i1, j1] = s00, s01, s10, s11
                 z[i2, j], z[i2, j1], z[i3, j], z[i3, j1] = s20, s21, s30, s31
+                if sigmoid:
+                    e = neg_abs
+                    e[i, j], e[i, j1], e[i1, j], e[i1, j1] = -abs(s00), -abs(s01), -abs(s10), -abs(s11)
+                    e[i2, j], e[i2, j1], e[i3, j], e[i3, j1] = -abs(s20), -abs(s21), -abs(s30), -abs(s31)
                 continue
             b0, b1, b2, b3 = w[j], w[j1], w[j2], w[j3]
             (s00, s01, s02, s03, s10, s11, s12, s13,
@@ -543,6 +548,12 @@ def linear_forward(x, w, b, z, start, stop):
             z[i1, j], z[i1, j1], z[i1, j2], z[i1, j3] = s10, s11, s12, s13
             z[i2, j], z[i2, j1], z[i2, j2], z[i2, j3] = s20, s21, s22, s23
             z[i3, j], z[i3, j1], z[i3, j2], z[i3, j3] = s30, s31, s32, s33
+            if sigmoid:
+                e = neg_abs
+                e[i, j], e[i, j1], e[i, j2], e[i, j3] = -abs(s00), -abs(s01), -abs(s02), -abs(s03)
+                e[i1, j], e[i1, j1], e[i1, j2], e[i1, j3] = -abs(s10), -abs(s11), -abs(s12), -abs(s13)
+                e[i2, j], e[i2, j1], e[i2, j2], e[i2, j3] = -abs(s20), -abs(s21), -abs(s22), -abs(s23)
+                e[i3, j], e[i3, j1], e[i3, j2], e[i3, j3] = -abs(s30), -abs(s31), -abs(s32), -abs(s33)
 
 
 @_jit_fma

@@ -150,10 +150,12 @@ class Optimizer:
     def zero_grad(self) -> None:
         self._sync()
         g = self.flat.grad
-        if not cpu.fast(g) or cpu.one_shard(g.size, cpu.ELEMENTS_PER_SHARD):
+        if not cpu.fast(g):
             g.fill(0)
+        elif cpu.one_shard(g.size, cpu.ELEMENTS_PER_SHARD):
+            cpu.zero(g)
         else:           # on the threads, in the update's shards (the dropout net: 6.7 MB, 173 -> 122 us)
-            cpu.parallel(lambda s, e: g[s:e].fill(0), g.size, cpu.ELEMENTS_PER_SHARD)
+            cpu.parallel(lambda s, e: cpu.zero(g[s:e]), g.size, cpu.ELEMENTS_PER_SHARD)
 
     def _sync(self) -> None:
         """Follow the parameters if their arrays were replaced (the state is recast with them)."""

@@ -33,6 +33,12 @@ def sigmoid(z, e=None):
     return out
 
 
+def sigmoid_backward(grad_output, a):
+    """∂C/∂z = ∂C/∂a ⊙ σ'(z) with σ'(z) = a(1-a), from the sigmoid's output a."""
+    fast = cpu.sigmoid_backward(grad_output, a)
+    return grad_output * a * (1.0 - a) if fast is None else fast
+
+
 def log_softmax(z, axis=-1):
     """log softmax(z) along ``axis``, stable (the largest z is subtracted first)."""
     xp = backend.xp_of(z)
@@ -54,9 +60,7 @@ class Sigmoid(Module):
         return self._a
 
     def backward(self, grad_output):
-        a = self._a
-        fast = cpu.sigmoid_backward(grad_output, a)
-        return grad_output * a * (1.0 - a) if fast is None else fast
+        return sigmoid_backward(grad_output, self._a)
 
 
 class Tanh(Module):

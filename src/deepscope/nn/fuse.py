@@ -1,5 +1,7 @@
-"""A convolution, the max pooling after it and the neuron after that, run as one pass (chapter 6's
-convolutional-pooling layer, network3.py's ``ConvPoolLayer``).
+"""Runs of layers computed as one pass: a convolution, the max pooling after it and the neuron after that
+(:class:`ConvPool`, chapter 6's convolutional-pooling layer, network3.py's ``ConvPoolLayer``), and a fully connected
+layer with its sigmoid neurons (:class:`LinearSigmoid`, a layer of network2.py). :data:`FUSIONS` lists them;
+:class:`~deepscope.nn.Sequential` looks for each at every position of its chain.
 
 A :class:`~deepscope.nn.Sequential` that holds ``Conv2d → MaxPool2d(2) → Sigmoid`` (or ``ReLU``) runs the three
 as one :class:`ConvPool` on the CPU: the same equations as the three layers' pages (conv.py, pool.py,
@@ -25,8 +27,9 @@ float array (``cpu.fast``: CuPy arrays and runs without numba take the layers on
 from __future__ import annotations
 
 from .. import cpu
-from .activation import ReLU, Sigmoid
+from .activation import ReLU, Sigmoid, sigmoid_backward
 from .conv import Conv2d, output_size
+from .linear import Linear
 from .pool import MaxPool2d
 
 
@@ -34,6 +37,8 @@ class ConvPool:
     """``Conv2d → MaxPool2d(2) → Sigmoid | ReLU`` of a Sequential as one pass (see the module docstring). Not a
     layer of its own: the three modules keep their parameters, names and state-dict keys; this object holds only
     what its backward needs (the input, the outputs and where each window's maximum was)."""
+
+    LENGTH = 3      # modules in the run
 
     def __init__(self, conv: Conv2d, pool: MaxPool2d, neuron):
         self.modules = (conv, pool, neuron)
@@ -81,3 +86,67 @@ class ConvPool:
         if conv.bias is not None:
             conv.bias.grad += db                                                 # ∂C/∂b = Σ δ
         return dx
+
+
+class LinearSigmoid:
+    """``Linear → Sigmoid`` of a Sequential as one pass, where Linear's forward runs the compiled loops (small
+    weights, few rows: :func:`deepscope.cpu.linear_sigmoid_applies`), the equations of linear.py's and
+    activation.py's pages:
+
+        forward   z = x Wᵀ + b,  a = σ(z)                   (the loops write -|z| beside z; e^{-|z|} by NumPy's exp)
+        backward  δ = ∂C/∂a ⊙ a(1-a)                        (Sigmoid's backward)
+                  W.grad += δᵀ x,  b.grad += Σ δ,  ∂C/∂x = δ W   (Linear's backward: BP4, BP3, BP2)
+
+    Why: at network2's sizes each layer's call from Python costs about what its arithmetic does ([784,30,10] at
+    m=64: the Sigmoid layer's forward 4.7 us for 1,920 numbers, of which exp and the σ pass ~1.4). One pass writes no
+    |z|, and calls no Sigmoid layer. The outputs are those of the two layers' own fast paths, bit for bit; the
+    gradients too (the same two backward lines).
+
+    Applies when the two are exactly these classes, neither has a hook, the Sigmoid's input needs its gradient,
+    and the input is a NumPy float array (N, in_features) of the weights' dtype, row-major (CuPy arrays, other
+    shapes, and products that run BLAS take the layers one by one; so does ``cpu.FUSE_LINEAR_SIGMOID = 0``).
+    Not a layer of its own: the modules keep their parameters, names and state-dict keys."""
+
+    LENGTH = 2      # modules in the run
+
+    def __init__(self, linear: Linear, neuron: Sigmoid):
+        self.modules = (linear, neuron)
+        self.linear = linear
+        self._x = self._a = None
+
+    @staticmethod
+    def starts_at(modules, i) -> bool:
+        """Whether ``modules[i:i+2]`` are a Linear and a Sigmoid."""
+        return i + 2 <= len(modules) and type(modules[i]) is Linear and type(modules[i + 1]) is Sigmoid
+
+    def applies(self, x) -> bool:
+        linear, neuron = self.modules
+        w, b = linear.weight.data, linear.bias
+        if (linear._forward_hooks or linear._backward_hooks or neuron._forward_hooks or neuron._backward_hooks
+                or not neuron.needs_input_grad):
+            return False
+        return x.ndim == 2 and x.shape[1] == linear.in_features and cpu.linear_sigmoid_applies(
+            x, w, None if b is None else b.data)
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def forward(self, x):
+        """a = σ(x Wᵀ + b)."""
+        linear = self.linear
+        self._x = x                                                  # cached for ∂C/∂W = δᵀ x
+        self._a = cpu.linear_sigmoid(x, linear.weight.data, None if linear.bias is None else linear.bias.data)
+        return self._a
+
+    def backward(self, grad_output):
+        """∂C/∂x (None when Linear's input needs no gradient), accumulating ∂C/∂W and ∂C/∂b."""
+        linear = self.linear
+        delta = sigmoid_backward(grad_output, self._a)               # δ = ∂C/∂a ⊙ σ'(z)
+        # BP4: W.grad += δᵀ x,  BP3: b.grad += Σ δ,  BP2: ∂C/∂x = δ W, as Linear.backward
+        return cpu.linear_backward(delta, self._x, linear.weight.data, linear.weight.grad,
+                                   None if linear.bias is None else linear.bias.grad,
+                                   input_grad=linear.needs_input_grad)
+
+
+FUSIONS = (ConvPool, LinearSigmoid)
+"""The runs a Sequential computes as one pass where they apply (each has ``starts_at(modules, i)``)."""

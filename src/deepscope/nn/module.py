@@ -395,7 +395,9 @@ class Sequential(Module):
     """A chain of modules: forward runs them in order, backward in reverse (the book's backprop).
 
     On the CPU a ``Conv2d → MaxPool2d(2) → Sigmoid | ReLU`` run of the chain is computed as one pass
-    (:class:`deepscope.nn.fuse.ConvPool`: the same numbers, one hand-over to the threads instead of three).
+    (:class:`deepscope.nn.fuse.ConvPool`: the same numbers, one hand-over to the threads instead of three), and so
+    is a ``Linear → Sigmoid`` with a small weight (:class:`deepscope.nn.fuse.LinearSigmoid`: the same numbers, one
+    call from Python instead of two).
 
     Args:
         *modules: the layers, in order. Their names are ``"0"``, ``"1"``, … (PyTorch's state-dict keys).
@@ -434,12 +436,20 @@ class Sequential(Module):
         return grad_output
 
     def _fused_runs(self) -> dict:
-        """{i: a ConvPool of modules i, i+1, i+2} for this chain's modules (found once per set of modules)."""
+        """{i: a run (nn/fuse.py's ConvPool or LinearSigmoid) that starts at module i} for this chain's modules
+        (found once per set of modules)."""
         modules = tuple(self._modules.values())
         if self._runs is None or self._runs[0] != modules:
-            from .fuse import ConvPool    # (here, not at the top: fuse.py builds on the layers, they on this file)
-            self._runs = modules, {i: ConvPool(*modules[i:i + 3]) for i in range(len(modules))
-                                   if ConvPool.starts_at(modules, i)}
+            from .fuse import FUSIONS     # (here, not at the top: fuse.py builds on the layers, they on this file)
+            runs, i = {}, 0
+            while i < len(modules):
+                kind = next((k for k in FUSIONS if k.starts_at(modules, i)), None)
+                if kind is None:
+                    i += 1
+                    continue
+                runs[i] = run = kind(*modules[i:i + kind.LENGTH])
+                i += len(run.modules)
+            self._runs = modules, runs
             self._passes = None
         return self._runs[1]
 
