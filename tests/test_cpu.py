@@ -294,7 +294,7 @@ def test_im2col_kernel_copies_every_receptive_field_exactly(dtype, channel_major
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("sigmoid", [False, True])
-@pytest.mark.parametrize("size", [(8, 6), (9, 7)])
+@pytest.mark.parametrize("size", [(8, 6), (9, 7), (8, 8), (4, 24), (5, 27)])   # rows of 3, 4, 12 (8 + 4), 13 windows
 def test_pool_neuron_backward_kernel_equals_the_numpy_scatter(dtype, sigmoid, size):
     """pool_neuron_backward against NumPy: δ = ∂C/∂a ⊙ σ'(m) put at each window's maximum (arg), 0 everywhere else
     (a last odd row and column included; δ starts as NaN, so an element left unwritten fails)."""
@@ -311,6 +311,37 @@ def test_pool_neuron_backward_kernel_equals_the_numpy_scatter(dtype, sigmoid, si
     got = np.full((c, n, h, w), np.nan, dtype)
     cpu.kernels().pool_neuron_backward(g, a, arg, sigmoid, got)
     np.testing.assert_allclose(got, expect.transpose(1, 0, 2, 3), rtol=4 * np.finfo(dtype).eps, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("relu,bias", [(True, True), (True, False), (False, True)])
+@pytest.mark.parametrize("size", [(6, 7), (8, 8), (4, 24), (5, 27), (2, 16)])   # rows of 3, 4, 12 (8 + 4), 13, 8 windows
+def test_conv_pool_forward_kernel_equals_the_numpy_max(dtype, relu, bias, size):
+    """conv_pool_forward against NumPy: m = max over each 2x2 window of z + b, arg = where its first maximum is (NumPy's
+    argmax of the window's four numbers in row-major order), out = max(0, m) with ReLU or m with -|m| for the sigmoid;
+    NaN in a window gives NaN (an odd last row and column belong to no window). z holds one image more than the chunk
+    (a spare, as cpu._spare), which is not read."""
+    rng = np.random.default_rng(29)
+    c, n, (h, w) = 3, 4, size
+    z = rng.standard_normal((c, n + 1, h, w)).astype(dtype)
+    z[0, 1, 0, 0], z[1, 2, h - 2, 2 * (w // 2) - 1] = np.nan, np.nan
+    z[1, 3, 0, w - 1] = np.nan if w % 2 else z[1, 3, 0, w - 1]  # in no window (an odd last column): no NaN out
+    z[2, 0, :2, :4] = 1.5                                       # ties: the first of equal maxima
+    b = rng.standard_normal(c).astype(dtype) if bias else np.empty(0, dtype)
+    zb = z[:, :n] + (b[:, None, None, None] if bias else 0)
+    hp, wp = h // 2, w // 2
+    windows = zb[:, :, :2 * hp, :2 * wp].reshape(c, n, hp, 2, wp, 2).transpose(1, 0, 2, 4, 3, 5).reshape(n, c, hp, wp, 4)
+    m = windows.max(axis=-1)
+    expect_arg = np.nan_to_num(windows, nan=-np.inf).argmax(axis=-1)
+    out, arg = np.full((n, c, hp, wp), 7, dtype), np.full((n, c, hp, wp), 9, np.int8)
+    neg_abs = np.empty(0 if relu else out.shape, dtype).reshape((0, 0, 0, 0) if relu else out.shape)
+    cpu.kernels().conv_pool_forward(z, b, out, arg, relu, neg_abs)
+    np.testing.assert_array_equal(out, np.where(m > 0, m, m * 0) if relu else m)
+    finite = ~np.isnan(m)
+    np.testing.assert_array_equal(arg[finite], expect_arg[finite])
+    assert np.isnan(m).sum() == 2
+    if not relu:
+        np.testing.assert_array_equal(neg_abs, -np.abs(m))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
