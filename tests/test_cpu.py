@@ -361,10 +361,11 @@ def test_conv_weight_grad_kernel_equals_the_numpy_products(dtype, fields, maps):
 @pytest.mark.parametrize("kernel,stride", [((5, 5), (1, 1)), ((3, 2), (1, 2)), ((2, 2), (2, 2)), ((1, 1), (3, 1)),
                                            ((3, 3), (1, 1))])                # rows of 8
 @pytest.mark.parametrize("strided", [False, True])
-def test_col2im_kernel_adds_every_column_back_as_the_numpy_loop(dtype, kernel, stride, strided):
+def test_col2im_kernel_sets_every_image_to_the_numpy_loops_sum(dtype, kernel, stride, strided):
     """The compiled col2im on images 2:5 of ∂C/∂x̃ against conv.py's NumPy loop (each kernel offset's slice added
-    into its strided window); the images outside the chunk stay untouched. Rows of 8 (the kernel's one-vector adds)
-    included, and a ∂C/∂x̃ whose rows are not contiguous (every other number)."""
+    into its strided window of zeros: the kernel sets those images, whatever they held, 0 where no column lands);
+    the images outside the chunk stay untouched. Rows of 8 (the kernel's one-vector adds) included, and a ∂C/∂x̃
+    whose rows are not contiguous (every other number)."""
     rng = np.random.default_rng(17)
     (kh, kw), (sh, sw) = kernel, stride
     c, n, h, w = 3, 7, 11, 10
@@ -372,6 +373,7 @@ def test_col2im_kernel_adds_every_column_back_as_the_numpy_loop(dtype, kernel, s
     dcols = rng.standard_normal((c, kh, kw, 3, ho, wo)).astype(dtype)
     start = rng.standard_normal((c, n, h, w)).astype(dtype)
     expect = start.copy()
+    expect[:, 2:5] = 0
     for i in range(kh):
         for j in range(kw):
             expect[:, 2:5, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw] += dcols[:, i, j]

@@ -773,41 +773,40 @@ def conv2d_backward(x, weight, grad_output, stride, padding, input_grad=True, de
     (ph, pw), (h, w) = padding, x.shape[2:]
     w2 = weight.reshape(o, -1)
     xc = x.transpose(1, 0, 2, 3)                                                # (C, N, H, W)
-    dxpad = numpy.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=weight.dtype) if input_grad else None
+    dxpad = numpy.empty((c, n, h + 2 * ph, w + 2 * pw), dtype=weight.dtype) if input_grad else None   # (col2im sets it)
     g2 = None if grad_output is None else grad_output.transpose(1, 0, 2, 3).reshape(o, -1)   # Δ, (out, N·Ho·Wo)
     loops = (weight.size <= CONV_WEIGHT_GRAD_LOOPS_MAX and weight.dtype == x.dtype
              and (g2 is None or g2.dtype == weight.dtype))
     hw = ho * wo
 
+    dwts = numpy.empty((len(chunks), c * kh * kw, o), weight.dtype)      # each chunk's (∂C/∂W)ᵀ ...
+    dbs = numpy.empty((len(chunks), o), weight.dtype)                       # ... and ∂C/∂b
+
     def shard(s, e):
-        parts = []
-        for a, b in chunks[s:e]:
+        for i in range(s, e):
+            a, b = chunks[i]
             cols = _columns(xc, kh, kw, stride, padding, a, b)
             cols2 = cols.reshape(c * kh * kw, -1)
             whole, at = (g2, a * hw) if delta_of is None else (delta_of(a, b), 0)   # the chunk's Δ: columns at, …
             delta = whole[:, at:at + (b - a) * hw]
             if loops:                   # a small kernel: the compiled dot products (see conv_weight_grad)
-                dwt, db = numpy.empty((c * kh * kw, o), weight.dtype), numpy.empty(o, weight.dtype)
-                k.conv_weight_grad(cols2, whole, at, dwt, db)                          # (∂C/∂W)ᵀ = X Δᵀ, ∂C/∂b = Σ δ
-                parts.append((dwt, db))
+                k.conv_weight_grad(cols2, whole, at, dwts[i], dbs[i])                 # (∂C/∂W)ᵀ = X Δᵀ, ∂C/∂b = Σ δ
             else:
                 # numpy.dot, not @: NumPy's matmul keeps the GIL for products of <= 500 elements, and so ran one
                 # thread at a time; dot releases it. Formed as (∂C/∂W)ᵀ = X Δᵀ: OpenBLAS runs that layout of the
                 # product far faster (rung 3's second conv at m=256, 40x500 over K = 512 a chunk, own AVX-512
                 # kernels: 50% -> 69% of its GEMM peak).
-                parts.append((numpy.dot(cols2, delta.T),                               # (∂C/∂W)ᵀ = X Δᵀ
-                              delta.sum(axis=1)))                                       # ∂C/∂b = Σ δ
+                numpy.dot(cols2, delta.T, out=dwts[i])                                  # (∂C/∂W)ᵀ = X Δᵀ
+                delta.sum(axis=1, out=dbs[i])                                           # ∂C/∂b = Σ δ
             if input_grad:   # Wᵀ Δ has X's shape: written over X, which ∂C/∂W no longer needs (less memory)
                 numpy.matmul(w2.T, delta, out=cols2)                                    # ∂C/∂X = Wᵀ Δ
                 k.col2im(cols, dxpad, a, *stride)                                       # col2im
             del cols, cols2                     # freed before the next chunk's columns are made
-        return parts
 
-    parts = [p for shard_parts in parallel(shard, len(chunks), min_chunks) for p in shard_parts]
-    dw, db = parts[0]
-    for dw_, db_ in parts[1:]:                                                  # in chunk order, whatever the threads
-        dw += dw_
-        db += db_
+    parallel(shard, len(chunks), min_chunks)
+    # The chunks' parts added in chunk order, whatever the threads: one NumPy pass each (a Python loop of one add a
+    # chunk had cost rung 3's second conv ~110 us at 2 threads, after the threads were done: 32 chunks).
+    dw, db = dwts.sum(axis=0), dbs.sum(axis=0)
     dx = None if dxpad is None else dxpad[:, :, ph:ph + h, pw:pw + w].transpose(1, 0, 2, 3)
     return dw.T.reshape(weight.shape), db, dx
 
