@@ -295,9 +295,11 @@ def test_im2col_kernel_copies_every_receptive_field_exactly(dtype, channel_major
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("sigmoid", [False, True])
 @pytest.mark.parametrize("size", [(8, 6), (9, 7), (8, 8), (4, 24), (5, 27)])   # rows of 3, 4, 12 (8 + 4), 13 windows
-def test_pool_neuron_backward_kernel_equals_the_numpy_scatter(dtype, sigmoid, size):
+@pytest.mark.parametrize("strided", [False, True])
+def test_pool_neuron_backward_kernel_equals_the_numpy_scatter(dtype, sigmoid, size, strided):
     """pool_neuron_backward against NumPy: δ = ∂C/∂a ⊙ σ'(m) put at each window's maximum (arg), 0 everywhere else
-    (a last odd row and column included; δ starts as NaN, so an element left unwritten fails)."""
+    (a last odd row and column included; δ starts as NaN, so an element left unwritten fails); ∂C/∂a and a also as
+    every other number of their rows (the kernel's one-by-one path)."""
     rng = np.random.default_rng(23)
     n, c, (h, w) = 3, 4, size
     shape = (n, c, h // 2, w // 2)
@@ -309,6 +311,8 @@ def test_pool_neuron_backward_kernel_equals_the_numpy_scatter(dtype, sigmoid, si
     i, ch, j, k = np.indices(shape)
     expect[i, ch, 2 * j + arg // 2, 2 * k + arg % 2] = v
     got = np.full((c, n, h, w), np.nan, dtype)
+    if strided:
+        g, a = np.repeat(g, 2, axis=3)[..., ::2], np.repeat(a, 2, axis=3)[..., ::2]
     cpu.kernels().pool_neuron_backward(g, a, arg, sigmoid, got)
     np.testing.assert_allclose(got, expect.transpose(1, 0, 2, 3), rtol=4 * np.finfo(dtype).eps, atol=0)
 
