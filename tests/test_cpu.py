@@ -534,6 +534,35 @@ def test_linear_backward_runs_both_products_in_one_section_and_equals_numpy(thre
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("m, n, k", [(64, 100, 2880), (33, 101, 2881)])
+def test_linear_forward_by_inputs_equals_numpy(threads, monkeypatch, dtype, bias, m, n, k):
+    """A weight with more inputs than neurons, larger than the input (rung 1's 2880->100 at m=64): x Wᵀ + b as the two
+    partial sums over the input halves h = k // 2 that the backward's blocks also take, in one parallel section; the
+    numbers of that NumPy expression (the same at 1 and 3 threads) and close to the whole product."""
+    monkeypatch.setattr(cpu, "loops_beat_blas", lambda: False)          # BLAS, whatever this machine
+    monkeypatch.setattr(cpu, "_avx512_blas", False)
+    rng = np.random.default_rng(12)
+    x, w, b = (rng.standard_normal(s).astype(dtype) for s in ((m, k), (n, k), (n,)))
+    assert cpu._forward_by_inputs(x, w)
+    h = k // 2
+    expect = x[:, :h] @ w[:, :h].T + x[:, h:] @ w[:, h:].T
+    if bias:
+        expect += b
+    sections = []
+    run = cpu._Pool.run
+    monkeypatch.setattr(cpu._Pool, "run", lambda pool, fn, shards: sections.append(len(shards)) or run(pool, fn, shards))
+    z = cpu.linear(x, w, b if bias else None)
+    assert sections == ([] if threads == 1 else [2])
+    np.testing.assert_array_equal(z, expect)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-3)   # sums of 2880
+    np.testing.assert_allclose(z, x @ w.T + (b if bias else 0), **tol)
+    assert not cpu._forward_by_inputs(x[:, :n], w[:, :n]) and not cpu._forward_by_inputs(np.tile(x, (4, 1)), w)
+    monkeypatch.setattr(cpu, "FORWARD_BY_INPUTS", 0)
+    assert not cpu._forward_by_inputs(x, w)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("m, n, k", [(1, 1, 256), (7, 13, 257), (10, 30, 784), (64, 100, 640), (61, 9, 300),
                                      (6, 11, 300)])   # (W.grad's last rows: 1, 1, 2, 0, 1, 2 + 1)
 def test_linear_products_with_a_small_weight_run_compiled_loops_and_equal_numpy(threads, monkeypatch, dtype, bias,

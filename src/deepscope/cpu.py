@@ -577,14 +577,56 @@ def _tiles(kernel, args, rows, macs_per_row):
         parallel(lambda s, e: kernel(*args, 4 * s, min(4 * e, rows)), tiles, least)
 
 
+FORWARD_BY_INPUTS = 1   # 1: Linear's forward of a wide weight by the inputs its backward cuts it by (_forward_by_inputs);
+                        # 0: by neurons, as matmul cuts it (for an A/B: thread_profile.py --ab FORWARD_BY_INPUTS=0)
+
+
+def _forward_by_inputs(x, w) -> bool:
+    """Whether Linear's forward product x Wᵀ (x (m, k), W (n, k)) runs as two partial sums over halves of the inputs,
+    :func:`_linear_by_inputs`, instead of :func:`matmul`'s blocks: where matmul would cut it in two by neurons (x
+    smaller than W) and W has more inputs than neurons (n < k), so that the backward's two products cut W by its
+    inputs (:func:`_gemm_blocks`: δᵀ is smaller than x and δ smaller than W), at the same column k // 2. Rung 1's
+    100x2880 weight at m=64. Then each thread reads the same half of W's columns in both passes, and writes its
+    own partial sum: by neurons the two threads read different parts of W in the forward and the backward, and
+    their blocks of z shared a cache line in every row. On issue 11's VM with the vCPUs on cores apart (350-390 ns
+    round trip: a line another core holds costs several times more to take), rung 1 at m=64, 2 threads, chrt'd,
+    alternating in one process (thread_profile.py --ab FORWARD_BY_INPUTS=0), us a step: Haswell kernels 1,959 /
+    1,807 / 1,798 against 1,998 / 1,831 / 1,858 by neurons, AVX-512 kernels 1,662 / 1,692 against 1,705 / 1,695;
+    cores close (90-130 ns) neutral: 1,513 / 1,479 against 1,507 / 1,485, AVX-512 1,238 / 1,310 against 1,245 /
+    1,284. The same halves at any thread count, so the same numbers."""
+    n, k = w.shape
+    return (FORWARD_BY_INPUTS and x.ndim == 2 and n < k and x.size < w.size and fast(x, w) and x.dtype == w.dtype
+            and _gemm_block_count(x, w.T) == 2)
+
+
+def _linear_by_inputs(x, w, b):
+    """z = x[:, :h] W[:, :h]ᵀ + x[:, h:] W[:, h:]ᵀ + b with h = k // 2 (:func:`_forward_by_inputs`): the two partial
+    sums, one a thread, then added."""
+    (_, h), _ = split(w.shape[1], 2)
+    parts = [numpy.empty((x.shape[0], w.shape[0]), dtype=w.dtype) for _ in range(2)]
+
+    def half(i):
+        cols = slice(0, h) if i == 0 else slice(h, None)
+        numpy.matmul(x[:, cols], w[:, cols].T, out=parts[i])                     # x[:, cols] W[:, cols]ᵀ
+
+    parallel(lambda s, e: [half(i) for i in range(s, e)], 2)
+    z = numpy.add(parts[0], parts[1], out=parts[0])
+    if b is not None:
+        z += b
+    return z
+
+
 def linear(x, w, b=None):
     """Linear's forward product z = x Wᵀ + b for x (m, k), W (n, k), b (n,) or None: by the compiled loops where
-    :func:`_loops` says so (the bias added in the same pass), else :func:`matmul` and NumPy's add."""
+    :func:`_loops` says so (the bias added in the same pass), else :func:`matmul` and NumPy's add (by halves of the
+    inputs where :func:`_forward_by_inputs` says so)."""
     if _loops(x, w, b, forward=True):
         z = numpy.empty((x.shape[0], w.shape[0]), dtype=w.dtype)
         _tiles(_kernels.linear_forward, (x, w, _NONE[w.dtype] if b is None else b, z, _NO_NEG_ABS[w.dtype]),
                x.shape[0], w.size)
         return z
+    if _forward_by_inputs(x, w):
+        return _linear_by_inputs(x, w, b)
     z = matmul(x, w.T)
     if b is not None:
         z += b
