@@ -8,9 +8,12 @@ per-example loop. This splits deepscope's side into its parts, each timed alone 
 - ``step() on one batch``: :func:`deepscope.train.step` again and again on one mini-batch (no drawing, data in cache);
 - what ``fit`` adds: drawing the mini-batches (``Batches.epoch``), the finiteness check of the training set (once a
   ``fit`` call, shared by its steps);
-- each layer's forward and backward, the cost, ``zero_grad``, the SGD update (the step's parts, with their Python);
+- each pass's forward and backward as the step runs them (a layer, or a run of layers as one: nn/fuse.py), the cost,
+  ``zero_grad``, the SGD update (the step's parts, with their Python);
 - the first layer's two products by the compiled loops alone (``_kernels.linear_forward``, ``linear_weight_grad``):
   the floor the step cannot go below without faster loops;
+- the step's kernels (the same loops and NumPy calls) called one after another from one function: what the step
+  would cost with no Python between them, i.e. the most a step compiled as one piece could save;
 - the network2 loop's step, for the ratio.
 
     python benchmarks/fc_profile.py                        # m = 10 and 64 (~15 s)
@@ -59,7 +62,6 @@ def profile(m, images, repeats):
     steps = -(-images // m)
     epoch = lambda: fit(model, cost, opt, (X, y), epochs=1, batch_size=m, callbacks=[])   # noqa: E731
     epoch()
-    flatten, first, sigmoid, last = model
     model.needs_input_grad = False                     # as fit sets it: the first layer skips ∂C/∂x
     batches = Batches(X, y)
     xb, yb = next(iter(batches.epoch(m)))
@@ -69,32 +71,72 @@ def profile(m, images, repeats):
             "drawing the batches (Batches.epoch), a step": cpu_us(lambda: [b for b in batches.epoch(m)], 1, repeats) / steps,
             "finiteness check of the training set, a step": cpu_us(lambda: check_inputs("fit", X), 1, repeats) / steps}
     calls = 2000
-    h = flatten(xb)
-    z1 = first(h)
-    a1 = sigmoid(z1)
-    z2 = last(a1)
-    rows["Flatten forward"] = cpu_us(lambda: flatten(xb), calls, repeats)
-    rows["Linear 784-30 forward"] = cpu_us(lambda: first(h), calls, repeats)
-    rows["Sigmoid forward"] = cpu_us(lambda: sigmoid(z1), calls, repeats)
-    rows["Linear 30-10 forward"] = cpu_us(lambda: last(a1), calls, repeats)
-    rows["cost (forward and delta)"] = cpu_us(lambda: cost(z2, yb), calls, repeats)
-    d2 = cost.backward()
+    model(xb)
+    passes, inputs, x = model._passes or list(model), [], xb   # what the step runs: layers, or runs of them as one
+    for p in passes:
+        inputs.append(x)
+        x = p(x)
+    out = x
+    for p, x in zip(passes, inputs):
+        rows[f"{_name(p)} forward"] = cpu_us(lambda: p(x), calls, repeats)
+    rows["cost (forward and delta)"] = cpu_us(lambda: cost(out, yb), calls, repeats)
+    g = cost.backward()
     rows["zero_grad"] = cpu_us(opt.zero_grad, calls, repeats)
-    rows["Linear 30-10 backward"] = cpu_us(lambda: last.backward(d2), calls, repeats)
-    g1 = last.backward(d2)
-    rows["Sigmoid backward"] = cpu_us(lambda: sigmoid.backward(g1), calls, repeats)
-    d1 = sigmoid.backward(g1)
-    rows["Linear 784-30 backward"] = cpu_us(lambda: first.backward(d1), calls, repeats)
+    for p, x in zip(reversed(passes), reversed(inputs)):
+        p(x)                                                        # (its forward's cache, for its backward)
+        rows[f"{_name(p)} backward"] = cpu_us(lambda: p.backward(g), calls, repeats)
+        g = p.backward(g)
+        if g is None:
+            break
     rows["SGD update"] = cpu_us(opt.step, calls, repeats)
-    k, w, wg, bg = cpu.kernels(), first.weight.data, first.weight.grad, first.bias.grad
+    k, first = cpu.kernels(), model[1]
     if k is not None:
-        z = np.empty((m, 30), np.float32)
-        rows["  its loops alone: x W^T + b"] = cpu_us(lambda: k.linear_forward(h, w, first.bias.data, z, np.empty((0, 0), np.float32), 0, m),
+        w, wg, bg, h = first.weight.data, first.weight.grad, first.bias.grad, inputs[1]
+        z, none = np.empty((m, 30), np.float32), np.empty((0, 0), np.float32)
+        d1 = np.random.default_rng(1).standard_normal((m, 30)).astype(np.float32) * 1e-3
+        rows["  its loops alone: x W^T + b"] = cpu_us(lambda: k.linear_forward(h, w, first.bias.data, z, none, 0, m),
                                                       calls, repeats)
         rows["  its loops alone: W.grad += delta^T x"] = cpu_us(lambda: k.linear_weight_grad(d1, h, wg, bg, 0, 30),
                                                                 calls, repeats)
+        kernels_step = _kernels_step(k, model, opt, m)
+        rows["the step's kernels from one Python function"] = cpu_us(lambda: kernels_step(h, yb), calls, repeats)
     rows["network2 loop, a step"] = cpu_us(n2, 1, max(3, repeats // 2)) / steps
     return rows
+
+
+def _name(p) -> str:
+    """A step's pass by name: ``Linear 784-30``, ``Sigmoid``, or a run of nn/fuse.py, ``Linear 784-30 → Sigmoid``."""
+    if isinstance(p, nn.Module):
+        return f"{type(p).__name__} {p.in_features}-{p.out_features}" if isinstance(p, nn.Linear) else type(p).__name__
+    return " → ".join(_name(q) for q in p.modules) + " (one pass)"
+
+
+def _kernels_step(k, model, opt, m):
+    """The same compiled loops and NumPy calls as a step of ``model`` (784-30-10, sigmoid, cross-entropy, plain SGD),
+    called one after another from one function into buffers made once: what the step would cost with no Python
+    between its kernels (the most that a step compiled as one piece, a second way to compute these layers, could
+    save; the numbers are not checked here)."""
+    first, last = model[1], model[3]
+    w1, b1, w2, b2 = first.weight.data, first.bias.data, last.weight.data, last.bias.data
+    gw1, gb1, gw2, gb2 = first.weight.grad, first.bias.grad, last.weight.grad, last.bias.grad
+    w, g, bytes_ = opt.flat.data, opt.flat.grad, opt.flat.grad.view(np.uint8)
+    z1, e1, a1, d1 = (np.empty((m, 30), np.float32) for _ in range(4))
+    z2, e2, t2, d2 = (np.empty((m, 10), np.float32) for _ in range(4))
+
+    def step_(x, y):
+        k.linear_forward(x, w1, b1, z1, e1, 0, m)                   # z1 = x W1ᵀ + b1, e1 = -|z1|
+        np.exp(e1, out=e1)
+        k.sigmoid(z1.reshape(-1), e1.reshape(-1), a1.reshape(-1))   # a1 = σ(z1)
+        k.linear_forward(a1, w2, b2, z2, e2, 0, m)                  # z2 = a1 W2ᵀ + b2, e2 = -|z2|
+        np.exp(e2, out=e2)
+        np.log1p(e2, out=t2)
+        k.crossentropy(z2, e2, t2, y, d2)                           # C and δ2
+        bytes_.fill(0)                                              # zero_grad
+        k.linear_weight_grad(d2, a1, gw2, gb2, 0, 10)
+        k.sigmoid_backward((d2 @ w2).reshape(-1), a1.reshape(-1), d1.reshape(-1))   # δ1 = (δ2 W2) ⊙ σ'(z1)
+        k.linear_weight_grad(d1, x, gw1, gb1, 0, 30)
+        k.sgd(w, g, w[:0], opt.lr, 0.0, 0.0, opt.flat.n_decayed)
+    return step_
 
 
 def main(argv=None):
