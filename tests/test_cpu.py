@@ -776,6 +776,29 @@ def test_sgd_flat_update_equals_the_per_parameter_update(threads, momentum, deca
             np.testing.assert_allclose(p.data, w, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("momentum,form", [(0.0, "pytorch"), (0.9, "book"), (0.9, "pytorch")])
+@pytest.mark.parametrize("decay", [0.0, 0.01])
+def test_sgd_kernels_equal_the_numpy_update(threads, dtype, momentum, form, decay):
+    """The compiled SGD updates against optim.SGD's NumPy lines (``cpu.reference()``) over a few steps: the same numbers
+    in float32 and float64, bit for bit (both round η, μ, ηλ' to the parameters' dtype), except PyTorch's form with
+    decay, which adds λ'w to ∇C first, as PyTorch does (the NumPy lines add it to v): there within float rounding."""
+    results = []
+    for ctx in (cpu.reference, _nothing):
+        model = _net(dtype)
+        opt = optim.SGD(model.parameters(), lr=0.1, momentum=momentum, weight_decay=decay, momentum_form=form)
+        with ctx():
+            for step in range(3):
+                _fill_grads(model, step)
+                opt.step()
+        results.append([p.data.copy() for p in model.parameters()])
+    for a, b in zip(*results):
+        if form == "pytorch" and momentum and decay:
+            np.testing.assert_allclose(b, a, **_close(dtype))
+        else:
+            np.testing.assert_array_equal(b, a)
+
+
 def test_adam_flat_update_equals_the_per_parameter_update(threads):
     model = _net("float64")
     opt = optim.Adam(model.parameters(), lr=0.01, weight_decay=0.1)

@@ -922,29 +922,37 @@ def correct(out, labels):
 @_jit
 def sgd(w, g, v, lr, momentum, decay, n_decayed):
     """v ← μv - η(∇C + λ'w), w ← w + v (λ' on the first ``n_decayed`` entries: the weights); μ = 0 and no v:
-    w ← (1 - ηλ') w - η ∇C."""
+    w ← (1 - ηλ') w - η ∇C. In w's precision, as optim.SGD's NumPy lines compute it (NumPy rounds the Python numbers
+    η, μ, ηλ', 1 - ηλ' to w's dtype): the same numbers, and float32 in vector lanes twice as wide as float64's
+    ([784,30,10]'s 23,872 parameters, Zen 5: 2.27 -> 1.24 us)."""
+    t = w.dtype.type
+    lr_, mu, lr_decay, keep = t(lr), t(momentum), t(lr * decay), t(1.0 - lr * decay)
+    nd = n_decayed if decay != 0.0 else 0
     if v.size == 0:
         for i in range(w.size):
-            d = decay if i < n_decayed else 0.0
-            w[i] = w[i] * (1.0 - lr * d) - lr * g[i] if d != 0.0 else w[i] - lr * g[i]
+            wi = w[i] * keep if i < nd else w[i]
+            w[i] = wi - lr_ * g[i]
     else:
         for i in range(w.size):
-            d = decay if i < n_decayed else 0.0
-            vi = v[i] * momentum - lr * g[i]
-            if d != 0.0:
-                vi -= (lr * d) * w[i]
+            vi = v[i] * mu - lr_ * g[i]
+            if i < nd:
+                vi -= lr_decay * w[i]
             v[i] = vi
             w[i] += vi
 
 
 @_jit
 def sgd_pytorch(w, g, v, lr, momentum, decay, n_decayed):
-    """PyTorch's momentum: v ← μv + (∇C + λ'w), w ← w - ηv (λ' on the first ``n_decayed`` entries)."""
+    """PyTorch's momentum: v ← μv + (∇C + λ'w), w ← w - ηv (λ' on the first ``n_decayed`` entries), in w's
+    precision (as :func:`sgd`)."""
+    t = w.dtype.type
+    lr_, mu, decay_ = t(lr), t(momentum), t(decay)
+    nd = n_decayed if decay != 0.0 else 0
     for i in range(w.size):
-        gi = g[i] + decay * w[i] if i < n_decayed and decay != 0.0 else g[i]
-        vi = v[i] * momentum + gi
+        gi = g[i] + decay_ * w[i] if i < nd else g[i]
+        vi = v[i] * mu + gi
         v[i] = vi
-        w[i] -= lr * vi
+        w[i] -= lr_ * vi
 
 
 @_jit
