@@ -77,6 +77,8 @@ ETA = 0.03
 
 # -- the nets ----------------------------------------------------------------------------------------
 def build_deepscope(name: str):
+    if name == "fc100":
+        return nn.Sequential(nn.Flatten(), nn.Linear(784, 100), nn.Sigmoid(), nn.Linear(100, 10))
     if name == "rung1":
         return nn.Sequential(nn.Conv2d(1, 20, 5), nn.MaxPool2d(2), nn.Sigmoid(), nn.Flatten(),
                              nn.Linear(2880, 100), nn.Sigmoid(), nn.Linear(100, 10))
@@ -133,9 +135,10 @@ def flops_per_image(net) -> int:
 
 # -- one framework's steps ----------------------------------------------------------------------------
 class DeepscopeRunner:
-    def __init__(self, name, batch, seed=0):
+    def __init__(self, name, batch, seed=0, input_grad=True):
         ds.manual_seed(seed)
         self.net = build_deepscope(name)
+        self.net.needs_input_grad = input_grad        # False: the data needs no gradient (PyTorch skips it too)
         self.cost = nn.LogLikelihoodCost()
         self.opt = optim.SGD(self.net.parameters(), lr=ETA)
         rng = np.random.default_rng(seed)

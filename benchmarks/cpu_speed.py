@@ -54,52 +54,23 @@ import fc_speed  # noqa: E402
 
 NETS = ("fc100", "rung1", "rung3", "dropout")
 BATCHES = (10, 64, 256)
-ETA = 0.03
 
 
-def build(name):
-    if name == "fc100":
-        return nn.Sequential(nn.Flatten(), nn.Linear(784, 100), nn.Sigmoid(), nn.Linear(100, 10))
-    return conv_speed.build_deepscope(name)
+class Deepscope(conv_speed.DeepscopeRunner):
+    """conv_speed's runner (nets as there, FC 784-100-10 included), no ∂C/∂x for the data; ``step()`` trains."""
 
-
-class Deepscope:
     def __init__(self, name, batch, seed=0):
-        ds.manual_seed(seed)
-        self.net = build(name)
-        self.net.needs_input_grad = False             # the data needs no gradient (PyTorch skips it too)
-        self.cost = nn.LogLikelihoodCost()
-        self.opt = optim.SGD(self.net.parameters(), lr=ETA)
-        rng = np.random.default_rng(seed)
-        self.x = rng.random((batch, 1, 28, 28), dtype=np.float32)
-        self.y = rng.integers(0, 10, batch)
+        super().__init__(name, batch, seed, input_grad=False)
 
     def step(self):
-        self.net.train()
-        step(self.net, self.cost, self.opt, self.x, self.y)
+        self.train_step()
 
 
-class Torch:
-    def __init__(self, name, batch, seed=0):
-        ds.manual_seed(seed)
-        ours = build(name)
-        if name == "fc100":
-            T = torch.nn
-            self.net = T.Sequential(T.Flatten(), T.Linear(784, 100), T.Sigmoid(), T.Linear(100, 10))
-            self.net.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
-        else:
-            self.net = conv_speed.build_torch(name, ours)
-        self.opt = torch.optim.SGD(self.net.parameters(), lr=ETA)
-        rng = np.random.default_rng(seed)
-        self.x = torch.from_numpy(rng.random((batch, 1, 28, 28), dtype=np.float32))
-        self.y = torch.from_numpy(rng.integers(0, 10, batch))
+class Torch(conv_speed.TorchRunner):
+    """The same net in PyTorch (conv_speed's runner); ``step()`` trains."""
 
     def step(self):
-        self.net.train()
-        loss = torch.nn.functional.cross_entropy(self.net(self.x), self.y)
-        self.opt.zero_grad()
-        loss.backward()
-        self.opt.step()
+        self.train_step()
 
 
 def set_threads(n):
@@ -109,15 +80,7 @@ def set_threads(n):
 
 def flops_per_image(name):
     """2 × multiply-adds of the conv and FC layers for one image (forward)."""
-    x, total = np.zeros((1, 1, 28, 28), np.float32), 0
-    for m in build(name):
-        y = m(x)
-        if isinstance(m, nn.Conv2d):
-            total += 2 * y.size * m.in_channels * m.kernel_size[0] * m.kernel_size[1]
-        elif isinstance(m, nn.Linear):
-            total += 2 * m.in_features * m.out_features
-        x = y
-    return total
+    return conv_speed.flops_per_image(conv_speed.build_deepscope(name))
 
 
 def gemm_peak(threads, repeats=7, n=2048):
