@@ -35,7 +35,13 @@ small NumPy function in turn pay ~0.2 us a call for the GIL hand-over close and 
 that the other thread last read pays ~17 us close and ~124 us apart (that it last wrote: ~31 us; that it read itself:
 ~16 us), reading 1 MB the other wrote ~23 against ~20 us. So a step loses, apart, ~30 us a parallel section, a few us
 each time the two threads' Python work interleaves, and ~0.1 ms a MB that one thread rewrites after the other read it
-(rung 1's serial SGD update rewrote the 1.15 MB weight the worker had read: 165 us apart, 32 us close).
+(rung 1's serial SGD update rewrote the 1.15 MB weight the worker had read: 165 us apart, 32 us close). Again at
+01:19-01:22 UTC (the threads pinned to the two cores, 1 MB, chrt'd): apart (377-399 ns) overwriting what the other
+read 117-121 us a MB, what it wrote 28, reading what it wrote 32; close (103-140 ns) 21 / 16 / 21; own lines 16-19.
+And in the step (01:03, landed code, rung 1 at m=64, Haswell kernels, 2 threads, us): apart against close, the
+serial update 154 against 29 (it reads the half of W.grad the worker wrote and rewrites the half of W it read),
+ConvPool forward 477 against 380 (4.0 sleeps against 1.35: the two threads' Python interleaves), Linear forward
+252 / 210, Linear backward 438 / 402, ConvPool backward 437 / 376; the step 1,946 against 1,578 (1 thread 2,560).
 
 ``--ab NAME=VALUE,...`` compares, in one process and alternating (rounds of steps, medians), the current
 settings of ``deepscope.cpu`` with the variant (e.g. the thread pool's awake wait off, the old 512 KB conv
@@ -47,7 +53,8 @@ chunks): the 2-thread / 1-thread throughput of each, for a change's effect on th
         --ab WAIT_AWAKE_US=0,COLUMN_BYTES_PER_CHUNK_MAX=524288 --out thread_profile_ab.json
     python benchmarks/thread_profile.py --nets rung1,dropout --batches 64 --steps 10 --rounds 9 --ab FUSE_CONV_POOL=0
     python benchmarks/thread_profile.py --nets rung1 --set GEMM_BLOCKS=4     # a profile with other settings
-    python benchmarks/thread_profile.py --probe     # the section's and the rewrite's price, with the round trip
+    python benchmarks/thread_profile.py --nets rung1 --batches 64 --steps 10 --rounds 9 --ab FORWARD_BY_INPUTS=0
+    python benchmarks/thread_profile.py --probe     # a section's price, a MB taken from the other core, the round trip
 """
 from __future__ import annotations
 
@@ -163,34 +170,66 @@ def section_cost_us(repeats=300):
     return out
 
 
-def rewrite_cost_us_per_mb(nbytes=4 << 20, repeats=50):
-    """What a thread pays to overwrite 4 MB (``fill``) that the other thread last read, and that it itself last read,
-    in us a MB (medians): the price of a core writing the cache lines the other core holds a copy of."""
-    a, sink = np.zeros(nbytes // 4, np.float32), np.empty(nbytes // 4, np.float32)
-    go, done = threading.Event(), threading.Event()
+def transfer_cost_us_per_mb(nbytes=1 << 20, repeats=100):
+    """What this thread pays to overwrite (``fill``) 1 MB that it last read itself and that the other thread last
+    read, and to read it (an add into a buffer of its own) after itself and after the other thread wrote it, in us
+    a MB (medians): the price of a core taking cache lines the other core holds. The two threads are pinned to two
+    different cores for the measurement (else the scheduler may run the other thread on this thread's core while
+    this one waits, and both readings are a single core's: the probe of 01:03 UTC read 16 us a MB for both at a
+    390 ns round trip). {"rewrite": {"own", "other"}, "read_written": {"own", "other"}}; None without two cores."""
+    try:
+        cores = sorted(os.sched_getaffinity(0))
+    except AttributeError:      # not Linux
+        return None
+    if len(cores) < 2:
+        return None
+    a, sink, sink2 = (np.zeros(nbytes // 4, np.float32) for _ in range(3))
+    ask, done, task = threading.Event(), threading.Event(), [None]
 
     def other():
-        go.wait()
-        np.add(a, 0, out=np.empty_like(a))
-        done.set()
-
-    out = {}
-    for who in ("own", "other"):
-        times = []
-        for _ in range(repeats):
-            if who == "own":
-                np.add(a, 0, out=sink)
+        os.sched_setaffinity(0, {cores[1]})         # (0: the calling thread)
+        while True:
+            ask.wait()
+            ask.clear()
+            if task[0] is None:
+                return
+            if task[0] == "read":
+                np.add(a, 0, out=sink2)
             else:
-                go.clear(), done.clear()
-                t = threading.Thread(target=other)
-                t.start()
-                go.set()
-                done.wait()
-                t.join()
-            t0 = time.perf_counter()
-            a.fill(1.0)
-            times.append(time.perf_counter() - t0)
-        out[who] = statistics.median(times) * 1e6 / (nbytes / 2 ** 20)
+                a.fill(2.0)
+            done.set()
+
+    def by_other(what):
+        task[0] = what
+        ask.set()
+        done.wait()
+        done.clear()
+
+    helper = threading.Thread(target=other, daemon=True)
+    os.sched_setaffinity(0, {cores[0]})
+    helper.start()
+    out = {"rewrite": {}, "read_written": {}}
+    try:
+        for key, first, then in (("rewrite", "read", lambda: a.fill(1.0)),
+                                 ("read_written", "write", lambda: np.add(a, 0, out=sink))):
+            for who in ("own", "other"):
+                times = []
+                for _ in range(repeats):
+                    if who == "other":
+                        by_other(first)
+                    elif first == "read":
+                        np.add(a, 0, out=sink)
+                    else:
+                        a.fill(3.0)
+                    t0 = time.perf_counter()
+                    then()
+                    times.append(time.perf_counter() - t0)
+                out[key][who] = statistics.median(times) * 1e6 / (nbytes / 2 ** 20)
+    finally:
+        task[0] = None
+        ask.set()
+        helper.join()
+        os.sched_setaffinity(0, cores)
     return out
 
 
@@ -242,7 +281,7 @@ def main(argv=None):
                     help="compare the current deepscope.cpu settings with these (alternating, one process) instead")
     ap.add_argument("--rounds", type=int, default=9, help="--ab: alternating rounds (of --steps steps)")
     ap.add_argument("--probe", action="store_true",
-                    help="only measure a parallel section's price and a rewrite of what the other core read")
+                    help="only measure a parallel section's price and that of cache lines the other core holds")
     ap.add_argument("--set", default="", metavar="NAME=VALUE,...", help="run with these deepscope.cpu settings")
     ap.add_argument("--out", default="thread_profile.json", help="a file name: written under benchmarks/results/; a path with a folder: written there")
     args = ap.parse_args(argv)
@@ -253,11 +292,15 @@ def main(argv=None):
     print(f"core-to-core round trip: {c2c_before} ns (~100-200: the vCPUs share an L3; ~400: apart)")
     rows = []
     if args.probe:
-        sec, rewrite = section_cost_us(), rewrite_cost_us_per_mb()
-        print(f"a parallel section of 2 x ~3.5 us: {sec[1]:.1f} us on 1 thread, {sec[2]:.1f} us on 2; overwriting what "
-              f"this thread read {rewrite['own']:.0f} us a MB, what the other thread read {rewrite['other']:.0f}; "
-              f"core-to-core round trip after: {core_to_core_ns()} ns")
-        rows.append({"section_us": sec, "rewrite_us_per_mb": rewrite})
+        sec, moved = section_cost_us(), transfer_cost_us_per_mb()
+        print(f"a parallel section of 2 x ~3.5 us: {sec[1]:.1f} us on 1 thread, {sec[2]:.1f} us on 2")
+        if moved is not None:
+            (rw, rd) = moved["rewrite"], moved["read_written"]
+            print(f"a MB overwritten after this thread read it {rw['own']:.0f} us, after the other thread read it "
+                  f"{rw['other']:.0f}; read after this thread wrote it {rd['own']:.0f} us, after the other wrote it "
+                  f"{rd['other']:.0f}")
+        print(f"core-to-core round trip after: {core_to_core_ns()} ns")
+        rows.append({"section_us": sec, "transfer_us_per_mb": moved})
         args.nets = ""
     if args.ab is not None and args.nets:
         variant = _settings(args.ab)

@@ -591,9 +591,11 @@ def _forward_by_inputs(x, w) -> bool:
     their blocks of z shared a cache line in every row. On issue 11's VM with the vCPUs on cores apart (350-390 ns
     round trip: a line another core holds costs several times more to take), rung 1 at m=64, 2 threads, chrt'd,
     alternating in one process (thread_profile.py --ab FORWARD_BY_INPUTS=0), us a step: Haswell kernels 1,959 /
-    1,807 / 1,798 against 1,998 / 1,831 / 1,858 by neurons, AVX-512 kernels 1,662 / 1,692 against 1,705 / 1,695;
-    cores close (90-130 ns) neutral: 1,513 / 1,479 against 1,507 / 1,485, AVX-512 1,238 / 1,310 against 1,245 /
-    1,284. The same halves at any thread count, so the same numbers."""
+    1,807 / 1,798 / 1,838 / 1,919 against 1,998 / 1,831 / 1,858 / 1,876 / 1,972 by neurons (2% faster), AVX-512
+    kernels 1,662 / 1,692 / 1,680 / 1,790 against 1,705 / 1,695 / 1,670 / 1,791 (even); cores close (86-130 ns):
+    1,513 / 1,562 / 1,524 / 1,464 / 1,479 / 1,536 against 1,507 / 1,540 / 1,527 / 1,467 / 1,485 / 1,540, AVX-512
+    1,243 / 1,238 / 1,310 against 1,230 / 1,245 / 1,284 (even, within the runs' spread). 1 thread unchanged. The
+    same halves at any thread count, so the same numbers."""
     n, k = w.shape
     return (FORWARD_BY_INPUTS and x.ndim == 2 and n < k and x.size < w.size and fast(x, w) and x.dtype == w.dtype
             and _gemm_block_count(x, w.T) == 2)
