@@ -243,7 +243,7 @@ def _epochs(run_dir: Path) -> list[int]:
 
 @needs_ray
 def test_a_killed_worker_resumes_its_trial_from_the_checkpoint(tmp_path, mnist_sample):
-    epochs = 20
+    epochs = 200    # ~10 ms an epoch on 2 cores: the trial must outlast the attempt clock's first tick (0.5 s) by far
     folder = sweep.SweepFolder.create(tmp_path / "sweep", [*TRAIN, "--epochs", str(epochs), "--data-dir",
                                                            str(mnist_sample)], sweep.expand(seeds=2))
     victim = folder.trials[0]
