@@ -11,7 +11,7 @@ Sections (each writes ``OUT/gpu_<section>.json`` and never stops the others when
   tiles   the recorded GEMM's tile rule (device._tiles) against 16x16 tiles everywhere: rung 3 and the dropout
           net replayed from CUDA graphs recorded each way, alternating, at the same sizes as speed;
   train   ``deepscope train --device cuda`` (the default net, full MNIST): wall time and test accuracy;
-  pytest  the layer-test harness's CuPy cases (tests/nn/test_layers.py -k cupy) and tests/nn/test_device.py;
+  pytest  the layer-test harness's CuPy cases (tests/nn/test_layers.py -k cupy) and all of tests/nn/test_device.py;
   rungs   five dropout nets on expanded data as five ``deepscope train --device cuda`` processes sharing the GPU,
           then their plurality vote (the book's last two rungs; settings from ``--rung-*``: the book's 40 epochs
           at m=10 do not fit a lease).
@@ -395,8 +395,10 @@ def section_train(args, cupy):
 def section_pytest(args, cupy):
     """The layer-test harness's CuPy cases (tests/nn/test_layers.py: every layer case on CuPy against NumPy,
     float64) and the device tests."""
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/nn/test_layers.py", "-k", "cupy",
-           "tests/nn/test_device.py"]
+    # -k keeps test_layers.py's CuPy cases and every test of test_device.py (a -k applies to both files); the
+    # project's addopts already say -q, and a second -q would drop the summary line
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "tests/nn/test_layers.py", "tests/nn/test_device.py",
+           "-k", "cupy or test_device"]
     t0 = time.perf_counter()
     try:
         r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=args.pytest_limit)
