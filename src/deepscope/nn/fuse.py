@@ -33,6 +33,15 @@ from .linear import Linear
 from .pool import MaxPool2d
 
 
+def _hooked(modules) -> bool:
+    """Whether any of a run's modules has a forward or backward hook (the run then takes its layers one by one, so
+    that each hook sees its own layer's call)."""
+    for m in modules:
+        if m._forward_hooks or m._backward_hooks:
+            return True
+    return False
+
+
 class ConvPool:
     """``Conv2d → MaxPool2d(2) → Sigmoid | ReLU`` of a Sequential as one pass (see the module docstring). Not a
     layer of its own: the three modules keep their parameters, names and state-dict keys; this object holds only
@@ -58,9 +67,8 @@ class ConvPool:
         conv, w = self.conv, self.conv.weight.data
         if not (cpu.FUSE_CONV_POOL and cpu.fast(x, w) and x.dtype == w.dtype and x.ndim == 4 and x.shape[1] == conv.in_channels):
             return False
-        for m in self.modules:
-            if m._forward_hooks or m._backward_hooks:
-                return False
+        if _hooked(self.modules):
+            return False
         (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
         return output_size(x.shape[2], kh, sh, ph) >= 2 and output_size(x.shape[3], kw, sw, pw) >= 2
 
@@ -122,8 +130,7 @@ class LinearSigmoid:
     def applies(self, x) -> bool:
         linear, neuron = self.modules
         w, b = linear.weight.data, linear.bias
-        if (linear._forward_hooks or linear._backward_hooks or neuron._forward_hooks or neuron._backward_hooks
-                or not neuron.needs_input_grad):
+        if _hooked(self.modules) or not neuron.needs_input_grad:
             return False
         return x.ndim == 2 and x.shape[1] == linear.in_features and cpu.linear_sigmoid_applies(
             x, w, None if b is None else b.data)
