@@ -9,6 +9,8 @@ GEMM kernel instead; everywhere else it is ``a @ b``. Nothing here imports CuPy 
 """
 from __future__ import annotations
 
+import functools
+
 import numpy
 
 _recording = False
@@ -98,18 +100,19 @@ extern "C" __global__ void gemm(const real* A, const real* B, real* C, int M, in
 """
 _kernels: dict = {}
 K_PER_SLICE = 2048     # the K axis is split into slices of about this length (at most 64)
-_multiprocessors: list = []
+@functools.cache
+def _multiprocessors() -> int:
+    """The GPU's streaming multiprocessors (read once: :func:`prepare` reads it before a recording)."""
+    import cupy    # lazy: CuPy is the optional gpu extra
+    return cupy.cuda.Device().attributes["MultiProcessorCount"]
 
 
 def _tiles(M: int, N: int, slices: int):
     """(RM, RN): C's tiles of 64 rows and columns where C is that large and such tiles still give each of the GPU's
     multiprocessors a block (a large product), else of 16 along that side (small ones: more blocks, no rows wasted)."""
-    if not _multiprocessors:
-        import cupy    # lazy: CuPy is the optional gpu extra
-        _multiprocessors.append(cupy.cuda.Device().attributes["MultiProcessorCount"])
     for rm, rn in ((4, 4), (1, 4), (4, 1)):
         fits = (rm == 1 or M >= 64) and (rn == 1 or N >= 64)
-        if fits and -(-M // (16 * rm)) * -(-N // (16 * rn)) * slices >= _multiprocessors[0]:
+        if fits and -(-M // (16 * rm)) * -(-N // (16 * rn)) * slices >= _multiprocessors():
             return rm, rn
     return 1, 1
 

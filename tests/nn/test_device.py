@@ -70,7 +70,7 @@ def test_to_cuda_moves_parameters_and_optimizer_state():  # pragma: no cover - n
 
 def test_recorded_gemm_cuts_large_products_into_wide_tiles_and_small_ones_into_16x16(monkeypatch):
     from deepscope import device
-    monkeypatch.setattr(device, "_multiprocessors", [132])            # an H100
+    monkeypatch.setattr(device, "_multiprocessors", lambda: 132)      # an H100
     assert device._tiles(1024, 1000, 1) == (4, 4)                     # the dropout net at m=1024
     assert device._tiles(256, 1000, 1) == (1, 4)                      # 64-row tiles would give 64 blocks
     assert device._tiles(40, 500, 32) == (1, 4)                       # a conv's ∂C/∂W, K split in 32
