@@ -26,6 +26,7 @@ def threads(request, monkeypatch):
     cpu.set_num_threads(request.param)
     if request.param > 1:
         monkeypatch.setattr(cpu, "ELEMENTS_PER_SHARD", 1)
+        monkeypatch.setattr(cpu, "DROPOUT_ELEMENTS_PER_SHARD", 1)
         monkeypatch.setattr(cpu, "MACS_PER_SHARD", 1)
         monkeypatch.setattr(cpu, "COLUMN_BYTES_PER_CHUNK", 1)
         monkeypatch.setattr(cpu, "COLUMN_BYTES_PER_CHUNK_MAX", 1)
@@ -480,6 +481,46 @@ def test_dropout_fast_path_draws_the_same_mask(threads, dtype, scale_at_test):
             outs.append((d(x), d.backward(g)))
     np.testing.assert_array_equal(outs[1][0], outs[0][0])
     np.testing.assert_array_equal(outs[1][1], outs[0][1])
+
+
+@pytest.mark.parametrize("kept", [0, 1])
+def test_pcg64_at_is_the_serial_stream_cut_by_position(kept):
+    """A PCG64 moved to position k (cpu._pcg64_at) draws the serial stream's 32-bit numbers from the k-th on, with
+    and without a kept high half in the state; the float32 uniforms dropout draws are made of them."""
+    g = np.random.default_rng(21)
+    g.random(kept, dtype=np.float32)                  # an odd count leaves a high half kept (has_uint32 = 1)
+    assert g.bit_generator.state["has_uint32"] == kept
+    state = g.bit_generator.state
+    serial = g.random(41, dtype=np.float32)
+    g.random(3)                                       # a 64-bit draw between: the kept half stays kept
+    after = g.random(5, dtype=np.float32)
+    spare = np.random.PCG64()
+    for k in range(41):
+        u = np.random.Generator(cpu._pcg64_at(state, k, spare)).random(41 - k, dtype=np.float32)
+        np.testing.assert_array_equal(u, serial[k:])
+    moved = np.random.Generator(cpu._pcg64_at(state, 41, np.random.PCG64()))
+    moved.random(3)
+    np.testing.assert_array_equal(moved.random(5, dtype=np.float32), after)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (13, 101)])
+@pytest.mark.parametrize("kept", [0, 1])
+def test_dropout_draws_on_the_threads_the_serial_uniforms_and_leaves_the_generator_where_they_do(threads, shape, kept):
+    """u drawn in shards (1 number a shard at 3 threads, uneven, odd starts) is the one serial draw: the mask
+    [u >= p]/(1-p) and x ⊙ mask equal the NumPy expression, and the next draws of the generator are unchanged."""
+    x = np.random.default_rng(22).standard_normal(shape).astype(np.float32)
+    fast, ref = np.random.default_rng(23), np.random.default_rng(23)
+    for g in (fast, ref):
+        g.random(kept, dtype=np.float32)
+    out, mask = cpu.dropout(x, fast, 0.3, 1 / 0.7)
+    u = ref.random(shape, dtype=np.float32)
+    expect = (u >= 0.3).astype(np.float32) * np.float32(1 / 0.7)
+    np.testing.assert_array_equal(mask, expect)
+    np.testing.assert_array_equal(out, x * expect)
+    moved, drawn = fast.bit_generator.state, ref.bit_generator.state
+    assert (moved["state"], moved["has_uint32"]) == (drawn["state"], drawn["has_uint32"])
+    assert not drawn["has_uint32"] or moved["uinteger"] == drawn["uinteger"]   # (a used half stays in NumPy's state)
+    np.testing.assert_array_equal(fast.random(9, dtype=np.float32), ref.random(9, dtype=np.float32))
 
 
 @pytest.mark.parametrize("shape", [(1, 7, 3), (50, 40, 30), (300, 784, 100)])
@@ -955,13 +996,16 @@ def test_the_awake_waits_see_another_threads_write_and_give_up_in_time():
     assert k.publish(flag, 0, 1, 5_000_000_000) is True and flag[0] == 2   # raised by the other side: done
     posted = np.zeros(1, np.int64)
     t0 = time.perf_counter()
-    assert k.park(posted, 0, 2_000_000) is False                          # no new job: back to the queue after 2 ms
+    assert k.park(posted, 0, 2_000_000, 0) is False                          # no new job: back to the queue after 2 ms
     assert 0.002 <= time.perf_counter() - t0 < 1.0
     threading.Timer(0.01, lambda: posted.__setitem__(0, 1)).start()
-    assert k.park(posted, 0, 5_000_000_000) is True                       # the next job is out
+    assert k.park(posted, 0, 5_000_000_000, 0) is True                       # the next job is out
+    t0 = time.perf_counter()
+    assert k.park(posted, 0, 5_000_000_000, 3_000_000) is True               # out already: then the grace, awake
+    assert 0.003 <= time.perf_counter() - t0 < 1.0
     flag[0] = 0
     threading.Timer(0.01, lambda: (flag.__setitem__(0, 2), posted.__setitem__(0, 2))).start()
-    assert k.publish_and_park(flag, 0, 1, 5_000_000_000, posted, 1, 5_000_000_000) is True and flag[0] == 2
+    assert k.publish_and_park(flag, 0, 1, 5_000_000_000, posted, 1, 5_000_000_000, 0) is True and flag[0] == 2
 
 
 def test_conv_chunks_grow_with_the_mini_batch_not_with_the_threads():

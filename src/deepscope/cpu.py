@@ -133,6 +133,14 @@ PARK_US = 300           # a worker done with its shards waits this long, awake a
                         # serial work between sections: ~4 of rung 1's ~10 sleeps a step at m=64)
 
 
+GIL_GRACE_US = 10       # a parked worker that sees the next job waits this much longer, awake and without the GIL, before
+                        # it asks for the GIL: the caller holds the GIL from handing the job out until it enters its own
+                        # shard's compiled code (or BLAS), and a thread that asks for a held GIL sleeps (CPython has it
+                        # wait on a condition variable) and pays the ~30-50 us wake-up. Rung 1 at m=64, own kernels,
+                        # 2 threads, cores close, alternating in one process (thread_profile.py --ab GIL_GRACE_US=0):
+                        # 1,244 against 1,306 us a step, 1.2 against 5.8 sleeps; the dropout net 5,620 against 5,813 us
+
+
 class _Pool:
     """``size - 1`` worker threads that sleep on a queue until there is work. The caller takes shards too and
     never waits for a worker that has not started: on a loaded machine a sleeping thread may wake late, and
@@ -141,7 +149,7 @@ class _Pool:
     sleeps); the worker that finishes the last shard signals it from outside the GIL and holds off taking the
     GIL back until the caller has it, so that the caller does not sleep on the GIL either; it then waits, still
     awake and without the GIL, up to ``PARK_US`` for the next job, so that it takes the GIL back only to start that
-    job. (A worker that took the GIL back first and then waited awake for the next job gained nothing: it must
+    job, and then ``GIL_GRACE_US`` more, so that it asks for it once the caller has let it go. (A worker that took the GIL back first and then waited awake for the next job gained nothing: it must
     take the GIL to start it, which the caller holds while it hands the job out, and slept there; rung 1 at m=64,
     2 threads: 3.40 -> 4.16 ms a step.)"""
 
@@ -154,7 +162,7 @@ class _Pool:
         if self._wait is not None:              # compiled now (not cached on disk), not inside the first job
             k.wait_until(numpy.ones(1, numpy.int64), 0, 1, 0)
             k.publish(numpy.zeros(1, numpy.int64), 0, 1, 0)
-            k.publish_and_park(numpy.zeros(1, numpy.int64), 0, 1, 0, numpy.zeros(1, numpy.int64), 0, 0)
+            k.publish_and_park(numpy.zeros(1, numpy.int64), 0, 1, 0, numpy.zeros(1, numpy.int64), 0, 0, 0)
         for _ in range(size - 1):
             threading.Thread(target=self._work, daemon=True, name="deepscope-worker").start()
 
@@ -170,9 +178,10 @@ class _Pool:
             if self._wait is None:
                 continue
             if last:        # tell the caller, then wait for the next job, all without the GIL
-                self._wait.publish_and_park(flag, 0, 1, WAIT_AWAKE_US * 1000, self._posted, seen, PARK_US * 1000)
+                self._wait.publish_and_park(flag, 0, 1, WAIT_AWAKE_US * 1000, self._posted, seen, PARK_US * 1000,
+                                            GIL_GRACE_US * 1000)
             elif PARK_US:
-                self._wait.park(self._posted, seen, PARK_US * 1000)
+                self._wait.park(self._posted, seen, PARK_US * 1000, GIL_GRACE_US * 1000)
 
     def run(self, fn, shards):
         job = _Job(fn, shards)
@@ -1039,13 +1048,54 @@ def masked(g, mask):
     return out and out[0]
 
 
-def dropout(x, u, p, scale):
-    """(x ⊙ m, m) with m = [u ≥ p]·scale in x's dtype, or None."""
-    if not _same_float(x) or type(u) is not numpy.ndarray:
+DROPOUT_ELEMENTS_PER_SHARD = 16_384  # dropout draws its uniforms on the threads from this many per shard: NumPy's
+                                    # PCG64 float32 draw costs ~1.3 ns a number on one thread (Zen 5: 83 us for
+                                    # 64,000), so a shard of 16k (~25 us) pays for a hand-over (~20 us, cores close)
+
+
+def dropout(x, rng, p, scale):
+    """(x ⊙ m, m) with m = [u ≥ p]·scale in x's dtype and u = ``rng.random(x.shape, dtype="float32")``, or None
+    (then nothing was drawn). u is drawn on the threads, shard by shard, each shard from a copy of ``rng``'s PCG64
+    moved to its place in the stream (:func:`_pcg64_at`): the same numbers as the one serial draw, whatever the
+    thread count, and ``rng`` ends where that draw leaves it (``manual_seed`` reproduces runs as before)."""
+    if not (_same_float(x) and x.flags.c_contiguous and type(rng) is numpy.random.Generator
+            and type(rng.bit_generator) is numpy.random.PCG64):
         return None
-    dropout_ = kernels().dropout
-    return elementwise(lambda x_, u_, out, mask: dropout_(x_, u_, p, scale, out, mask), x, x, u,
-                       out_dtypes=(None, None))
+    n, dropout_ = x.size, kernels().dropout
+    out, mask = numpy.empty(x.shape, x.dtype), numpy.empty(x.shape, x.dtype)
+    xf, of, mf = x.reshape(n), out.reshape(n), mask.reshape(n)
+    if one_shard(n, DROPOUT_ELEMENTS_PER_SHARD):
+        dropout_(xf, rng.random(n, dtype=numpy.float32), p, scale, of, mf)
+        return out, mask
+    state, shards = rng.bit_generator.state, split(n, min(get_num_threads(), n // DROPOUT_ELEMENTS_PER_SHARD))
+    spares = getattr(_local, "pcg64", [])
+    spares += [numpy.random.PCG64() for _ in range(len(shards) - len(spares))]   # PCG64() seeds from the OS: ~7 us
+    _local.pcg64 = spares
+    draws = [(s, e, numpy.random.Generator(_pcg64_at(state, s, g))) for (s, e), g in zip(shards, spares)]
+
+    def run(i, j):          # NumPy's fill and the kernel both run without the GIL
+        for s, e, g in draws[i:j]:
+            dropout_(xf[s:e], g.random(e - s, dtype=numpy.float32), p, scale, of[s:e], mf[s:e])
+
+    parallel(run, len(draws))
+    _pcg64_at(state, n, rng.bit_generator)
+    return out, mask
+
+
+def _pcg64_at(state, position, bit_generator):
+    """``bit_generator`` (a PCG64) set to where a PCG64 in ``state`` is after ``position`` 32-bit draws, and returned.
+    NumPy's PCG64 makes two 32-bit draws of each 64-bit step (the low half, then the high half it keeps in
+    ``uinteger`` with ``has_uint32`` = 1), and ``advance(k)`` moves k steps, clearing the kept half."""
+    bit_generator.state = state
+    kept = state["has_uint32"]
+    if position < kept:                 # position 0, the kept half next
+        return bit_generator
+    steps, odd = divmod(position - kept, 2)
+    bit_generator.advance(steps)
+    if odd:                             # the high half of the next step comes next
+        high = int(bit_generator.random_raw()) >> 32
+        bit_generator.state = {**bit_generator.state, "has_uint32": 1, "uinteger": high}
+    return bit_generator
 
 
 # -- costs: the output neuron and the cost in one pass ------------------------------------------------------

@@ -52,12 +52,13 @@ class Dropout(Module):
             return x * self._scale if self._scale != 1.0 else x
         # m_i ~ Bernoulli(1 - p), drawn where x lives from the seeded generator (reproducible), with the
         # training scale folded in so that forward and backward are each one multiplication.
-        u = backend.rng_for(xp).random(x.shape, dtype="float32")
+        rng = backend.rng_for(xp)
         scale = 1.0 if self.scale_at_test else 1.0 / (1.0 - self.p)
-        fast = cpu.dropout(x, u, self.p, scale)     # the same mask and product, one pass on the CPU's threads
+        fast = cpu.dropout(x, rng, self.p, scale)   # the same u, mask and product, drawn and computed on the CPU's threads
         if fast is not None:
             out, self._mask = fast
             return out
+        u = rng.random(x.shape, dtype="float32")
         keep = u >= self.p
         mask = xp.asarray(keep, dtype=x.dtype)
         if scale != 1.0:
