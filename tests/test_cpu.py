@@ -1008,6 +1008,25 @@ def test_the_awake_waits_see_another_threads_write_and_give_up_in_time():
     assert k.publish_and_park(flag, 0, 1, 5_000_000_000, posted, 1, 5_000_000_000, 0) is True and flag[0] == 2
 
 
+def test_a_worker_that_took_a_job_late_goes_on_to_the_next_at_once(monkeypatch):
+    """A worker that takes job n after job n+1 is out (it woke late and the caller ran job n alone) starts job n+1
+    at once: had it waited for a job handed out after the count it read, it would have stayed one job behind."""
+    monkeypatch.setattr(cpu, "PARK_US", 5_000_000)          # waiting for a job not yet out: 5 s
+    pool = cpu._Pool(2)
+    try:
+        done = threading.Event()
+        late = cpu._Job(lambda: None, [])                  # job n: no shard left to take
+        following = cpu._Job(done.set, [()])               # job n+1: one shard, for the worker
+        for job in (late, following):
+            pool._posted[0] += 1
+            job.number = int(pool._posted[0])
+            pool._tasks.put(job)
+        assert done.wait(2.0)
+    finally:
+        pool.close()
+        pool._posted[0] += 1                               # out of its wait, to the queue's end
+
+
 def test_conv_chunks_grow_with_the_mini_batch_not_with_the_threads():
     """Rung 1's first conv: 512 KB chunks at m=10 (as many as before, peak memory), 4 chunks at m=64 (fewer
     round trips through the GIL), at most 1 MB each at m=256; the same at 1 and 3 threads."""

@@ -172,7 +172,10 @@ class _Pool:
             job = self._tasks.get()
             if job is None:
                 return
-            seen = int(self._posted[0])
+            # The job's own number, not the count now: a worker that took a job late, after the next one was out
+            # (the caller had run it alone), then waited for the one after that, and stayed one job behind, with no
+            # shard left to take, for as long as jobs came less than PARK_US apart (rung 1 at m=64 read 1.14).
+            seen = job.number
             last, flag = job.work(), job.flag
             del job         # not held while this thread waits: its shards' arrays would stay alive into the next step
             if self._wait is None:
@@ -186,6 +189,7 @@ class _Pool:
     def run(self, fn, shards):
         job = _Job(fn, shards)
         self._posted[0] += 1
+        job.number = int(self._posted[0])
         for _ in range(min(self.size, len(shards)) - 1):
             self._tasks.put(job)
         job.work()
