@@ -573,6 +573,14 @@ def test_linear_backward_runs_both_products_in_one_section_and_equals_numpy(thre
         assert out is None
 
 
+def test_linear_backward_blocks_side_by_side_on_several_threads(threads):
+    """Block i of W.grad's product beside block i of δ W's on several threads (each thread the same columns of
+    both), one product after the other on one thread; unequal counts stay as they are."""
+    g, i = ["g0", "g1"], ["i0", "i1"]
+    assert cpu._paired(g, i) == (["g0", "g1", "i0", "i1"] if threads == 1 else ["g0", "i0", "g1", "i1"])
+    assert cpu._paired(g, ["i0"]) == ["g0", "g1", "i0"]
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("m, n, k", [(64, 100, 2880), (33, 101, 2881)])

@@ -700,12 +700,30 @@ def linear_backward(d, x, w, w_grad, b_grad=None, input_grad=True):
     if input_grad:
         grads, inputs = _gemm_blocks(d.T, x, w_grad), _gemm_blocks(d, w)
         if grads is not None and inputs is not None:
-            _run_blocks(grads[1] + inputs[1])
+            _run_blocks(_paired(grads[1], inputs[1]))
             if b_grad is not None:
                 b_grad += d.sum(axis=0)
             return inputs[0]
     _grads_by_blas(d, x, w_grad, b_grad)
     return matmul(d, w) if input_grad else None
+
+
+PAIR_BLOCKS = 1     # 1: on several threads a Linear backward's two products block by block side by side (_paired);
+                    # 0: one product after the other (for an A/B: thread_profile.py --ab PAIR_BLOCKS=0)
+
+
+def _paired(first, second):
+    """The blocks of two products in the order the threads take them: on several threads block i of each product
+    side by side (each thread then runs the same columns of W.grad += δᵀx and of δ W: equal work, where the one
+    product a thread had taken 30% longer than the other: rung 1's 2880->100 at m=64, 225 against 173 us), on one
+    thread one product after the other (faster there: the same blocks side by side took 391.8 against 389.6 us at
+    m=64, 1,309 against 1,288 at m=256). The same blocks either way, so the same numbers. Measured alone (own
+    AVX-512 kernels, cores close, alternating in one process), 2 threads: 246.6 -> 229.1 us at m=64, 708 -> 679 at
+    m=256; the dropout net's 1000->1000 and 640->1000, whose two products cost the same, within ±1%. In rung 1's
+    step at m=64 (thread_profile.py --ab PAIR_BLOCKS=0): 1,217 against 1,232 us at 2 threads; rung 3 2,599 / 2,654."""
+    if get_num_threads() == 1 or len(first) != len(second) or not PAIR_BLOCKS:
+        return first + second
+    return [block for pair in zip(first, second) for block in pair]
 
 
 # -- convolution: the mini-batch in shards, each shard in chunks whose columns stay in cache ---------------
