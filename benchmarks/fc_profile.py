@@ -6,6 +6,7 @@ per-example loop. This splits deepscope's side into its parts, each timed alone 
 
 - ``fit, a step``: one epoch of ``fit`` over the images divided by its steps (what cpu_speed.py times);
 - ``step() on one batch``: :func:`deepscope.train.step` again and again on one mini-batch (no drawing, data in cache);
+- fit's one-piece step (:class:`deepscope.train.SigmoidNetStep`, what ``fit`` runs for this net) on one mini-batch;
 - what ``fit`` adds: drawing the mini-batches (``Batches.epoch``), the finiteness check of the training set (once a
   ``fit`` call, shared by its steps);
 - each pass's forward and backward as the step runs them (a layer, or a run of layers as one: nn/fuse.py), the cost,
@@ -18,6 +19,7 @@ per-example loop. This splits deepscope's side into its parts, each timed alone 
 
     python benchmarks/fc_profile.py                        # m = 10 and 64 (~15 s)
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/fc_profile.py   # OpenBLAS's own kernels
+    python benchmarks/fc_profile.py --layer-by-layer       # fit steps layer by layer (the A/B of SigmoidNetStep)
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 import deepscope as ds
-from deepscope import arch, cpu, nn, optim
+from deepscope import arch, cpu, nn, optim, train
 from deepscope.train import Batches, check_inputs, fit, step
 
 HERE = Path(__file__).resolve().parent
@@ -68,6 +70,7 @@ def profile(m, images, repeats):
     n2 = fc_speed.network2_run([784, 30, 10], X, y, m)
     rows = {"fit, a step": cpu_us(epoch, 1, repeats) / steps,
             "step() on one batch": cpu_us(lambda: step(model, cost, opt, xb, yb), 2000 // steps + 50, repeats),
+            "fit's one-piece step (SigmoidNetStep) on one batch": _one_piece(model, cost, opt, xb, yb, steps, repeats),
             "drawing the batches (Batches.epoch), a step": cpu_us(lambda: [b for b in batches.epoch(m)], 1, repeats) / steps,
             "finiteness check of the training set, a step": cpu_us(lambda: check_inputs("fit", X), 1, repeats) / steps}
     calls = 2000
@@ -102,6 +105,14 @@ def profile(m, images, repeats):
         rows["the step's kernels from one Python function"] = cpu_us(lambda: kernels_step(h, yb), calls, repeats)
     rows["network2 loop, a step"] = cpu_us(n2, 1, max(3, repeats // 2)) / steps
     return rows
+
+
+def _one_piece(model, cost, opt, xb, yb, steps, repeats):
+    """train.SigmoidNetStep on one mini-batch, as fit runs it (NaN where it does not apply)."""
+    fused = train.SigmoidNetStep.of(model, cost, opt) if train.SIGMOID_NET_STEP else None
+    if fused is None or not fused.applies(xb, yb):
+        return float("nan")
+    return cpu_us(lambda: fused(xb, yb, lambda loss: None), 2000 // steps + 50, repeats)
 
 
 def _name(p) -> str:
@@ -145,7 +156,10 @@ def main(argv=None):
     ap.add_argument("--images", type=int, default=5000)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--out", default="fc_profile.json", help="file name under benchmarks/results/")
+    ap.add_argument("--layer-by-layer", action="store_true",
+                    help="fit steps layer by layer (train.SIGMOID_NET_STEP = False): the same numbers, for an A/B")
     args = ap.parse_args(argv)
+    train.SIGMOID_NET_STEP = not args.layer_by_layer
     cpu_speed.set_threads(1)
     batches = [int(b) for b in args.batches.split(",")]
     results = {m: profile(m, args.images, args.repeats) for m in batches}
@@ -157,6 +171,7 @@ def main(argv=None):
         print(f"m={m}: network2 loop / fit, CPU time a step: {r['network2 loop, a step'] / r['fit, a step']:.2f}x; "
               f"{goal}x needs a fit step of {r['network2 loop, a step'] / goal:.1f} us")
     path = write_json(args.out, {"machine": machine(), "blas": blas(), "threads": 1, "images": args.images,
+                                 "one_piece_step": train.SIGMOID_NET_STEP,
                                  "repeats": args.repeats, "command": "python benchmarks/fc_profile.py "
                                  + " ".join(argv or sys.argv[1:]), "rows": out})
     print(f"\nwritten to {path}")

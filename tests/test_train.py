@@ -224,3 +224,133 @@ def test_evaluate_and_fit_accept_one_hot_targets():
     assert hist.records[-1]["val_acc"] == ds.train.evaluate(model, X, y) > 0.9
     with pytest.raises(ds.ShapeError, match=r"evaluate: labels of shape \(300, 2\) do not match"):
         ds.train.evaluate(model, X, Y[:, :2])
+
+
+# -- fit's one-piece step of network2's nets (train.SigmoidNetStep) against the layer path -------------------------
+def _fit_both(build, X, y, monkeypatch, dtype=np.float32, epochs=2, batch_size=16, callbacks=(), weight_decay=0.0,
+              momentum=0.0, cost=nn.CrossEntropyCost):
+    """(parameters, gradients, records, steps taken as one piece) of the same fit with train.SIGMOID_NET_STEP on and
+    off; an exception a fit raises is returned in place of its records."""
+    from deepscope import train
+    calls = []
+    real = train.SigmoidNetStep.__call__
+    monkeypatch.setattr(train.SigmoidNetStep, "__call__", lambda self, *a: calls.append(1) or real(self, *a))
+    out = []
+    for on in (True, False):
+        monkeypatch.setattr(train, "SIGMOID_NET_STEP", on)
+        ds.manual_seed(0)
+        model = build().to(dtype)
+        opt = optim.SGD(model.parameters(), lr=0.5, weight_decay=weight_decay, momentum=momentum)
+        try:
+            records = [{k: v for k, v in r.items() if k != "seconds"} for r in fit(
+                model, cost(), opt, (X, y), epochs=epochs, batch_size=batch_size, callbacks=list(callbacks)).records]
+        except Exception as e:                                      # noqa: BLE001 - compared below
+            records = f"{type(e).__name__}: {e}"
+        out.append(([p.data.copy() for p in model.parameters()], [p.grad.copy() for p in model.parameters()],
+                    records, len(calls)))
+        calls.clear()
+    return out
+
+
+def _assert_same(a, b):
+    for p, q in zip(a[0] + a[1], b[0] + b[1]):
+        np.testing.assert_array_equal(p, q)             # bit for bit (NaN where NaN)
+    assert a[2] == b[2]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("net, batch_size, decay", [("784-30-10", 64, 0.0), ("784-30-10", 10, 1e-3),
+                                                    ("300-20-7-5", 13, 0.0)])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_sigmoid_net_step_equals_the_layer_path(monkeypatch, dtype, net, batch_size, decay, threads):
+    """[Flatten →] (Linear → Sigmoid)+ → Linear with the cross-entropy cost and plain SGD (weight decay too), fit
+    as one piece and layer by layer: the same weights, gradients, losses and accuracies, bit for bit, at 1 and 3
+    threads (the short last mini-batch too)."""
+    from deepscope import cpu
+    if cpu.kernels() is None:
+        pytest.skip("numba is not installed")
+    was = cpu.get_num_threads()
+    cpu.set_num_threads(threads)
+    try:
+        n_in = int(net.split("-")[0])
+        rng = np.random.default_rng(1)
+        X = rng.random((150, 1, 1, n_in) if net.startswith("784") else (150, n_in)).astype(dtype)
+        y = rng.integers(0, int(net.split("-")[-1]), 150)
+        fast, layers = _fit_both(lambda: arch.build(net + ":sigmoid"), X, y, monkeypatch, dtype, batch_size=batch_size,
+                                 weight_decay=decay)
+    finally:
+        cpu.set_num_threads(was)
+    assert fast[3] == 2 * -(-150 // batch_size) and layers[3] == 0       # every step as one piece, or none
+    _assert_same(fast, layers)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("poison", [np.nan, np.inf, -np.inf, 1e30])
+def test_sigmoid_net_step_stops_on_a_non_finite_cost_as_the_layer_path(monkeypatch, dtype, poison):
+    """A NaN or ±∞ weight: both stop at the same step with the same NonFiniteError line, the gradients the same (NaN
+    where NaN), the weights not updated; a huge one (outputs far in σ's tails): the same training."""
+    rng = np.random.default_rng(2)
+    X, y = rng.random((40, 50)).astype(dtype), rng.integers(0, 4, 40)
+
+    def build():
+        model = nn.Sequential(nn.Linear(50, 6), nn.Sigmoid(), nn.Linear(6, 4))
+        model[2].weight.data[1, 2] = poison
+        return model
+    fast, layers = _fit_both(build, X, y, monkeypatch, dtype, batch_size=8)
+    if np.isfinite(poison):                      # outputs far in σ's tails: a finite cost, training goes on
+        assert fast[3] == 2 * 5 and isinstance(fast[2], list)
+    else:
+        assert fast[3] == 1 and "NonFiniteError" in fast[2] and "step 1" in fast[2]
+    _assert_same(fast, layers)
+
+
+def test_sigmoid_net_step_says_which_label_is_out_of_range(monkeypatch):
+    """A label out of range stops fit with the cost's own error line, as the layer path does."""
+    rng = np.random.default_rng(3)
+    X, y = rng.random((40, 50)).astype(np.float32), rng.integers(0, 4, 40)
+    y[21] = 4
+    fast, layers = _fit_both(lambda: nn.Sequential(nn.Linear(50, 6), nn.Sigmoid(), nn.Linear(6, 4)), X, y,
+                             monkeypatch, batch_size=8)
+    assert fast[2] == layers[2] == "DataError: CrossEntropyCost: label 4 is out of range for 4 classes (0..3)"
+    _assert_same(fast, layers)
+
+
+class _Hooks:
+    """A callback that hooks the model's second layer after the third mini-batch (the steps after run layer by
+    layer: the hook sees each of its layer's outputs)."""
+
+    def __init__(self):
+        self.seen, self.steps = 0, 0
+
+    def on_fit_start(self, model, optimizer, epoch):
+        self.model, self.steps = model, 0
+
+    def on_batch_end(self, m, loss, accuracy):
+        self.steps += 1
+        if self.steps == 3:
+            self.model[1].register_forward_hook(lambda module, inputs, out: setattr(self, "seen", self.seen + 1))
+
+
+def test_sigmoid_net_step_steps_layer_by_layer_where_something_could_tell(monkeypatch):
+    """Hooks (also registered mid-fit), a callback between backward and update, momentum, another cost, inputs of
+    another dtype than the weights, a net of other layers: those steps run layer by layer (the same numbers)."""
+    rng = np.random.default_rng(4)
+    X, y = rng.random((48, 20)).astype(np.float32), rng.integers(0, 3, 48)
+    build = lambda: nn.Sequential(nn.Linear(20, 5), nn.Sigmoid(), nn.Linear(5, 3))   # noqa: E731
+    hooks = _Hooks()
+    fast, layers = _fit_both(build, X, y, monkeypatch, epochs=1, batch_size=8, callbacks=[hooks])
+    assert fast[3] == 3 and hooks.seen == 2 * 3                        # 3 steps as one piece, then 3 hooked (each fit)
+    _assert_same(fast, layers)
+
+    class Before:
+        def on_before_step(self, step, model, optimizer):
+            pass
+    for kwargs in ({"callbacks": [Before()]}, {"momentum": 0.9}, {"cost": nn.LogLikelihoodCost},
+                   {"dtype": np.float64}):
+        fast, layers = _fit_both(build, X, y, monkeypatch, epochs=1, batch_size=8, **kwargs)
+        assert fast[3] == 0, kwargs
+        _assert_same(fast, layers)
+    relu = lambda: nn.Sequential(nn.Linear(20, 5), nn.ReLU(), nn.Linear(5, 3))   # noqa: E731
+    fast, layers = _fit_both(relu, X, y, monkeypatch, epochs=1, batch_size=8)
+    assert fast[3] == 0
+    _assert_same(fast, layers)

@@ -437,8 +437,7 @@ def matmul(a, b, add_to=None):
     a few rows (x Wᵀ + b, and W.grad += δᵀ x) run compiled loops instead where they beat BLAS (:func:`linear`)."""
     blocks = _gemm_blocks(a, b, add_to)
     if blocks is None:
-        m, k = a.shape
-        if m < b.shape[1] <= k and type(a) is numpy.ndarray:   # a few rows of inputs by a tall weight (x Wᵀ at small
+        if _transposed(a, b):                                   # a few rows of inputs by a tall weight (x Wᵀ at small
             out = numpy.ascontiguousarray((b.T @ a.T).T)        # m): OpenBLAS is ~25% faster on the transposed product
         else:
             out = device.matmul(a, b)                           # (a GPU's own kernel while a CUDA graph records)
@@ -449,6 +448,16 @@ def matmul(a, b, add_to=None):
     out, run = blocks
     _run_blocks(run)
     return out
+
+
+def _transposed(a, b) -> bool:
+    m, k = a.shape
+    return m < b.shape[1] <= k and type(a) is numpy.ndarray
+
+
+def matmul_is_plain(a, b) -> bool:
+    """Whether :func:`matmul` computes ``a @ b`` as NumPy's one ``a @ b`` (one block, not the transposed product)."""
+    return _gemm_block_count(a, b) == 1 and not _transposed(a, b)
 
 
 def _run_blocks(run):
@@ -581,14 +590,16 @@ _NO_NEG_ABS = {dt: numpy.empty((0, 0), dt) for dt in _NONE}            # "no -|z
 def _tiles(kernel, args, rows, macs_per_row):
     """``kernel(*args, start, stop)`` over tiles of 4 output rows, shared by the threads (each shard at least
     2 x ``MACS_PER_SHARD`` multiply-adds): the numbers do not depend on where the shards are cut."""
-    if _num_threads == 1:
-        kernel(*args, 0, rows)
-        return
-    tiles, least = -(-rows // 4), -(-2 * MACS_PER_SHARD // (4 * macs_per_row))
-    if one_shard(tiles, least):
+    if tiles_in_one_call(rows, macs_per_row):
         kernel(*args, 0, rows)
     else:
-        parallel(lambda s, e: kernel(*args, 4 * s, min(4 * e, rows)), tiles, least)
+        parallel(lambda s, e: kernel(*args, 4 * s, min(4 * e, rows)), -(-rows // 4),
+                 -(-2 * MACS_PER_SHARD // (4 * macs_per_row)))
+
+
+def tiles_in_one_call(rows, macs_per_row) -> bool:
+    """Whether :func:`_tiles` runs its kernel in one call, on this thread (one thread, or too little work to share)."""
+    return _num_threads == 1 or one_shard(-(-rows // 4), -(-2 * MACS_PER_SHARD // (4 * macs_per_row)))
 
 
 FORWARD_BY_INPUTS = 1   # 1: Linear's forward of a wide weight by the inputs its backward cuts it by (_forward_by_inputs);
@@ -653,6 +664,12 @@ FUSE_LINEAR_SIGMOID = 1     # 1: nn/fuse.py's LinearSigmoid runs Linear → Sigm
                             # the loops; 0: each layer on its own (the same numbers; an A/B: --ab FUSE_LINEAR_SIGMOID=0)
 
 
+def linear_runs_loops(x, w, *others, forward=False) -> bool:
+    """Whether :func:`linear` (``forward``) or :func:`linear_backward` runs the compiled loops for these arrays
+    (:func:`_loops`)."""
+    return _loops(x, w, *others, forward=forward)
+
+
 def linear_sigmoid_applies(x, w, b=None) -> bool:
     """Whether :func:`linear_sigmoid` computes Linear → Sigmoid for this input: Linear's forward runs the loops."""
     return bool(FUSE_LINEAR_SIGMOID) and _loops(x, w, b, forward=True)
@@ -693,7 +710,7 @@ def linear_backward(d, x, w, w_grad, b_grad=None, input_grad=True):
         _grads_by_loops(d, x, w_grad, b_grad)
         if not input_grad:
             return None
-        if d.shape[0] * w.size <= INPUT_GRAD_LOOPS_MACS and w.dtype == d.dtype and w.flags.c_contiguous:
+        if input_grad_by_loops(d, w):
             dx = numpy.empty((d.shape[0], w.shape[1]), dtype=w.dtype)
             _kernels.linear_input_grad(d, w, dx)
             return dx
@@ -725,6 +742,11 @@ def _paired(first, second):
     if get_num_threads() == 1 or len(first) != len(second) or not PAIR_BLOCKS:
         return first + second
     return [block for pair in zip(first, second) for block in pair]
+
+
+def input_grad_by_loops(d, w) -> bool:
+    """Whether :func:`linear_backward`, where the parameter gradients run the loops, computes δ W by the loops too."""
+    return d.shape[0] * w.size <= INPUT_GRAD_LOOPS_MACS and w.dtype == d.dtype and w.flags.c_contiguous
 
 
 # -- convolution: the mini-batch in shards, each shard in chunks whose columns stay in cache ---------------

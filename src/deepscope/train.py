@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from . import backend, cpu, device, nn
 from .errors import ConfigError, DataError, NonFiniteError, ShapeError
+from .nn.activation import sigmoid_backward
 from .optim import SGD
 from .runs import History
 from .scope.anomaly import AnomalyDetector
@@ -185,8 +186,156 @@ class GraphedStep:
             self.cost.check_label_range(y, classes)
 
 
+class SigmoidNetStep:
+    """:func:`step` for network2.py's nets on the CPU as one piece: ``[Flatten →] (Linear → Sigmoid)+ → Linear`` with
+    :class:`~deepscope.nn.CrossEntropyCost` and plain SGD (no momentum, no clipping; weight decay as SGD's kernel
+    takes it), the same compiled loops and NumPy calls as the layers, the cost and :class:`SGD` make (the loops of
+    Linear's products, NumPy's exp and the σ kernel of nn/fuse.py's LinearSigmoid, Sigmoid's backward line, the
+    cost's compiled pass, the update's kernel), called one after another from here:
+
+        forward   a⁰ = x (flattened),  aˡ = σ(aˡ⁻¹ Wˡᵀ + bˡ),  z = aᴸ⁻¹ Wᴸᵀ + bᴸ;  C and δᴸ = (σ(z) - y)/n
+        backward  Wˡ.grad += δˡᵀ aˡ⁻¹,  bˡ.grad += Σ δˡ  (BP4, BP3);  δˡ⁻¹ = (δˡ Wˡ) ⊙ aˡ⁻¹(1 - aˡ⁻¹)  (BP2, BP1)
+        update    W ← W - η ∇C  (SGD's kernel)
+
+    Why: at network2's sizes a call from Python costs about what its arithmetic does. The Sequential, each
+    module's ``__call__`` and public ``backward``, the runs' ``applies``, each product's choice between the loops and
+    BLAS, the cost's and the optimizer's checks were ~17 of the ~86 us that ``fit`` took for a ``[784,30,10]`` step at
+    m=64 (Zen 5, 1 thread, OpenBLAS's own kernels, loaded, CPU time a step, alternating in one process: 86.2 layer by
+    layer, 69.0 as one piece). The choices depend only on the
+    mini-batch's shape and dtype and the thread count: they are made once for each (:meth:`applies`), by the
+    functions the layers ask. The loss, outputs, gradients and updated weights are the layer path's, bit for bit.
+
+    :func:`fit` uses it where :meth:`of` finds such a net, cost and optimizer and no callback looks between the
+    backward pass and the update, for each mini-batch it :meth:`applies` to: none of the modules (nor the
+    Sequential) has a hook, the first Linear's input needs no gradient and the others' do (as ``fit`` sets them),
+    the mini-batch is a row-major NumPy float array of the weights' dtype with integer labels, and each product runs
+    the loops in one call (or, for δ W, NumPy's one product), as the layers then do. Otherwise the step runs layer
+    by layer, which also says what is wrong with a bad input; a label out of range stops it with the cost's error.
+    The modules' own caches (their last input and output) are not filled."""
+
+    def __init__(self, model, flatten: bool, linears, cost, optimizer):
+        self.model, self.flatten, self.linears, self.cost, self.optimizer = model, flatten, linears, cost, optimizer
+        self.modules = tuple(model)
+        self._needing = self.modules[2 if flatten else 1:]     # the modules whose input needs its gradient
+        self._routes, self._route = {}, None
+
+    @classmethod
+    def of(cls, model, cost, optimizer):
+        """The fast step of ``model`` (a Sequential of ``[Flatten →] (Linear → Sigmoid)+ → Linear`` whose widths
+        match) by ``cost`` (a CrossEntropyCost) and ``optimizer`` (SGD), or None."""
+        if type(model) is not nn.Sequential or type(cost) is not nn.CrossEntropyCost or type(optimizer) is not SGD:
+            return None
+        modules = list(model)
+        flatten = bool(modules) and type(modules[0]) is nn.Flatten
+        chain = modules[1:] if flatten else modules
+        if len(chain) < 3 or len(chain) % 2 == 0:
+            return None
+        linears = chain[0::2]
+        if (any(type(m) is not nn.Linear for m in linears) or any(type(m) is not nn.Sigmoid for m in chain[1::2])
+                or any(a.out_features != b.in_features for a, b in zip(linears, linears[1:]))):
+            return None
+        return cls(model, flatten, linears, cost, optimizer)
+
+    def applies(self, x, y) -> bool:
+        """Whether this mini-batch steps as one piece (see the class docstring)."""
+        model, opt, first = self.model, self.optimizer, self.linears[0]
+        if (type(x) is not np.ndarray or type(y) is not np.ndarray or model._forward_hooks or model._backward_hooks
+                or opt._v is not None or opt.clip_norm is not None or first._needs_input_grad
+                or tuple(model._modules.values()) != self.modules):
+            return False
+        for m in self.modules:
+            if m._forward_hooks or m._backward_hooks:
+                return False
+        for m in self._needing:
+            if not m._needs_input_grad:
+                return False
+        if not (x.flags.c_contiguous and (self.flatten or x.ndim == 2) and y.ndim == 1 and y.dtype.kind in "iu"
+                and len(y) == len(x)):
+            return False
+        opt._sync()                                   # (the parameters' arrays, if someone replaced them)
+        key = (x.shape, x.dtype, opt.flat.data.dtype, cpu.get_num_threads(), cpu.fast(), cpu.FUSE_LINEAR_SIGMOID)
+        route = self._routes.get(key)
+        if route is None:
+            route = self._routes[key] = self._plan(x)
+        self._route = route
+        return route is not False
+
+    def _plan(self, x):
+        """For each Linear whether δ W runs the loops (else NumPy's one product), as ``cpu.linear_backward`` would
+        choose; False where any of the layers' products would not run in one call of the loops (or x does not fit)."""
+        rows, w = len(x), self.linears[0].weight.data
+        h = x.reshape(rows, -1) if self.flatten and x.size else x
+        if rows == 0 or h.ndim != 2 or h.shape[1] != self.linears[0].in_features or not cpu.fast(h, w):
+            return False
+        by_loops = []
+        for linear in self.linears:
+            w, b = linear.weight, linear.bias
+            out = np.empty((rows, linear.out_features), w.data.dtype)
+            hidden = linear is not self.linears[-1]
+            if not ((cpu.linear_sigmoid_applies(h, w.data, _data(b)) if hidden else
+                     cpu.linear_runs_loops(h, w.data, _data(b), forward=True))
+                    and cpu.linear_runs_loops(h, w.grad, out, _grad(b))
+                    and cpu.tiles_in_one_call(rows, w.data.size) and cpu.tiles_in_one_call(w.data.shape[0], h.size)):
+                return False
+            loops = cpu.input_grad_by_loops(out, w.data)
+            if linear is not self.linears[0] and not (loops or cpu.matmul_is_plain(out, w.data)):
+                return False
+            by_loops.append(loops)
+            h = out
+        return by_loops
+
+    def __call__(self, x, y, before_update):
+        """One step on ``(x, y)`` (where :meth:`applies`): ``(loss, out)`` as :func:`step` returns them."""
+        k, opt, flat, linears, rows = cpu.kernels(), self.optimizer, self.optimizer.flat, self.linears, len(x)
+        h = x.reshape(rows, -1) if self.flatten else x
+        inputs = []
+        for linear in linears[:-1]:                                   # aˡ = σ(aˡ⁻¹ Wˡᵀ + bˡ): LinearSigmoid's pass
+            inputs.append(h)
+            h = cpu.linear_sigmoid(h, linear.weight.data, _data(linear.bias))
+        inputs.append(h)
+        last = linears[-1]
+        z = np.empty((rows, last.out_features), h.dtype)              # z = aᴸ⁻¹ Wᴸᵀ + bᴸ: Linear's loops
+        k.linear_forward(h, last.weight.data, _bias(_data(last.bias), h), z, cpu._NO_NEG_ABS[h.dtype], 0, rows)
+        loss, delta = self.cost._compiled(cpu.crossentropy, z, y)     # C and δᴸ: the cost's compiled pass
+        loss /= rows
+        cpu.zero(flat.grad)                                           # zero_grad
+        for i in range(len(linears) - 1, -1, -1):
+            linear, a = linears[i], inputs[i]
+            # BP4: W.grad += δᵀ a,  BP3: b.grad += Σ δ (Linear's loops)
+            k.linear_weight_grad(delta, a, linear.weight.grad, _bias(_grad(linear.bias), a), 0, linear.out_features)
+            if i == 0:
+                break
+            w = linear.weight.data
+            if self._route[i]:                                        # BP2: ∂C/∂a = δ W
+                g = np.empty((rows, linear.in_features), w.dtype)
+                k.linear_input_grad(delta, w, g)
+            else:
+                g = delta @ w
+            delta = sigmoid_backward(g, a)                            # δ = ∂C/∂a ⊙ a(1-a): Sigmoid's backward
+        before_update(loss)
+        opt.steps += 1                                                # SGD.step's kernel, as it calls it
+        w = flat.data
+        k.sgd(w, flat.grad, w[:0], opt.lr, opt.momentum, opt.weight_decay, flat.n_decayed)
+        return loss, z
+
+
+def _data(p):
+    return None if p is None else p.data
+
+
+def _grad(p):
+    return None if p is None else p.grad
+
+
+def _bias(b, like):
+    """A bias (or its gradient) as Linear's loops take it: an empty array for none."""
+    return cpu._NONE[like.dtype] if b is None else b
+
+
 DEVICE_CHUNK = 8192    # examples copied to a GPU at once (Batches.epoch)
 CUDA_GRAPHS = True     # fit replays a recorded step on a GPU where it can (GraphedStep); False: kernel by kernel
+SIGMOID_NET_STEP = True     # fit steps network2's nets as one piece on the CPU where it can (SigmoidNetStep); False:
+                            # layer by layer (the same numbers; for an A/B)
 READ_EVERY = 50        # on a GPU, fit reads the running cost and accuracy (and checks the cost) every this many steps
 
 
@@ -287,6 +436,9 @@ def fit(model, cost, optimizer, train, epochs: int, batch_size: int, validation=
     use_graph = (CUDA_GRAPHS and not on_host and not before_step and not on_step
                  and GraphedStep.supports(model, optimizer, cost))
     graphed = GraphedStep(model, cost, optimizer) if use_graph else None
+    # On the CPU, network2's nets step as one piece where they can (SigmoidNetStep: the layers' numbers, without
+    # their dispatch); not where a callback looks between the backward pass and the update
+    fused = SigmoidNetStep.of(model, cost, optimizer) if SIGMOID_NET_STEP and on_host and not before_step else None
     count, labels_unchecked = optimizer.steps, True
     try:
         model.train()
@@ -296,7 +448,9 @@ def fit(model, cost, optimizer, train, epochs: int, batch_size: int, validation=
             loss_sum, correct, seen = 0.0, 0, 0
             for xb, yb in train.epoch(batch_size, model.xp):
                 count += 1
-                if graphed is None:
+                if fused is not None and fused.applies(xb, yb):
+                    loss, out = fused(xb, yb, before_update)
+                elif graphed is None:
                     loss, out = step(model, cost, optimizer, xb, yb, before_update)
                 else:
                     loss, out = graphed(xb, yb)
