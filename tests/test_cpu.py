@@ -1200,3 +1200,23 @@ def test_linear_backward_of_a_tiny_layer_runs_one_compiled_pass_each_and_equals_
     nan = d.copy()
     nan[0, 0] = np.nan
     assert np.isnan(cpu.linear_backward(nan, x, w, g.copy(), gb.copy())[0]).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sum_of_squares_screens_as_numpy_dot(dtype):
+    """check_inputs's screen: Σ x² by the compiled pass against NumPy's dot(x, x): close on finite data, not finite
+    wherever a NaN, ±∞ (or an overflow) is; and check_inputs still names the bad inputs."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((300, 37)).astype(dtype)
+    flat = x.reshape(-1)
+    np.testing.assert_allclose(cpu.sum_of_squares(x), np.dot(flat, flat), rtol=1e-5 if dtype == np.float32 else 1e-12)
+    for poison in (np.nan, np.inf, -np.inf, np.finfo(dtype).max):
+        y = x.copy()
+        y[123, 5] = poison
+        assert not np.isfinite(cpu.sum_of_squares(y))
+    assert cpu.sum_of_squares(x[:, ::2]) is None                        # not row-major: NumPy's dot
+    y = x.copy()
+    y[7, 1], y[250, 0] = np.nan, np.inf
+    with pytest.raises(ds.errors.DataError, match="2 of 300 inputs hold NaN or infinity .the first is input 7."):
+        ds.train.check_inputs("fit", y)
+    ds.train.check_inputs("fit", x / np.abs(x).max() * np.finfo(dtype).max)   # huge, finite: the exact count clears it

@@ -1173,6 +1173,14 @@ def crossentropy(z, labels):
     return total, delta, bad
 
 
+def sum_of_squares(x):
+    """Σ x² over a row-major NumPy float array, by one compiled pass (``_kernels.sum_of_squares``), or None where
+    that does not apply (the caller takes NumPy's ``dot``)."""
+    if not (fast(x) and x.flags.c_contiguous):
+        return None
+    return kernels().sum_of_squares(x.reshape(-1))
+
+
 def correct(out, labels):
     """How many rows of ``out`` (N, K) have their largest entry (the first, on ties, as NumPy's argmax) at the
     integer label, or None where the fast path does not apply."""

@@ -672,9 +672,12 @@ def check_inputs(who: str, X) -> None:
                         f"first, e.g. X.astype('float32') / 255")
     if dtype.kind in "fc" and len(X):
         xp = backend.xp_of(X)
-        flat = X.reshape(-1)
-        if bool(xp.isfinite(xp.dot(flat, flat))):    # NaN and ±∞ reach the sum of squares (and an overflow of huge
-            return                                    # values only sends us on to the exact count): one fast pass
+        squares = cpu.sum_of_squares(X)                     # NaN and ±∞ reach the sum of squares (and an overflow of
+        if squares is None:                                 # huge values only sends us on to the exact count): one
+            flat = X.reshape(-1)                            # fast pass, compiled where it can be
+            squares = xp.dot(flat, flat)
+        if bool(xp.isfinite(squares)):
+            return
         bad = ~xp.isfinite(X).reshape(len(X), -1).all(axis=1)
         if bool(bad.any()):
             raise DataError(f"{who}: {int(bad.sum()):,} of {len(X):,} inputs hold NaN or infinity "
