@@ -14,7 +14,8 @@ per-example loop. This splits deepscope's side into its parts, each timed alone 
 - the first layer's two products by the compiled loops alone (``_kernels.linear_forward``, ``linear_weight_grad``):
   the floor the step cannot go below without faster loops;
 - the step's kernels (the same loops and NumPy calls) called one after another from one function: what the step
-  would cost with no Python between them, i.e. the most a step compiled as one piece could save;
+  would cost with no Python between them (fit's one-piece step, train.SigmoidNetStep, is these calls with their
+  checks and bookkeeping);
 - the network2 loop's step, for the ratio.
 
     python benchmarks/fc_profile.py                        # m = 10 and 64 (~15 s)
@@ -125,8 +126,8 @@ def _name(p) -> str:
 def _kernels_step(k, model, opt, m):
     """The same compiled loops and NumPy calls as a step of ``model`` (784-30-10, sigmoid, cross-entropy, plain SGD),
     called one after another from one function into buffers made once: what the step would cost with no Python
-    between its kernels (the most that a step compiled as one piece, a second way to compute these layers, could
-    save; the numbers are not checked here)."""
+    between its kernels (the floor of train.SigmoidNetStep, which makes these calls with the checks that keep its
+    numbers the layers'; the numbers are not checked here)."""
     first, last = model[1], model[3]
     w1, b1, w2, b2 = first.weight.data, first.bias.data, last.weight.data, last.bias.data
     gw1, gb1, gw2, gb2 = first.weight.grad, first.bias.grad, last.weight.grad, last.bias.grad
