@@ -1220,3 +1220,25 @@ def test_sum_of_squares_screens_as_numpy_dot(dtype):
     with pytest.raises(ds.errors.DataError, match="2 of 300 inputs hold NaN or infinity .the first is input 7."):
         ds.train.check_inputs("fit", y)
     ds.train.check_inputs("fit", x / np.abs(x).max() * np.finfo(dtype).max)   # huge, finite: the exact count clears it
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m, n, k, start, stop", [(64, 30, 784, 0, 30), (7, 13, 257, 4, 13), (61, 9, 300, 0, 8),
+                                                  (3, 6, 79, 0, 6), (64, 10, 30, 0, 10)])
+def test_linear_weight_grad_register_tiles_equal_the_loops_bit_for_bit(dtype, m, n, k, start, stop):
+    """W.grad += δᵀ x by the register tiles (rows of unit stride: every whole 512-bit vector) and by the loops over
+    k that keep W.grad in memory (the same arrays as strided views: every column): the same fused multiply-adds in
+    the same order, so the same numbers bit for bit, NaN and ∞ included, and rows outside [start, stop) untouched."""
+    rng = np.random.default_rng(13)
+    x, d = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((m, n)).astype(dtype)
+    g0, gb0 = rng.standard_normal((n, k)).astype(dtype), rng.standard_normal(n).astype(dtype)
+    x[1, 2], d[2, start] = np.nan, np.inf
+    g, gb = g0.copy(), gb0.copy()
+    cpu.kernels().linear_weight_grad(d, x, g, gb, start, stop)
+    x_strided, g_strided = np.repeat(x, 2, axis=1)[:, ::2], np.repeat(g0, 2, axis=1)[:, ::2]
+    gb_strided = gb0.copy()
+    cpu.kernels().linear_weight_grad(d, x_strided, g_strided, gb_strided, start, stop)
+    np.testing.assert_array_equal(g, g_strided)
+    np.testing.assert_array_equal(gb, gb_strided)
+    np.testing.assert_array_equal(np.delete(g, np.s_[start:stop], axis=0), np.delete(g0, np.s_[start:stop], axis=0))
+    assert np.isnan(g[start:stop, 2]).all() and not np.isnan(np.delete(g[start:stop], 2, axis=1)).all()
