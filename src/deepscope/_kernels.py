@@ -633,11 +633,11 @@ def linear_forward(x, w, b, z, neg_abs, start, stop):
     n, kk = w.shape
     bias, sigmoid = b.size > 0, neg_abs.size > 0
     zero = x.dtype.type(0)
-    for i in range(start, stop, 4):
-        i1, i2, i3 = min(i + 1, stop - 1), min(i + 2, stop - 1), min(i + 3, stop - 1)   # (a short last tile
-        a0, a1, a2, a3 = x[i], x[i1], x[i2], x[i3]                                       #  repeats its last row,
-        for j in range(0, n, 5):                                                         #  or neuron)
-            j1, j2, j3, j4 = min(j + 1, n - 1), min(j + 2, n - 1), min(j + 3, n - 1), min(j + 4, n - 1)
+    for j in range(0, n, 5):        # 5 neurons' rows of w stay in L1 while every input passes (inputs outside:
+        j1, j2, j3, j4 = min(j + 1, n - 1), min(j + 2, n - 1), min(j + 3, n - 1), min(j + 4, n - 1)   # w's 94 KB from
+        for i in range(start, stop, 4):     # L2 again for every 4 inputs; Zen 5, 64x784 by 30: 17.5 -> 15.8 us)
+            i1, i2, i3 = min(i + 1, stop - 1), min(i + 2, stop - 1), min(i + 3, stop - 1)   # (a short last tile
+            a0, a1, a2, a3 = x[i], x[i1], x[i2], x[i3]                                 #  repeats its last row or neuron)
             (s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33,   # s_rc: neuron r,
              s40, s41, s42, s43) = _dot_tile_5x4(w[j], w[j1], w[j2], w[j3], w[j4], a0, a1, a2, a3, kk, zero)  # input c
             if bias:
