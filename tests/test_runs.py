@@ -4,13 +4,14 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
 
 import deepscope as ds
 from deepscope import arch, files, nn, optim
-from deepscope.runs import History, Run
+from deepscope.runs import History, Run, _holder
 from deepscope.train import fit, step
 
 
@@ -70,6 +71,23 @@ def test_a_second_writer_is_refused_naming_the_first(tmp_path):
         with pytest.raises(ds.DataError, match=rf"being written by another deepscope process \(pid {os.getpid()}"):
             Run.resume(tmp_path / "run")
     Run.resume(tmp_path / "run").close()  # free again
+
+
+def test_a_writer_refused_before_the_holder_wrote_its_pid_reads_it_when_it_comes(tmp_path):
+    # The holder writes "pid N: command" right after taking the lock; a process refused in that moment had read an
+    # empty file and named "another process" (seen once in test_rel_cli_runs's four trains at once).
+    path = tmp_path / "lock"
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_RDWR)
+    try:
+        late = threading.Timer(0.05, lambda: path.write_text("pid 123: deepscope train\n"))
+        late.start()
+        assert _holder(fd) == "pid 123: deepscope train"
+        late.join()
+        path.write_bytes(b"")
+        assert _holder(fd, wait_s=0.05) == "its pid not yet written"
+    finally:
+        os.close(fd)
 
 
 def test_out_refuses_a_folder_that_is_not_a_run_and_touches_nothing(tmp_path):

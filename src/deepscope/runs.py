@@ -192,7 +192,7 @@ class Run:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            holder = os.read(fd, 500).decode("utf-8", "replace").strip() or "another process"
+            holder = _holder(fd)
             os.close(fd)
             raise DataError(f"{self.path} is being written by another deepscope process ({holder}); wait for "
                             f"it to finish or choose another folder") from None
@@ -364,3 +364,15 @@ def _temporary_of_ours(name: str) -> bool:
 def _some(names) -> str:
     names = sorted(names)
     return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def _holder(fd, wait_s: float = 1.0) -> str:
+    """Who holds the run's lock: the line its holder writes right after taking the lock (``pid N: command``). A
+    process refused in between reads an empty file: it reads again for up to ``wait_s`` seconds."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        os.lseek(fd, 0, os.SEEK_SET)
+        line = os.read(fd, 500).decode("utf-8", "replace").strip()
+        if line or time.monotonic() > deadline:
+            return line or "its pid not yet written"
+        time.sleep(0.01)
