@@ -1169,6 +1169,31 @@ def test_correct_count_equals_numpy_argmax(dtype, label_dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("label_dtype", [np.int64, np.uint8])
+def test_crossentropy_counts_the_right_answers_as_numpy_argmax_in_the_same_pass(dtype, label_dtype):
+    """SigmoidNetStep's cost pass also counts fit's right answers (counted=True): NumPy's argmax count (ties, NaN),
+    and the cost and δ bit for bit those without counting."""
+    rng = np.random.default_rng(14)
+    z = (rng.integers(0, 4, (200, 10)) - 1.5).astype(dtype)     # many ties
+    z[3, 5] = z[7, 0] = z[9, 9] = np.nan
+    z[11] = np.nan
+    labels = rng.integers(0, 10, 200).astype(label_dtype)
+    labels[[3, 7, 9, 11]] = [5, 0, 9, 0]
+    expect = int(np.count_nonzero(z.argmax(axis=1) == labels))
+    total, delta, bad, right = cpu.crossentropy(z, labels, counted=True)
+    assert right == expect and type(right) is int and expect > 10 and bad == -1
+    plain = cpu.crossentropy(z, labels)
+    assert len(plain) == 3 and np.array_equal(total, plain[0], equal_nan=True) and plain[2] == bad
+    np.testing.assert_array_equal(delta, plain[1])
+    finite = z[12:]
+    total, delta, bad, right = cpu.crossentropy(finite, labels[12:], counted=True)
+    assert right == np.count_nonzero(finite.argmax(axis=1) == labels[12:])
+    assert total == cpu.crossentropy(finite, labels[12:])[0]
+    labels[20] = 10                                              # out of range: its row, no count
+    assert cpu.crossentropy(finite, labels[12:], counted=True)[2:] == (8, 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("m, n, k", [(64, 10, 30), (10, 10, 30), (1, 1, 7), (64, 10, 60), (32, 10, 31)])
 def test_linear_backward_of_a_tiny_layer_runs_one_compiled_pass_each_and_equals_numpy(monkeypatch, dtype, m, n, k):
     """A tiny layer's backward (at most cpu.TINY_MACS multiply-adds a product): W.grad += δᵀx with b.grad += Σδ by the

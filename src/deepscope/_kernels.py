@@ -912,22 +912,28 @@ def loglikelihood(z, labels, delta):
 def crossentropy(z, e, tail, labels, delta):
     """Sigmoid outputs with the cross-entropy cost, given e = e^{-|z|} and tail = ln(1 + e) (NumPy's vectorised exp
     and log1p): C_x = Σ_j softplus(z_j) - z_y with softplus(z) = max(z, 0) + tail; delta = (σ(z) - onehot(y)) / n,
-    σ from e as ``sigmoid``. Returns (Σ_x C_x, -1), or (0, i) for the first row i whose label is not in 0..K-1."""
+    σ from e as ``sigmoid``. Returns (Σ_x C_x, -1, right), or (0, i, 0) for the first row i whose label is not in
+    0..K-1; right counts the rows whose largest z is at the label, as ``correct`` (fit's train accuracy, counted on
+    the way: one compiled call less a step)."""
     n, k = z.shape
     one, count = z.dtype.type(1), z.dtype.type(n)
-    total = 0.0
+    total, right = 0.0, 0
     for i in range(n):
         y = labels[i]
         if y < 0 or y >= k:
-            return 0.0, i
+            return 0.0, i, 0
+        best, at = z[i, 0], 0
         for j in range(k):
             zj, ej = z[i, j], e[i, j]
             total += max(zj, 0) + tail[i, j]
             r = one / (one + ej)
             a = r if zj >= 0 else ej * r
             delta[i, j] = (a - one if j == y else a) / count
+            if best == best and (zj != zj or zj > best):   # the first maximum, a NaN as the maximum (argmax)
+                best, at = zj, j
         total -= z[i, y]
-    return total, -1
+        right += at == y
+    return total, -1, right
 
 
 @_jit

@@ -218,6 +218,7 @@ class SigmoidNetStep:
         self.modules = tuple(model)
         self._needing = self.modules[2 if flatten else 1:]     # the modules whose input needs its gradient
         self._routes, self._route = {}, None
+        self.right = 0       # the last step's rows whose output picks the label (_correct's number, counted by the cost)
 
     @classmethod
     def of(cls, model, cost, optimizer):
@@ -296,7 +297,9 @@ class SigmoidNetStep:
         last = linears[-1]
         z = np.empty((rows, last.out_features), h.dtype)              # z = aᴸ⁻¹ Wᴸᵀ + bᴸ: Linear's loops
         k.linear_forward(h, last.weight.data, _bias(_data(last.bias), h), z, cpu._NO_NEG_ABS[h.dtype], 0, rows)
-        loss, delta = self.cost._compiled(cpu.crossentropy, z, y)     # C and δᴸ: the cost's compiled pass
+        loss, delta, bad, self.right = cpu.crossentropy(z, y, counted=True)   # C, δᴸ: the cost's compiled pass
+        if bad >= 0:                                                  # (and the rows z gets right: fit's accuracy)
+            raise self.cost._out_of_range(int(y[bad]), z.shape[1])
         loss /= rows
         cpu.zero(flat.grad)                                           # zero_grad
         for i in range(len(linears) - 1, -1, -1):
@@ -447,9 +450,10 @@ def fit(model, cost, optimizer, train, epochs: int, batch_size: int, validation=
             call_callbacks(callbacks, "on_epoch_start", epoch, epochs, len(train))
             loss_sum, correct, seen = 0.0, 0, 0
             for xb, yb in train.epoch(batch_size, model.xp):
-                count += 1
+                count, right = count + 1, None
                 if fused is not None and fused.applies(xb, yb):
                     loss, out = fused(xb, yb, before_update)
+                    right = fused.right                     # (counted by its cost's pass: one compiled call less)
                 elif graphed is None:
                     loss, out = step(model, cost, optimizer, xb, yb, before_update)
                 else:
@@ -463,7 +467,7 @@ def fit(model, cost, optimizer, train, epochs: int, batch_size: int, validation=
                 m = len(yb)
                 loss_sum += loss * m
                 seen += m
-                correct += _correct(out, yb)
+                correct += _correct(out, yb) if right is None else right
                 for hook in on_batch_end:
                     hook(m, loss_sum / seen, correct / seen)
             record = {"epoch": epoch, "train_loss": float(loss_sum) / max(seen, 1),
