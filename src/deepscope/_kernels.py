@@ -922,37 +922,37 @@ def crossentropy(z, e, tail, labels, delta):
         y = labels[i]
         if y < 0 or y >= k:
             return 0.0, i, 0
-        best, at = z[i, 0], 0
         for j in range(k):
             zj, ej = z[i, j], e[i, j]
             total += max(zj, 0) + tail[i, j]
             r = one / (one + ej)
             a = r if zj >= 0 else ej * r
             delta[i, j] = (a - one if j == y else a) / count
-            if best == best and (zj != zj or zj > best):   # the first maximum, a NaN as the maximum (argmax)
-                best, at = zj, j
         total -= z[i, y]
-        right += at == y
+        right += _argmax(z[i]) == y
     return total, -1, right
+
+
+@_jit
+def _argmax(row):
+    """argmax_j row[j] as NumPy's: the first maximum, and the first NaN counts as the maximum."""
+    best, at = row[0], 0
+    if best == best:                         # (no NaN yet)
+        for j in range(1, len(row)):
+            v = row[j]
+            if v != v:
+                return j
+            if v > best:
+                best, at = v, j
+    return at
 
 
 @_jit
 def correct(out, labels):
     """Σ_i [argmax_j out[i, j] = labels[i]] (the first maximum, and a NaN counts as the maximum, as NumPy's argmax)."""
-    n, k = out.shape
     count = 0
-    for i in range(n):
-        row = out[i]
-        best, at = row[0], 0
-        if best == best:                         # (no NaN yet)
-            for j in range(1, k):
-                v = row[j]
-                if v != v:
-                    at = j
-                    break
-                if v > best:
-                    best, at = v, j
-        count += at == labels[i]
+    for i in range(out.shape[0]):
+        count += _argmax(out[i]) == labels[i]
     return count
 
 
