@@ -551,7 +551,7 @@ def blas_runs_avx512() -> bool:
     return _avx512_blas
 
 
-def _loops(x, w, *others, forward=False) -> bool:
+def linear_runs_loops(x, w, *others, forward=False) -> bool:
     """Whether Linear's products for ``x`` (m, k) and ``w`` (n, k) (and ``others``: (m, n) and (n,) arrays or None)
     run the compiled loops of ``_kernels.linear_*``: all row-major NumPy arrays of one float dtype, and either a tiny
     product (at most ``TINY_MACS`` multiply-adds: a BLAS call and NumPy's bias add or sum cost more than the whole
@@ -585,6 +585,11 @@ def _loops(x, w, *others, forward=False) -> bool:
 _NONE = {numpy.dtype(numpy.float32): numpy.empty(0, numpy.float32),     # "no bias" for the loops
          numpy.dtype(numpy.float64): numpy.empty(0, numpy.float64)}
 _NO_NEG_ABS = {dt: numpy.empty((0, 0), dt) for dt in _NONE}            # "no -|z|" for linear_forward
+
+
+def loops_bias(b, dtype):
+    """A bias (or its gradient) as the compiled loops take it: an empty array of ``dtype`` for none."""
+    return _NONE[dtype] if b is None else b
 
 
 def _tiles(kernel, args, rows, macs_per_row):
@@ -645,11 +650,11 @@ def _linear_by_inputs(x, w, b):
 
 def linear(x, w, b=None):
     """Linear's forward product z = x Wᵀ + b for x (m, k), W (n, k), b (n,) or None: by the compiled loops where
-    :func:`_loops` says so (the bias added in the same pass), else :func:`matmul` and NumPy's add (by halves of the
-    inputs where :func:`_forward_by_inputs` says so)."""
-    if _loops(x, w, b, forward=True):
+    :func:`linear_runs_loops` says so (the bias added in the same pass), else :func:`matmul` and NumPy's add (by
+    halves of the inputs where :func:`_forward_by_inputs` says so)."""
+    if linear_runs_loops(x, w, b, forward=True):
         z = numpy.empty((x.shape[0], w.shape[0]), dtype=w.dtype)
-        _tiles(_kernels.linear_forward, (x, w, _NONE[w.dtype] if b is None else b, z, _NO_NEG_ABS[w.dtype]),
+        _tiles(_kernels.linear_forward, (x, w, loops_bias(b, w.dtype), z, _NO_NEG_ABS[w.dtype]),
                x.shape[0], w.size)
         return z
     if _forward_by_inputs(x, w):
@@ -664,15 +669,9 @@ FUSE_LINEAR_SIGMOID = 1     # 1: nn/fuse.py's LinearSigmoid runs Linear → Sigm
                             # the loops; 0: each layer on its own (the same numbers; an A/B: --ab FUSE_LINEAR_SIGMOID=0)
 
 
-def linear_runs_loops(x, w, *others, forward=False) -> bool:
-    """Whether :func:`linear` (``forward``) or :func:`linear_backward` runs the compiled loops for these arrays
-    (:func:`_loops`)."""
-    return _loops(x, w, *others, forward=forward)
-
-
 def linear_sigmoid_applies(x, w, b=None) -> bool:
     """Whether :func:`linear_sigmoid` computes Linear → Sigmoid for this input: Linear's forward runs the loops."""
-    return bool(FUSE_LINEAR_SIGMOID) and _loops(x, w, b, forward=True)
+    return bool(FUSE_LINEAR_SIGMOID) and linear_runs_loops(x, w, b, forward=True)
 
 
 def linear_sigmoid(x, w, b=None):
@@ -681,14 +680,14 @@ def linear_sigmoid(x, w, b=None):
     of the two layers' own fast paths, bit for bit, with no Python between them and no |z| pass."""
     rows, n = x.shape[0], w.shape[0]
     z, e, a = (numpy.empty((rows, n), dtype=w.dtype) for _ in range(3))
-    _tiles(_kernels.linear_forward, (x, w, _NONE[w.dtype] if b is None else b, z, e), rows, w.size)
+    _tiles(_kernels.linear_forward, (x, w, loops_bias(b, w.dtype), z, e), rows, w.size)
     numpy.exp(e, out=e)                                   # e = e^{-|z|}
     _kernels.sigmoid(z.reshape(-1), e.reshape(-1), a.reshape(-1))
     return a
 
 
 def _grads_by_loops(d, x, w_grad, b_grad):
-    _tiles(_kernels.linear_weight_grad, (d, x, w_grad, _NONE[w_grad.dtype] if b_grad is None else b_grad),
+    _tiles(_kernels.linear_weight_grad, (d, x, w_grad, loops_bias(b_grad, w_grad.dtype)),
            w_grad.shape[0], x.size)
 
 
@@ -701,12 +700,12 @@ def _grads_by_blas(d, x, w_grad, b_grad):
 def linear_backward(d, x, w, w_grad, b_grad=None, input_grad=True):
     """Linear's backward for δ = ``d`` (m, n), its input x (m, k) and W = ``w`` (n, k): the parameter gradients
     W.grad += δᵀ x and b.grad += Σ_n δ (``w_grad`` (n, k), ``b_grad`` (n,) or None), accumulated in place, by the
-    compiled loops where :func:`_loops` says so (both in one pass), else :func:`matmul` and NumPy's sum; and, with
-    ``input_grad``, returns δ W (else None). Where both products run
+    compiled loops where :func:`linear_runs_loops` says so (both in one pass), else :func:`matmul` and NumPy's sum;
+    and, with ``input_grad``, returns δ W (else None). Where both products run
     in blocks (:func:`matmul`), their blocks share one parallel section: one hand-over to the threads instead of
     two (the same blocks, so the same numbers). Where the gradients run the compiled loops and δ W is as tiny
     (at most ``INPUT_GRAD_LOOPS_MACS`` multiply-adds), δ W does too."""
-    if _loops(x, w_grad, d, b_grad):
+    if linear_runs_loops(x, w_grad, d, b_grad):
         _grads_by_loops(d, x, w_grad, b_grad)
         if not input_grad:
             return None
@@ -925,7 +924,7 @@ def conv_pool_forward(x, weight, bias, stride, padding, relu):
     ho, wo = _conv_output_size(x, weight, stride, padding)
     out = numpy.empty((n, o, ho // 2, wo // 2), dtype=weight.dtype)
     arg = numpy.empty(out.shape, dtype=numpy.int8)
-    b_ = _NONE[weight.dtype] if bias is None else bias
+    b_ = loops_bias(bias, weight.dtype)
     no_e = numpy.empty((0, 0, 0, 0), dtype=weight.dtype)
 
     def pool_and_neuron(wx, a, b):

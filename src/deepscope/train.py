@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from . import backend, cpu, device, nn
 from .errors import ConfigError, DataError, NonFiniteError, ShapeError
 from .nn.activation import sigmoid_backward
+from .nn.module import hooked
 from .optim import SGD
 from .runs import History
 from .scope.anomaly import AnomalyDetector
@@ -240,13 +241,10 @@ class SigmoidNetStep:
     def applies(self, x, y) -> bool:
         """Whether this mini-batch steps as one piece (see the class docstring)."""
         model, opt, first = self.model, self.optimizer, self.linears[0]
-        if (type(x) is not np.ndarray or type(y) is not np.ndarray or model._forward_hooks or model._backward_hooks
-                or opt._v is not None or opt.clip_norm is not None or first._needs_input_grad
-                or tuple(model._modules.values()) != self.modules):
+        if (type(x) is not np.ndarray or type(y) is not np.ndarray or opt._v is not None or opt.clip_norm is not None
+                or first._needs_input_grad or tuple(model._modules.values()) != self.modules
+                or hooked((model, *self.modules))):
             return False
-        for m in self.modules:
-            if m._forward_hooks or m._backward_hooks:
-                return False
         for m in self._needing:
             if not m._needs_input_grad:
                 return False
@@ -296,7 +294,8 @@ class SigmoidNetStep:
         inputs.append(h)
         last = linears[-1]
         z = np.empty((rows, last.out_features), h.dtype)              # z = aᴸ⁻¹ Wᴸᵀ + bᴸ: Linear's loops
-        k.linear_forward(h, last.weight.data, _bias(_data(last.bias), h), z, cpu._NO_NEG_ABS[h.dtype], 0, rows)
+        k.linear_forward(h, last.weight.data, cpu.loops_bias(_data(last.bias), h.dtype), z, cpu._NO_NEG_ABS[h.dtype],
+                         0, rows)
         loss, delta, bad, self.right = cpu.crossentropy(z, y, counted=True)   # C, δᴸ: the cost's compiled pass
         if bad >= 0:                                                  # (and the rows z gets right: fit's accuracy)
             raise self.cost._out_of_range(int(y[bad]), z.shape[1])
@@ -305,7 +304,8 @@ class SigmoidNetStep:
         for i in range(len(linears) - 1, -1, -1):
             linear, a = linears[i], inputs[i]
             # BP4: W.grad += δᵀ a,  BP3: b.grad += Σ δ (Linear's loops)
-            k.linear_weight_grad(delta, a, linear.weight.grad, _bias(_grad(linear.bias), a), 0, linear.out_features)
+            k.linear_weight_grad(delta, a, linear.weight.grad, cpu.loops_bias(_grad(linear.bias), a.dtype),
+                                 0, linear.out_features)
             if i == 0:
                 break
             w = linear.weight.data
@@ -328,11 +328,6 @@ def _data(p):
 
 def _grad(p):
     return None if p is None else p.grad
-
-
-def _bias(b, like):
-    """A bias (or its gradient) as Linear's loops take it: an empty array for none."""
-    return cpu._NONE[like.dtype] if b is None else b
 
 
 DEVICE_CHUNK = 8192    # examples copied to a GPU at once (Batches.epoch)

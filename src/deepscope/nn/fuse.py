@@ -30,16 +30,8 @@ from .. import cpu
 from .activation import ReLU, Sigmoid, sigmoid_backward
 from .conv import Conv2d, output_size
 from .linear import Linear
+from .module import hooked
 from .pool import MaxPool2d
-
-
-def _hooked(modules) -> bool:
-    """Whether any of a run's modules has a forward or backward hook (the run then takes its layers one by one, so
-    that each hook sees its own layer's call)."""
-    for m in modules:
-        if m._forward_hooks or m._backward_hooks:
-            return True
-    return False
 
 
 class ConvPool:
@@ -67,7 +59,7 @@ class ConvPool:
         conv, w = self.conv, self.conv.weight.data
         if not (cpu.FUSE_CONV_POOL and cpu.fast(x, w) and x.dtype == w.dtype and x.ndim == 4 and x.shape[1] == conv.in_channels):
             return False
-        if _hooked(self.modules):
+        if hooked(self.modules):
             return False
         (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
         return output_size(x.shape[2], kh, sh, ph) >= 2 and output_size(x.shape[3], kw, sw, pw) >= 2
@@ -130,7 +122,7 @@ class LinearSigmoid:
     def applies(self, x) -> bool:
         linear, neuron = self.modules
         w, b = linear.weight.data, linear.bias
-        if _hooked(self.modules) or not neuron.needs_input_grad:
+        if hooked(self.modules) or not neuron.needs_input_grad:
             return False
         return x.ndim == 2 and x.shape[1] == linear.in_features and cpu.linear_sigmoid_applies(
             x, w, None if b is None else b.data)

@@ -335,6 +335,15 @@ class _HookHandle:
         self._table.pop(self._key, None)
 
 
+def hooked(modules) -> bool:
+    """Whether any of ``modules`` has a forward or backward hook: a run of layers computed as one pass (nn/fuse.py,
+    train.SigmoidNetStep) then takes them one by one, so that each hook sees its own layer's call."""
+    for m in modules:
+        if m._forward_hooks or m._backward_hooks:
+            return True
+    return False
+
+
 def _recording_init(init):
     """Wrap a subclass's ``__init__`` to record its arguments (the outermost call's), so that deepscope.save
     can describe a model as JSON and deepscope.load can rebuild it (no pickle anywhere)."""
