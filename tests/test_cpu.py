@@ -1171,8 +1171,9 @@ def test_correct_count_equals_numpy_argmax(dtype, label_dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("label_dtype", [np.int64, np.uint8])
 def test_crossentropy_counts_the_right_answers_as_numpy_argmax_in_the_same_pass(dtype, label_dtype):
-    """SigmoidNetStep's cost pass also counts fit's right answers (counted=True): NumPy's argmax count (ties, NaN),
-    and the cost and δ bit for bit those without counting."""
+    """SigmoidNetStep's cost pass (the kernel behind cpu.crossentropy) also counts fit's right answers: NumPy's argmax
+    count (ties, NaN), with cpu.crossentropy's cost and δ."""
+    k = cpu.kernels()
     rng = np.random.default_rng(14)
     z = (rng.integers(0, 4, (200, 10)) - 1.5).astype(dtype)     # many ties
     z[3, 5] = z[7, 0] = z[9, 9] = np.nan
@@ -1180,17 +1181,63 @@ def test_crossentropy_counts_the_right_answers_as_numpy_argmax_in_the_same_pass(
     labels = rng.integers(0, 10, 200).astype(label_dtype)
     labels[[3, 7, 9, 11]] = [5, 0, 9, 0]
     expect = int(np.count_nonzero(z.argmax(axis=1) == labels))
-    total, delta, bad, right = cpu.crossentropy(z, labels, counted=True)
+    delta = np.empty_like(z)
+    total, bad, right = k.crossentropy(z, labels, delta)
     assert right == expect and type(right) is int and expect > 10 and bad == -1
     plain = cpu.crossentropy(z, labels)
     assert len(plain) == 3 and np.array_equal(total, plain[0], equal_nan=True) and plain[2] == bad
     np.testing.assert_array_equal(delta, plain[1])
     finite = z[12:]
-    total, delta, bad, right = cpu.crossentropy(finite, labels[12:], counted=True)
+    total, bad, right = k.crossentropy(finite, labels[12:], delta[12:])
     assert right == np.count_nonzero(finite.argmax(axis=1) == labels[12:])
     assert total == cpu.crossentropy(finite, labels[12:])[0]
     labels[20] = 10                                              # out of range: its row, no count
-    assert cpu.crossentropy(finite, labels[12:], counted=True)[2:] == (8, 0)
+    assert k.crossentropy(finite, labels[12:], delta[12:])[1:] == (8, 0)
+
+
+def test_the_cost_pass_exponential_is_within_an_ulp_of_the_exact_one():
+    """_kernels._exp_neg (e^x for x <= 0, the cross-entropy pass's exponentials) against e^x in long double: within
+    an ulp of it down to -708, 0 below, NaN for NaN."""
+    numba = pytest.importorskip("numba")
+    k = cpu.kernels()
+
+    @numba.njit(fastmath={"contract"})       # the cross-entropy pass's flags (_kernels._jit_fma)
+    def exp_neg(x, out):
+        for i in range(x.size):
+            out[i] = k._exp_neg(x[i])
+
+    rng = np.random.default_rng(15)
+    x = -np.concatenate([np.abs(rng.standard_normal(50_000)) * 60, rng.random(20_000), np.linspace(0, 708, 7081),
+                         [0.0, 5e-324, 1e-300, 1e-17, 0.5 * np.log(2), np.log(2), 707.9, 708.0]])
+    out = np.empty_like(x)
+    exp_neg(x, out)
+    exact = np.exp(x.astype(np.longdouble))
+    assert np.all(np.abs(out - exact) <= np.spacing(exact.astype(np.float64)))
+    below = np.array([-708.0000001, -745.2, -1e300, -np.inf, np.nan])
+    out = np.empty_like(below)
+    exp_neg(below, out)
+    assert np.array_equal(out, [0, 0, 0, 0, np.nan], equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n, classes, scale", [(64, 10, 6.0), (64, 10, 40.0), (64, 10, 1e-3), (4, 3000, 3.0)])
+def test_crossentropy_pass_is_the_cost_computed_exactly(dtype, n, classes, scale):
+    """cpu.crossentropy's C (the logarithms as one log1p of Π(1 + e) - 1) against Σ_j softplus(z_j) - z_y in long
+    double, a log1p a number: as close as z's precision allows (float32: e is rounded to it). 4x3000 outputs:
+    Π(1 + e) passes 1e300 (the pass takes its logarithm before it overflows); scale 40: a tiny cost."""
+    rng = np.random.default_rng(16)
+    z = (rng.standard_normal((n, classes)) * scale).astype(dtype)
+    labels = rng.integers(0, classes, n)
+    if scale > 10:                               # confident and right: C ~ 1e-12 a row, all of it ln(1 + e) terms
+        z = np.where(np.arange(classes) == labels[:, None], np.abs(z) + 30, -np.abs(z) - 30).astype(dtype)
+    total, delta, bad = cpu.crossentropy(z, labels)
+    zl = z.astype(np.longdouble)
+    onehot = np.arange(classes) == labels[:, None]
+    exact = np.maximum(np.where(onehot, -zl, zl), 0).sum() + np.log1p(np.exp(-np.abs(zl))).sum()
+    assert bad == -1 and np.isfinite(total)
+    assert abs(total - exact) <= (1e-7 if dtype == np.float32 else 1e-13) * exact
+    sigma = 1 / (1 + np.exp(-zl))
+    np.testing.assert_allclose(delta, ((sigma - onehot) / n).astype(dtype), **_close(dtype))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

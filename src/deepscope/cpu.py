@@ -1159,18 +1159,14 @@ def loglikelihood(z, labels):
     return total, delta, bad
 
 
-def crossentropy(z, labels, counted: bool = False):
+def crossentropy(z, labels):
     """(Σ_x Σ_j [softplus(z_j) - y_j z_j], δ = (σ(z) - onehot(y)) / n, the row of the first label out of range or -1),
-    or None (as :func:`loglikelihood`); ``counted``: and, fourth, :func:`correct`'s count (0 where a label is out of
-    range), from the same pass. The exponentials and logarithms by NumPy's vectorised exp and log1p (a scalar one in
-    the loop took 6 of the 7 us at 64x10 numbers), the rest in one compiled pass."""
+    or None (as :func:`loglikelihood`): one compiled pass, its exponentials included (``_kernels.crossentropy``)."""
     if not _labelled(z, labels):
         return None
-    e = numpy.abs(z)
-    numpy.exp(numpy.negative(e, out=e), out=e)                   # e = e^{-|z|}
     delta = numpy.empty_like(z)
-    total, bad, right = kernels().crossentropy(z, e, numpy.log1p(e), labels, delta)
-    return (total, delta, bad, int(right)) if counted else (total, delta, bad)
+    total, bad, _ = kernels().crossentropy(z, labels, delta)
+    return total, delta, bad
 
 
 def sum_of_squares(x):

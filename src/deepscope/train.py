@@ -296,8 +296,9 @@ class SigmoidNetStep:
         z = np.empty((rows, last.out_features), h.dtype)              # z = aᴸ⁻¹ Wᴸᵀ + bᴸ: Linear's loops
         k.linear_forward(h, last.weight.data, cpu.loops_bias(_data(last.bias), h.dtype), z, cpu._NO_NEG_ABS[h.dtype],
                          0, rows)
-        loss, delta, bad, self.right = cpu.crossentropy(z, y, counted=True)   # C, δᴸ: the cost's compiled pass
-        if bad >= 0:                                                  # (and the rows z gets right: fit's accuracy)
+        delta = np.empty_like(z)                                      # C, δᴸ: the cost's compiled pass (and the
+        loss, bad, self.right = k.crossentropy(z, y, delta)           # rows z gets right: fit's accuracy)
+        if bad >= 0:
             raise self.cost._out_of_range(int(y[bad]), z.shape[1])
         loss /= rows
         cpu.zero(flat.grad)                                           # zero_grad
