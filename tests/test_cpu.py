@@ -1297,6 +1297,33 @@ def test_sum_of_squares_screens_as_numpy_dot(dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("m, n, k, start, stop", [(64, 30, 784, 0, 30), (7, 13, 257, 4, 13), (61, 9, 300, 0, 8),
                                                   (3, 6, 79, 0, 6), (64, 10, 30, 0, 10)])
+@pytest.mark.parametrize("strided", [False, True])
+def test_linear_weight_grad_fresh_is_zero_grad_then_the_loops_bit_for_bit(dtype, m, n, k, start, stop, strided):
+    """fresh=True (train.SigmoidNetStep's zero_grad done by the loops): rows [start, stop) of W.grad and b.grad as the
+    loops give them after zeroing, bit for bit and the sign of a zero included, whatever they held before (NaN here);
+    the other rows untouched. By the register tiles (unit stride) and by the loops over k (strided views)."""
+    rng = np.random.default_rng(17)
+    x, d = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((m, n)).astype(dtype)
+    x[1, 2], d[2, start] = np.nan, np.inf
+    d[:, stop - 1] = -0.0                                       # Σ δ = -0: 0 + (-0) is +0
+    x_ = np.repeat(x, 2, axis=1)[:, ::2] if strided else x
+
+    def grads(fill):
+        g = np.full((n, 2 * k if strided else k), fill, dtype)
+        return (g[:, ::2] if strided else g), np.full(n, fill, dtype)
+    (g0, gb0), (g1, gb1) = grads(0.0), grads(np.nan)
+    cpu.kernels().linear_weight_grad(d, x_, g0, gb0, start, stop)
+    cpu.kernels().linear_weight_grad(d, x_, g1, gb1, start, stop, True)
+    for a, b in ((g0, g1), (gb0, gb1)):
+        np.testing.assert_array_equal(a[start:stop], b[start:stop])
+        assert np.array_equal(np.signbit(a[start:stop]), np.signbit(b[start:stop]))
+        assert np.isnan(np.delete(b, np.s_[start:stop], axis=0)).all()
+    assert gb1[stop - 1] == 0 and not np.signbit(gb1[stop - 1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m, n, k, start, stop", [(64, 30, 784, 0, 30), (7, 13, 257, 4, 13), (61, 9, 300, 0, 8),
+                                                  (3, 6, 79, 0, 6), (64, 10, 30, 0, 10)])
 def test_linear_weight_grad_register_tiles_equal_the_loops_bit_for_bit(dtype, m, n, k, start, stop):
     """W.grad += δᵀ x by the register tiles (rows of unit stride: every whole 512-bit vector) and by the loops over
     k that keep W.grad in memory (the same arrays as strided views: every column): the same fused multiply-adds in

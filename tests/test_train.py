@@ -228,7 +228,7 @@ def test_evaluate_and_fit_accept_one_hot_targets():
 
 # -- fit's one-piece step of network2's nets (train.SigmoidNetStep) against the layer path -------------------------
 def _fit_both(build, X, y, monkeypatch, dtype=np.float32, epochs=2, batch_size=16, callbacks=(), weight_decay=0.0,
-              momentum=0.0, cost=nn.CrossEntropyCost):
+              momentum=0.0, cost=nn.CrossEntropyCost, params=lambda model: model.parameters()):
     """(parameters, gradients, records, steps taken as one piece) of the same fit with train.SIGMOID_NET_STEP on and
     off; an exception a fit raises is returned in place of its records."""
     from deepscope import train
@@ -240,7 +240,7 @@ def _fit_both(build, X, y, monkeypatch, dtype=np.float32, epochs=2, batch_size=1
         monkeypatch.setattr(train, "SIGMOID_NET_STEP", on)
         ds.manual_seed(0)
         model = build().to(dtype)
-        opt = optim.SGD(model.parameters(), lr=0.5, weight_decay=weight_decay, momentum=momentum)
+        opt = optim.SGD(params(model), lr=0.5, weight_decay=weight_decay, momentum=momentum)
         try:
             records = [{k: v for k, v in r.items() if k != "seconds"} for r in fit(
                 model, cost(), opt, (X, y), epochs=epochs, batch_size=batch_size, callbacks=list(callbacks)).records]
@@ -281,6 +281,26 @@ def test_sigmoid_net_step_equals_the_layer_path(monkeypatch, dtype, net, batch_s
     finally:
         cpu.set_num_threads(was)
     assert fast[3] == 2 * -(-150 // batch_size) and layers[3] == 0       # every step as one piece, or none
+    _assert_same(fast, layers)
+
+
+@pytest.mark.parametrize("which", ["all", "last layer's", "one more"])
+def test_sigmoid_net_step_zeroes_the_gradients_as_zero_grad(monkeypatch, which):
+    """The one-piece step writes W.grad = δᵀa (zero_grad in the loops) only where the optimizer holds the Linears'
+    parameters and no other; else it zeroes the optimizer's gradients and adds, as the layer path: a layer outside the
+    optimizer keeps adding up its gradients, a parameter outside the model keeps its gradient at 0."""
+    from deepscope import train
+    rng = np.random.default_rng(4)
+    X, y = rng.random((60, 50)).astype(np.float32), rng.integers(0, 4, 60)
+    extra = nn.Parameter(np.ones((3, 2), np.float32))
+    params = {"all": lambda model: model.parameters(), "last layer's": lambda model: model[2].parameters(),
+              "one more": lambda model: [*model.parameters(), extra]}[which]
+    build = lambda: nn.Sequential(nn.Linear(50, 6), nn.Sigmoid(), nn.Linear(6, 4))   # noqa: E731
+    model = build()
+    assert train.SigmoidNetStep.of(model, nn.CrossEntropyCost(), optim.SGD(params(model), lr=0.5))._fresh == \
+        (which == "all")
+    fast, layers = _fit_both(build, X, y, monkeypatch, batch_size=8, params=params)
+    assert fast[3] == 2 * 8 and layers[3] == 0
     _assert_same(fast, layers)
 
 

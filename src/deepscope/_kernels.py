@@ -668,13 +668,15 @@ def _row_vector(context, builder, array_type, array, i, k, lanes):
     return builder.bitcast(at, ir.VectorType(context.get_data_type(array_type.dtype), lanes).as_pointer())
 
 
-def _weight_grad_tile_of(vectors):
+def _weight_grad_tile_of(vectors, fresh=False):
     """linear_weight_grad's register tile: 5 rows of W.grad by ``vectors`` vectors of 512 bits, in registers while
     every example is added (5 x 4 sums, 4 vectors of x and one δ broadcast at a time: 25 of AVX-512's 32 registers).
     The loops over k written as scalars keep W.grad's rows in memory: for each pass of examples they load and store
     every vector of the rows, and 8 examples' δ of 4 neurons (32 broadcasts) outgrow the registers and spill. The
     same fused multiply-adds in the same order (example by example), so the same numbers bit for bit. Zen 5, 1
-    thread, CPU time, 64x784 by 30 rows (fit's first layer at m=64): 20.4 -> 12.5 us, the core's FMA peak 12.0."""
+    thread, CPU time, 64x784 by 30 rows (fit's first layer at m=64): 20.4 -> 12.5 us, the core's FMA peak 12.0.
+    ``fresh``: the sums start at +0 instead of W.grad's numbers (W.grad = δᵀ x, with no zero_grad before it: the
+    numbers of a zeroed W.grad, which holds +0, bit for bit)."""
     @intrinsic
     def tile(typingctx, g, d, x, j0, j1, j2, j3, j4, k, m):
         """g[j, k:k + w] += Σ_{i<m} d[i, j] x[i, k:k + w] for the rows j = j0 … j4 (a row twice: the same sum stored
@@ -692,7 +694,8 @@ def _weight_grad_tile_of(vectors):
             sums = [[cgutils.alloca_once(builder, vector) for _ in cols] for _ in rows]    # (registers, after mem2reg)
             for j, row in zip(rows, sums):
                 for c, s in zip(cols, row):
-                    builder.store(builder.load(_row_vector(context, builder, tg, g_, j, c, lanes), align=1), s)
+                    builder.store(ir.Constant(vector, None) if fresh else         # (None: zeroinitializer, +0)
+                                  builder.load(_row_vector(context, builder, tg, g_, j, c, lanes), align=1), s)
             dd = context.make_array(td)(context, builder, d_)
             with cgutils.for_range(builder, m_) as loop:
                 i = loop.index
@@ -711,22 +714,25 @@ def _weight_grad_tile_of(vectors):
 
 
 _weight_grad_tile_4, _weight_grad_tile_1 = _weight_grad_tile_of(4), _weight_grad_tile_of(1)
+_weight_grad_tile_4_fresh, _weight_grad_tile_1_fresh = _weight_grad_tile_of(4, True), _weight_grad_tile_of(1, True)
 
 
 @_jit_fma
-def linear_weight_grad(d, x, g, gb, start, stop):
+def linear_weight_grad(d, x, g, gb, start, stop, fresh=False):
     """g[j, k] += Σ_i d[i, j] x[i, k] (∂C/∂W += δᵀ a) for rows start ≤ j < stop, the examples i added in order
     (one fused multiply-add each, as BLAS's inner loop); and gb[j] += Σ_i d[i, j] (∂C/∂b += Σ δ, the examples
     added in order, as NumPy's sum over the first axis) unless gb is empty. Every whole 512-bit vector of a row by
     register tiles (_weight_grad_tile_of), where x's and g's rows have unit stride; the rest by loops over k that
-    keep g's rows in memory: the same numbers either way."""
+    keep g's rows in memory: the same numbers either way. ``fresh``: g and gb's rows as if they held +0 first (=
+    instead of +=, zero_grad's work done here: train.SigmoidNetStep, whose gradients are all written so)."""
     m, kk = x.shape
+    zero = g.dtype.type(0)
     if gb.size > 0:
         for j in range(start, stop):
             s = d[0, j]
             for i in range(1, m):
                 s += d[i, j]
-            gb[j] += s
+            gb[j] = (zero if fresh else gb[j]) + s
     lanes = 64 // x.itemsize                                    # numbers in a 512-bit vector
     k0 = 0                                                      # columns [0, k0) by the register tiles
     if x.strides[1] == x.itemsize and g.strides[1] == g.itemsize:
@@ -736,13 +742,21 @@ def linear_weight_grad(d, x, g, gb, start, stop):
             step = 4 * lanes if k + 4 * lanes <= k0 else lanes  # blocks of 4 vectors, then the last 1-3 one by one
             for j in range(start, stop, 5):                     # (a short last tile repeats its last row)
                 j1, j2, j3, j4 = min(j + 1, stop - 1), min(j + 2, stop - 1), min(j + 3, stop - 1), min(j + 4, stop - 1)
-                if step > lanes:
+                if step > lanes and fresh:
+                    _weight_grad_tile_4_fresh(g, d, x, j, j1, j2, j3, j4, k, m)
+                elif step > lanes:
                     _weight_grad_tile_4(g, d, x, j, j1, j2, j3, j4, k, m)
+                elif fresh:
+                    _weight_grad_tile_1_fresh(g, d, x, j, j1, j2, j3, j4, k, m)
                 else:
                     _weight_grad_tile_1(g, d, x, j, j1, j2, j3, j4, k, m)
             k += step
         if k0 == kk:
             return
+    if fresh:
+        for j in range(start, stop):
+            for k in range(k0, kk):
+                g[j, k] = zero
     for j in range(start, stop, 4):
         if j + 4 > stop:                                        # the last 1-3 rows: two, then one
             if j + 2 <= stop:
