@@ -674,12 +674,13 @@ def linear_sigmoid_applies(x, w, b=None) -> bool:
     return bool(FUSE_LINEAR_SIGMOID) and linear_runs_loops(x, w, b, forward=True)
 
 
-def linear_sigmoid(x, w, b=None):
+def linear_sigmoid(x, w, b=None, arrays=None):
     """a = σ(x Wᵀ + b) for nn/fuse.py's LinearSigmoid (where :func:`linear_sigmoid_applies`): Linear's loops, which
     write -|z| beside z, then NumPy's exp of it and the sigmoid kernel, as :func:`sigmoid` computes σ(z): the numbers
-    of the two layers' own fast paths, bit for bit, with no Python between them and no |z| pass."""
+    of the two layers' own fast paths, bit for bit, with no Python between them and no |z| pass. ``arrays``: (z, e,
+    a), row-major (rows, n) arrays of w's dtype to compute in (train.SigmoidNetStep's, made once), else new ones."""
     rows, n = x.shape[0], w.shape[0]
-    z, e, a = (numpy.empty((rows, n), dtype=w.dtype) for _ in range(3))
+    z, e, a = arrays if arrays is not None else (numpy.empty((rows, n), dtype=w.dtype) for _ in range(3))
     _tiles(_kernels.linear_forward, (x, w, loops_bias(b, w.dtype), z, e), rows, w.size)
     numpy.exp(e, out=e)                                   # e = e^{-|z|}
     _kernels.sigmoid(z.reshape(-1), e.reshape(-1), a.reshape(-1))
