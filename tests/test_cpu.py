@@ -1295,6 +1295,25 @@ def test_sum_of_squares_screens_as_numpy_dot(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sigmoid_backward_kernel_is_the_layers_numpy_line_bit_for_bit(dtype):
+    """_kernels.sigmoid_backward computes nn/activation.py's line g * a * (1.0 - a) in a's precision: the same numbers
+    bit for bit, NaN, ±∞, signed zeros and tiny and huge gradients included (train.SigmoidNetStep calls the kernel
+    where the layer runs the line)."""
+    rng = np.random.default_rng(18)
+    a = rng.random(5000).astype(dtype)
+    g = (rng.standard_normal(5000) * 10.0 ** rng.integers(-20, 20, 5000)).astype(dtype)
+    a[:7] = [0, 1, np.nan, 0.5, np.finfo(dtype).tiny, 1 - np.finfo(dtype).eps, -0.0]
+    g[7:12] = [np.inf, -np.inf, np.nan, 0, -0.0]
+    out = np.empty_like(a)
+    cpu.kernels().sigmoid_backward(g, a, out)
+    with np.errstate(all="ignore"):
+        expect = g * a * (1.0 - a)
+    np.testing.assert_array_equal(out, expect)
+    number = ~np.isnan(expect)
+    assert np.array_equal(np.signbit(out[number]), np.signbit(expect[number])) and out.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("m, n, k, start, stop", [(64, 30, 784, 0, 30), (7, 13, 257, 4, 13), (61, 9, 300, 0, 8),
                                                   (3, 6, 79, 0, 6), (64, 10, 30, 0, 10)])
 @pytest.mark.parametrize("strided", [False, True])

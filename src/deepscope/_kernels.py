@@ -421,8 +421,8 @@ def conv_pool_forward(z, bias, out, arg, relu, neg_abs):
 
 @_jit
 def pool_neuron_backward(g, a, arg, sigmoid, delta):
-    """∂C/∂z of one chunk for nn/fuse.py's Conv2d → MaxPool2d(2) → neuron: δ = ∂C/∂a ⊙ σ'(m) (a(1-a) as the
-    sigmoid_backward kernel, or [a > 0] for ReLU) at each window's first maximum (arg), 0 elsewhere and on a last odd
+    """∂C/∂z of one chunk for nn/fuse.py's Conv2d → MaxPool2d(2) → neuron: δ = ∂C/∂a ⊙ σ'(m) (a(1-a), 1 - a in
+    float64, or [a > 0] for ReLU) at each window's first maximum (arg), 0 elsewhere and on a last odd
     row or column. g, a, arg (n, C, H_p, W_p); delta (C, n, H, W), every element written.
     A row's ∂C/∂m first (ReLU's 8 and 4 at a time: _relu_grad8, _relu_grad4), then its windows 8 and 4 at a time
     (_to_first_max8, _to_first_max4; the rest one by one): rung 3's chunks, float32, ReLU, alone (CPU time a call, Zen
@@ -512,9 +512,11 @@ def sigmoid(z, e, out):
 
 @_jit
 def sigmoid_backward(g, a, out):
-    """∂C/∂z = ∂C/∂a ⊙ a(1-a)."""
+    """∂C/∂z = ∂C/∂a ⊙ a(1-a), in a's precision as Sigmoid's NumPy line computes it, (g a)(1 - a): the same numbers,
+    bit for bit (train.SigmoidNetStep calls it where the layer runs that line)."""
+    one = a.dtype.type(1)
     for i in range(g.size):
-        out[i] = g[i] * a[i] * (1.0 - a[i])
+        out[i] = g[i] * a[i] * (one - a[i])
 
 
 @_jit

@@ -36,7 +36,6 @@ from tqdm.auto import tqdm
 
 from . import backend, cpu, device, nn
 from .errors import ConfigError, DataError, NonFiniteError, ShapeError
-from .nn.activation import sigmoid_backward
 from .nn.module import hooked
 from .optim import SGD
 from .runs import History
@@ -191,8 +190,9 @@ class SigmoidNetStep:
     """:func:`step` for network2.py's nets on the CPU as one piece: ``[Flatten →] (Linear → Sigmoid)+ → Linear`` with
     :class:`~deepscope.nn.CrossEntropyCost` and plain SGD (no momentum, no clipping; weight decay as SGD's kernel
     takes it), the same compiled loops and NumPy calls as the layers, the cost and :class:`SGD` make (the loops of
-    Linear's products, NumPy's exp and the σ kernel of nn/fuse.py's LinearSigmoid, Sigmoid's backward line, the
-    cost's compiled pass, the update's kernel), called one after another from here:
+    Linear's products, NumPy's exp and the σ kernel of nn/fuse.py's LinearSigmoid, Sigmoid's backward line (by its
+    kernel, which computes it bit for bit), the cost's compiled pass, the update's kernel), called one after another
+    from here:
 
         forward   a⁰ = x (flattened),  aˡ = σ(aˡ⁻¹ Wˡᵀ + bˡ),  z = aᴸ⁻¹ Wᴸᵀ + bᴸ;  C and δᴸ = (σ(z) - y)/n
         backward  Wˡ.grad += δˡᵀ aˡ⁻¹,  bˡ.grad += Σ δˡ  (BP4, BP3);  δˡ⁻¹ = (δˡ Wˡ) ⊙ aˡ⁻¹(1 - aˡ⁻¹)  (BP2, BP1)
@@ -268,19 +268,22 @@ class SigmoidNetStep:
     def _plan(self, x):
         """For each Linear whether δ W runs the loops (else NumPy's one product), as ``cpu.linear_backward`` would
         choose, and the step's arrays that no one sees after it, made once for this shape (a new array each step cost
-        ~0.2 us apiece): each hidden Linear's z, e^{-|z|} and σ(z), the cost's δ, each ∂C/∂a = δ W; False where any of
-        the layers' products would not run in one call of the loops (or x does not fit)."""
+        ~0.2 us apiece): each hidden Linear's z, e^{-|z|} and σ(z), the cost's δ, each ∂C/∂a = δ W and the δ of
+        Sigmoid's backward (with the flat views its kernel takes); False where any of the layers' products would not
+        run in one call of the loops (or x does not fit)."""
         rows, w = len(x), self.linears[0].weight.data
         h = x.reshape(rows, -1) if self.flatten and x.size else x
         if rows == 0 or h.ndim != 2 or h.shape[1] != self.linears[0].in_features or not cpu.fast(h, w):
             return False
-        by_loops, forward, input_grads = [], [], []
+        by_loops, forward, backward = [], [], []
         for linear in self.linears:
             w, b = linear.weight, linear.bias
             out = np.empty((rows, linear.out_features), w.data.dtype)
             hidden = linear is not self.linears[-1]
             forward.append((np.empty_like(out), np.empty_like(out), out) if hidden else None)
-            input_grads.append(np.empty_like(h) if linear is not self.linears[0] else None)
+            g, d = np.empty_like(h), np.empty_like(h)                 # ∂C/∂a and δ of the Sigmoid before it
+            backward.append((g, d, (g.reshape(-1), h.reshape(-1), d.reshape(-1))) if linear is not self.linears[0]
+                            else None)
             if not ((cpu.linear_sigmoid_applies(h, w.data, _data(b)) if hidden else
                      cpu.linear_runs_loops(h, w.data, _data(b), forward=True))
                     and cpu.linear_runs_loops(h, w.grad, out, _grad(b))
@@ -291,13 +294,13 @@ class SigmoidNetStep:
                 return False
             by_loops.append(loops)
             h = out
-        return by_loops, forward, np.empty_like(out), input_grads
+        return by_loops, forward, np.empty_like(out), backward
 
     def __call__(self, x, y, before_update):
         """One step on ``(x, y)`` (where :meth:`applies`): ``(loss, out)`` as :func:`step` returns them."""
         k, opt, flat, linears, rows = cpu.kernels(), self.optimizer, self.optimizer.flat, self.linears, len(x)
         h = x.reshape(rows, -1) if self.flatten else x
-        by_loops, forward, delta, input_grads = self._route                # (the arrays: _plan's)
+        by_loops, forward, delta, backward = self._route                   # (the arrays: _plan's)
         inputs = []
         for linear, arrays in zip(linears[:-1], forward):            # aˡ = σ(aˡ⁻¹ Wˡᵀ + bˡ): LinearSigmoid's pass
             inputs.append(h)
@@ -322,12 +325,13 @@ class SigmoidNetStep:
             if i == 0:
                 break
             w = linear.weight.data
-            g = input_grads[i]
+            g, d, flat_views = backward[i]
             if by_loops[i]:                                           # BP2: ∂C/∂a = δ W
                 k.linear_input_grad(delta, w, g)
             else:
                 np.matmul(delta, w, out=g)
-            delta = sigmoid_backward(g, a)                            # δ = ∂C/∂a ⊙ a(1-a): Sigmoid's backward
+            k.sigmoid_backward(*flat_views)                           # δ = ∂C/∂a ⊙ a(1-a) into d: Sigmoid's
+            delta = d                                                 # backward line, its kernel (the same numbers)
         before_update(loss)
         opt.steps += 1                                                # SGD.step's kernel, as it calls it
         w = flat.data
