@@ -252,6 +252,78 @@ def test_conv_pool_forward_with_rows_one_image_longer_equals_reference(threads, 
         np.testing.assert_array_equal(a, b)
 
 
+def test_blas_gemm_is_numpys_own_openblas():
+    """Where NumPy's wheel brings its scipy-openblas64 (in numpy.libs), blas_gemm finds its sgemm and dgemm: the one-call
+    ConvPool path is not silently off on such an install; other dtypes get 0."""
+    libs = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
+    wheel = any(os.path.dirname(i.get("filepath") or "") == libs for i in cpu._blas_libraries())
+    assert (cpu.blas_gemm(np.float32) != 0) == wheel and (cpu.blas_gemm(np.float64) != 0) == wheel
+    assert cpu.blas_gemm(np.int64) == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True)])
+@pytest.mark.parametrize("m,n,k,spare", [(20, 576, 25, 0), (20, 9216, 25, 576), (7, 13, 5, 3), (1, 1, 1, 0)])
+def test_gemm_from_compiled_code_equals_numpy_matmul(dtype, ta, tb, m, n, k, spare):
+    """_kernels._gemm (NumPy's own cblas_?gemm called from compiled code) against numpy.matmul on the same operands,
+    also with rows longer than the data (a spare image's room, as cpu._spare) and transposed operands: the same call,
+    so the same numbers bit for bit."""
+    gemm = cpu.blas_gemm(dtype)
+    if not gemm:
+        pytest.skip("NumPy's BLAS is not a scipy-openblas64 in numpy.libs")
+    from numba import njit      # (as deepscope.cpu: numba only where a fast path runs)
+    inline = cpu.kernels()._gemm
+    call = njit(lambda fn, a, ta_, b, tb_, c: inline(fn, a, ta_, b, tb_, c))
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k + spare) if tb else (k, n + spare)).astype(dtype)
+    b = b[:, :k] if tb else b[:, :n]
+    c = np.full((m, n + spare), 7, dtype)
+    call(gemm, a, ta, b, tb, c[:, :n])
+    np.testing.assert_array_equal(c[:, :n], np.matmul(a.T if ta else a, b.T if tb else b))
+    assert (c[:, n:] == 7).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("neuron", [nn.Sigmoid, nn.ReLU])
+@pytest.mark.parametrize("channel_major", [False, True])
+@pytest.mark.parametrize("kernel,stride,padding,size", [(3, 1, 0, (10, 9)), ((3, 2), (1, 2), (0, 1), (9, 10)),
+                                                        (5, 1, 2, (12, 12))])
+@pytest.mark.parametrize("input_grad", [True, False])
+@pytest.mark.parametrize("weight_grad", ["loops", "blas"])
+def test_conv_pool_as_one_compiled_call_equals_the_calls_from_python(threads, monkeypatch, dtype, neuron, channel_major,
+                                                                     kernel, stride, padding, size, input_grad,
+                                                                     weight_grad):
+    """A ConvPool shard's chunks as one compiled call (CONV_POOL_ONE_CALL: im2col, BLAS's gemm, pooling and neuron in
+    _kernels.conv_pool_chunks; the backward in conv_pool_chunks_backward, where ∂C/∂W is the loops') against the same
+    steps called one by one from Python: the same outputs, ∂C/∂x and parameter gradients, bit for bit. Chunks of one
+    image each, with rows one image longer (ALIASED_ROW_BYTES at one number), so that every chunk boundary and spare
+    is crossed."""
+    if not cpu.blas_gemm(dtype):
+        pytest.skip("NumPy's BLAS is not a scipy-openblas64 in numpy.libs")
+    monkeypatch.setattr(cpu, "COLUMN_BYTES_PER_CHUNK", 1)
+    monkeypatch.setattr(cpu, "COLUMN_BYTES_PER_CHUNK_MAX", 1)
+    monkeypatch.setattr(cpu, "MACS_PER_SHARD", 1)
+    monkeypatch.setattr(cpu, "ALIASED_ROW_BYTES", np.dtype(dtype).itemsize)
+    monkeypatch.setattr(cpu, "CONV_WEIGHT_GRAD_LOOPS_MAX", 1 << 20 if weight_grad == "loops" else 0)
+    ds.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, kernel, stride=stride, padding=padding), nn.MaxPool2d(2), neuron(),
+                        nn.Flatten()).to(dtype)
+    net.needs_input_grad = input_grad
+    rng = np.random.default_rng(4)
+    x = _layout(rng.standard_normal((6, 3) + size).astype(dtype), channel_major)
+    with cpu.reference():
+        g = rng.standard_normal(net(x).shape).astype(dtype)
+    _, (y1, dx1, g1, fused1), (y0, dx0, g0, fused0) = _three_ways(net, x, g, "CONV_POOL_ONE_CALL", "ConvPool")
+    assert fused1 and fused0
+    np.testing.assert_array_equal(y1, y0)
+    assert (dx1 is None) == (dx0 is None) == (not input_grad)
+    if input_grad:
+        np.testing.assert_array_equal(dx1, dx0)
+    for a, b in zip(g1, g0):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_conv_pool_neuron_runs_layer_by_layer_under_a_hook_and_propagates_nan(threads):
     """An instrument's hook sees every layer's output, so the layers then run one by one; NaN goes through the
     one-pass max as through MaxPool2d's."""

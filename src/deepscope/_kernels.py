@@ -469,6 +469,99 @@ def pool_neuron_backward(g, a, arg, sigmoid, delta):
                 delta[c, i, u, :] = 0
 
 
+# -- a ConvPool chunk as one call that never holds the GIL (cpu.conv_pool_forward / conv_pool_backward) -----------
+# BLAS from compiled code: ``gemm`` is the address of NumPy's own cblas_sgemm or cblas_dgemm (cpu.blas_gemm: OpenBLAS's
+# scipy_cblas_?gemm64_, 64-bit integers), called with the arguments numpy.matmul passes it, so the products are
+# NumPy's bit for bit, under the same OpenBLAS kernels and thread setting. The address is an argument (not a ctypes
+# function in a global), so that these functions are cached on disk like the rest.
+@intrinsic
+def _cblas_gemm(typingctx, fn, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc):
+    """cblas_?gemm(RowMajor, trans_a, trans_b, m, n, k, 1, a, lda, b, ldb, 0, c, ldc) at address ``fn`` (int64)."""
+    def codegen(context, builder, sig, args):
+        f, ta, tb, m_, n_, k_, a_, lda_, b_, ldb_, c_, ldc_ = args
+        dt = context.get_data_type(sig.args[6].dtype)
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        fnty = ir.FunctionType(ir.VoidType(), [i32, i32, i32, i64, i64, i64, dt, dt.as_pointer(), i64,
+                                               dt.as_pointer(), i64, dt, dt.as_pointer(), i64])
+        data = [context.make_array(sig.args[i])(context, builder, v).data for i, v in ((6, a_), (8, b_), (10, c_))]
+        builder.call(builder.inttoptr(f, fnty.as_pointer()),
+                     [i32(101), builder.trunc(ta, i32), builder.trunc(tb, i32), m_, n_, k_, dt(1.0), data[0], lda_,
+                      data[1], ldb_, dt(0.0), data[2], ldc_])
+        return context.get_dummy_value()
+    return types.void(types.int64, types.int64, types.int64, types.int64, types.int64, types.int64, a, types.int64,
+                      b, types.int64, c, types.int64), codegen
+
+
+@njit(inline="always")     # (inlined into its callers)
+def _gemm(fn, a, ta, b, tb, c):
+    """c = op(a) op(b) by BLAS (op(a) = aᵀ when ``ta``); a, b, c row-major with unit column stride (their row strides
+    are BLAS's leading dimensions). CblasTrans = 112, CblasNoTrans = 111."""
+    m, n = c.shape
+    k = a.shape[0] if ta else a.shape[1]
+    size = c.itemsize
+    _cblas_gemm(fn, 112 if ta else 111, 112 if tb else 111, m, n, k, a, a.strides[0] // size, b, b.strides[0] // size,
+                c, c.strides[0] // size)
+
+
+@_jit
+def chunk_columns(x, channel_major, a, b, kh, kw, sh, sw, ph, pw, spare):
+    """X of images a:b, as cpu._columns makes it: every receptive field of x̃ (x padded by ph, pw zeros) as a column,
+    (C, kh, kw, b-a + spare, H_out, W_out), the last ``spare`` images' room left unwritten; x given in memory order,
+    (C, N, H, W) when ``channel_major``, else (N, C, H, W)."""
+    if channel_major:
+        c_, h, w = x.shape[0], x.shape[2], x.shape[3]
+    else:
+        c_, h, w = x.shape[1], x.shape[2], x.shape[3]
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    cols = np.empty((c_, kh, kw, b - a + spare, ho, wo), x.dtype)
+    if ph or pw:
+        xpad = np.zeros((c_, b - a, h + 2 * ph, w + 2 * pw), x.dtype)
+        for c in range(c_):
+            for n in range(b - a):
+                xpad[c, n, ph:ph + h, pw:pw + w] = x[c, a + n] if channel_major else x[a + n, c]
+        im2col(xpad, cols, 0, b - a, sh, sw, True)
+    else:
+        im2col(x, cols, a, b - a, sh, sw, channel_major)
+    return cols
+
+
+@_jit
+def conv_pool_chunks(gemm, x, channel_major, w2, bias, chunks, spares, start, stop, kh, kw, sh, sw, ph, pw, relu,
+                     out, arg, neg_abs):
+    """cpu.conv_pool_forward's chunks start..stop-1 in one call: per chunk i (images a:b = chunks[i]) X (chunk_columns,
+    with room for spares[i] more images: cpu.ALIASED_ROW_BYTES), Z = W X (BLAS), then conv_pool_forward into out[a:b],
+    arg[a:b] and neg_abs[a:b] (unless neg_abs is empty)."""
+    o = w2.shape[0]
+    for i in range(start, stop):
+        a, b = chunks[i, 0], chunks[i, 1]
+        cols = chunk_columns(x, channel_major, a, b, kh, kw, sh, sw, ph, pw, spares[i])
+        ho, wo = cols.shape[4], cols.shape[5]
+        used = (b - a) * ho * wo
+        wx = np.empty((o, cols.shape[3], ho, wo), w2.dtype)
+        _gemm(gemm, w2, False, cols.reshape(w2.shape[1], -1)[:, :used], False, wx.reshape(o, -1)[:, :used])  # Z = W X
+        conv_pool_forward(wx, bias, out[a:b], arg[a:b], relu, neg_abs[a:b] if neg_abs.size else neg_abs[0:0])
+
+
+@_jit
+def conv_pool_chunks_backward(gemm, x, channel_major, w2, chunks, start, stop, kh, kw, sh, sw, ph, pw, g, a_out, arg,
+                              sigmoid, dwts, dbs, dxpad):
+    """cpu.conv_pool_backward's chunks start..stop-1 in one call: per chunk i (images a:b) X (chunk_columns), Δ by
+    pool_neuron_backward, (∂C/∂W)ᵀ = X Δᵀ and ∂C/∂b = Σ δ into dwts[i], dbs[i] by conv_weight_grad, and, unless dxpad
+    is empty, ∂C/∂X = Wᵀ Δ (BLAS, over X) scattered into dxpad by col2im."""
+    o = w2.shape[0]
+    for i in range(start, stop):
+        a, b = chunks[i, 0], chunks[i, 1]
+        cols = chunk_columns(x, channel_major, a, b, kh, kw, sh, sw, ph, pw, 0)
+        cols2 = cols.reshape(w2.shape[1], -1)
+        delta = np.empty((o, b - a, cols.shape[4], cols.shape[5]), w2.dtype)
+        pool_neuron_backward(g[a:b], a_out[a:b], arg[a:b], sigmoid, delta)                   # δ = ∂C/∂z
+        delta2 = delta.reshape(o, -1)
+        conv_weight_grad(cols2, delta2, 0, dwts[i], dbs[i])                                  # (∂C/∂W)ᵀ = X Δᵀ, Σ δ
+        if dxpad.size:
+            _gemm(gemm, w2, True, delta2, False, cols2)                                      # ∂C/∂X = Wᵀ Δ
+            col2im(cols, dxpad, a, sh, sw)
+
+
 @_jit
 def sumpool_forward(x, out, kh, kw, sh, sw, squares):
     """out = Σ over each window of x (or of x² when ``squares``)."""

@@ -23,7 +23,8 @@ fixes glibc's thresholds at the values its own rule ends at (blocks up to 32 MB 
 of free heap kept), once, when deepscope is imported; a user who set glibc's malloc variables keeps them.
 
 Fewer, larger parallel sections: a hand-over costs a worker's wake-up, so a Sequential's ``Conv2d → MaxPool2d(2) →
-σ`` runs as one section (:func:`conv_pool_forward`, ``nn/fuse.py``) rather than one per layer.
+σ`` runs as one section (:func:`conv_pool_forward`, ``nn/fuse.py``) rather than one per layer, and each thread's share
+of it is one compiled call that never takes the GIL (NumPy's own BLAS called from the compiled code: :func:`blas_gemm`).
 
 A fast path takes only NumPy arrays (:func:`fast`): CuPy arrays, and any run where numba is missing, take
 the layer's own NumPy/CuPy expression, which is also the reference each fast path is tested against
@@ -914,12 +915,56 @@ FUSE_CONV_POOL = 1      # 1: nn/fuse.py's ConvPool runs Conv2d → MaxPool2d(2) 
                         # (the same numbers; for an A/B: benchmarks/thread_profile.py --ab FUSE_CONV_POOL=0)
 
 
+CONV_POOL_ONE_CALL = 1  # 1: a ConvPool shard's chunks are one compiled call that never holds the GIL (im2col, NumPy's own
+                        # BLAS gemm called from the compiled code, b, pooling, neuron; the backward likewise), where
+                        # blas_gemm finds the gemm; 0: a few calls a chunk from Python, each of which gives up the GIL
+                        # and takes it back (a thread that asks for it while the other holds it sleeps, ~30-50 us).
+                        # The same numbers bit for bit. Measured: benchmarks/thread_profile.py --ab CONV_POOL_ONE_CALL=0
+GEMM_SYMBOLS = {numpy.dtype(numpy.float32): "scipy_cblas_sgemm64_", numpy.dtype(numpy.float64): "scipy_cblas_dgemm64_"}
+_gemm_addresses = None
+
+
+def blas_gemm(dtype) -> int:
+    """The address of the cblas_sgemm / cblas_dgemm of NumPy's own BLAS (0 where there is none to be had): the
+    scipy-openblas64 library in the ``numpy.libs`` folder of NumPy's wheels, already loaded by NumPy
+    (``RTLD_NOLOAD``: the same library object, so OpenBLAS's kernels and threadpoolctl's thread setting are NumPy's),
+    whose CBLAS takes 64-bit integers. Other builds of NumPy (other BLAS, other symbol names) get 0: their ConvPool
+    takes the calls from Python. Found once, on first use."""
+    global _gemm_addresses
+    if _gemm_addresses is None:
+        _gemm_addresses = {}
+        libs = os.path.join(os.path.dirname(os.path.dirname(numpy.__file__)), "numpy.libs")
+        found = [i["filepath"] for i in _blas_libraries() if i.get("internal_api") == "openblas"
+                 and os.path.dirname(i.get("filepath") or "") == libs]
+        try:
+            lib = ctypes.CDLL(found[0], mode=os.RTLD_NOLOAD) if len(found) == 1 else None
+        except (OSError, AttributeError):
+            lib = None
+        for dt, name in GEMM_SYMBOLS.items():
+            f = getattr(lib, name, None)
+            _gemm_addresses[dt] = (f is not None and ctypes.cast(f, ctypes.c_void_p).value) or 0
+    return _gemm_addresses.get(numpy.dtype(dtype), 0)
+
+
+def _one_call_gemm(x, weight) -> int:
+    """blas_gemm for a ConvPool's chunks as one compiled call (CONV_POOL_ONE_CALL), else 0."""
+    return blas_gemm(weight.dtype) if CONV_POOL_ONE_CALL and x.dtype == weight.dtype else 0
+
+
+def _in_memory_order(x):
+    """(x as its memory is laid out, channel_major): (C, N, H, W) unless x (N, C, H, W) is C-contiguous (as _columns)."""
+    channel_major = not x.flags.c_contiguous and x.transpose(1, 0, 2, 3).flags.c_contiguous
+    return (x.transpose(1, 0, 2, 3) if channel_major else x), channel_major
+
+
 def conv_pool_forward(x, weight, bias, stride, padding, relu):
     """Conv2d → MaxPool2d(2) → σ (``relu``: ReLU) chunk by chunk of the mini-batch in one parallel section (one
     hand-over to the threads instead of three, no full-size Z in memory): per chunk Z = W X (as
     :func:`conv2d_forward`), then b, the max over each 2×2 window and ReLU in one compiled pass, or the sigmoid as
-    :func:`sigmoid` computes it. Returns (a, arg): a as (N, out, H_p, W_p), N-major (a Flatten after it is free),
-    and each window's first maximum, l·2 + m (int8), for :func:`conv_pool_backward`."""
+    :func:`sigmoid` computes it. With NumPy's BLAS at hand (:func:`blas_gemm`) a shard's chunks are one compiled call
+    (``_kernels.conv_pool_chunks``), then, for the sigmoid, NumPy's exp and the sigmoid pass over the shard's images.
+    Returns (a, arg): a as (N, out, H_p, W_p), N-major (a Flatten after it is free), and each window's first maximum,
+    l·2 + m (int8), for :func:`conv_pool_backward`."""
     k = kernels()
     n, o = x.shape[0], weight.shape[0]
     ho, wo = _conv_output_size(x, weight, stride, padding)
@@ -927,6 +972,25 @@ def conv_pool_forward(x, weight, bias, stride, padding, relu):
     arg = numpy.empty(out.shape, dtype=numpy.int8)
     b_ = loops_bias(bias, weight.dtype)
     no_e = numpy.empty((0, 0, 0, 0), dtype=weight.dtype)
+    gemm = _one_call_gemm(x, weight)
+    if gemm:
+        _, _, _, kh, kw, _, _, chunks, min_chunks = _conv_plan(x, weight, stride, padding)
+        bounds = numpy.array(chunks, dtype=numpy.int64)
+        spares = numpy.array([_spare(b - a, ho, wo, x.itemsize) for a, b in chunks], dtype=numpy.int64)
+        xm, channel_major = _in_memory_order(x)
+        w2 = weight.reshape(o, -1)
+        m, e = (out, no_e) if relu else (numpy.empty_like(out), numpy.empty_like(out))
+
+        def shard(s, t):
+            k.conv_pool_chunks(gemm, xm, channel_major, w2, b_, bounds, spares, s, t, kh, kw, *stride, *padding,
+                               relu, m, arg, e)                        # m = max_window(W X + b) (ReLU'd), -|m|
+            if not relu:
+                a, b = chunks[s][0], chunks[t - 1][1]
+                numpy.exp(e[a:b], out=e[a:b])                                           # e = e^{-|m|}
+                k.sigmoid(m[a:b].reshape(-1), e[a:b].reshape(-1), out[a:b].reshape(-1))   # σ(m)
+
+        parallel(shard, len(chunks), min_chunks)
+        return out, arg
 
     def pool_and_neuron(wx, a, b):
         if relu:
@@ -944,10 +1008,27 @@ def conv_pool_forward(x, weight, bias, stride, padding, relu):
 def conv_pool_backward(x, weight, grad_output, out, arg, stride, padding, relu, input_grad=True):
     """Backward of :func:`conv_pool_forward` (``out``, ``arg`` from it) in one parallel section: per chunk, δ =
     ∂C/∂a ⊙ σ'(m) routed to each window's first maximum (one compiled pass), then that chunk's part of
-    :func:`conv2d_backward`. Returns (∂C/∂W, ∂C/∂b, ∂C/∂x or None)."""
+    :func:`conv2d_backward`; a shard's chunks as one compiled call (``_kernels.conv_pool_chunks_backward``) where
+    NumPy's BLAS is at hand and ∂C/∂W is the compiled loops' (a small kernel). Returns (∂C/∂W, ∂C/∂b, ∂C/∂x or None)."""
     k = kernels()
     o = weight.shape[0]
     ho, wo = _conv_output_size(x, weight, stride, padding)
+    gemm = _one_call_gemm(x, weight) if weight.size <= CONV_WEIGHT_GRAD_LOOPS_MAX else 0
+    if gemm and grad_output.dtype == weight.dtype:
+        n, c, _, kh, kw, _, _, chunks, min_chunks = _conv_plan(x, weight, stride, padding)
+        (ph, pw), (h, w) = padding, x.shape[2:]
+        xm, channel_major = _in_memory_order(x)
+        dxpad = numpy.empty((c, n, h + 2 * ph, w + 2 * pw) if input_grad else (0, 0, 0, 0), dtype=weight.dtype)
+        dwts = numpy.empty((len(chunks), weight[0].size, o), weight.dtype)      # each chunk's (∂C/∂W)ᵀ ...
+        dbs = numpy.empty((len(chunks), o), weight.dtype)                       # ... and ∂C/∂b
+        bounds = numpy.array(chunks, dtype=numpy.int64)
+        parallel(lambda s, t: k.conv_pool_chunks_backward(gemm, xm, channel_major, weight.reshape(o, -1), bounds, s, t,
+                                                          kh, kw, *stride, *padding, grad_output, out, arg, not relu,
+                                                          dwts, dbs, dxpad),
+                 len(chunks), min_chunks)
+        dw, db = dwts.sum(axis=0), dbs.sum(axis=0)      # the chunks' parts in chunk order, as conv2d_backward
+        dx = dxpad[:, :, ph:ph + h, pw:pw + w].transpose(1, 0, 2, 3) if input_grad else None
+        return dw.T.reshape(weight.shape), db, dx
 
     def delta_of(a, b):
         d = numpy.empty((o, b - a, ho, wo), dtype=weight.dtype)
