@@ -131,20 +131,21 @@ def _kernels_step(k, model, opt, m):
     first, last = model[1], model[3]
     w1, b1, w2, b2 = first.weight.data, first.bias.data, last.weight.data, last.bias.data
     gw1, gb1, gw2, gb2 = first.weight.grad, first.bias.grad, last.weight.grad, last.bias.grad
-    w, g, bytes_ = opt.flat.data, opt.flat.grad, opt.flat.grad.view(np.uint8)
-    z1, e1, a1, d1 = (np.empty((m, 30), np.float32) for _ in range(4))
+    w, g = opt.flat.data, opt.flat.grad
+    z1, e1, a1, d1, g1 = (np.empty((m, 30), np.float32) for _ in range(5))
     z2, d2, none = np.empty((m, 10), np.float32), np.empty((m, 10), np.float32), np.empty((0, 0), np.float32)
+    a1_, d1_, g1_ = a1.reshape(-1), d1.reshape(-1), g1.reshape(-1)
 
     def step_(x, y):
         k.linear_forward(x, w1, b1, z1, e1, 0, m)                   # z1 = x W1ᵀ + b1, e1 = -|z1|
         np.exp(e1, out=e1)
-        k.sigmoid(z1.reshape(-1), e1.reshape(-1), a1.reshape(-1))   # a1 = σ(z1)
+        k.sigmoid(z1.reshape(-1), e1.reshape(-1), a1_)              # a1 = σ(z1)
         k.linear_forward(a1, w2, b2, z2, none, 0, m)                # z2 = a1 W2ᵀ + b2
         k.crossentropy(z2, y, d2)                                   # C and δ2
-        bytes_.fill(0)                                              # zero_grad
-        k.linear_weight_grad(d2, a1, gw2, gb2, 0, 10)
-        k.sigmoid_backward((d2 @ w2).reshape(-1), a1.reshape(-1), d1.reshape(-1))   # δ1 = (δ2 W2) ⊙ σ'(z1)
-        k.linear_weight_grad(d1, x, gw1, gb1, 0, 30)
+        k.linear_weight_grad(d2, a1, gw2, gb2, 0, 10, True)         # (fresh: zero_grad in the loops)
+        np.matmul(d2, w2, out=g1)
+        k.sigmoid_backward(g1_, a1_, d1_)                           # δ1 = (δ2 W2) ⊙ σ'(z1)
+        k.linear_weight_grad(d1, x, gw1, gb1, 0, 30, True)
         k.sgd(w, g, w[:0], opt.lr, 0.0, 0.0, opt.flat.n_decayed)
     return step_
 
