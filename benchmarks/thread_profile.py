@@ -260,11 +260,13 @@ def _settings(text):
 
 def compare(name, batch, variant, rounds, steps):
     """Median wall time a step at 1 and 2 threads with the current settings and with ``variant``, alternating in
-    rounds of ``steps`` steps: {"current"|"variant": {"1": s, "2": s, "sleeps_2": per step}}."""
+    rounds of ``steps`` steps: {"current"|"variant": {"1": s, "2": s, "min_1": s, "min_2": s, "sleeps_2": per step,
+    "cpu_2": s}}: the medians, the fastest rounds, and at 2 threads the sleeps and the CPU seconds of both threads (each
+    read from its own clock; a worker waiting awake counts) a step."""
     runner = cpu_speed.Deepscope(name, batch)
     current = {k: getattr(cpu, k) for k in variant}
     times = {(v, t): [] for v in ("current", "variant") for t in (1, 2)}
-    sleeps = {"current": [], "variant": []}
+    sleeps, cpu_2 = {"current": [], "variant": []}, {"current": [], "variant": []}
     try:
         for r in range(rounds):
             for threads in (1, 2):
@@ -275,17 +277,20 @@ def compare(name, batch, variant, rounds, steps):
                     for k, v in settings.items():
                         setattr(cpu, k, v)
                     runner.step()
-                    s0, w0 = _sleeps(), time.perf_counter()
+                    s0, w0, c0 = _sleeps(), time.perf_counter(), time.thread_time() + _workers_cpu()
                     for _ in range(steps):
                         runner.step()
                     times[which, threads].append((time.perf_counter() - w0) / steps)
                     if threads == 2:
                         sleeps[which].append((_sleeps() - s0) / steps)
+                        cpu_2[which].append((time.thread_time() + _workers_cpu() - c0) / steps)
     finally:
         for k, v in current.items():
             setattr(cpu, k, v)
     return {which: {"1": statistics.median(times[which, 1]), "2": statistics.median(times[which, 2]),
-                    "sleeps_2": statistics.median(sleeps[which])} for which in ("current", "variant")}
+                    "min_1": min(times[which, 1]), "min_2": min(times[which, 2]),
+                    "sleeps_2": statistics.median(sleeps[which]), "cpu_2": statistics.median(cpu_2[which])}
+            for which in ("current", "variant")}
 
 
 def main(argv=None):
@@ -328,7 +333,8 @@ def main(argv=None):
                 for which in ("current", "variant"):
                     t = r[which]
                     print(f"{name:8} m={batch:<4} {which:8} 1 thread {t['1'] * 1e6:7.0f} us, 2 threads {t['2'] * 1e6:7.0f} us"
-                          f" ({t['sleeps_2']:.1f} sleeps), 2t/1t {t['1'] / t['2']:.2f}")
+                          f" ({t['sleeps_2']:.1f} sleeps, CPU {t['cpu_2'] * 1e6:.0f} us), 2t/1t {t['1'] / t['2']:.2f}"
+                          f" (fastest rounds {t['min_1'] / t['min_2']:.2f})")
                 rows.append({"net": name, "batch": batch, "variant": variant, **r})
     for name in ([] if args.ab is not None else filter(None, args.nets.split(","))):
         for batch in map(int, args.batches.split(",")):
