@@ -504,17 +504,12 @@ def _gemm(fn, a, ta, b, tb, c):
 
 
 @_jit
-def chunk_columns(x, channel_major, a, b, kh, kw, sh, sw, ph, pw, spare):
-    """X of images a:b, as cpu._columns makes it: every receptive field of x̃ (x padded by ph, pw zeros) as a column,
-    (C, kh, kw, b-a + spare, H_out, W_out), the last ``spare`` images' room left unwritten; x given in memory order,
-    (C, N, H, W) when ``channel_major``, else (N, C, H, W)."""
-    if channel_major:
-        c_, h, w = x.shape[0], x.shape[2], x.shape[3]
-    else:
-        c_, h, w = x.shape[1], x.shape[2], x.shape[3]
-    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    cols = np.empty((c_, kh, kw, b - a + spare, ho, wo), x.dtype)
+def chunk_columns(x, channel_major, a, b, sh, sw, ph, pw, cols):
+    """X of images a:b into cols (C, kh, kw, ≥ b-a, H_out, W_out), as cpu._columns makes it: every receptive field of
+    x̃ (x padded by ph, pw zeros) as a column (images after b-a left as they are); x given in memory order, (C, N, H, W)
+    when ``channel_major``, else (N, C, H, W)."""
     if ph or pw:
+        c_, h, w = cols.shape[0], x.shape[2], x.shape[3]
         xpad = np.zeros((c_, b - a, h + 2 * ph, w + 2 * pw), x.dtype)
         for c in range(c_):
             for n in range(b - a):
@@ -522,7 +517,18 @@ def chunk_columns(x, channel_major, a, b, kh, kw, sh, sw, ph, pw, spare):
         im2col(xpad, cols, 0, b - a, sh, sw, True)
     else:
         im2col(x, cols, a, b - a, sh, sw, channel_major)
-    return cols
+
+
+@njit(inline="always")     # (inlined into its callers)
+def _chunk_space(chunks, start, stop, spares, per_image, dtype):
+    """One buffer for the largest of the chunks start..stop-1 (with its spare images) of per_image numbers an image:
+    every chunk's array is made in it, so that each chunk writes where the last one did, in this core's cache (a fresh
+    array a chunk, allocated before the last one is freed, alternates between two places: rung 1's backward at m=256,
+    1 thread, 2,659 -> 2,833 us)."""
+    most = 0
+    for i in range(start, stop):
+        most = max(most, chunks[i, 1] - chunks[i, 0] + spares[i])
+    return np.empty(most * per_image, dtype)
 
 
 @_jit
@@ -531,14 +537,18 @@ def conv_pool_chunks(gemm, x, channel_major, w2, bias, chunks, spares, start, st
     """cpu.conv_pool_forward's chunks start..stop-1 in one call: per chunk i (images a:b = chunks[i]) X (chunk_columns,
     with room for spares[i] more images: cpu.ALIASED_ROW_BYTES), Z = W X (BLAS), then conv_pool_forward into out[a:b],
     arg[a:b] and neg_abs[a:b] (unless neg_abs is empty)."""
-    o = w2.shape[0]
+    o, ckk = w2.shape
+    c_, h, w = ckk // (kh * kw), x.shape[2], x.shape[3]
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    x_space = _chunk_space(chunks, start, stop, spares, ckk * ho * wo, w2.dtype)
+    z_space = _chunk_space(chunks, start, stop, spares, o * ho * wo, w2.dtype)
     for i in range(start, stop):
         a, b = chunks[i, 0], chunks[i, 1]
-        cols = chunk_columns(x, channel_major, a, b, kh, kw, sh, sw, ph, pw, spares[i])
-        ho, wo = cols.shape[4], cols.shape[5]
-        used = (b - a) * ho * wo
-        wx = np.empty((o, cols.shape[3], ho, wo), w2.dtype)
-        _gemm(gemm, w2, False, cols.reshape(w2.shape[1], -1)[:, :used], False, wx.reshape(o, -1)[:, :used])  # Z = W X
+        room, used = b - a + spares[i], (b - a) * ho * wo
+        cols = x_space[:ckk * room * ho * wo].reshape((c_, kh, kw, room, ho, wo))
+        chunk_columns(x, channel_major, a, b, sh, sw, ph, pw, cols)                           # X
+        wx = z_space[:o * room * ho * wo].reshape((o, room, ho, wo))
+        _gemm(gemm, w2, False, cols.reshape(ckk, -1)[:, :used], False, wx.reshape(o, -1)[:, :used])   # Z = W X
         conv_pool_forward(wx, bias, out[a:b], arg[a:b], relu, neg_abs[a:b] if neg_abs.size else neg_abs[0:0])
 
 
@@ -548,12 +558,18 @@ def conv_pool_chunks_backward(gemm, x, channel_major, w2, chunks, start, stop, k
     """cpu.conv_pool_backward's chunks start..stop-1 in one call: per chunk i (images a:b) X (chunk_columns), Δ by
     pool_neuron_backward, (∂C/∂W)ᵀ = X Δᵀ and ∂C/∂b = Σ δ into dwts[i], dbs[i] by conv_weight_grad, and, unless dxpad
     is empty, ∂C/∂X = Wᵀ Δ (BLAS, over X) scattered into dxpad by col2im."""
-    o = w2.shape[0]
+    o, ckk = w2.shape
+    c_, h, w = ckk // (kh * kw), x.shape[2], x.shape[3]
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    none = np.zeros(stop, np.int64)
+    x_space = _chunk_space(chunks, start, stop, none, ckk * ho * wo, w2.dtype)
+    d_space = _chunk_space(chunks, start, stop, none, o * ho * wo, w2.dtype)
     for i in range(start, stop):
         a, b = chunks[i, 0], chunks[i, 1]
-        cols = chunk_columns(x, channel_major, a, b, kh, kw, sh, sw, ph, pw, 0)
-        cols2 = cols.reshape(w2.shape[1], -1)
-        delta = np.empty((o, b - a, cols.shape[4], cols.shape[5]), w2.dtype)
+        cols = x_space[:ckk * (b - a) * ho * wo].reshape((c_, kh, kw, b - a, ho, wo))
+        chunk_columns(x, channel_major, a, b, sh, sw, ph, pw, cols)                           # X
+        cols2 = cols.reshape(ckk, -1)
+        delta = d_space[:o * (b - a) * ho * wo].reshape((o, b - a, ho, wo))
         pool_neuron_backward(g[a:b], a_out[a:b], arg[a:b], sigmoid, delta)                   # δ = ∂C/∂z
         delta2 = delta.reshape(o, -1)
         conv_weight_grad(cols2, delta2, 0, dwts[i], dbs[i])                                  # (∂C/∂W)ᵀ = X Δᵀ, Σ δ
