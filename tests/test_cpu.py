@@ -847,6 +847,22 @@ def test_cost_fast_paths_equal_reference(dtype, cost, label_dtype):
     assert d1.dtype == dtype
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dense", [False, True])
+def test_crossentropy_keeps_a_small_cost(dtype, dense):
+    """Confident right answers cost ~1e-13 a neuron: both paths keep it (softplus(z) - y z summed as two large
+    sums would cancel it to 0 or to rounding noise)."""
+    z = np.full((6, 10), -30.0, dtype=dtype)
+    labels = np.arange(6) % 10
+    z[np.arange(6), labels] = 30.0
+    target = np.eye(10, dtype=dtype)[labels] if dense else labels
+    expected = 10 * np.log1p(np.exp(-30.0))                    # per example: ln(1 + e^{-30}) from each neuron
+    for ctx in (cpu.reference, _nothing):
+        with ctx():
+            np.testing.assert_allclose(nn.CrossEntropyCost()(z, target), expected,
+                                       rtol=1e-12 if dtype == np.float64 else 1e-5)
+
+
 @pytest.mark.parametrize("cost", [nn.LogLikelihoodCost, nn.CrossEntropyCost])
 def test_cost_fast_paths_propagate_nan_and_refuse_labels_out_of_range(cost):
     z = np.random.default_rng(11).standard_normal((4, 3)).astype(np.float32)

@@ -132,16 +132,19 @@ class CrossEntropyCost(Loss):
         else:
             t = self._check(z, target, allow_dense=True)
             xp = backend.xp_of(z)
+            # softplus(z) - y z = [max(z, 0) - y z] + ln(1 + e^{-|z|}): never overflows, and the bracket is exact
+            # and ≥ 0 (0 for a confident right answer), so a small cost is not lost to cancellation
             e = xp.exp(-xp.abs(z))
-            softplus = xp.maximum(z, 0) + xp.log1p(e)     # ln(1 + e^z), never overflows
+            c = xp.maximum(z, 0)                            # becomes max(z, 0) - y z below
             a_minus_y = sigmoid(z, e)                       # becomes a - y below
             if t.ndim == 1:                                 # integer labels: y is one-hot, never built
                 rows = xp.arange(z.shape[0])
-                loss = softplus.sum() - z[rows, t].sum()
+                c[rows, t] -= z[rows, t]
                 a_minus_y[rows, t] -= 1
             else:
-                loss = (softplus - t * z).sum()
+                c -= t * z
                 a_minus_y -= t
+            loss = c.sum() + xp.log1p(e).sum()
             self._delta = a_minus_y / n                     # δ^L = (a - y)/n
         return self._value(loss / n)
 
