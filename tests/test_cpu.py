@@ -285,6 +285,20 @@ def test_gemm_from_compiled_code_equals_numpy_matmul(dtype, ta, tb, m, n, k, spa
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pairwise_sum_equals_numpy_sum(dtype):
+    """_kernels._pairwise_sum (+ 0, NumPy's identity) against NumPy's sum of each row: bit for bit, on every length up to
+    300 and longer rows (the halving above 128), numbers over six decades, -0.0 rows (NumPy's sum gives +0.0)."""
+    rng = np.random.default_rng(8)
+    k = cpu.kernels()
+    for n in list(range(300)) + [511, 512, 513, 1000, 4096, 9216, 36865]:
+        d = (rng.standard_normal((2, n)) * 10.0 ** rng.uniform(-3, 3, (2, n))).astype(dtype)
+        d[1] = -0.0 if n % 3 == 0 else d[1]
+        got = np.array([dtype(0) + k._pairwise_sum(row, 0, n) for row in d], dtype)
+        np.testing.assert_array_equal(got, d.sum(axis=1))
+        assert (np.signbit(got) == np.signbit(d.sum(axis=1))).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("neuron", [nn.Sigmoid, nn.ReLU])
 @pytest.mark.parametrize("channel_major", [False, True])
 @pytest.mark.parametrize("kernel,stride,padding,size", [(3, 1, 0, (10, 9)), ((3, 2), (1, 2), (0, 1), (9, 10)),
@@ -295,7 +309,7 @@ def test_conv_pool_as_one_compiled_call_equals_the_calls_from_python(threads, mo
                                                                      kernel, stride, padding, size, input_grad,
                                                                      weight_grad):
     """A ConvPool shard's chunks as one compiled call (CONV_POOL_ONE_CALL: im2col, BLAS's gemm, pooling and neuron in
-    _kernels.conv_pool_chunks; the backward in conv_pool_chunks_backward, where ∂C/∂W is the loops') against the same
+    _kernels.conv_pool_chunks; the backward in conv_pool_chunks_backward, ∂C/∂W by the loops or BLAS) against the same
     steps called one by one from Python: the same outputs, ∂C/∂x and parameter gradients, bit for bit. Chunks of one
     image each, with rows one image longer (ALIASED_ROW_BYTES at one number), so that every chunk boundary and spare
     is crossed."""

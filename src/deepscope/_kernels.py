@@ -552,12 +552,68 @@ def conv_pool_chunks(gemm, x, channel_major, w2, bias, chunks, spares, start, st
         conv_pool_forward(wx, bias, out[a:b], arg[a:b], relu, neg_abs[a:b] if neg_abs.size else neg_abs[0:0])
 
 
+@njit(inline="always")     # (inlined into its caller)
+def _pairwise_block(a, lo, n):
+    """NumPy's pairwise_sum of a[lo:lo + n] for n ≤ 128: 8 running sums, then the rest one by one (n < 8: one by one)."""
+    if n < 8:
+        res = a.dtype.type(0)
+        for i in range(lo, lo + n):
+            res += a[i]
+        return res
+    r0, r1, r2, r3, r4, r5, r6, r7 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3], a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
+    i = 8
+    while i < n - n % 8:
+        r0, r1, r2, r3 = r0 + a[lo + i], r1 + a[lo + i + 1], r2 + a[lo + i + 2], r3 + a[lo + i + 3]
+        r4, r5, r6, r7 = r4 + a[lo + i + 4], r5 + a[lo + i + 5], r6 + a[lo + i + 6], r7 + a[lo + i + 7]
+        i += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        res += a[lo + i]
+        i += 1
+    return res
+
+
+@_jit
+def _pairwise_sum(a, lo, n):
+    """a[lo] + … + a[lo + n - 1] summed as NumPy sums a contiguous row (its pairwise_sum: blocks of up to 128 numbers,
+    a longer run as the sum of its two halves, the first a multiple of 8 long; NumPy's sum then adds the result to its
+    identity, 0), so the same number bit for bit. The halving's recursion by an explicit stack (numba's disk cache
+    cannot hold a recursive function: a cached one crashed when loaded)."""
+    los, ns, stage = np.empty(64, np.int64), np.empty(64, np.int64), np.empty(64, np.int64)
+    sums = np.empty(64, a.dtype)
+    los[0], ns[0], stage[0] = lo, n, 0
+    top, done = 0, 0
+    while top >= 0:
+        first, count = los[top], ns[top]
+        if count <= 128:                                  # a block: its sum goes on the stack of sums
+            sums[done] = _pairwise_block(a, first, count)
+            done += 1
+            top -= 1
+            continue
+        half = count // 2
+        half -= half % 8
+        if stage[top] == 0:                               # the first half
+            stage[top] = 1
+            top += 1
+            los[top], ns[top], stage[top] = first, half, 0
+        elif stage[top] == 1:                             # then the second
+            stage[top] = 2
+            top += 1
+            los[top], ns[top], stage[top] = first + half, count - half, 0
+        else:                                             # then first + second
+            sums[done - 2] = sums[done - 2] + sums[done - 1]
+            done -= 1
+            top -= 1
+    return sums[0]
+
+
 @_jit
 def conv_pool_chunks_backward(gemm, x, channel_major, w2, chunks, start, stop, kh, kw, sh, sw, ph, pw, g, a_out, arg,
-                              sigmoid, dwts, dbs, dxpad):
+                              sigmoid, loops, dwts, dbs, dxpad):
     """cpu.conv_pool_backward's chunks start..stop-1 in one call: per chunk i (images a:b) X (chunk_columns), Δ by
-    pool_neuron_backward, (∂C/∂W)ᵀ = X Δᵀ and ∂C/∂b = Σ δ into dwts[i], dbs[i] by conv_weight_grad, and, unless dxpad
-    is empty, ∂C/∂X = Wᵀ Δ (BLAS, over X) scattered into dxpad by col2im."""
+    pool_neuron_backward, (∂C/∂W)ᵀ = X Δᵀ and ∂C/∂b = Σ δ into dwts[i], dbs[i] (by conv_weight_grad with ``loops``,
+    else by BLAS and NumPy's pairwise sum, as cpu.conv2d_backward), and, unless dxpad is empty, ∂C/∂X = Wᵀ Δ (BLAS,
+    over X) scattered into dxpad by col2im."""
     o, ckk = w2.shape
     c_, h, w = ckk // (kh * kw), x.shape[2], x.shape[3]
     ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
@@ -572,7 +628,12 @@ def conv_pool_chunks_backward(gemm, x, channel_major, w2, chunks, start, stop, k
         delta = d_space[:o * (b - a) * ho * wo].reshape((o, b - a, ho, wo))
         pool_neuron_backward(g[a:b], a_out[a:b], arg[a:b], sigmoid, delta)                   # δ = ∂C/∂z
         delta2 = delta.reshape(o, -1)
-        conv_weight_grad(cols2, delta2, 0, dwts[i], dbs[i])                                  # (∂C/∂W)ᵀ = X Δᵀ, Σ δ
+        if loops:
+            conv_weight_grad(cols2, delta2, 0, dwts[i], dbs[i])                              # (∂C/∂W)ᵀ = X Δᵀ, Σ δ
+        else:
+            _gemm(gemm, cols2, False, delta2, True, dwts[i])                                 # (∂C/∂W)ᵀ = X Δᵀ
+            for c in range(o):
+                dbs[i, c] = w2.dtype.type(0) + _pairwise_sum(delta2[c], 0, delta2.shape[1])  # ∂C/∂b = Σ δ
         if dxpad.size:
             _gemm(gemm, w2, True, delta2, False, cols2)                                      # ∂C/∂X = Wᵀ Δ
             col2im(cols, dxpad, a, sh, sw)

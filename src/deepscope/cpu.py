@@ -1009,11 +1009,11 @@ def conv_pool_backward(x, weight, grad_output, out, arg, stride, padding, relu, 
     """Backward of :func:`conv_pool_forward` (``out``, ``arg`` from it) in one parallel section: per chunk, δ =
     ∂C/∂a ⊙ σ'(m) routed to each window's first maximum (one compiled pass), then that chunk's part of
     :func:`conv2d_backward`; a shard's chunks as one compiled call (``_kernels.conv_pool_chunks_backward``) where
-    NumPy's BLAS is at hand and ∂C/∂W is the compiled loops' (a small kernel). Returns (∂C/∂W, ∂C/∂b, ∂C/∂x or None)."""
+    NumPy's BLAS is at hand. Returns (∂C/∂W, ∂C/∂b, ∂C/∂x or None)."""
     k = kernels()
     o = weight.shape[0]
     ho, wo = _conv_output_size(x, weight, stride, padding)
-    gemm = _one_call_gemm(x, weight) if weight.size <= CONV_WEIGHT_GRAD_LOOPS_MAX else 0
+    gemm = _one_call_gemm(x, weight)
     if gemm and grad_output.dtype == weight.dtype:
         n, c, _, kh, kw, _, _, chunks, min_chunks = _conv_plan(x, weight, stride, padding)
         (ph, pw), (h, w) = padding, x.shape[2:]
@@ -1024,7 +1024,7 @@ def conv_pool_backward(x, weight, grad_output, out, arg, stride, padding, relu, 
         bounds = numpy.array(chunks, dtype=numpy.int64)
         parallel(lambda s, t: k.conv_pool_chunks_backward(gemm, xm, channel_major, weight.reshape(o, -1), bounds, s, t,
                                                           kh, kw, *stride, *padding, grad_output, out, arg, not relu,
-                                                          dwts, dbs, dxpad),
+                                                          weight.size <= CONV_WEIGHT_GRAD_LOOPS_MAX, dwts, dbs, dxpad),
                  len(chunks), min_chunks)
         dw, db = dwts.sum(axis=0), dbs.sum(axis=0)      # the chunks' parts in chunk order, as conv2d_backward
         dx = dxpad[:, :, ph:ph + h, pw:pw + w].transpose(1, 0, 2, 3) if input_grad else None
