@@ -532,11 +532,11 @@ def _chunk_space(chunks, start, stop, spares, per_image, dtype):
 
 
 @_jit
-def conv_pool_chunks(gemm, x, channel_major, w2, bias, chunks, spares, start, stop, kh, kw, sh, sw, ph, pw, relu,
-                     out, arg, neg_abs):
+def conv_pool_chunks(gemm, x, channel_major, w2, bias, chunks, spares, start, stop, base, kh, kw, sh, sw, ph, pw,
+                     relu, out, arg, neg_abs):
     """cpu.conv_pool_forward's chunks start..stop-1 in one call: per chunk i (images a:b = chunks[i]) X (chunk_columns,
-    with room for spares[i] more images: cpu.ALIASED_ROW_BYTES), Z = W X (BLAS), then conv_pool_forward into out[a:b],
-    arg[a:b] and neg_abs[a:b] (unless neg_abs is empty)."""
+    with room for spares[i] more images: cpu.ALIASED_ROW_BYTES), Z = W X (BLAS), then conv_pool_forward into out, arg
+    and neg_abs (unless it is empty) at a - base:b - base (the three hold the images from ``base`` on)."""
     o, ckk = w2.shape
     c_, h, w = ckk // (kh * kw), x.shape[2], x.shape[3]
     ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
@@ -549,7 +549,8 @@ def conv_pool_chunks(gemm, x, channel_major, w2, bias, chunks, spares, start, st
         chunk_columns(x, channel_major, a, b, sh, sw, ph, pw, cols)                           # X
         wx = z_space[:o * room * ho * wo].reshape((o, room, ho, wo))
         _gemm(gemm, w2, False, cols.reshape(ckk, -1)[:, :used], False, wx.reshape(o, -1)[:, :used])   # Z = W X
-        conv_pool_forward(wx, bias, out[a:b], arg[a:b], relu, neg_abs[a:b] if neg_abs.size else neg_abs[0:0])
+        at, to = a - base, b - base
+        conv_pool_forward(wx, bias, out[at:to], arg[at:to], relu, neg_abs[at:to] if neg_abs.size else neg_abs[0:0])
 
 
 @njit(inline="always")     # (inlined into its caller)

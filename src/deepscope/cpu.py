@@ -957,12 +957,35 @@ def _in_memory_order(x):
     return (x.transpose(1, 0, 2, 3) if channel_major else x), channel_major
 
 
+SIGMOID_BYTES_PER_CALL = 1 << 20   # a ConvPool's compiled call (CONV_POOL_ONE_CALL) covers chunks whose m and e^{-|m|}
+                                   # take at most this much (at least one chunk), then NumPy's exp and the σ pass run on
+                                   # them, in a core's L2 (1 MB, Zen 5): rung 1 (16-image chunks, 368 KB) 2 chunks a
+                                   # call. m and e for a whole shard at once (5.9 MB at m=256, 1 thread) evicted the next
+                                   # layer's data: rung 1's step at m=256, 1 thread, own kernels, read 7,246-7,507 us
+                                   # against 7,100-7,195 with the calls from Python (CONV_POOL_ONE_CALL=0), in runs of 1
+                                   # MB 7,102-7,311 against 7,231-7,533 (thread_profile.py --ab, loaded ~0.8)
+
+
+def _neuron_groups(chunks, s, t, image_bytes):
+    """Chunks s..t-1 in runs (i, j, a, b): chunks i..j-1, images a:b, of at most SIGMOID_BYTES_PER_CALL at
+    ``image_bytes`` an image (at least one chunk each)."""
+    groups, i = [], s
+    while i < t:
+        j = i + 1
+        while j < t and (chunks[j][1] - chunks[i][0]) * image_bytes <= SIGMOID_BYTES_PER_CALL:
+            j += 1
+        groups.append((i, j, chunks[i][0], chunks[j - 1][1]))
+        i = j
+    return groups
+
+
 def conv_pool_forward(x, weight, bias, stride, padding, relu):
     """Conv2d → MaxPool2d(2) → σ (``relu``: ReLU) chunk by chunk of the mini-batch in one parallel section (one
     hand-over to the threads instead of three, no full-size Z in memory): per chunk Z = W X (as
     :func:`conv2d_forward`), then b, the max over each 2×2 window and ReLU in one compiled pass, or the sigmoid as
     :func:`sigmoid` computes it. With NumPy's BLAS at hand (:func:`blas_gemm`) a shard's chunks are one compiled call
-    (``_kernels.conv_pool_chunks``), then, for the sigmoid, NumPy's exp and the sigmoid pass over the shard's images.
+    (``_kernels.conv_pool_chunks``; for the sigmoid one a run of chunks up to SIGMOID_BYTES_PER_CALL, then NumPy's exp
+    and the sigmoid pass over their images).
     Returns (a, arg): a as (N, out, H_p, W_p), N-major (a Flatten after it is free), and each window's first maximum,
     l·2 + m (int8), for :func:`conv_pool_backward`."""
     k = kernels()
@@ -979,15 +1002,20 @@ def conv_pool_forward(x, weight, bias, stride, padding, relu):
         spares = numpy.array([_spare(b - a, ho, wo, x.itemsize) for a, b in chunks], dtype=numpy.int64)
         xm, channel_major = _in_memory_order(x)
         w2 = weight.reshape(o, -1)
-        m, e = (out, no_e) if relu else (numpy.empty_like(out), numpy.empty_like(out))
 
         def shard(s, t):
-            k.conv_pool_chunks(gemm, xm, channel_major, w2, b_, bounds, spares, s, t, kh, kw, *stride, *padding,
-                               relu, m, arg, e)                        # m = max_window(W X + b) (ReLU'd), -|m|
-            if not relu:
-                a, b = chunks[s][0], chunks[t - 1][1]
-                numpy.exp(e[a:b], out=e[a:b])                                           # e = e^{-|m|}
-                k.sigmoid(m[a:b].reshape(-1), e[a:b].reshape(-1), out[a:b].reshape(-1))   # σ(m)
+            if relu:            # max(0, max_window(W X + b))
+                k.conv_pool_chunks(gemm, xm, channel_major, w2, b_, bounds, spares, s, t, 0, kh, kw, *stride, *padding,
+                                   True, out, arg, no_e)
+                return
+            groups = _neuron_groups(chunks, s, t, 2 * out[0].nbytes)
+            m = numpy.empty((max(b - a for _, _, a, b in groups),) + out.shape[1:], dtype=out.dtype)
+            e = numpy.empty_like(m)
+            for i, j, a, b in groups:
+                k.conv_pool_chunks(gemm, xm, channel_major, w2, b_, bounds, spares, i, j, a, kh, kw, *stride, *padding,
+                                   False, m, arg[a:], e)                # m = max_window(W X + b), e = -|m|
+                numpy.exp(e[:b - a], out=e[:b - a])                                       # e = e^{-|m|}
+                k.sigmoid(m[:b - a].reshape(-1), e[:b - a].reshape(-1), out[a:b].reshape(-1))   # σ(m)
 
         parallel(shard, len(chunks), min_chunks)
         return out, arg
