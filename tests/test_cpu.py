@@ -629,6 +629,34 @@ def test_matmul_splits_rows_or_columns_and_equals_numpy(threads, shape):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_adds_into_zeros_without_a_temporary_bit_for_bit(dtype):
+    """add_to += a @ b where add_to is all +0.0 (W.grad after zero_grad; FC 784-100-10's δᵀx at m=64, one BLAS
+    call): a @ b is written into add_to, then + 0, with no array the size of the product, and the bits are those of
+    0 + (a @ b) (-0.0 products included); add_to holding -0.0 or another number, or overlapping an operand, adds
+    a new product as before."""
+    import tracemalloc
+    rng = np.random.default_rng(10)
+    d, x = rng.standard_normal((64, 100)).astype(dtype), rng.standard_normal((64, 784)).astype(dtype)
+    x[:, :5] = 0                                   # columns of zero inputs: products of ±0.0 ...
+    d[:, :3] = -np.abs(d[:, :3])                   # ... some of them -0.0 only
+    x[:, 5] = -0.0
+    d[0, 7], x[1, 9] = np.nan, np.inf
+    for start in (0.0, -0.0, 1.5):
+        acc = np.full((100, 784), start, dtype)
+        expect = np.full((100, 784), start, dtype) + d.T @ x
+        tracemalloc.start()
+        assert cpu.matmul(d.T, x, add_to=acc) is acc
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert (peak < acc.nbytes // 10) == (start == 0.0 and np.signbit(start) == 0)      # no temporary, or one
+        assert acc.tobytes() == expect.tobytes()
+    assert cpu._holds_plus_zeros(np.zeros((8, 8), dtype), np.ones((8, 8), dtype).T, np.ones((8, 8), dtype))
+    assert not cpu._holds_plus_zeros(np.zeros((8, 8), dtype).T[::2], np.ones((4, 8), dtype), np.ones((8, 8), dtype))
+    both = np.zeros((8, 8), dtype)
+    assert not cpu._holds_plus_zeros(both, both, np.ones((8, 8), dtype))           # add_to is an operand: a new product
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("input_grad", [True, False])
 def test_linear_backward_runs_both_products_in_one_section_and_equals_numpy(threads, monkeypatch, dtype, bias,
