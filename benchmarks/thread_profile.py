@@ -55,6 +55,7 @@ chunks): the 2-thread / 1-thread throughput of each, for a change's effect on th
     python benchmarks/thread_profile.py --nets rung1 --set GEMM_BLOCKS=4     # a profile with other settings
     python benchmarks/thread_profile.py --nets rung1 --batches 64 --steps 10 --rounds 9 --ab FORWARD_BY_INPUTS=0
     python benchmarks/thread_profile.py --nets rung1,rung3,dropout --batches 64,256 --steps 10 --rounds 12 --ab CONV_POOL_ONE_CALL=0
+    python benchmarks/thread_profile.py --nets rung1,dropout --batches 64 --steps 10 --rounds 11 --ab HAND_OUT_AT_CALL=0
     python benchmarks/thread_profile.py --probe     # a section's price, a MB taken from the other core, the round trip
 """
 from __future__ import annotations
@@ -127,9 +128,9 @@ def profile(name, batch, steps):
     runner.opt.step = _timed(record, "update", runner.opt.step)
     pool_run = cpu._Pool.run
 
-    def counted(pool, fn, shards):
+    def counted(pool, fn, shards, *rest):
         sections[0] += 1
-        return pool_run(pool, fn, shards)
+        return pool_run(pool, fn, shards, *rest)
 
     out = {}
     cpu._Pool.run = counted

@@ -672,7 +672,8 @@ def test_linear_backward_runs_both_products_in_one_section_and_equals_numpy(thre
     same_w = cpu.matmul(d.T, x, add_to=w_grad.copy())
     sections = []
     run = cpu._Pool.run
-    monkeypatch.setattr(cpu._Pool, "run", lambda pool, fn, shards: sections.append(len(shards)) or run(pool, fn, shards))
+    monkeypatch.setattr(cpu._Pool, "run",
+                        lambda pool, fn, shards, *rest: sections.append(len(shards)) or run(pool, fn, shards, *rest))
     out = cpu.linear_backward(d, x, w, w_grad, b_grad if bias else None, input_grad=input_grad)
     assert len(sections) == (0 if threads == 1 else 1)        # without ∂C/∂a: W.grad's blocks alone
     np.testing.assert_array_equal(w_grad, same_w)                     # the same blocks as matmul: the same numbers
@@ -713,7 +714,8 @@ def test_linear_forward_by_inputs_equals_numpy(threads, monkeypatch, dtype, bias
         expect += b
     sections = []
     run = cpu._Pool.run
-    monkeypatch.setattr(cpu._Pool, "run", lambda pool, fn, shards: sections.append(len(shards)) or run(pool, fn, shards))
+    monkeypatch.setattr(cpu._Pool, "run",
+                        lambda pool, fn, shards, *rest: sections.append(len(shards)) or run(pool, fn, shards, *rest))
     z = cpu.linear(x, w, b if bias else None)
     assert sections == ([] if threads == 1 else [2])
     np.testing.assert_array_equal(z, expect)
@@ -855,7 +857,7 @@ def test_gemm_blocks_hold_more_under_openblas_avx512_kernels(monkeypatch, arch, 
         for threads in (1, 3):
             cpu.set_num_threads(threads)
             cuts = []
-            monkeypatch.setattr(cpu, "parallel", lambda fn, n, *a: cuts.append(n) or [fn(0, n)])
+            monkeypatch.setattr(cpu, "parallel", lambda fn, n, *a, **kw: cuts.append(n) or [fn(0, n)])
             z, g = cpu.matmul(x, w.T), cpu.matmul(d.T, x, add_to=np.zeros((100, 784), np.float32))
             zz = cpu.matmul(x10, w1000.T)
             gg = cpu.matmul(d10.T, x10, add_to=np.zeros((1000, 1000), np.float32))    # its ∂C/∂W: a 4 MB result
@@ -1132,18 +1134,47 @@ def test_the_awake_waits_see_another_threads_write_and_give_up_in_time():
     assert k.wait_until(flag, 0, 1, 5_000_000_000) is True           # another thread's write ends the wait
     threading.Timer(0.01, lambda: flag.__setitem__(0, 2)).start()
     assert k.publish(flag, 0, 1, 5_000_000_000) is True and flag[0] == 2   # raised by the other side: done
-    posted = np.zeros(1, np.int64)
+    posted = np.zeros(2, np.int64)                                           # [the job's number, its grace in ns]
     t0 = time.perf_counter()
-    assert k.park(posted, 0, 2_000_000, 0) is False                          # no new job: back to the queue after 2 ms
+    assert k.park(posted, 0, 2_000_000) is False                             # no new job: back to the queue after 2 ms
     assert 0.002 <= time.perf_counter() - t0 < 1.0
     threading.Timer(0.01, lambda: posted.__setitem__(0, 1)).start()
-    assert k.park(posted, 0, 5_000_000_000, 0) is True                       # the next job is out
+    assert k.park(posted, 0, 5_000_000_000) is True                          # the next job is out
+    posted[1] = 3_000_000
     t0 = time.perf_counter()
-    assert k.park(posted, 0, 5_000_000_000, 3_000_000) is True               # out already: then the grace, awake
+    assert k.park(posted, 0, 5_000_000_000) is True                          # out already: then its grace, awake
     assert 0.003 <= time.perf_counter() - t0 < 1.0
-    flag[0] = 0
+    flag[0], posted[1] = 0, 0
     threading.Timer(0.01, lambda: (flag.__setitem__(0, 2), posted.__setitem__(0, 2))).start()
-    assert k.publish_and_park(flag, 0, 1, 5_000_000_000, posted, 1, 5_000_000_000, 0) is True and flag[0] == 2
+    assert k.publish_and_park(flag, 0, 1, 5_000_000_000, posted, 1, 5_000_000_000) is True and flag[0] == 2
+
+
+@pytest.mark.parametrize("at_call", [1, 0])
+def test_a_job_handed_out_by_its_first_shard_runs_every_shard_once(monkeypatch, at_call):
+    """parallel(..., hands_out=True): the caller's first shard hands the job out (hand_out, right before its GIL-free
+    call); until then no parked worker has started a shard, and every shard runs once, in order, whichever thread
+    runs it; a job whose shards never call hand_out still gets every shard run (the caller hands it out after)."""
+    monkeypatch.setattr(cpu, "HAND_OUT_AT_CALL", at_call)
+    cpu.set_num_threads(2)
+    main = threading.get_ident()
+    try:
+        for _ in range(20):
+            started = []
+
+            def shard(s, e):
+                started.append((s, e))
+                if threading.get_ident() == main:
+                    threading.Event().wait(0.001)       # Python work before the GIL-free call (holding the GIL)
+                cpu.hand_out()
+                return list(range(s, e))
+
+            parts = cpu.parallel(shard, 8, hands_out=True)
+            assert [x for part in parts for x in part] == list(range(8)) and sorted(started) == [(0, 4), (4, 8)]
+            silent = cpu.parallel(lambda s, e: list(range(s, e)), 8, hands_out=True)     # never calls hand_out
+            assert [x for part in silent for x in part] == list(range(8))
+        assert getattr(cpu._local, "unposted", None) is None
+    finally:
+        cpu.set_num_threads(cpu.default_num_threads())
 
 
 def test_a_worker_that_took_a_job_late_goes_on_to_the_next_at_once(monkeypatch):

@@ -68,25 +68,27 @@ if _clock_gettime is not None:
         return True
 
     @_jit_wait
-    def park(posted, seen, limit_ns, grace_ns):
+    def park(posted, seen, limit_ns):
         """Wait, awake, until posted[0] != seen (a new job was handed out: True) or ``limit_ns`` nanoseconds have
-        passed (False); after a new job, ``grace_ns`` more (the thread that handed it out holds the GIL until it
-        enters its own shard's compiled code: asking for the GIL before then puts this thread to sleep)."""
+        passed (False); after a new job, posted[1] nanoseconds more (the grace its poster set: the thread that
+        handed it out may hold the GIL a while longer, and asking for the GIL before then puts this thread to
+        sleep)."""
         ts = np.empty(2, np.int64)
         start = _now_ns(ts)
         while posted[0] == seen:
             if _now_ns(ts) - start > limit_ns:
                 return False
+        grace_ns = posted[1]
         start = _now_ns(ts)
         while _now_ns(ts) - start < grace_ns:
             pass
         return True
 
     @_jit_wait
-    def publish_and_park(flag, i, value, limit_ns, posted, seen, park_ns, grace_ns):
+    def publish_and_park(flag, i, value, limit_ns, posted, seen, park_ns):
         """``publish``, then ``park``, in one call: the thread takes the GIL back only when the next job is out."""
         publish(flag, i, value, limit_ns)
-        return park(posted, seen, park_ns, grace_ns)
+        return park(posted, seen, park_ns)
 else:  # pragma: no cover
     wait_until = publish = park = publish_and_park = None
 

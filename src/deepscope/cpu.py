@@ -142,6 +142,21 @@ GIL_GRACE_US = 10       # a parked worker that sees the next job waits this much
                         # 1,244 against 1,306 us a step, 1.2 against 5.8 sleeps; the dropout net 5,620 against 5,813 us
 
 
+HAND_OUT_AT_CALL = 1    # 1: parallel(..., hands_out=True) hands the job out from the caller's first shard, right before
+                        # its GIL-free call (hand_out()), and a parked worker asks for the GIL HAND_OUT_GRACE_US after
+                        # it sees the job; 0: when the section starts, with GIL_GRACE_US. Handed out at the start, the
+                        # worker began its shard ~15 us after the caller (the grace, then its own Python) and the
+                        # caller waited 5-15 us for it at the end of each of rung 1's 4 sections (m=64, own kernels,
+                        # cores close: each section 15-25 us over half its 1-thread time, 12-21 after). Rung 1 at
+                        # m=64, own kernels, cores close (88 ns), 2 threads, alternating in one process
+                        # (thread_profile.py --ab HAND_OUT_AT_CALL=0, 11 rounds of 10 steps, load ~0.3): 1,184 / 1,190
+                        # against 1,221 / 1,278 us a step; the dropout net 4,774 against 4,826. 1 thread: no pool.
+HAND_OUT_GRACE_US = 5   # the Python left between hand_out() and the GIL-free call (a numba call's dispatch ~1 us, NumPy's
+                        # argument parsing), with room: at 2 us the two threads' Python between their calls collided more
+                        # often (cores apart, 2 threads: rung 1 1.0 against 0.3 GIL sleeps a step, 1,446 against 1,433
+                        # us; the dropout net 3.3 against 0.5, 6,152 against 5,831: thread_profile.py --ab HAND_OUT_GRACE_US=5)
+
+
 class _Pool:
     """``size - 1`` worker threads that sleep on a queue until there is work. The caller takes shards too and
     never waits for a worker that has not started: on a loaded machine a sleeping thread may wake late, and
@@ -153,18 +168,20 @@ class _Pool:
     job, and then ``GIL_GRACE_US`` more, so that it asks for it once the caller has let it go. (A worker that took
     the GIL back first and then waited awake for the next job gained nothing: it must take the GIL to start it,
     which the caller holds while it hands the job out, and slept there; rung 1 at m=64, 2 threads: 3.40 -> 4.16 ms
-    a step.)"""
+    a step.) A section whose shards call :func:`hand_out` is handed out later, when the caller's first shard is
+    about to let the GIL go (``HAND_OUT_AT_CALL``), with a shorter grace."""
 
     def __init__(self, size: int):
         self.size = size
         self._tasks = queue.SimpleQueue()
-        self._posted = numpy.zeros(1, numpy.int64)      # jobs handed out so far (a parked worker watches it)
+        self._posted = numpy.zeros(2, numpy.int64)      # [jobs handed out so far (a parked worker watches it),
+                                                        #  the last one's grace in ns (_kernels.park)]
         k = kernels()
         self._wait = k if k is not None and k.wait_until is not None else None
         if self._wait is not None:              # compiled now (not cached on disk), not inside the first job
             k.wait_until(numpy.ones(1, numpy.int64), 0, 1, 0)
             k.publish(numpy.zeros(1, numpy.int64), 0, 1, 0)
-            k.publish_and_park(numpy.zeros(1, numpy.int64), 0, 1, 0, numpy.zeros(1, numpy.int64), 0, 0, 0)
+            k.publish_and_park(numpy.zeros(1, numpy.int64), 0, 1, 0, numpy.zeros(2, numpy.int64), 0, 0)
         for _ in range(size - 1):
             threading.Thread(target=self._work, daemon=True, name="deepscope-worker").start()
 
@@ -183,18 +200,23 @@ class _Pool:
             if self._wait is None:
                 continue
             if last:        # tell the caller, then wait for the next job, all without the GIL
-                self._wait.publish_and_park(flag, 0, 1, WAIT_AWAKE_US * 1000, self._posted, seen, PARK_US * 1000,
-                                            GIL_GRACE_US * 1000)
+                self._wait.publish_and_park(flag, 0, 1, WAIT_AWAKE_US * 1000, self._posted, seen, PARK_US * 1000)
             elif PARK_US:
-                self._wait.park(self._posted, seen, PARK_US * 1000, GIL_GRACE_US * 1000)
+                self._wait.park(self._posted, seen, PARK_US * 1000)
 
-    def run(self, fn, shards):
+    def run(self, fn, shards, hands_out=False):
         job = _Job(fn, shards)
-        self._posted[0] += 1
-        job.number = int(self._posted[0])
+        job.number = int(self._posted[0]) + 1
         for _ in range(min(self.size, len(shards)) - 1):
             self._tasks.put(job)
+        if hands_out and HAND_OUT_AT_CALL and self._wait is not None:
+            _local.unposted = (self._posted, job.number)        # fn's first shard here posts it: hand_out()
+        else:
+            self._post(job.number, GIL_GRACE_US)
         job.work()
+        if self._posted[0] != job.number:       # fn did not call hand_out(): the workers take what is left, if any
+            _local.unposted = None
+            self._post(job.number, GIL_GRACE_US)
         if job.done.locked() and self._wait is not None:
             self._wait.wait_until(job.flag, 0, 1, WAIT_AWAKE_US * 1000)
         job.done.acquire()
@@ -203,9 +225,25 @@ class _Pool:
             raise job.error
         return job.results
 
+    def _post(self, number, grace_us):
+        self._posted[1] = grace_us * 1000
+        self._posted[0] = number
+
     def close(self):
         for _ in range(self.size - 1):
             self._tasks.put(None)
+
+
+def hand_out() -> None:
+    """Called by a shard function of ``parallel(..., hands_out=True)`` right before its GIL-free call (compiled
+    loops, BLAS): on the calling thread's first shard this hands the job out to the parked workers, with a grace of
+    ``HAND_OUT_GRACE_US``; elsewhere it does nothing."""
+    unposted = getattr(_local, "unposted", None)
+    if unposted is not None:
+        _local.unposted = None
+        posted, number = unposted
+        posted[1] = HAND_OUT_GRACE_US * 1000
+        posted[0] = number
 
 
 # -- memory: a step's freed temporaries stay in the heap for the next step ----------------------------------
@@ -252,9 +290,10 @@ def one_shard(n: int, min_per_shard: int = 1) -> bool:
     return n < 2 * max(1, min_per_shard) or get_num_threads() == 1
 
 
-def parallel(fn, n: int, min_per_shard: int = 1) -> list:
+def parallel(fn, n: int, min_per_shard: int = 1, hands_out: bool = False) -> list:
     """``[fn(start, stop) for (start, stop) in split(n, k)]`` with the k shards run at once on the pool, k ≤
-    the thread count and every shard at least ``min_per_shard`` long (smaller work runs in one call)."""
+    the thread count and every shard at least ``min_per_shard`` long (smaller work runs in one call).
+    ``hands_out``: fn calls :func:`hand_out` right before its GIL-free call, and the workers start from there."""
     global _pool
     if one_shard(n, min_per_shard) or getattr(_local, "busy", False) or not _lock.acquire(blocking=False):
         return [fn(0, n)]
@@ -263,7 +302,7 @@ def parallel(fn, n: int, min_per_shard: int = 1) -> list:
         _local.busy = True
         if _pool is None:
             _pool = _Pool(_num_threads)
-        return _pool.run(fn, split(n, k))
+        return _pool.run(fn, split(n, k), hands_out)
     finally:
         _local.busy = False
         _lock.release()
@@ -488,7 +527,7 @@ def matmul_is_plain(a, b) -> bool:
 
 def _run_blocks(run):
     """The blocks of :func:`_gemm_blocks` (of one product or several), shared by the threads."""
-    parallel(lambda s, e: [f() for f in run[s:e]], len(run))
+    parallel(lambda s, e: [f() for f in run[s:e]], len(run), hands_out=True)
 
 
 def _gemm_block_count(a, b) -> int:
@@ -518,9 +557,15 @@ def _gemm_blocks(a, b, add_to=None):
 
     def block(lo, hi):
         rows, cols = (slice(lo, hi), slice(None)) if by_rows else (slice(None), slice(lo, hi))
-        if add_to is None:
-            return lambda: numpy.matmul(a[rows], b[:, cols], out=out[rows, cols])     # one block of a @ b
-        return lambda: numpy.add(out[rows, cols], a[rows] @ b[:, cols], out=out[rows, cols])   # ... added in
+
+        def run():
+            ai, bj, oij = a[rows], b[:, cols], out[rows, cols]
+            hand_out()
+            if add_to is None:
+                numpy.matmul(ai, bj, out=oij)                   # one block of a @ b
+            else:
+                numpy.add(oij, ai @ bj, out=oij)                # ... added in
+        return run
 
     return out, [block(lo, hi) for lo, hi in split(m if by_rows else n, blocks)]
 
@@ -665,9 +710,11 @@ def _linear_by_inputs(x, w, b):
 
     def half(i):
         cols = slice(0, h) if i == 0 else slice(h, None)
-        numpy.matmul(x[:, cols], w[:, cols].T, out=parts[i])                     # x[:, cols] W[:, cols]ᵀ
+        xc, wct, out = x[:, cols], w[:, cols].T, parts[i]
+        hand_out()
+        numpy.matmul(xc, wct, out=out)                                          # x[:, cols] W[:, cols]ᵀ
 
-    parallel(lambda s, e: [half(i) for i in range(s, e)], 2)
+    parallel(lambda s, e: [half(i) for i in range(s, e)], 2, hands_out=True)
     z = numpy.add(parts[0], parts[1], out=parts[0])
     if b is not None:
         z += b
@@ -1030,6 +1077,7 @@ def conv_pool_forward(x, weight, bias, stride, padding, relu):
 
         def shard(s, t):
             if relu:            # max(0, max_window(W X + b))
+                hand_out()
                 k.conv_pool_chunks(gemm, xm, channel_major, w2, b_, bounds, spares, s, t, 0, kh, kw, *stride, *padding,
                                    True, out, arg, no_e)
                 return
@@ -1037,12 +1085,13 @@ def conv_pool_forward(x, weight, bias, stride, padding, relu):
             m = numpy.empty((max(b - a for _, _, a, b in groups),) + out.shape[1:], dtype=out.dtype)
             e = numpy.empty_like(m)
             for i, j, a, b in groups:
+                hand_out()
                 k.conv_pool_chunks(gemm, xm, channel_major, w2, b_, bounds, spares, i, j, a, kh, kw, *stride, *padding,
                                    False, m, arg[a:], e)                # m = max_window(W X + b), e = -|m|
                 numpy.exp(e[:b - a], out=e[:b - a])                                       # e = e^{-|m|}
                 k.sigmoid(m[:b - a].reshape(-1), e[:b - a].reshape(-1), out[a:b].reshape(-1))   # σ(m)
 
-        parallel(shard, len(chunks), min_chunks)
+        parallel(shard, len(chunks), min_chunks, hands_out=True)
         return out, arg
 
     def pool_and_neuron(wx, a, b):
@@ -1075,10 +1124,14 @@ def conv_pool_backward(x, weight, grad_output, out, arg, stride, padding, relu, 
         dwts = numpy.empty((len(chunks), weight[0].size, o), weight.dtype)      # each chunk's (∂C/∂W)ᵀ ...
         dbs = numpy.empty((len(chunks), o), weight.dtype)                       # ... and ∂C/∂b
         bounds = numpy.array(chunks, dtype=numpy.int64)
-        parallel(lambda s, t: k.conv_pool_chunks_backward(gemm, xm, channel_major, weight.reshape(o, -1), bounds, s, t,
-                                                          kh, kw, *stride, *padding, grad_output, out, arg, not relu,
-                                                          weight.size <= CONV_WEIGHT_GRAD_LOOPS_MAX, dwts, dbs, dxpad),
-                 len(chunks), min_chunks)
+        w2, loops = weight.reshape(o, -1), weight.size <= CONV_WEIGHT_GRAD_LOOPS_MAX
+
+        def shard(s, t):
+            hand_out()
+            k.conv_pool_chunks_backward(gemm, xm, channel_major, w2, bounds, s, t, kh, kw, *stride, *padding,
+                                        grad_output, out, arg, not relu, loops, dwts, dbs, dxpad)
+
+        parallel(shard, len(chunks), min_chunks, hands_out=True)
         dw, db = dwts.sum(axis=0), dbs.sum(axis=0)      # the chunks' parts in chunk order, as conv2d_backward
         dx = dxpad[:, :, ph:ph + h, pw:pw + w].transpose(1, 0, 2, 3) if input_grad else None
         return dw.T.reshape(weight.shape), db, dx
