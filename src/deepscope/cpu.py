@@ -1302,16 +1302,21 @@ def dropout(x, rng, p, scale):
         return out, mask
     state, shards = rng.bit_generator.state, split(n, min(get_num_threads(), n // DROPOUT_ELEMENTS_PER_SHARD))
     spares = getattr(_local, "pcg64", [])
-    spares += [numpy.random.PCG64() for _ in range(len(shards) - len(spares))]   # PCG64() seeds from the OS: ~7 us
+    spares += [numpy.random.PCG64() for _ in range(len(shards) - 1 - len(spares))]   # PCG64() seeds from the OS: ~7 us
     _local.pcg64 = spares
-    draws = [(s, e, numpy.random.Generator(_pcg64_at(state, s, g))) for (s, e), g in zip(shards, spares)]
+    # the first shard draws from rng itself (where it stands), each other one from a spare moved to its place;
+    # the last one's generator ends where the serial draw would leave rng (~6 us less a call than moving rng there)
+    draws = [(0, shards[0][1], rng)] + [(s, e, numpy.random.Generator(_pcg64_at(state, s, g)))
+                                        for (s, e), g in zip(shards[1:], spares)]
 
     def run(i, j):          # NumPy's fill and the kernel both run without the GIL
         for s, e, g in draws[i:j]:
-            dropout_(xf[s:e], g.random(e - s, dtype=numpy.float32), p, scale, of[s:e], mf[s:e])
+            xs, os_, ms = xf[s:e], of[s:e], mf[s:e]
+            hand_out()
+            dropout_(xs, g.random(e - s, dtype=numpy.float32), p, scale, os_, ms)
 
-    parallel(run, len(draws))
-    _pcg64_at(state, n, rng.bit_generator)
+    parallel(run, len(draws), hands_out=True)
+    rng.bit_generator.state = draws[-1][2].bit_generator.state
     return out, mask
 
 
