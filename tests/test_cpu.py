@@ -774,7 +774,9 @@ def test_linear_products_with_a_small_weight_run_compiled_loops_and_equal_numpy(
 @pytest.mark.parametrize("loops_win, avx512_blas", [(True, False), (False, False), (False, True)])
 @pytest.mark.parametrize("m, n, k, loops", [(64, 10, 30, True), (10, 10, 30, True), (100, 10, 32, True),
                                             (256, 10, 30, False), (64, 100, 784, None), (300, 30, 784, False),
-                                            (65, 30, 784, "grads"), (10, 30, 784, "small"), (64, 30, 784, "both")])
+                                            (65, 30, 784, "grads"), (10, 30, 784, "small"), (64, 30, 784, "both"),
+                                            (64, 10, 100, "small"), (256, 10, 100, "small"), (64, 100, 10, False),
+                                            (256, 30, 100, False)])
 def test_linear_takes_the_loops_for_tiny_products_and_where_they_beat_blas(monkeypatch, loops_win, avx512_blas,
                                                                            m, n, k, loops):
     """A product of at most cpu.TINY_MACS multiply-adds runs the loops on any machine (a BLAS call and NumPy's bias

@@ -574,6 +574,12 @@ SMALL_WEIGHT_ROWS = 256         # a mini-batch of at most this many rows ...
 SMALL_WEIGHT_BYTES = 1 << 19    # ... by a weight matrix this small (it stays in the core's cache) ...
 SMALL_WEIGHT_MIN_INPUTS = 256   # ... with rows this long at least (the loops run along them): compiled loops
 SMALL_MACS = 262_144            # ... and under OpenBLAS's AVX-512 kernels, both products up to this many multiply-adds
+SMALL_PRODUCT_MIN_INPUTS = 100  # ... which also holds for rows this long at least, under either kernels: a 100->10 layer
+                                # (rung 1's and FC 784-100-10's last) at m=64, Zen 5, 1 thread, forward / backward with
+                                # ∂C/∂x, own kernels 5.1 / 10.4 us by BLAS against 4.1 / 5.2 by the loops (Haswell kernels
+                                # 6.1 / 12.7 against 4.1 / 6.2); m=256 11.8 / 16.2 against 8.1 / 10.1; 100->30 and 100->100
+                                # up to 262,144 multiply-adds 1.1-1.9x; rows of 10-20 are slower (10->100 at m=64 forward
+                                # 5.8 against 8.4 us). /work/tmp/scale2/tail2.py, tail3.py. (256: rows of 256 only, as before)
 FORWARD_LOOPS_ROWS = 64         # ... and under OpenBLAS's AVX-512 kernels, the forward product of at most this many rows
 GRAD_LOOPS_ROWS = 64            # ... and W.grad += δᵀx (with b.grad += Σδ) of at most this many rows ...
 GRAD_LOOPS_MACS = 2_000_000     # ... and multiply-adds (W.grad on a cache line: optim.FlatParameters)
@@ -627,7 +633,7 @@ def linear_runs_loops(x, w, *others, forward=False) -> bool:
     run the compiled loops of ``_kernels.linear_*``: all row-major NumPy arrays of one float dtype, and either a tiny
     product (at most ``TINY_MACS`` multiply-adds: a BLAS call and NumPy's bias add or sum cost more than the whole
     loop), or a few long rows by a small ``w`` on a machine where the loops beat BLAS (:func:`loops_beat_blas`;
-    with short rows, k = 30 or 100, they are slower there). The ``forward`` product x Wᵀ + b of at most
+    with short rows, k = 30 or 100, they are slower there in larger products). The ``forward`` product x Wᵀ + b of at most
     ``FORWARD_LOOPS_ROWS`` rows also beats OpenBLAS's AVX-512 kernels (its 4x4 register tiles; Zen 5, 1 thread,
     k = 784, n = 10-100: m = 10 1.07-1.31x, m = 64 1.12-1.75x, e.g. 64x784 by 784x30 20 vs 35 us). W.grad += δᵀx, with
     W.grad on a cache line (optim.FlatParameters), beats them up to ``GRAD_LOOPS_ROWS`` rows and ``GRAD_LOOPS_MACS``
@@ -636,7 +642,8 @@ def linear_runs_loops(x, w, *others, forward=False) -> bool:
     for n = 100) does not pay for cutting the product between 2 threads, which those kernels' one call need not (FC 784-100-10, 2 threads: 339k
     vs 371k img/s). Both products of at most ``SMALL_MACS`` multiply-adds beat those kernels too (a BLAS call's
     fixed costs and NumPy's separate add and sum: W.grad += δᵀx, b.grad += Σδ, k = 784, n = 10-30, m = 10-24: 1.15-1.44x,
-    at 250k multiply-adds (32x784x10) 0.98x)."""
+    at 250k multiply-adds (32x784x10) 0.98x), and so do they OpenBLAS's narrower kernels, down to rows of
+    ``SMALL_PRODUCT_MIN_INPUTS`` (a 100->10 layer at m = 64-256: 1.4-2.0x; rows of 10-20 are slower)."""
     rows = x.shape[0]
     if not (rows > 0 and _enabled and type(x) is numpy.ndarray and type(w) is numpy.ndarray      # (fast(x, w),
             and x.dtype == w.dtype and x.dtype in _FAST_DTYPES and (_kernels or kernels())      # written out: this
@@ -645,12 +652,15 @@ def linear_runs_loops(x, w, *others, forward=False) -> bool:
     for a in others:
         if a is not None and (type(a) is not numpy.ndarray or a.dtype != w.dtype or not a.flags.c_contiguous):
             return False
-    return rows * w.size <= TINY_MACS or (
-        rows <= SMALL_WEIGHT_ROWS and w.nbytes <= SMALL_WEIGHT_BYTES and x.shape[1] >= SMALL_WEIGHT_MIN_INPUTS
-        and (loops_beat_blas() or (blas_runs_avx512() and (rows * w.size <= SMALL_MACS
-                                                          or (forward and rows <= FORWARD_LOOPS_ROWS)
-                                                          or (not forward and rows <= GRAD_LOOPS_ROWS
-                                                              and rows * w.size <= GRAD_LOOPS_MACS)))))
+    macs = rows * w.size
+    if macs <= TINY_MACS:
+        return True
+    if not (rows <= SMALL_WEIGHT_ROWS and w.nbytes <= SMALL_WEIGHT_BYTES and x.shape[1] >= SMALL_PRODUCT_MIN_INPUTS
+            and (loops_beat_blas() or blas_runs_avx512())):
+        return False
+    return macs <= SMALL_MACS or (x.shape[1] >= SMALL_WEIGHT_MIN_INPUTS and (
+        loops_beat_blas() or (forward and rows <= FORWARD_LOOPS_ROWS)
+        or (not forward and rows <= GRAD_LOOPS_ROWS and macs <= GRAD_LOOPS_MACS)))
 
 
 _NONE = {numpy.dtype(numpy.float32): numpy.empty(0, numpy.float32),     # "no bias" for the loops
