@@ -103,10 +103,11 @@ class _nothing:
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("m, n_in, n_out, bias", [(64, 784, 30, True), (10, 300, 7, False), (5, 257, 1, True),
-                                                  (3, 40, 2, True)])
+                                                  (3, 40, 2, True), (64, 2880, 100, True), (64, 2880, 100, False)])
 @pytest.mark.parametrize("input_grad", [True, False])
 def test_linear_sigmoid_as_one_pass_equals_reference(threads, dtype, m, n_in, n_out, bias, input_grad):
-    """Linear → Sigmoid of a Sequential, run as one pass (nn/fuse.py's LinearSigmoid: the loops write -|z|, then
+    """Linear → Sigmoid of a Sequential, run as one pass (nn/fuse.py's LinearSigmoid: the loops, or BLAS's two
+    partial sums by halves of the inputs (2880 -> 100 at m=64) and the pass that adds them, write -|z|, then
     NumPy's exp and the σ kernel), against the layers' NumPy expressions (``cpu.reference()``) and against the two
     layers' own fast paths (``cpu.FUSE_LINEAR_SIGMOID = 0``): the same outputs and gradients, bit for bit; also with
     NaN, ±∞ and outputs far in both tails of σ."""

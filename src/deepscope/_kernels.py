@@ -684,6 +684,21 @@ def sigmoid(z, e, out):
 
 
 @_jit
+def add_partial_sums(z, p, b, neg_abs):
+    """z = (z + p) + b and neg_abs = -|z| for (m, n) arrays z, p, neg_abs and a bias b (n,) (or empty: none): Linear's
+    two partial products summed and its bias added as NumPy's two adds do it (cpu._linear_by_inputs), the same
+    numbers bit for bit, with -|z| beside it for σ (cpu.linear_sigmoid)."""
+    m, n = z.shape
+    for i in range(m):
+        for j in range(n):
+            v = z[i, j] + p[i, j]
+            if b.size:
+                v = v + b[j]
+            z[i, j] = v
+            neg_abs[i, j] = -abs(v)
+
+
+@_jit
 def sigmoid_backward(g, a, out):
     """∂C/∂z = ∂C/∂a ⊙ a(1-a), in a's precision as Sigmoid's NumPy line computes it, (g a)(1 - a): the same numbers,
     bit for bit (train.SigmoidNetStep calls it where the layer runs that line)."""

@@ -715,8 +715,17 @@ def _forward_by_inputs(x, w) -> bool:
 def _linear_by_inputs(x, w, b):
     """z = x[:, :h] W[:, :h]ᵀ + x[:, h:] W[:, h:]ᵀ + b with h = k // 2 (:func:`_forward_by_inputs`): the two partial
     sums, one a thread, then added."""
-    (_, h), _ = split(w.shape[1], 2)
     parts = [numpy.empty((x.shape[0], w.shape[0]), dtype=w.dtype) for _ in range(2)]
+    _partial_products(x, w, parts)
+    z = numpy.add(parts[0], parts[1], out=parts[0])
+    if b is not None:
+        z += b
+    return z
+
+
+def _partial_products(x, w, parts):
+    """parts[0] = x[:, :h] W[:, :h]ᵀ and parts[1] = x[:, h:] W[:, h:]ᵀ with h = k // 2, one a thread."""
+    (_, h), _ = split(w.shape[1], 2)
 
     def half(i):
         cols = slice(0, h) if i == 0 else slice(h, None)
@@ -725,10 +734,6 @@ def _linear_by_inputs(x, w, b):
         numpy.matmul(xc, wct, out=out)                                          # x[:, cols] W[:, cols]ᵀ
 
     parallel(lambda s, e: [half(i) for i in range(s, e)], 2, hands_out=True)
-    z = numpy.add(parts[0], parts[1], out=parts[0])
-    if b is not None:
-        z += b
-    return z
 
 
 def linear(x, w, b=None):
@@ -749,22 +754,38 @@ def linear(x, w, b=None):
 
 
 FUSE_LINEAR_SIGMOID = 1     # 1: nn/fuse.py's LinearSigmoid runs Linear → Sigmoid as one pass where Linear's forward runs
-                            # the loops; 0: each layer on its own (the same numbers; an A/B: --ab FUSE_LINEAR_SIGMOID=0)
+                            # the loops (or BLAS by halves of the inputs, with FUSE_LINEAR_SIGMOID_BY_INPUTS); 0: each layer
+                            # on its own (the same numbers; an A/B: --ab FUSE_LINEAR_SIGMOID=0)
+FUSE_LINEAR_SIGMOID_BY_INPUTS = 1   # 1: ... also where Linear's forward is BLAS's two partial sums (_forward_by_inputs:
+                            # rung 1's 2880->100 at m=64), their sum and bias then one compiled pass that writes -|z| beside
+                            # z (no Sigmoid layer call, no |z| and -|z| passes, no NumPy adds): the serial part of the step
+                            # at either thread count. An A/B: thread_profile.py --ab FUSE_LINEAR_SIGMOID_BY_INPUTS=0
 
 
 def linear_sigmoid_applies(x, w, b=None) -> bool:
-    """Whether :func:`linear_sigmoid` computes Linear → Sigmoid for this input: Linear's forward runs the loops."""
-    return bool(FUSE_LINEAR_SIGMOID) and linear_runs_loops(x, w, b, forward=True)
+    """Whether :func:`linear_sigmoid` computes Linear → Sigmoid for this input: Linear's forward runs the loops, or
+    BLAS by halves of the inputs (:func:`_forward_by_inputs`) with a bias of W's dtype (or none)."""
+    if not FUSE_LINEAR_SIGMOID:
+        return False
+    return linear_runs_loops(x, w, b, forward=True) or bool(
+        FUSE_LINEAR_SIGMOID_BY_INPUTS and _forward_by_inputs(x, w)
+        and (b is None or (type(b) is numpy.ndarray and b.dtype == w.dtype and b.ndim == 1)))
 
 
 def linear_sigmoid(x, w, b=None, arrays=None):
     """a = σ(x Wᵀ + b) for nn/fuse.py's LinearSigmoid (where :func:`linear_sigmoid_applies`): Linear's loops, which
-    write -|z| beside z, then NumPy's exp of it and the sigmoid kernel, as :func:`sigmoid` computes σ(z): the numbers
-    of the two layers' own fast paths, bit for bit, with no Python between them and no |z| pass. ``arrays``: (z, e,
-    a), row-major (rows, n) arrays of w's dtype to compute in (train.SigmoidNetStep's, made once), else new ones."""
+    write -|z| beside z, or BLAS's two partial sums (:func:`_partial_products`, in z and a) added with the bias by a
+    compiled pass that writes -|z| beside z (their sum (p₀ + p₁) + b as NumPy's two adds form it); then NumPy's exp of
+    -|z| and the sigmoid kernel, as :func:`sigmoid` computes σ(z): the numbers of the two layers' own fast paths, bit
+    for bit, with no Python between them and no |z| pass. ``arrays``: (z, e, a), row-major (rows, n) arrays of w's
+    dtype to compute in (train.SigmoidNetStep's, made once), else new ones."""
     rows, n = x.shape[0], w.shape[0]
     z, e, a = arrays if arrays is not None else (numpy.empty((rows, n), dtype=w.dtype) for _ in range(3))
-    _tiles(_kernels.linear_forward, (x, w, loops_bias(b, w.dtype), z, e), rows, w.size)
+    if linear_runs_loops(x, w, b, forward=True):
+        _tiles(_kernels.linear_forward, (x, w, loops_bias(b, w.dtype), z, e), rows, w.size)
+    else:
+        _partial_products(x, w, (z, a))
+        _kernels.add_partial_sums(z, a, loops_bias(b, w.dtype), e)          # z = (z + a) + b, e = -|z|
     numpy.exp(e, out=e)                                   # e = e^{-|z|}
     _kernels.sigmoid(z.reshape(-1), e.reshape(-1), a.reshape(-1))
     return a

@@ -90,21 +90,24 @@ class ConvPool:
 
 class LinearSigmoid:
     """``Linear → Sigmoid`` of a Sequential as one pass, where Linear's forward runs the compiled loops (small
-    weights, few rows: :func:`deepscope.cpu.linear_sigmoid_applies`), the equations of linear.py's and
-    activation.py's pages:
+    weights, few rows) or BLAS by halves of its inputs (a wide weight, few rows: rung 1's 2880->100;
+    :func:`deepscope.cpu.linear_sigmoid_applies`), the equations of linear.py's and activation.py's pages:
 
-        forward   z = x Wᵀ + b,  a = σ(z)                   (the loops write -|z| beside z; e^{-|z|} by NumPy's exp)
+        forward   z = x Wᵀ + b,  a = σ(z)                   (the loops, or the pass that adds BLAS's two halves and b,
+                                                             write -|z| beside z; e^{-|z|} by NumPy's exp)
         backward  δ = ∂C/∂a ⊙ a(1-a)                        (Sigmoid's backward)
                   W.grad += δᵀ x,  b.grad += Σ δ,  ∂C/∂x = δ W   (Linear's backward: BP4, BP3, BP2)
 
     Why: at network2's sizes each layer's call from Python costs about what its arithmetic does ([784,30,10] at
     m=64: the Sigmoid layer's forward 4.7 us for 1,920 numbers, of which exp and the σ pass ~1.4). One pass writes no
-    |z|, and calls no Sigmoid layer. The outputs are those of the two layers' own fast paths, bit for bit; the
+    |z|, and calls no Sigmoid layer. Behind BLAS's 2880->100 at m=64 the Sigmoid layer is ~11 us of serial work
+    a step at any thread count. The outputs are those of the two layers' own fast paths, bit for bit; the
     gradients too (the same two backward lines).
 
     Applies when the two are exactly these classes, neither has a hook, the Sigmoid's input needs its gradient,
     and the input is a NumPy float array (N, in_features) of the weights' dtype, row-major (CuPy arrays, other
-    shapes, and products that run BLAS take the layers one by one; so does ``cpu.FUSE_LINEAR_SIGMOID = 0``).
+    shapes, and products that run BLAS in one piece or by neurons take the layers one by one; so does
+    ``cpu.FUSE_LINEAR_SIGMOID = 0``).
     Not a layer of its own: the modules keep their parameters, names and state-dict keys."""
 
     LENGTH = 2      # modules in the run
