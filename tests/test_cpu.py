@@ -728,6 +728,43 @@ def test_linear_forward_by_inputs_equals_numpy(threads, monkeypatch, dtype, bias
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m, n, k", [(64, 100, 2880), (33, 101, 2881)])
+def test_linear_backward_by_columns_in_one_call_equals_the_numpy_blocks(threads, monkeypatch, dtype, m, n, k):
+    """Rung 1's 2880->100 backward at m=64: both products cut by W's columns, each thread's block of the two as one
+    compiled call (cpu.LINEAR_BACKWARD_ONE_CALL, NumPy's gemm called from it) against the NumPy calls of the same
+    blocks (LINEAR_BACKWARD_ONE_CALL = 0): W.grad (accumulated onto what it held, -0.0 and NaN included), b.grad and
+    ∂C/∂x bit for bit, at any thread count; and close to the whole products."""
+    monkeypatch.setattr(cpu, "loops_beat_blas", lambda: False)          # BLAS, whatever this machine
+    monkeypatch.setattr(cpu, "_avx512_blas", False)
+    if not cpu.blas_gemm(np.dtype(dtype)):
+        pytest.skip("NumPy's BLAS has no scipy_cblas gemm to call from compiled code")
+    rng = np.random.default_rng(13)
+    d, x, w = (rng.standard_normal(s).astype(dtype) for s in ((m, n), (m, k), (n, k)))
+    g0, gb0 = rng.standard_normal((n, k)).astype(dtype), rng.standard_normal(n).astype(dtype)
+    g0[0, :3] = [-0.0, np.nan, 0.0]
+    assert cpu._backward_by_columns(d, x, w, g0)
+    calls = []
+    kernel = cpu.kernels().linear_backward_columns
+    monkeypatch.setattr(cpu.kernels(), "linear_backward_columns", lambda *a: calls.append(a[-2:]) or kernel(*a))
+    results = []
+    for one_call in (1, 0):
+        monkeypatch.setattr(cpu, "LINEAR_BACKWARD_ONE_CALL", one_call)
+        g, gb = g0.copy(), gb0.copy()
+        dx = cpu.linear_backward(d, x, w, g, gb)
+        results.append((g, gb, dx))
+    assert sorted(calls) == [(0, k // 2), (k // 2, k)]
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+    g, gb, dx = results[0]
+    assert np.signbit(g[0, 0]) == np.signbit(g0[0, 0] + (d.T @ x)[0, 0]) and np.isnan(g[0, 1])
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(dx, d @ w, **tol)
+    np.testing.assert_allclose(g[1:], g0[1:] + d.T[1:] @ x, **tol)
+    np.testing.assert_array_equal(gb, gb0 + d.sum(axis=0))
+    assert not cpu._backward_by_columns(d, x[:, :n], w[:, :n], g0[:, :n])      # small: one block, or the loops
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("m, n, k", [(1, 1, 256), (7, 13, 257), (10, 30, 784), (64, 100, 640), (61, 9, 300),
                                      (6, 11, 300)])   # (W.grad's last rows: 1, 1, 2, 0, 1, 2 + 1)

@@ -820,6 +820,8 @@ def linear_backward(d, x, w, w_grad, b_grad=None, input_grad=True):
             return dx
         return matmul(d, w)
     if input_grad:
+        if _backward_by_columns(d, x, w, w_grad):
+            return _linear_backward_columns(d, x, w, w_grad, b_grad)
         grads, inputs = _gemm_blocks(d.T, x, w_grad), _gemm_blocks(d, w)
         if grads is not None and inputs is not None:
             _run_blocks(_paired(grads[1], inputs[1]))
@@ -828,6 +830,46 @@ def linear_backward(d, x, w, w_grad, b_grad=None, input_grad=True):
             return inputs[0]
     _grads_by_blas(d, x, w_grad, b_grad)
     return matmul(d, w) if input_grad else None
+
+
+LINEAR_BACKWARD_ONE_CALL = 1    # 1: where both of Linear's backward products are cut by W's columns (rung 1's 2880->100
+                                # at m=64), each thread's block of the two is one compiled call that never holds the GIL
+                                # (_kernels.linear_backward_columns, NumPy's own BLAS gemm called from it) instead of four
+                                # NumPy calls, each of which gives the GIL up and takes it back, and with W.grad's block
+                                # added in a vectorised loop where NumPy's add into a strided block was slower. The same
+                                # numbers bit for bit. The call alone (/work/tmp/scale2/lbc.py, Zen 5, load ~0.6), us:
+                                # own kernels 1 thread 402 against 453, 2 threads 236 against 266; Haswell kernels 687 /
+                                # 737, 377 / 409; m=256, 1 thread, 1,500 / 1,542 (own), 2,789 / 2,865. Rung 1's step at
+                                # m=64, own, cores close (thread_profile.py --ab LINEAR_BACKWARD_ONE_CALL=0, 41 rounds):
+                                # 2 threads 1,176 / 1,224 against 1,253 / 1,266 us, 1 thread 2,024 / 2,033 against 2,067 /
+                                # 2,091
+
+
+def _backward_by_columns(d, x, w, w_grad) -> bool:
+    """Whether :func:`linear_backward` runs its blocks as :func:`_linear_backward_columns`: both products in two blocks
+    by W's columns (the input x and W larger than δ), row-major NumPy arrays of one float dtype, and NumPy's gemm
+    at hand (:func:`blas_gemm`)."""
+    return bool(LINEAR_BACKWARD_ONE_CALL and GEMM_BLOCKS == 2 and _same_float(d, x, w, w_grad)
+                and d.ndim == x.ndim == w.ndim == 2 and d.flags.c_contiguous and x.flags.c_contiguous
+                and w.flags.c_contiguous and w_grad.flags.c_contiguous and d.size < x.size and d.size < w.size
+                and _gemm_block_count(d.T, x) == 2 and _gemm_block_count(d, w) == 2 and blas_gemm(w.dtype))
+
+
+def _linear_backward_columns(d, x, w, w_grad, b_grad):
+    """:func:`linear_backward`'s two products in the blocks :func:`_gemm_blocks` cuts them into (W's columns in two
+    halves), block i of each in one compiled call (_kernels.linear_backward_columns), one a thread; then b.grad."""
+    gemm, dx = blas_gemm(w.dtype), numpy.empty(x.shape, dtype=w.dtype)
+    cuts = split(w.shape[1], 2)
+
+    def shard(s, e):
+        for lo, hi in cuts[s:e]:
+            hand_out()
+            _kernels.linear_backward_columns(gemm, d, x, w, w_grad, dx, lo, hi)     # W.grad += δᵀx, ∂C/∂x = δW
+
+    parallel(shard, len(cuts), hands_out=True)
+    if b_grad is not None:
+        b_grad += d.sum(axis=0)
+    return dx
 
 
 PAIR_BLOCKS = 1     # 1: on several threads a Linear backward's two products block by block side by side (_paired);
