@@ -56,6 +56,8 @@ chunks): the 2-thread / 1-thread throughput of each, for a change's effect on th
     python benchmarks/thread_profile.py --nets rung1 --batches 64 --steps 10 --rounds 9 --ab FORWARD_BY_INPUTS=0
     python benchmarks/thread_profile.py --nets rung1,rung3,dropout --batches 64,256 --steps 10 --rounds 12 --ab CONV_POOL_ONE_CALL=0
     python benchmarks/thread_profile.py --nets rung1,dropout --batches 64 --steps 10 --rounds 11 --ab HAND_OUT_AT_CALL=0
+    python benchmarks/thread_profile.py --nets rung1 --batches 64 --steps 10 --rounds 21 \
+        --ab LINEAR_BACKWARD_ONE_CALL=0,FUSE_LINEAR_SIGMOID_BY_INPUTS=0,SMALL_PRODUCT_MIN_INPUTS=256
     python benchmarks/thread_profile.py --probe     # a section's price, a MB taken from the other core, the round trip
 """
 from __future__ import annotations
