@@ -210,7 +210,7 @@ class _Pool:
         for _ in range(min(self.size, len(shards)) - 1):
             self._tasks.put(job)
         if hands_out and HAND_OUT_AT_CALL and self._wait is not None:
-            _local.unposted = (self._posted, job.number)        # fn's first shard here posts it: hand_out()
+            _local.unposted = (self, job.number)        # fn's first shard here posts it: hand_out()
         else:
             self._post(job.number, GIL_GRACE_US)
         job.work()
@@ -241,9 +241,8 @@ def hand_out() -> None:
     unposted = getattr(_local, "unposted", None)
     if unposted is not None:
         _local.unposted = None
-        posted, number = unposted
-        posted[1] = HAND_OUT_GRACE_US * 1000
-        posted[0] = number
+        pool, number = unposted
+        pool._post(number, HAND_OUT_GRACE_US)
 
 
 # -- memory: a step's freed temporaries stay in the heap for the next step ----------------------------------
@@ -488,7 +487,6 @@ def matmul(a, b, add_to=None):
             return out
         add_to += out
         return add_to
-
     out, run = blocks
     _run_blocks(run)
     return out
