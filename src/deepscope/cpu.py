@@ -577,7 +577,7 @@ SMALL_PRODUCT_MIN_INPUTS = 100  # ... which also holds for rows this long at lea
                                 # ∂C/∂x, own kernels 5.1 / 10.4 us by BLAS against 4.1 / 5.2 by the loops (Haswell kernels
                                 # 6.1 / 12.7 against 4.1 / 6.2); m=256 11.8 / 16.2 against 8.1 / 10.1; 100->30 and 100->100
                                 # up to 262,144 multiply-adds 1.1-1.9x; rows of 10-20 are slower (10->100 at m=64 forward
-                                # 5.8 against 8.4 us). /work/tmp/scale2/tail2.py, tail3.py. (256: rows of 256 only, as before)
+                                # 5.8 against 8.4 us; the layer alone, timed in one process, alternating). (256: rows of 256 only, as before)
 FORWARD_LOOPS_ROWS = 64         # ... and under OpenBLAS's AVX-512 kernels, the forward product of at most this many rows
 GRAD_LOOPS_ROWS = 64            # ... and W.grad += δᵀx (with b.grad += Σδ) of at most this many rows ...
 GRAD_LOOPS_MACS = 2_000_000     # ... and multiply-adds (W.grad on a cache line: optim.FlatParameters)
@@ -835,7 +835,7 @@ LINEAR_BACKWARD_ONE_CALL = 1    # 1: where both of Linear's backward products ar
                                 # (_kernels.linear_backward_columns, NumPy's own BLAS gemm called from it) instead of four
                                 # NumPy calls, each of which gives the GIL up and takes it back, and with W.grad's block
                                 # added in a vectorised loop where NumPy's add into a strided block was slower. The same
-                                # numbers bit for bit. The call alone (/work/tmp/scale2/lbc.py, Zen 5, load ~0.6), us:
+                                # numbers bit for bit. The call alone (alternating in one process, Zen 5, load ~0.6), us:
                                 # own kernels 1 thread 402 against 453, 2 threads 236 against 266; Haswell kernels 687 /
                                 # 737, 377 / 409; m=256, 1 thread, 1,500 / 1,542 (own), 2,789 / 2,865. Rung 1's step at
                                 # m=64, own, cores close (thread_profile.py --ab LINEAR_BACKWARD_ONE_CALL=0, 41 rounds):
