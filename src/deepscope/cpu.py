@@ -586,6 +586,13 @@ TINY_MACS = 32_768              # a product this small: compiled loops everywher
 INPUT_GRAD_LOOPS_MACS = 10_000  # ∂C/∂x = δ W by the loops only up to this many multiply-adds: their rows of n_in = 30 are
                                 # one 16-wide vector and 14 scalar lanes each (Zen 5, 1 thread, δ 10 neurons wide: 10x30
                                 # out 0.6 vs 0.8-1.6 us by BLAS, 64x30 2.7-5.1 vs 1.0-2.2 us)
+AVX2_LOOPS_ROWS = 64            # on a CPU without AVX-512 (AVX2: the loops' 512-bit register tiles run as two 256-bit
+AVX2_LOOPS_WEIGHT_BYTES = 1 << 17   # halves in 16 registers, and spill) only products of at most this many rows by a
+                                # weight this small: Zen 3, 1 thread, float32, loops against BLAS (and NumPy's adds):
+                                # 784->30 forward / W.grad m=10 1.79x / 0.91x, m=64 0.94x / 0.54x, yet [784,30,10]'s
+                                # step as one piece (which needs them) 15.2-15.7x a network2.py loop at m=64 against
+                                # 10.4-12.1x by BLAS; 784->100 m=64 0.67x / 0.52x (FC 784-100-10 64k against 81-87k
+                                # img/s); 100->10 m=64 1.56x / 2.54x, m=256 0.92x / 1.70x; 1000->10 m=64 1.22x / 1.02x
 
 
 AVX512_OPENBLAS = ("SkylakeX", "Cooperlake", "SapphireRapids")    # OpenBLAS's cores with AVX-512 kernels
@@ -598,18 +605,33 @@ def _blas_libraries() -> list:
 
 
 def loops_beat_blas() -> bool:
-    """Whether the compiled loops of Linear's small products beat BLAS on this machine: the CPU has AVX-512 (numba
-    compiles the loops for it) and NumPy's BLAS is an OpenBLAS running narrower kernels (OPENBLAS_CORETYPE=Haswell,
-    as this project's build machines set, or a CPU it does not know). Measured on a Zen 5 core, 784-30 and 784-100
-    layers at mini-batches 10-256: the loops 1.1-2.1x faster than OpenBLAS's Haswell kernels, but 1.04-1.9x slower
-    than its SkylakeX (AVX-512) kernels in most of those products. Decided once, on first use."""
+    """Whether the compiled loops of Linear's small products beat BLAS on this machine: the CPU has AVX2 and FMA
+    (numba compiles the loops for its widest vectors) and NumPy's BLAS is an OpenBLAS running kernels narrower than
+    AVX-512 (its Haswell/Zen kernels: a CPU without AVX-512, or OPENBLAS_CORETYPE=Haswell on one with it). Measured,
+    [784,30,10] ``fit`` against a network2.py-style loop (``benchmarks/cpu_speed.py``'s comparison), 1 thread: on a
+    Zen 3 core (AVX2) the loops 7.3-8.4x the loop at m=10 and 15.2-15.7x at m=64, BLAS 3.0-3.1x and 10.8-11.1x; on
+    a Zen 5 core (AVX-512), 784-30 and 784-100 layers at mini-batches 10-256, the loops 1.1-2.1x faster than OpenBLAS's
+    Haswell kernels, but 1.04-1.9x slower than its SkylakeX (AVX-512) kernels in most of those products. Decided
+    once, on first use."""
     global _loops_win
     if _loops_win is None:
         from llvmlite import binding        # numba's compiler: present whenever the loops are (lazy, as numba)
-        blas = _blas_libraries()
-        _loops_win = bool(binding.get_host_cpu_features().get("avx512f")) and bool(blas) and all(
+        features, blas = binding.get_host_cpu_features(), _blas_libraries()
+        _loops_win = bool(features.get("avx2") and features.get("fma")) and bool(blas) and all(
             i.get("internal_api") == "openblas" and i.get("architecture") not in AVX512_OPENBLAS for i in blas)
     return _loops_win
+
+
+_avx512_host = None
+
+
+def host_avx512() -> bool:
+    """Whether this CPU has AVX-512 (the loops' register tiles are 512-bit vectors). Decided once, on first use."""
+    global _avx512_host
+    if _avx512_host is None:
+        from llvmlite import binding
+        _avx512_host = bool(binding.get_host_cpu_features().get("avx512f"))
+    return _avx512_host
 
 
 _avx512_blas = None
@@ -641,7 +663,9 @@ def linear_runs_loops(x, w, *others, forward=False) -> bool:
     vs 371k img/s). Both products of at most ``SMALL_MACS`` multiply-adds beat those kernels too (a BLAS call's
     fixed costs and NumPy's separate add and sum: W.grad += δᵀx, b.grad += Σδ, k = 784, n = 10-30, m = 10-24: 1.15-1.44x,
     at 250k multiply-adds (32x784x10) 0.98x), and so do they OpenBLAS's narrower kernels, down to rows of
-    ``SMALL_PRODUCT_MIN_INPUTS`` (a 100->10 layer at m = 64-256: 1.4-2.0x; rows of 10-20 are slower)."""
+    ``SMALL_PRODUCT_MIN_INPUTS`` (a 100->10 layer at m = 64-256: 1.4-2.0x; rows of 10-20 are slower). On a CPU
+    without AVX-512 (:func:`host_avx512`) only products of at most ``AVX2_LOOPS_ROWS`` rows by a weight of at most
+    ``AVX2_LOOPS_WEIGHT_BYTES`` beyond the tiny ones."""
     rows = x.shape[0]
     if not (rows > 0 and _enabled and type(x) is numpy.ndarray and type(w) is numpy.ndarray      # (fast(x, w),
             and x.dtype == w.dtype and x.dtype in _FAST_DTYPES and (_kernels or kernels())      # written out: this
@@ -655,6 +679,8 @@ def linear_runs_loops(x, w, *others, forward=False) -> bool:
         return True
     if not (rows <= SMALL_WEIGHT_ROWS and w.nbytes <= SMALL_WEIGHT_BYTES and x.shape[1] >= SMALL_PRODUCT_MIN_INPUTS
             and (loops_beat_blas() or blas_runs_avx512())):
+        return False
+    if not host_avx512() and not (rows <= AVX2_LOOPS_ROWS and w.nbytes <= AVX2_LOOPS_WEIGHT_BYTES):
         return False
     return macs <= SMALL_MACS or (x.shape[1] >= SMALL_WEIGHT_MIN_INPUTS and (
         loops_beat_blas() or (forward and rows <= FORWARD_LOOPS_ROWS)
