@@ -817,6 +817,18 @@ def test_linear_products_with_a_small_weight_run_compiled_loops_and_equal_numpy(
                 assert np.abs(got - exact).mean() <= 2 * np.abs(numpys - exact).mean()
 
 
+def _linear_counting_loops(monkeypatch, x, w, b, d):
+    """Linear's forward and backward (W.grad and b.grad from 0, no ∂C/∂x) by cpu's fast paths: (the loops' kernels
+    called, in order, z, W.grad, b.grad)."""
+    calls = []
+    for name in ("linear_forward", "linear_weight_grad"):
+        monkeypatch.setattr(cpu.kernels(), name, lambda *a, f=getattr(cpu.kernels(), name), name=name:
+                            calls.append(name) or f(*a))
+    z, g, gb = cpu.linear(x, w, b), np.zeros_like(w), np.zeros_like(b)
+    cpu.linear_backward(d, x, w, g, gb, input_grad=False)
+    return calls, z, g, gb
+
+
 @pytest.mark.parametrize("loops_win, avx512_blas", [(True, False), (False, False), (False, True)])
 @pytest.mark.parametrize("m, n, k, loops", [(64, 10, 30, True), (10, 10, 30, True), (100, 10, 32, True),
                                             (256, 10, 30, False), (64, 100, 784, None), (300, 30, 784, False),
@@ -835,12 +847,7 @@ def test_linear_takes_the_loops_for_tiny_products_and_where_they_beat_blas(monke
     monkeypatch.setattr(cpu, "_avx512_blas", avx512_blas)
     rng = np.random.default_rng(12)
     x, w, b, d = (rng.standard_normal(s).astype(np.float32) for s in ((m, k), (n, k), (n,), (m, n)))
-    calls = []
-    for name in ("linear_forward", "linear_weight_grad"):
-        monkeypatch.setattr(cpu.kernels(), name, lambda *a, f=getattr(cpu.kernels(), name), name=name:
-                            calls.append(name) or f(*a))
-    z, g, gb = cpu.linear(x, w, b), np.zeros_like(w), np.zeros_like(b)
-    cpu.linear_backward(d, x, w, g, gb, input_grad=False)
+    calls, z, g, gb = _linear_counting_loops(monkeypatch, x, w, b, d)
     forward = loops_win or avx512_blas if loops in (None, "small", "both") else loops_win if loops == "grads" else loops
     grads = loops_win or (avx512_blas and loops in ("small", "both")) if loops in (None, "grads", "small", "both") \
         else loops
@@ -855,26 +862,23 @@ def test_linear_takes_the_loops_for_tiny_products_and_where_they_beat_blas(monke
     assert z0.flags.c_contiguous and z0.shape == (m, n)
 
 
-@pytest.mark.parametrize("m, n, k, dtype, loops", [(64, 30, 784, np.float32, True), (10, 30, 784, np.float32, True),
-                                                   (65, 30, 784, np.float32, False), (64, 30, 784, np.float64, False),
-                                                   (64, 100, 784, np.float32, False), (64, 10, 100, np.float32, True),
-                                                   (256, 10, 100, np.float32, False), (256, 10, 12, np.float32, True)])
-def test_linear_takes_the_loops_on_a_cpu_without_avx512_only_for_few_rows_by_a_small_weight(monkeypatch, m, n, k,
-                                                                                           dtype, loops):
-    """Without AVX-512 (the loops' 512-bit tiles spill AVX2's registers) both of Linear's products run the loops only
-    for at most cpu.AVX2_LOOPS_ROWS rows by a weight of at most cpu.AVX2_LOOPS_WEIGHT_BYTES (784->30 in float32 at
-    m <= 64, a 100->10 layer at m=64), or when tiny; else BLAS: the same numbers as the layer's NumPy lines."""
+@pytest.mark.parametrize("m, n, k, dtype, forward, grads", [
+    (64, 30, 784, np.float32, True, False), (10, 30, 784, np.float32, True, False),
+    (65, 30, 784, np.float32, False, False), (64, 30, 784, np.float64, False, False),
+    (64, 100, 784, np.float32, False, False), (64, 10, 100, np.float32, True, True),
+    (256, 10, 100, np.float32, False, True), (256, 10, 12, np.float32, True, True)])
+def test_linear_takes_the_loops_on_a_cpu_without_avx512_for_few_rows_by_a_small_weight_or_short_rows(
+        monkeypatch, m, n, k, dtype, forward, grads):
+    """Without AVX-512 (the loops' 512-bit tiles spill AVX2's registers) Linear's forward product runs the loops for
+    at most cpu.AVX2_LOOPS_ROWS rows by a weight of at most cpu.AVX2_LOOPS_WEIGHT_BYTES (784->30 in float32 at
+    m <= 64), W.grad += δᵀx for rows of at most cpu.AVX2_GRAD_LOOPS_INPUTS inputs (a 100->10 layer), both when tiny;
+    else BLAS: the sums as close to the exact ones as reordered sums are."""
     monkeypatch.setattr(cpu, "_loops_win", True)
     monkeypatch.setattr(cpu, "_avx512_host", False)
     rng = np.random.default_rng(13)
     x, w, b, d = (rng.standard_normal(s).astype(dtype) for s in ((m, k), (n, k), (n,), (m, n)))
-    calls = []
-    for name in ("linear_forward", "linear_weight_grad"):
-        monkeypatch.setattr(cpu.kernels(), name, lambda *a, f=getattr(cpu.kernels(), name), name=name:
-                            calls.append(name) or f(*a))
-    z, g, gb = cpu.linear(x, w, b), np.zeros_like(w), np.zeros_like(b)
-    cpu.linear_backward(d, x, w, g, gb, input_grad=False)
-    assert calls == (["linear_forward", "linear_weight_grad"] if loops else [])
+    calls, z, g, gb = _linear_counting_loops(monkeypatch, x, w, b, d)
+    assert calls == ["linear_forward"] * forward + ["linear_weight_grad"] * grads
     x64, w64, b64, d64 = (a.astype(np.float64) for a in (x, w, b, d))
     for got, exact, terms in ((z, x64 @ w64.T + b64, np.abs(x64) @ np.abs(w64).T + np.abs(b64)),
                               (g, d64.T @ x64, np.abs(d64).T @ np.abs(x64)),

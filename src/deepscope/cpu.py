@@ -587,12 +587,12 @@ INPUT_GRAD_LOOPS_MACS = 10_000  # ∂C/∂x = δ W by the loops only up to this 
                                 # one 16-wide vector and 14 scalar lanes each (Zen 5, 1 thread, δ 10 neurons wide: 10x30
                                 # out 0.6 vs 0.8-1.6 us by BLAS, 64x30 2.7-5.1 vs 1.0-2.2 us)
 AVX2_LOOPS_ROWS = 64            # on a CPU without AVX-512 (AVX2: the loops' 512-bit register tiles run as two 256-bit
-AVX2_LOOPS_WEIGHT_BYTES = 1 << 17   # halves in 16 registers, and spill) only products of at most this many rows by a
-                                # weight this small: Zen 3, 1 thread, float32, loops against BLAS (and NumPy's adds):
-                                # 784->30 forward / W.grad m=10 1.79x / 0.91x, m=64 0.94x / 0.54x, yet [784,30,10]'s
-                                # step as one piece (which needs them) 15.2-15.7x a network2.py loop at m=64 against
-                                # 10.4-12.1x by BLAS; 784->100 m=64 0.67x / 0.52x (FC 784-100-10 64k against 81-87k
-                                # img/s); 100->10 m=64 1.56x / 2.54x, m=256 0.92x / 1.70x; 1000->10 m=64 1.22x / 1.02x
+AVX2_LOOPS_WEIGHT_BYTES = 1 << 17   # halves in 16 registers, and spill) only the forward product of at most this many
+AVX2_GRAD_LOOPS_INPUTS = 128    # rows by a weight this small, and W.grad += δᵀx of rows this short at most: Zen 3,
+                                # 1 thread, float32, loops against BLAS (and NumPy's adds), forward / W.grad: 784->30
+                                # m=10 1.79x / 0.91x, m=64 0.94x / 0.54x; 784->100 m=10 1.29x / 0.88x, m=64 0.67x /
+                                # 0.52x (FC 784-100-10 all by loops 62-66k img/s at m=64 against 81-87k); 100->10 m=64
+                                # 1.56x / 2.54x, m=256 0.92x / 1.70x; 1000->10 m=64 1.22x / 1.02x, m=256 0.87x / 0.89x
 
 
 AVX512_OPENBLAS = ("SkylakeX", "Cooperlake", "SapphireRapids")    # OpenBLAS's cores with AVX-512 kernels
@@ -664,8 +664,9 @@ def linear_runs_loops(x, w, *others, forward=False) -> bool:
     fixed costs and NumPy's separate add and sum: W.grad += δᵀx, b.grad += Σδ, k = 784, n = 10-30, m = 10-24: 1.15-1.44x,
     at 250k multiply-adds (32x784x10) 0.98x), and so do they OpenBLAS's narrower kernels, down to rows of
     ``SMALL_PRODUCT_MIN_INPUTS`` (a 100->10 layer at m = 64-256: 1.4-2.0x; rows of 10-20 are slower). On a CPU
-    without AVX-512 (:func:`host_avx512`) only products of at most ``AVX2_LOOPS_ROWS`` rows by a weight of at most
-    ``AVX2_LOOPS_WEIGHT_BYTES`` beyond the tiny ones."""
+    without AVX-512 (:func:`host_avx512`), beyond the tiny products, only the forward product of at most
+    ``AVX2_LOOPS_ROWS`` rows by a weight of at most ``AVX2_LOOPS_WEIGHT_BYTES`` and W.grad += δᵀx of rows of at most
+    ``AVX2_GRAD_LOOPS_INPUTS`` inputs."""
     rows = x.shape[0]
     if not (rows > 0 and _enabled and type(x) is numpy.ndarray and type(w) is numpy.ndarray      # (fast(x, w),
             and x.dtype == w.dtype and x.dtype in _FAST_DTYPES and (_kernels or kernels())      # written out: this
@@ -680,8 +681,9 @@ def linear_runs_loops(x, w, *others, forward=False) -> bool:
     if not (rows <= SMALL_WEIGHT_ROWS and w.nbytes <= SMALL_WEIGHT_BYTES and x.shape[1] >= SMALL_PRODUCT_MIN_INPUTS
             and (loops_beat_blas() or blas_runs_avx512())):
         return False
-    if not host_avx512() and not (rows <= AVX2_LOOPS_ROWS and w.nbytes <= AVX2_LOOPS_WEIGHT_BYTES):
-        return False
+    if not host_avx512():
+        return rows <= AVX2_LOOPS_ROWS and w.nbytes <= AVX2_LOOPS_WEIGHT_BYTES if forward else \
+            x.shape[1] <= AVX2_GRAD_LOOPS_INPUTS
     return macs <= SMALL_MACS or (x.shape[1] >= SMALL_WEIGHT_MIN_INPUTS and (
         loops_beat_blas() or (forward and rows <= FORWARD_LOOPS_ROWS)
         or (not forward and rows <= GRAD_LOOPS_ROWS and macs <= GRAD_LOOPS_MACS)))
@@ -820,7 +822,8 @@ def _grads_by_loops(d, x, w_grad, b_grad):
            w_grad.shape[0], x.size)
 
 
-def _grads_by_blas(d, x, w_grad, b_grad):
+def grads_by_blas(d, x, w_grad, b_grad):
+    """W.grad += δᵀx by :func:`matmul` and b.grad += Σδ by NumPy's sum (Linear's backward where the loops do not run)."""
     matmul(d.T, x, add_to=w_grad)
     if b_grad is not None:
         b_grad += d.sum(axis=0)
@@ -852,7 +855,7 @@ def linear_backward(d, x, w, w_grad, b_grad=None, input_grad=True):
             if b_grad is not None:
                 b_grad += d.sum(axis=0)
             return inputs[0]
-    _grads_by_blas(d, x, w_grad, b_grad)
+    grads_by_blas(d, x, w_grad, b_grad)
     return matmul(d, w) if input_grad else None
 
 

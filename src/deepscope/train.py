@@ -210,7 +210,8 @@ class SigmoidNetStep:
     backward pass and the update, for each mini-batch it :meth:`applies` to: none of the modules (nor the
     Sequential) has a hook, the first Linear's input needs no gradient and the others' do (as ``fit`` sets them),
     the mini-batch is a row-major NumPy float array of the weights' dtype with integer labels, and each product runs
-    the loops in one call (or, for δ W, NumPy's one product), as the layers then do. Otherwise the step runs layer
+    the loops in one call (or, for δ W, NumPy's one product; for the first layer's W.grad, BLAS, where Linear
+    takes it: a CPU without AVX-512), as the layers then do. Otherwise the step runs layer
     by layer, which also says what is wrong with a bad input; a label out of range stops it with the cost's error.
     The modules' own caches (their last input and output) are not filled."""
 
@@ -266,41 +267,45 @@ class SigmoidNetStep:
         return route is not False
 
     def _plan(self, x):
-        """For each Linear whether δ W runs the loops (else NumPy's one product), as ``cpu.linear_backward`` would
-        choose, and the step's arrays that no one sees after it, made once for this shape (a new array each step cost
-        ~0.2 us apiece): each hidden Linear's z, e^{-|z|} and σ(z), the cost's δ, each ∂C/∂a = δ W and the δ of
-        Sigmoid's backward (with the flat views its kernel takes); False where any of the layers' products would not
-        run in one call of the loops (or x does not fit)."""
+        """For each Linear whether δ W runs the loops (else NumPy's one product) and whether W.grad does (else BLAS:
+        the first Linear only), as ``cpu.linear_backward`` would choose; whether the loops write the gradients fresh
+        (no zero_grad: all by the loops); and the step's arrays that no one sees after it, made once for this shape
+        (a new array each step cost ~0.2 us apiece): each hidden Linear's z, e^{-|z|} and σ(z), the cost's δ, each
+        ∂C/∂a = δ W and the δ of Sigmoid's backward (with the flat views its kernel takes). False where any of the
+        layers' products would not run so (or x does not fit)."""
         rows, w = len(x), self.linears[0].weight.data
         h = x.reshape(rows, -1) if self.flatten and x.size else x
         if rows == 0 or h.ndim != 2 or h.shape[1] != self.linears[0].in_features or not cpu.fast(h, w):
             return False
-        by_loops, forward, backward = [], [], []
+        by_loops, grads_by_loops, forward, backward = [], [], [], []
         for linear in self.linears:
             w, b = linear.weight, linear.bias
             out = np.empty((rows, linear.out_features), w.data.dtype)
-            hidden = linear is not self.linears[-1]
+            first, hidden = linear is self.linears[0], linear is not self.linears[-1]
             forward.append((np.empty_like(out), np.empty_like(out), out) if hidden else None)
             g, d = np.empty_like(h), np.empty_like(h)                 # ∂C/∂a and δ of the Sigmoid before it
-            backward.append((g, d, (g.reshape(-1), h.reshape(-1), d.reshape(-1))) if linear is not self.linears[0]
-                            else None)
+            backward.append((g, d, (g.reshape(-1), h.reshape(-1), d.reshape(-1))) if not first else None)
             if not ((cpu.linear_sigmoid_applies(h, w.data, _data(b)) if hidden else
                      cpu.linear_runs_loops(h, w.data, _data(b), forward=True))
-                    and cpu.linear_runs_loops(h, w.grad, out, _grad(b))
-                    and cpu.tiles_in_one_call(rows, w.data.size) and cpu.tiles_in_one_call(w.data.shape[0], h.size)):
+                    and cpu.tiles_in_one_call(rows, w.data.size)):
                 return False
+            grads = cpu.linear_runs_loops(h, w.grad, out, _grad(b))   # else (the first layer only) BLAS's
+            if not (grads and cpu.tiles_in_one_call(w.data.shape[0], h.size) or first and not grads):
+                return False
+            grads_by_loops.append(grads)
             loops = cpu.input_grad_by_loops(out, w.data)
-            if linear is not self.linears[0] and not (loops or cpu.matmul_is_plain(out, w.data)):
+            if not first and not (loops or cpu.matmul_is_plain(out, w.data)):
                 return False
             by_loops.append(loops)
             h = out
-        return by_loops, forward, np.empty_like(out), backward
+        fresh = self._fresh and all(grads_by_loops)
+        return by_loops, grads_by_loops, fresh, forward, np.empty_like(out), backward
 
     def __call__(self, x, y, before_update):
         """One step on ``(x, y)`` (where :meth:`applies`): ``(loss, out)`` as :func:`step` returns them."""
         k, opt, flat, linears, rows = cpu.kernels(), self.optimizer, self.optimizer.flat, self.linears, len(x)
         h = x.reshape(rows, -1) if self.flatten else x
-        by_loops, forward, delta, backward = self._route                   # (the arrays: _plan's)
+        by_loops, grads_by_loops, fresh, forward, delta, backward = self._route     # (the arrays: _plan's)
         inputs = []
         for linear, arrays in zip(linears[:-1], forward):            # aˡ = σ(aˡ⁻¹ Wˡᵀ + bˡ): LinearSigmoid's pass
             inputs.append(h)
@@ -315,13 +320,16 @@ class SigmoidNetStep:
         if bad >= 0:
             raise self.cost._out_of_range(int(y[bad]), z.shape[1])
         loss /= rows
-        if not self._fresh:
+        if not fresh:
             cpu.zero(flat.grad)                                       # zero_grad (else: by the loops, fresh)
         for i in range(len(linears) - 1, -1, -1):
             linear, a = linears[i], inputs[i]
-            # BP4: W.grad += δᵀ a,  BP3: b.grad += Σ δ (Linear's loops)
-            k.linear_weight_grad(delta, a, linear.weight.grad, cpu.loops_bias(_grad(linear.bias), a.dtype),
-                                 0, linear.out_features, self._fresh)
+            # BP4: W.grad += δᵀ a,  BP3: b.grad += Σ δ (Linear's loops, or BLAS and NumPy's sum as Linear runs them)
+            if grads_by_loops[i]:
+                k.linear_weight_grad(delta, a, linear.weight.grad, cpu.loops_bias(_grad(linear.bias), a.dtype),
+                                     0, linear.out_features, fresh)
+            else:
+                cpu.grads_by_blas(delta, a, linear.weight.grad, _grad(linear.bias))
             if i == 0:
                 break
             w = linear.weight.data
