@@ -863,7 +863,7 @@ def test_linear_takes_the_loops_for_tiny_products_and_where_they_beat_blas(monke
 
 
 @pytest.mark.parametrize("m, n, k, dtype, forward, grads", [
-    (64, 30, 784, np.float32, True, False), (10, 30, 784, np.float32, True, False),
+    (64, 30, 784, np.float32, True, False), (10, 30, 784, np.float32, True, True), (17, 30, 784, np.float32, True, False),
     (65, 30, 784, np.float32, False, False), (64, 30, 784, np.float64, False, False),
     (64, 100, 784, np.float32, False, False), (64, 10, 100, np.float32, True, True),
     (256, 10, 100, np.float32, False, True), (256, 10, 12, np.float32, True, True)])
@@ -871,7 +871,8 @@ def test_linear_takes_the_loops_on_a_cpu_without_avx512_for_few_rows_by_a_small_
         monkeypatch, m, n, k, dtype, forward, grads):
     """Without AVX-512 (the loops' 512-bit tiles spill AVX2's registers) Linear's forward product runs the loops for
     at most cpu.AVX2_LOOPS_ROWS rows by a weight of at most cpu.AVX2_LOOPS_WEIGHT_BYTES (784->30 in float32 at
-    m <= 64), W.grad += δᵀx for rows of at most cpu.AVX2_GRAD_LOOPS_INPUTS inputs (a 100->10 layer), both when tiny;
+    m <= 64), W.grad += δᵀx for rows of at most cpu.AVX2_GRAD_LOOPS_INPUTS inputs (a 100->10 layer) or at most
+    cpu.AVX2_GRAD_LOOPS_ROWS rows (m=10), both when tiny;
     else BLAS: the sums as close to the exact ones as reordered sums are."""
     monkeypatch.setattr(cpu, "_loops_win", True)
     monkeypatch.setattr(cpu, "_avx512_host", False)
@@ -1277,9 +1278,27 @@ def test_a_worker_that_took_a_job_late_goes_on_to_the_next_at_once(monkeypatch):
         pool._posted[0] += 1                               # out of its wait, to the queue's end
 
 
-def test_conv_chunks_grow_with_the_mini_batch_not_with_the_threads():
-    """Rung 1's first conv: 512 KB chunks at m=10 (as many as before, peak memory), 4 chunks at m=64 (fewer
-    round trips through the GIL), at most 1 MB each at m=256; the same at 1 and 3 threads."""
+def test_the_largest_conv_chunk_is_a_core_l2_as_linux_describes_it(monkeypatch, tmp_path):
+    """core_l2_bytes reads the level-2 cache of CPU 0 ("512K", "1M"), skipping the others, else the default."""
+    import glob as glob_module
+    for i, (level, kind, size) in enumerate([("1", "Data", "32K"), ("1", "Instruction", "32K"), ("2", "Unified", "512K"),
+                                             ("3", "Unified", "32768K")]):
+        (tmp_path / f"index{i}").mkdir()
+        for name, text in (("level", level), ("type", kind), ("size", size)):
+            (tmp_path / f"index{i}" / name).write_text(text + "\n")
+    real = glob_module.glob
+    monkeypatch.setattr(glob_module, "glob", lambda pattern: real(str(tmp_path / "index*")))
+    assert cpu.core_l2_bytes() == 512 << 10
+    (tmp_path / "index2" / "size").write_text("1M\n")
+    assert cpu.core_l2_bytes() == 1 << 20
+    (tmp_path / "index2" / "level").write_text("4\n")
+    assert cpu.core_l2_bytes(default=12345) == 12345
+
+
+def test_conv_chunks_grow_with_the_mini_batch_not_with_the_threads(monkeypatch):
+    """Rung 1's first conv, with a core's L2 of 1 MB: 512 KB chunks at m=10 (as many as before, peak memory), 4
+    chunks at m=64 (fewer round trips through the GIL), at most 1 MB each at m=256; the same at 1 and 3 threads."""
+    monkeypatch.setattr(cpu, "COLUMN_BYTES_PER_CHUNK_MAX", 1 << 20)
     plans, was = [], cpu.get_num_threads()
     try:
         for threads in (1, 3):

@@ -593,6 +593,9 @@ AVX2_GRAD_LOOPS_INPUTS = 128    # rows by a weight this small, and W.grad += δ�
                                 # m=10 1.79x / 0.91x, m=64 0.94x / 0.54x; 784->100 m=10 1.29x / 0.88x, m=64 0.67x /
                                 # 0.52x (FC 784-100-10 all by loops 62-66k img/s at m=64 against 81-87k); 100->10 m=64
                                 # 1.56x / 2.54x, m=256 0.92x / 1.70x; 1000->10 m=64 1.22x / 1.02x, m=256 0.87x / 0.89x
+AVX2_GRAD_LOOPS_ROWS = 16       # ... or of at most this many rows: [784,30,10] fit, 1 thread, the first layer's W.grad
+                                # by the loops against BLAS, 3 alternating pairs: m=10 76-85 vs 107-109 us CPU a step
+                                # (8.2-8.4x a network2.py loop against 5.1-6.4x); m=64 270-310 vs 261-271 us
 
 
 AVX512_OPENBLAS = ("SkylakeX", "Cooperlake", "SapphireRapids")    # OpenBLAS's cores with AVX-512 kernels
@@ -666,7 +669,7 @@ def linear_runs_loops(x, w, *others, forward=False) -> bool:
     ``SMALL_PRODUCT_MIN_INPUTS`` (a 100->10 layer at m = 64-256: 1.4-2.0x; rows of 10-20 are slower). On a CPU
     without AVX-512 (:func:`host_avx512`), beyond the tiny products, only the forward product of at most
     ``AVX2_LOOPS_ROWS`` rows by a weight of at most ``AVX2_LOOPS_WEIGHT_BYTES`` and W.grad += δᵀx of rows of at most
-    ``AVX2_GRAD_LOOPS_INPUTS`` inputs."""
+    ``AVX2_GRAD_LOOPS_INPUTS`` inputs or of at most ``AVX2_GRAD_LOOPS_ROWS`` rows."""
     rows = x.shape[0]
     if not (rows > 0 and _enabled and type(x) is numpy.ndarray and type(w) is numpy.ndarray      # (fast(x, w),
             and x.dtype == w.dtype and x.dtype in _FAST_DTYPES and (_kernels or kernels())      # written out: this
@@ -683,7 +686,7 @@ def linear_runs_loops(x, w, *others, forward=False) -> bool:
         return False
     if not host_avx512():
         return rows <= AVX2_LOOPS_ROWS and w.nbytes <= AVX2_LOOPS_WEIGHT_BYTES if forward else \
-            x.shape[1] <= AVX2_GRAD_LOOPS_INPUTS
+            x.shape[1] <= AVX2_GRAD_LOOPS_INPUTS or rows <= AVX2_GRAD_LOOPS_ROWS
     return macs <= SMALL_MACS or (x.shape[1] >= SMALL_WEIGHT_MIN_INPUTS and (
         loops_beat_blas() or (forward and rows <= FORWARD_LOOPS_ROWS)
         or (not forward and rows <= GRAD_LOOPS_ROWS and macs <= GRAD_LOOPS_MACS)))
@@ -928,7 +931,25 @@ CONV_WEIGHT_GRAD_LOOPS_MAX = 2048   # ∂C/∂W of a kernel with at most this ma
                                     # K = 9,216 a chunk at ~20% of its peak (3.2 ms at m=256), the loop in 1.2 ms
 COLUMN_BYTES_PER_CHUNK = 1 << 19    # 512 KB, the smallest chunk: at m=10 two threads' chunks in flight hold half as
                                     # much as 1 MB chunks (rung 3 at m=10: peak-RSS growth 3.6-3.8 -> 3.2-3.5 MB)
-COLUMN_BYTES_PER_CHUNK_MAX = 1 << 20    # 1 MB, a core's L2 (Zen 5), the largest chunk
+def core_l2_bytes(default: int = 1 << 20) -> int:
+    """A core's L2 cache in bytes, as Linux describes CPU 0's caches (``/sys/devices/system/cpu/cpu0/cache``), else
+    ``default``."""
+    import glob
+    for index in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*"):
+        try:
+            level, kind, size = (open(os.path.join(index, f)).read().strip() for f in ("level", "type", "size"))
+            if level == "2" and kind in ("Unified", "Data") and size[:-1].isdigit() and size[-1] in "KM":
+                return int(size[:-1]) << (10 if size[-1] == "K" else 20)
+        except OSError:
+            continue
+    return default
+
+
+COLUMN_BYTES_PER_CHUNK_MAX = core_l2_bytes()    # a core's L2, the largest chunk: Zen 5 1 MB, Zen 3 512 KB (there,
+                                    # thread_profile.py --ab COLUMN_BYTES_PER_CHUNK_MAX=524288 against 1 MB, 2 threads:
+                                    # rung 1 m=64 5,500 vs 6,127 us a step, m=256 16,513 vs 18,098; rung 3 10,836 vs
+                                    # 11,730 and 34,830 vs 35,183; the dropout net 20,871 vs 21,246 and 65,289 vs
+                                    # 68,087; 1 thread level)
 CHUNKS_AT_LEAST = 4                 # chunks grow from the smallest to the largest size while there are more of them
 
 
@@ -941,7 +962,7 @@ def _conv_output_size(x, weight, stride, padding):
 def _conv_plan(x, weight, stride, padding):
     """Sizes, and the mini-batch cut into near-equal chunks of images, an even number of them (if more than one).
     A chunk's columns take ``COLUMN_BYTES_PER_CHUNK`` (512 KB) while that makes at most ``CHUNKS_AT_LEAST`` (4)
-    chunks, else a quarter of the columns up to ``COLUMN_BYTES_PER_CHUNK_MAX`` (1 MB). Every chunk is a few
+    chunks, else a quarter of the columns up to ``COLUMN_BYTES_PER_CHUNK_MAX`` (a core's L2). Every chunk is a few
     calls from Python (im2col, the GEMMs, the bias), each of which gives up the GIL and takes it back; when the
     other thread holds it then, the thread sleeps, and on issue 11's VM each such sleep is a ~30-50 us wake-up:
     rung 1 at m=64 in 8 chunks of 512 KB slept ~5 times in its conv forward and ~7 in its backward at 2 threads,
