@@ -36,10 +36,12 @@ the layer's own NumPy/CuPy expression, which is also the reference each fast pat
 from __future__ import annotations
 
 import ctypes
+import glob
 import itertools
 import os
 import queue
 import threading
+from pathlib import Path
 
 import numpy
 from threadpoolctl import threadpool_info, threadpool_limits
@@ -685,8 +687,9 @@ def linear_runs_loops(x, w, *others, forward=False) -> bool:
             and (loops_beat_blas() or blas_runs_avx512())):
         return False
     if not host_avx512():
-        return rows <= AVX2_LOOPS_ROWS and w.nbytes <= AVX2_LOOPS_WEIGHT_BYTES if forward else \
-            x.shape[1] <= AVX2_GRAD_LOOPS_INPUTS or rows <= AVX2_GRAD_LOOPS_ROWS
+        if forward:
+            return rows <= AVX2_LOOPS_ROWS and w.nbytes <= AVX2_LOOPS_WEIGHT_BYTES
+        return x.shape[1] <= AVX2_GRAD_LOOPS_INPUTS or rows <= AVX2_GRAD_LOOPS_ROWS
     return macs <= SMALL_MACS or (x.shape[1] >= SMALL_WEIGHT_MIN_INPUTS and (
         loops_beat_blas() or (forward and rows <= FORWARD_LOOPS_ROWS)
         or (not forward and rows <= GRAD_LOOPS_ROWS and macs <= GRAD_LOOPS_MACS)))
@@ -931,17 +934,18 @@ CONV_WEIGHT_GRAD_LOOPS_MAX = 2048   # ∂C/∂W of a kernel with at most this ma
                                     # K = 9,216 a chunk at ~20% of its peak (3.2 ms at m=256), the loop in 1.2 ms
 COLUMN_BYTES_PER_CHUNK = 1 << 19    # 512 KB, the smallest chunk: at m=10 two threads' chunks in flight hold half as
                                     # much as 1 MB chunks (rung 3 at m=10: peak-RSS growth 3.6-3.8 -> 3.2-3.5 MB)
+
+
 def core_l2_bytes(default: int = 1 << 20) -> int:
     """A core's L2 cache in bytes, as Linux describes CPU 0's caches (``/sys/devices/system/cpu/cpu0/cache``), else
     ``default``."""
-    import glob
     for index in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*"):
         try:
-            level, kind, size = (open(os.path.join(index, f)).read().strip() for f in ("level", "type", "size"))
-            if level == "2" and kind in ("Unified", "Data") and size[:-1].isdigit() and size[-1] in "KM":
-                return int(size[:-1]) << (10 if size[-1] == "K" else 20)
+            level, kind, size = (Path(index, f).read_text().strip() for f in ("level", "type", "size"))
         except OSError:
             continue
+        if level == "2" and kind in ("Unified", "Data") and size[:-1].isdigit() and size[-1:] in ("K", "M"):
+            return int(size[:-1]) << (10 if size[-1] == "K" else 20)
     return default
 
 
