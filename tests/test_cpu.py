@@ -872,8 +872,8 @@ def test_linear_takes_the_loops_on_a_cpu_without_avx512_for_few_rows_by_a_small_
     """Without AVX-512 (the loops' 512-bit tiles spill AVX2's registers) Linear's forward product runs the loops for
     at most cpu.AVX2_LOOPS_ROWS rows by a weight of at most cpu.AVX2_LOOPS_WEIGHT_BYTES (784->30 in float32 at
     m <= 64), W.grad += δᵀx for rows of at most cpu.AVX2_GRAD_LOOPS_INPUTS inputs (a 100->10 layer) or at most
-    cpu.AVX2_GRAD_LOOPS_ROWS rows (m=10), both when tiny;
-    else BLAS: the sums as close to the exact ones as reordered sums are."""
+    cpu.AVX2_GRAD_LOOPS_ROWS rows (m=10), both when tiny; else BLAS: the sums as close to the exact ones as reordered
+    sums are."""
     monkeypatch.setattr(cpu, "_loops_win", True)
     monkeypatch.setattr(cpu, "_avx512_host", False)
     rng = np.random.default_rng(13)
