@@ -863,17 +863,17 @@ def test_linear_takes_the_loops_for_tiny_products_and_where_they_beat_blas(monke
 
 
 @pytest.mark.parametrize("m, n, k, dtype, forward, grads", [
-    (64, 30, 784, np.float32, True, False), (10, 30, 784, np.float32, True, True), (17, 30, 784, np.float32, True, False),
-    (65, 30, 784, np.float32, False, False), (64, 30, 784, np.float64, False, False),
-    (64, 100, 784, np.float32, False, False), (64, 10, 100, np.float32, True, True),
-    (256, 10, 100, np.float32, False, True), (256, 10, 12, np.float32, True, True)])
-def test_linear_takes_the_loops_on_a_cpu_without_avx512_for_few_rows_by_a_small_weight_or_short_rows(
+    (64, 30, 784, np.float32, True, True), (10, 30, 784, np.float32, True, True), (129, 30, 784, np.float32, True, False),
+    (256, 30, 784, np.float64, True, False), (64, 100, 784, np.float32, True, True), (64, 10, 100, np.float32, True, True),
+    (128, 10, 100, np.float32, False, True), (64, 30, 100, np.float32, False, True), (32, 30, 100, np.float32, True, True),
+    (256, 10, 12, np.float32, True, True)])
+def test_linear_takes_the_loops_on_a_cpu_without_avx512_for_long_rows_few_rows_or_short_rows(
         monkeypatch, m, n, k, dtype, forward, grads):
-    """Without AVX-512 (the loops' 512-bit tiles spill AVX2's registers) Linear's forward product runs the loops for
-    at most cpu.AVX2_LOOPS_ROWS rows by a weight of at most cpu.AVX2_LOOPS_WEIGHT_BYTES (784->30 in float32 at
-    m <= 64), W.grad += δᵀx for rows of at most cpu.AVX2_GRAD_LOOPS_INPUTS inputs (a 100->10 layer) or at most
-    cpu.AVX2_GRAD_LOOPS_ROWS rows (m=10), both when tiny; else BLAS: the sums as close to the exact ones as reordered
-    sums are."""
+    """Without AVX-512 Linear's forward product runs the loops (AVX2's 3 x 4 vector tiles) for rows of at least
+    _kernels.VECTOR_TILE_MIN_INPUTS inputs (784) or for at most cpu.AVX2_SHORT_ROWS_LOOPS_MACS multiply-adds (100->10
+    at m=64, 100->30 at m=32), W.grad += δᵀx for rows of at most cpu.AVX2_GRAD_LOOPS_INPUTS inputs (a 100->10 layer)
+    or at most cpu.AVX2_GRAD_LOOPS_ROWS rows (128), both when tiny; else BLAS: the sums as close to the exact ones as
+    reordered sums are."""
     monkeypatch.setattr(cpu, "_loops_win", True)
     monkeypatch.setattr(cpu, "_avx512_host", False)
     rng = np.random.default_rng(13)

@@ -260,19 +260,22 @@ def _assert_same(a, b):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("net, batch_size, decay", [("784-30-10", 64, 0.0), ("784-30-10", 10, 1e-3),
-                                                    ("300-20-7-5", 13, 0.0)])
+                                                    ("784-30-10", 100, 0.0), ("300-20-7-5", 13, 0.0)])
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("avx512", [True, False])
 def test_sigmoid_net_step_equals_the_layer_path(monkeypatch, dtype, net, batch_size, decay, threads, avx512):
     """[Flatten →] (Linear → Sigmoid)+ → Linear with the cross-entropy cost and plain SGD (weight decay too), fit
     as one piece and layer by layer: the same weights, gradients, losses and accuracies, bit for bit, at 1 and 3
-    threads (the short last mini-batch too), with the loops' choices of a CPU with AVX-512 and of one without (the
-    first layer's W.grad by BLAS; a 784->30 weight in float64 too large for the forward loops: layer by layer)."""
+    threads (the short last mini-batch too), with the loops' choices of a CPU with AVX-512 and of one without (at
+    m=100 the first layer's W.grad by BLAS without AVX-512: its rule set to at most 64 rows by the loops)."""
     from deepscope import cpu
     if cpu.kernels() is None:
         pytest.skip("numba is not installed")
     monkeypatch.setattr(cpu, "_loops_win", True)         # Linear's loops (the one-piece step), whatever this machine
     monkeypatch.setattr(cpu, "_avx512_host", avx512)
+    monkeypatch.setattr(cpu, "AVX2_GRAD_LOOPS_ROWS", 64)
+    blas = []
+    monkeypatch.setattr(cpu, "grads_by_blas", lambda *a, f=cpu.grads_by_blas: blas.append(1) or f(*a))
     was = cpu.get_num_threads()
     cpu.set_num_threads(threads)
     try:
@@ -284,8 +287,8 @@ def test_sigmoid_net_step_equals_the_layer_path(monkeypatch, dtype, net, batch_s
                                  weight_decay=decay)
     finally:
         cpu.set_num_threads(was)
-    one_piece = avx512 or not (dtype == np.float64 and net.startswith("784"))
-    assert fast[3] == 2 * -(-150 // batch_size) * one_piece and layers[3] == 0   # every step as one piece, or none
+    assert fast[3] == 2 * -(-150 // batch_size) and layers[3] == 0   # every step as one piece
+    assert bool(blas) == (batch_size == 100 and not avx512)
     _assert_same(fast, layers)
 
 

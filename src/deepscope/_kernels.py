@@ -18,6 +18,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .cpu import host_avx512
+
 _jit = njit(cache=True, nogil=True, fastmath=False, boundscheck=False,
             error_model="numpy")   # IEEE x/0 (as NumPy), no Python check: loops with a division vectorise
 
@@ -827,6 +829,44 @@ def _dot_tile_5x4(a0, a1, a2, a3, a4, b0, b1, b2, b3, kk, zero):
             s40, s41, s42, s43)
 
 
+@intrinsic
+def _vector_dot_tile_3x4(typingctx, w, x, j0, j1, j2, i0, i1, i2, i3, kk):
+    """The 12 dot products Σ_{k<kk} w[j, k] x[i, k] of 3 rows of w by 4 rows of x, k in 256-bit vectors (AVX2's
+    registers: 12 vector sums, 3 of w and one of x at a time, 16 registers), each sum's lanes then folded in halves;
+    ``kk`` a multiple of the vector's numbers. Written as vectors because LLVM's vectoriser, given the same loop as
+    scalars (as _dot_tile_5x4), interleaved it past 16 registers and spilled: Zen 3, 1 thread, 64x784 by 30 neurons,
+    87 us as scalars 3 x 4, 82-92 us 5 x 4, 41-43 us so (OpenBLAS 64-71 us)."""
+    def codegen(context, builder, sig, args):
+        tw, tx = sig.args[:2]
+        js = [context.cast(builder, a, t, types.intp) for a, t in zip(args[2:5], sig.args[2:5])]
+        rows = [context.cast(builder, a, t, types.intp) for a, t in zip(args[5:9], sig.args[5:9])]
+        kk_ = context.cast(builder, args[9], sig.args[9], types.intp)
+        lanes = 256 // tw.dtype.bitwidth
+        vector = ir.VectorType(context.get_data_type(tw.dtype), lanes)
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
+                                             "llvm.fma.v%df%d" % (lanes, tw.dtype.bitwidth))
+        sums = [[cgutils.alloca_once_value(builder, ir.Constant(vector, None)) for _ in rows] for _ in js]
+        with cgutils.for_range(builder, builder.sdiv(kk_, ir.Constant(kk_.type, lanes))) as loop:
+            k = builder.mul(loop.index, ir.Constant(kk_.type, lanes))
+            ws = [builder.load(_row_vector(context, builder, tw, args[0], j, k, lanes), align=1) for j in js]
+            for c, i in enumerate(rows):
+                xv = builder.load(_row_vector(context, builder, tx, args[1], i, k, lanes), align=1)
+                for r, wv in enumerate(ws):
+                    builder.store(builder.call(fma, [wv, xv, builder.load(sums[r][c])]), sums[r][c])
+        out = []
+        for row in sums:
+            for s in row:
+                v, width = builder.load(s), lanes
+                while width > 1:                                   # lanes [0, w/2) + lanes [w/2, w), until one
+                    half = [ir.Constant(ir.VectorType(ir.IntType(32), width // 2), list(range(a, a + width // 2)))
+                            for a in (0, width // 2)]
+                    v = builder.fadd(*(builder.shuffle_vector(v, ir.Constant(v.type, ir.Undefined), h) for h in half))
+                    width //= 2
+                out.append(builder.extract_element(v, ir.Constant(ir.IntType(32), 0)))
+        return context.make_tuple(builder, sig.return_type, out)
+    return types.UniTuple(w.dtype, 12)(w, x, j0, j1, j2, i0, i1, i2, i3, kk), codegen
+
+
 @_jit_sum
 def linear_forward(x, w, b, z, neg_abs, start, stop):
     """z[i, j] = Σ_k x[i, k] w[j, k] + b[j] (z = x Wᵀ + b; no b when it is empty) for rows start ≤ i < stop, in
@@ -834,8 +874,33 @@ def linear_forward(x, w, b, z, neg_abs, start, stop):
     5 of them; 30 and 10 neurons are whole tiles, where 4 x 4 tiles left 4 x 2 ones: Zen 5, 1 thread, CPU time,
     64x784 by 30 neurons 16.0 -> 15.3 us, 64x30 by 10 2.51 -> 1.65); the sum over k in vector lanes (another order
     than BLAS's, as accurate), then b added, as NumPy adds it to the product; and -|z| into ``neg_abs`` unless it is
-    empty (nn/fuse.py's Linear → Sigmoid: e^{-|z|} is NumPy's vectorised exp)."""
+    empty (nn/fuse.py's Linear → Sigmoid: e^{-|z|} is NumPy's vectorised exp). On a CPU without AVX-512 (16
+    registers) tiles of 3 neurons x 4 inputs instead (_vector_dot_tile_3x4), the last kk % 8 (float32) inputs of each
+    sum added one by one. x's and w's rows have unit stride (cpu.linear_runs_loops: both row-major)."""
     n, kk = w.shape
+    if VECTOR_BITS < 512 and kk >= VECTOR_TILE_MIN_INPUTS:   # AVX2: tiles of 4 inputs (outside: their rows stay in
+                                                            # L1 while w passes) by 3 neurons
+        k0 = kk - kk % (VECTOR_BITS // (8 * x.itemsize))     # (Zen 3, 256x784 by 30: 163 us, neurons outside 186-197)
+        for i in range(start, stop, 4):
+            i1, i2, i3 = min(i + 1, stop - 1), min(i + 2, stop - 1), min(i + 3, stop - 1)
+            for j in range(0, n, 3):
+                j1, j2 = min(j + 1, n - 1), min(j + 2, n - 1)
+                s = _vector_dot_tile_3x4(w, x, j, j1, j2, i, i1, i2, i3, k0)     # s[4r + c]: neuron r, input c
+                z[i, j], z[i1, j], z[i2, j], z[i3, j] = s[0], s[1], s[2], s[3]
+                z[i, j1], z[i1, j1], z[i2, j1], z[i3, j1] = s[4], s[5], s[6], s[7]
+                z[i, j2], z[i1, j2], z[i2, j2], z[i3, j2] = s[8], s[9], s[10], s[11]
+        if k0 < kk or b.size > 0 or neg_abs.size > 0:      # then the last inputs, b and -|z|, a pass over z's rows
+            for i in range(start, stop):                    # (in the tiles, 12 such loops cost 64x784 by 30 40 us)
+                for j in range(n):
+                    v = z[i, j]
+                    for k in range(k0, kk):
+                        v += x[i, k] * w[j, k]
+                    if b.size > 0:
+                        v += b[j]
+                    z[i, j] = v
+                    if neg_abs.size > 0:
+                        neg_abs[i, j] = -abs(v)
+        return
     bias, sigmoid = b.size > 0, neg_abs.size > 0
     zero = x.dtype.type(0)
     for j in range(0, n, 5):        # 5 neurons' rows of w stay in L1 while every input passes (inputs outside:
@@ -873,42 +938,45 @@ def _row_vector(context, builder, array_type, array, i, k, lanes):
     return builder.bitcast(at, ir.VectorType(context.get_data_type(array_type.dtype), lanes).as_pointer())
 
 
-def _weight_grad_tile_of(vectors, fresh=False, masked=False):
-    """linear_weight_grad's register tile: 5 rows of W.grad by ``vectors`` vectors of 512 bits, in registers while
-    every example is added (5 x 4 sums, 4 vectors of x and one δ broadcast at a time: 25 of AVX-512's 32 registers).
+def _weight_grad_tile_of(vectors, fresh=False, masked=False, rows=5, bits=512):
+    """linear_weight_grad's register tile: ``rows`` rows of W.grad by ``vectors`` vectors of ``bits`` bits, in
+    registers while every example is added. With AVX-512 (32 registers of 512 bits): 5 rows x 4 vectors (20 sums,
+    4 vectors of x and one δ broadcast at a time: 25 registers). With AVX2 (16 of 256 bits): 4 rows x 3 vectors (12
+    sums, 3 of x, one δ: 16; 5 x 4 there ran as two 256-bit halves of each and spilled: Zen 3, 1 thread, 64x784 by
+    30 rows, 108 us against BLAS's 58; 4 x 3 47-50, 5 x 2 54-55, 6 x 2 53-56, 3 x 4 81-86).
     The loops over k written as scalars keep W.grad's rows in memory: for each pass of examples they load and store
     every vector of the rows, and 8 examples' δ of 4 neurons (32 broadcasts) outgrow the registers and spill. The
     same fused multiply-adds in the same order (example by example), so the same numbers bit for bit. Zen 5, 1
     thread, CPU time, 64x784 by 30 rows (fit's first layer at m=64): 20.4 -> 12.5 us, the core's FMA peak 12.0.
     ``fresh``: the sums start at +0 instead of W.grad's numbers (W.grad = δᵀ x, with no zero_grad before it: the
     numbers of a zeroed W.grad, which holds +0, bit for bit). ``masked``: one vector whose first ``count`` lanes are
-    a row's last numbers, by AVX-512's masked loads and stores (nothing past the row is read or written): fit's
+    a row's last numbers, by masked loads and stores (nothing past the row is read or written): fit's
     second layer, 64x30 by 10 rows, float32 (16 numbers a vector, then 14), 1.92 -> 0.82 us with its last 14 by
     loops over k (Zen 5, 1 thread)."""
     @intrinsic
     def tile(typingctx, g, d, x, j0, j1, j2, j3, j4, k, m, count):
-        """g[j, k:k + w] += Σ_{i<m} d[i, j] x[i, k:k + w] for the rows j = j0 … j4 (a row twice: the same sum stored
-        twice), w = ``vectors`` x 64 bytes of numbers (``count`` numbers where masked), the examples i added in order,
-        one fused multiply-add each."""
+        """g[j, k:k + w] += Σ_{i<m} d[i, j] x[i, k:k + w] for the first ``rows`` of the rows j = j0 … j4 (a row
+        twice: the same sum stored twice), w = ``vectors`` x ``bits`` bits of numbers (``count`` numbers where
+        masked), the examples i added in order, one fused multiply-add each."""
         def codegen(context, builder, sig, args):
             tg, td, tx = sig.args[:3]
             g_, d_, x_ = args[0], args[1], args[2]
-            rows = [context.cast(builder, a, t, types.intp) for a, t in zip(args[3:8], sig.args[3:8])]
+            js = [context.cast(builder, a, t, types.intp) for a, t in zip(args[3:8], sig.args[3:8])][:rows]
             k_, m_, n_ = (context.cast(builder, a, t, types.intp) for a, t in zip(args[8:], sig.args[8:]))
-            lanes = 64 // tg.dtype.bitwidth * 8
+            lanes = bits // tg.dtype.bitwidth
             vector = ir.VectorType(context.get_data_type(tg.dtype), lanes)
-            name = "v%d%s" % (lanes, "f32" if lanes == 16 else "f64")
+            name = "v%d%s" % (lanes, "f32" if tg.dtype.bitwidth == 32 else "f64")
             fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
                                                  "llvm.fma." + name)
             if masked:                                            # lanes [0, count) of each vector
                 mask = builder.icmp_unsigned("<", ir.Constant(ir.VectorType(n_.type, lanes), list(range(lanes))),
                                              _splat(builder, n_, lanes))
-                one, bits = ir.Constant(ir.IntType(32), 1), ir.VectorType(ir.IntType(1), lanes)
+                one, flags = ir.Constant(ir.IntType(32), 1), ir.VectorType(ir.IntType(1), lanes)
                 masked_load = cgutils.get_or_insert_function(
-                    builder.module, ir.FunctionType(vector, [vector.as_pointer(), one.type, bits, vector]),
+                    builder.module, ir.FunctionType(vector, [vector.as_pointer(), one.type, flags, vector]),
                     "llvm.masked.load.%s.p0%s" % (name, name))
                 masked_store = cgutils.get_or_insert_function(
-                    builder.module, ir.FunctionType(ir.VoidType(), [vector, vector.as_pointer(), one.type, bits]),
+                    builder.module, ir.FunctionType(ir.VoidType(), [vector, vector.as_pointer(), one.type, flags]),
                     "llvm.masked.store.%s.p0%s" % (name, name))
 
             def load(at):
@@ -921,8 +989,8 @@ def _weight_grad_tile_of(vectors, fresh=False, masked=False):
                 else:
                     builder.store(value, at, align=1)
             cols = [builder.add(k_, ir.Constant(k_.type, v * lanes)) for v in range(vectors)]
-            sums = [[cgutils.alloca_once(builder, vector) for _ in cols] for _ in rows]    # (registers, after mem2reg)
-            for j, row in zip(rows, sums):
+            sums = [[cgutils.alloca_once(builder, vector) for _ in cols] for _ in js]    # (registers, after mem2reg)
+            for j, row in zip(js, sums):
                 for c, s in zip(cols, row):
                     builder.store(ir.Constant(vector, None) if fresh else         # (None: zeroinitializer, +0)
                                   load(_row_vector(context, builder, tg, g_, j, c, lanes)), s)
@@ -930,12 +998,12 @@ def _weight_grad_tile_of(vectors, fresh=False, masked=False):
             with cgutils.for_range(builder, m_) as loop:
                 i = loop.index
                 xs = [load(_row_vector(context, builder, tx, x_, i, c, lanes)) for c in cols]
-                for j, row in zip(rows, sums):
+                for j, row in zip(js, sums):
                     delta = _splat(builder, builder.load(cgutils.get_item_pointer(context, builder, td, dd, [i, j])),
                                    lanes)
                     for xv, s in zip(xs, row):
                         builder.store(builder.call(fma, [delta, xv, builder.load(s)]), s)   # s + δ x, one rounding
-            for j, row in zip(rows, sums):
+            for j, row in zip(js, sums):
                 for c, s in zip(cols, row):
                     store(builder.load(s), _row_vector(context, builder, tg, g_, j, c, lanes))
             return context.get_dummy_value()
@@ -943,17 +1011,26 @@ def _weight_grad_tile_of(vectors, fresh=False, masked=False):
     return tile
 
 
-_weight_grad_tile_4, _weight_grad_tile_1 = _weight_grad_tile_of(4), _weight_grad_tile_of(1)
-_weight_grad_tile_4_fresh, _weight_grad_tile_1_fresh = _weight_grad_tile_of(4, True), _weight_grad_tile_of(1, True)
-_weight_grad_tile_tail, _weight_grad_tile_tail_fresh = (_weight_grad_tile_of(1, False, True),
-                                                        _weight_grad_tile_of(1, True, True))
+# linear_weight_grad's tiles for this CPU (numba compiles for its own vectors): rows a tile, vectors a block (then
+# one at a time, then a masked tail).
+VECTOR_BITS, TILE_ROWS, BLOCK_VECTORS = (512, 5, 4) if host_avx512() else (256, 4, 3)
+VECTOR_TILE_MIN_INPUTS = 256    # linear_forward's 3 x 4 vector tiles (AVX2) for rows this long at least: shorter rows'
+                                # last inputs and folded lanes cost more than the tile gains (Zen 3, 1 thread, us, tiles
+                                # against BLAS: 100->10 m=64 11.7 vs 10.4, 30->10 12.8 vs 8.2; 784->30 43 vs 80)
+_weight_grad_tile_block, _weight_grad_tile_1 = (_weight_grad_tile_of(BLOCK_VECTORS, False, False, TILE_ROWS, VECTOR_BITS),
+                                                _weight_grad_tile_of(1, False, False, TILE_ROWS, VECTOR_BITS))
+_weight_grad_tile_block_fresh, _weight_grad_tile_1_fresh = (
+    _weight_grad_tile_of(BLOCK_VECTORS, True, False, TILE_ROWS, VECTOR_BITS),
+    _weight_grad_tile_of(1, True, False, TILE_ROWS, VECTOR_BITS))
+_weight_grad_tile_tail, _weight_grad_tile_tail_fresh = (_weight_grad_tile_of(1, False, True, TILE_ROWS, VECTOR_BITS),
+                                                        _weight_grad_tile_of(1, True, True, TILE_ROWS, VECTOR_BITS))
 
 
 @_jit_fma
 def linear_weight_grad(d, x, g, gb, start, stop, fresh=False):
     """g[j, k] += Σ_i d[i, j] x[i, k] (∂C/∂W += δᵀ a) for rows start ≤ j < stop, the examples i added in order
     (one fused multiply-add each, as BLAS's inner loop); and gb[j] += Σ_i d[i, j] (∂C/∂b += Σ δ, the examples
-    added in order, as NumPy's sum over the first axis) unless gb is empty. Every whole 512-bit vector of a row by
+    added in order, as NumPy's sum over the first axis) unless gb is empty. Every whole vector (VECTOR_BITS) of a row by
     register tiles (_weight_grad_tile_of) where x's and g's rows have unit stride, a row's last numbers by a masked
     one; else by loops over k that keep g's rows in memory: the same numbers either way. ``fresh``: g and gb's rows
     as if they held +0 first (= instead of +=, zero_grad's work done here: train.SigmoidNetStep, whose gradients are
@@ -966,22 +1043,23 @@ def linear_weight_grad(d, x, g, gb, start, stop, fresh=False):
             for i in range(1, m):
                 s += d[i, j]
             gb[j] = (zero if fresh else gb[j]) + s
-    lanes = 64 // x.itemsize                                    # numbers in a 512-bit vector
+    lanes = VECTOR_BITS // (8 * x.itemsize)                     # numbers in a vector
     if x.strides[1] == x.itemsize and g.strides[1] == g.itemsize:
         k0 = kk - kk % lanes                                    # whole vectors; then [k0, kk) masked
         k = 0
         while k < kk:
-            step = 4 * lanes if k + 4 * lanes <= k0 else lanes  # blocks of 4 vectors, then the last 1-3 one by one
-            for j in range(start, stop, 5):                     # (a short last tile repeats its last row)
+            block = BLOCK_VECTORS * lanes                       # blocks of vectors, then the last few one by one
+            step = block if k + block <= k0 else lanes
+            for j in range(start, stop, TILE_ROWS):             # (a short last tile repeats its last row)
                 j1, j2, j3, j4 = min(j + 1, stop - 1), min(j + 2, stop - 1), min(j + 3, stop - 1), min(j + 4, stop - 1)
                 if k >= k0 and fresh:
                     _weight_grad_tile_tail_fresh(g, d, x, j, j1, j2, j3, j4, k, m, kk - k0)
                 elif k >= k0:
                     _weight_grad_tile_tail(g, d, x, j, j1, j2, j3, j4, k, m, kk - k0)
                 elif step > lanes and fresh:
-                    _weight_grad_tile_4_fresh(g, d, x, j, j1, j2, j3, j4, k, m, lanes)
+                    _weight_grad_tile_block_fresh(g, d, x, j, j1, j2, j3, j4, k, m, lanes)
                 elif step > lanes:
-                    _weight_grad_tile_4(g, d, x, j, j1, j2, j3, j4, k, m, lanes)
+                    _weight_grad_tile_block(g, d, x, j, j1, j2, j3, j4, k, m, lanes)
                 elif fresh:
                     _weight_grad_tile_1_fresh(g, d, x, j, j1, j2, j3, j4, k, m, lanes)
                 else:

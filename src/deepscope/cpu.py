@@ -588,16 +588,16 @@ TINY_MACS = 32_768              # a product this small: compiled loops everywher
 INPUT_GRAD_LOOPS_MACS = 10_000  # ∂C/∂x = δ W by the loops only up to this many multiply-adds: their rows of n_in = 30 are
                                 # one 16-wide vector and 14 scalar lanes each (Zen 5, 1 thread, δ 10 neurons wide: 10x30
                                 # out 0.6 vs 0.8-1.6 us by BLAS, 64x30 2.7-5.1 vs 1.0-2.2 us)
-AVX2_LOOPS_ROWS = 64            # on a CPU without AVX-512 (AVX2: the loops' 512-bit register tiles run as two 256-bit
-AVX2_LOOPS_WEIGHT_BYTES = 1 << 17   # halves in 16 registers, and spill) only the forward product of at most this many
-AVX2_GRAD_LOOPS_INPUTS = 128    # rows by a weight this small, and W.grad += δᵀx of rows this short at most: Zen 3,
-                                # 1 thread, float32, loops against BLAS (and NumPy's adds), forward / W.grad: 784->30
-                                # m=10 1.79x / 0.91x, m=64 0.94x / 0.54x; 784->100 m=10 1.29x / 0.88x, m=64 0.67x /
-                                # 0.52x (FC 784-100-10 all by loops 62-66k img/s at m=64 against 81-87k); 100->10 m=64
-                                # 1.56x / 2.54x, m=256 0.92x / 1.70x; 1000->10 m=64 1.22x / 1.02x, m=256 0.87x / 0.89x
-AVX2_GRAD_LOOPS_ROWS = 16       # ... or of at most this many rows: [784,30,10] fit, 1 thread, the first layer's W.grad
-                                # by the loops against BLAS, 3 alternating pairs: m=10 76-85 vs 107-109 us CPU a step
-                                # (8.2-8.4x a network2.py loop against 5.1-6.4x); m=64 270-310 vs 261-271 us
+AVX2_SHORT_ROWS_LOOPS_MACS = 100_000   # on a CPU without AVX-512 (AVX2, 16 registers of 256 bits: the loops' tiles
+                                # are _kernels.VECTOR_BITS wide there) the forward product runs the loops for rows of at
+                                # least _kernels.VECTOR_TILE_MIN_INPUTS (256) inputs, or at most this many multiply-adds; W.grad
+AVX2_GRAD_LOOPS_INPUTS = 128    # += δᵀx for rows of at most this many inputs, or at most AVX2_GRAD_LOOPS_ROWS rows.
+AVX2_GRAD_LOOPS_ROWS = 128      # Zen 3, 1 thread, float32, BLAS's time over the loops' (with NumPy's bias add or sum),
+                                # m = 10 / 32 / 64 / 128 / 256, forward: 784->30 3.2 / 2.2 / 1.9 / 1.8 / 1.5, 784->100
+                                # 2.4 / 1.5 / 1.3 / 1.1 / 1.1, 1000->100 2.1 / 1.4 / 1.2 / 1.1 / 1.0, 1000->10 3.0 / 2.0 /
+                                # 1.7 / 1.7 / 1.5, 100->10 2.6 / 1.7 / 1.3 / 1.0 / 0.9, 100->30 1.7 / 1.0 / 0.8 / 0.7 /
+                                # 0.6; W.grad: 784->30 2.6 / 2.1 / 1.6 / 1.5 / 1.1, 784->100 1.9 / 1.5 / 1.2 / 1.2 / 1.1,
+                                # 1000->100 1.9 / 1.6 / 1.2 / 1.2 / 0.8, 100->10 7.1 / 5.6 / 4.3 / 2.2 / 2.0
 
 
 AVX512_OPENBLAS = ("SkylakeX", "Cooperlake", "SapphireRapids")    # OpenBLAS's cores with AVX-512 kernels
@@ -669,9 +669,9 @@ def linear_runs_loops(x, w, *others, forward=False) -> bool:
     fixed costs and NumPy's separate add and sum: W.grad += δᵀx, b.grad += Σδ, k = 784, n = 10-30, m = 10-24: 1.15-1.44x,
     at 250k multiply-adds (32x784x10) 0.98x), and so do they OpenBLAS's narrower kernels, down to rows of
     ``SMALL_PRODUCT_MIN_INPUTS`` (a 100->10 layer at m = 64-256: 1.4-2.0x; rows of 10-20 are slower). On a CPU
-    without AVX-512 (:func:`host_avx512`), beyond the tiny products, only the forward product of at most
-    ``AVX2_LOOPS_ROWS`` rows by a weight of at most ``AVX2_LOOPS_WEIGHT_BYTES`` and W.grad += δᵀx of rows of at most
-    ``AVX2_GRAD_LOOPS_INPUTS`` inputs or of at most ``AVX2_GRAD_LOOPS_ROWS`` rows."""
+    without AVX-512 (:func:`host_avx512`), beyond the tiny products, only the forward product of rows of at least
+    ``_kernels.VECTOR_TILE_MIN_INPUTS`` inputs or of at most ``AVX2_SHORT_ROWS_LOOPS_MACS`` multiply-adds, and W.grad += δᵀx of
+    rows of at most ``AVX2_GRAD_LOOPS_INPUTS`` inputs or of at most ``AVX2_GRAD_LOOPS_ROWS`` rows."""
     rows = x.shape[0]
     if not (rows > 0 and _enabled and type(x) is numpy.ndarray and type(w) is numpy.ndarray      # (fast(x, w),
             and x.dtype == w.dtype and x.dtype in _FAST_DTYPES and (_kernels or kernels())      # written out: this
@@ -688,7 +688,7 @@ def linear_runs_loops(x, w, *others, forward=False) -> bool:
         return False
     if not host_avx512():
         if forward:
-            return rows <= AVX2_LOOPS_ROWS and w.nbytes <= AVX2_LOOPS_WEIGHT_BYTES
+            return x.shape[1] >= kernels().VECTOR_TILE_MIN_INPUTS or macs <= AVX2_SHORT_ROWS_LOOPS_MACS
         return x.shape[1] <= AVX2_GRAD_LOOPS_INPUTS or rows <= AVX2_GRAD_LOOPS_ROWS
     return macs <= SMALL_MACS or (x.shape[1] >= SMALL_WEIGHT_MIN_INPUTS and (
         loops_beat_blas() or (forward and rows <= FORWARD_LOOPS_ROWS)
