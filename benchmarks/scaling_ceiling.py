@@ -1,0 +1,98 @@
+"""The machine's own ceiling for 2-thread scaling (issue 11), against deepscope's 2-thread / 1-thread throughput.
+
+For each net and mini-batch, in rounds (the three cases alternate within a round, so they share the machine's state):
+  * alone, 1 thread: one process trains for ``--seconds``;
+  * two copies, 1 thread each: two processes train at once (they start together, at a barrier, after their warm-up
+    steps) — their summed throughput over one copy alone is what two cores give this workload with no sharing at all
+    (no thread hand-over, no serial part): the best any 2-thread run of one net could reach on this machine;
+  * alone, 2 threads: one process, ``deepscope.set_num_threads(2)``.
+Each case is a fresh process (nothing cached from the others). Medians over the rounds; the core-to-core round trip
+before and after (``common.core_to_core_ns``: ~100-200 ns, the vCPUs share an L3; ~400, apart).
+
+    python benchmarks/scaling_ceiling.py                                   # rung1,rung3,dropout at m=64 (~4 min)
+    python benchmarks/scaling_ceiling.py --nets rung1 --batches 64,256 --rounds 5 --out scaling_ceiling.json
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from common import core_to_core_ns, machine, write_json  # noqa: E402
+
+
+def _train(name, batch, threads, seconds, barrier, results):
+    """A child process: build the net (conv_speed's), warm up, wait at the barrier, train for ``seconds``."""
+    import deepscope as ds
+    import conv_speed
+    runner = conv_speed.DeepscopeRunner(name, batch, 0, input_grad=False)
+    ds.set_num_threads(threads)
+    for _ in range(3):
+        runner.train_step()
+    barrier.wait()
+    steps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        runner.train_step()
+        steps += 1
+    results.put(steps * batch / (time.perf_counter() - t0))
+
+
+def images_per_s(ctx, name, batch, threads, copies, seconds) -> float:
+    """Summed images/s of ``copies`` processes training ``name`` at once, ``threads`` threads each."""
+    barrier, results = ctx.Barrier(copies), ctx.Queue()
+    procs = [ctx.Process(target=_train, args=(name, batch, threads, seconds, barrier, results)) for _ in range(copies)]
+    for p in procs:
+        p.start()
+    total = sum(results.get() for _ in procs)
+    for p in procs:
+        p.join()
+    return total
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nets", default="rung1,rung3,dropout")
+    ap.add_argument("--batches", default="64")
+    ap.add_argument("--seconds", type=float, default=6.0, help="timed training per case (default 6)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", help="a JSON file name (under benchmarks/results/) or path")
+    args = ap.parse_args(argv)
+    ctx = mp.get_context("spawn")
+    c2c_before = core_to_core_ns()
+    print(f"core-to-core round trip before: {c2c_before:.0f} ns (~100-200: the vCPUs share an L3; ~400: apart)")
+    print(f"{'net':8} {'m':>4} | {'alone 1t':>9} {'2 copies':>9} {'alone 2t':>9} | {'ceiling':>7} {'ds 2t/1t':>8}  (img/s)")
+    rows = []
+    cases = {"alone_1thread": (1, 1), "two_copies_1thread": (1, 2), "alone_2threads": (2, 1)}
+    for name in args.nets.split(","):
+        for batch in (int(b) for b in args.batches.split(",")):
+            runs = {k: [] for k in cases}
+            for _ in range(args.rounds):
+                for k, (threads, copies) in cases.items():
+                    runs[k].append(images_per_s(ctx, name, batch, threads, copies, args.seconds))
+            med = {k: statistics.median(v) for k, v in runs.items()}
+            row = {"net": name, "batch": batch, "images_per_s": med, "runs": runs,
+                   "ceiling_2_over_1": med["two_copies_1thread"] / med["alone_1thread"],
+                   "deepscope_2_over_1": med["alone_2threads"] / med["alone_1thread"],
+                   "per_round_ceiling": [p / a for p, a in zip(runs["two_copies_1thread"], runs["alone_1thread"])],
+                   "per_round_deepscope": [t / a for t, a in zip(runs["alone_2threads"], runs["alone_1thread"])]}
+            rows.append(row)
+            print(f"{name:8} {batch:>4} | {med['alone_1thread']:9.0f} {med['two_copies_1thread']:9.0f} "
+                  f"{med['alone_2threads']:9.0f} | {row['ceiling_2_over_1']:7.2f} {row['deepscope_2_over_1']:8.2f}",
+                  flush=True)
+    c2c_after = core_to_core_ns()
+    print(f"core-to-core round trip after: {c2c_after:.0f} ns")
+    if args.out:
+        out = write_json(args.out, {"command": " ".join(["python", "benchmarks/scaling_ceiling.py", *(argv or sys.argv[1:])]),
+                                    "machine": machine(), "seconds": args.seconds, "rounds": args.rounds,
+                                    "core_to_core_round_trip_ns": [c2c_before, c2c_after], "rows": rows})
+        print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
