@@ -18,7 +18,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .cpu import host_avx512
+from .cpu import host_cpu_features
 
 _jit = njit(cache=True, nogil=True, fastmath=False, boundscheck=False,
             error_model="numpy")   # IEEE x/0 (as NumPy), no Python check: loops with a division vectorise
@@ -1012,8 +1012,8 @@ def _weight_grad_tile_of(vectors, fresh=False, masked=False, rows=5, bits=512):
 
 
 # linear_weight_grad's tiles for this CPU (numba compiles for its own vectors): rows a tile, vectors a block (then
-# one at a time, then a masked tail).
-VECTOR_BITS, TILE_ROWS, BLOCK_VECTORS = (512, 5, 4) if host_avx512() else (256, 4, 3)
+# one at a time, then a masked tail). The CPU's own features, not cpu.host_avx512 (which tests set to other CPUs').
+VECTOR_BITS, TILE_ROWS, BLOCK_VECTORS = (512, 5, 4) if host_cpu_features().get("avx512f") else (256, 4, 3)
 VECTOR_TILE_MIN_INPUTS = 256    # linear_forward's 3 x 4 vector tiles (AVX2) for rows this long at least: shorter rows'
                                 # last inputs and folded lanes cost more than the tile gains (Zen 3, 1 thread, us, tiles
                                 # against BLAS: 100->10 m=64 11.7 vs 10.4, 30->10 12.8 vs 8.2; 784->30 43 vs 80)

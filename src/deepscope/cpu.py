@@ -620,22 +620,33 @@ def loops_beat_blas() -> bool:
     once, on first use."""
     global _loops_win
     if _loops_win is None:
-        from llvmlite import binding        # numba's compiler: present whenever the loops are (lazy, as numba)
-        features, blas = binding.get_host_cpu_features(), _blas_libraries()
+        features, blas = host_cpu_features(), _blas_libraries()
         _loops_win = bool(features.get("avx2") and features.get("fma")) and bool(blas) and all(
             i.get("internal_api") == "openblas" and i.get("architecture") not in AVX512_OPENBLAS for i in blas)
     return _loops_win
+
+
+_host_features = None
+
+
+def host_cpu_features() -> dict:
+    """This CPU's features as numba's compiler sees them ({"avx2": True, ...}). Asked once, on first use."""
+    global _host_features
+    if _host_features is None:
+        from llvmlite import binding        # numba's compiler: present whenever the loops are (lazy, as numba)
+        _host_features = dict(binding.get_host_cpu_features())
+    return _host_features
 
 
 _avx512_host = None
 
 
 def host_avx512() -> bool:
-    """Whether this CPU has AVX-512 (the loops' register tiles are 512-bit vectors). Decided once, on first use."""
+    """Whether this CPU has AVX-512 (where the loops' register tiles are 512-bit vectors; tests set ``_avx512_host``
+    to check the other CPU's choices). Decided once, on first use."""
     global _avx512_host
     if _avx512_host is None:
-        from llvmlite import binding
-        _avx512_host = bool(binding.get_host_cpu_features().get("avx512f"))
+        _avx512_host = bool(host_cpu_features().get("avx512f"))
     return _avx512_host
 
 
