@@ -1,15 +1,22 @@
 """The machine's own ceiling for 2-thread scaling (issue 11), against deepscope's 2-thread / 1-thread throughput.
 
-For each net and mini-batch, in rounds (the three cases alternate within a round, so they share the machine's state):
+For each net and mini-batch, in rounds (the four cases alternate within a round, so they share the machine's state):
   * alone, 1 thread: one process trains for ``--seconds``;
   * two copies, 1 thread each: two processes train at once (they start together, at a barrier, after their warm-up
     steps) — their summed throughput over one copy alone is what two cores give this workload with no sharing at all
-    (no thread hand-over, no serial part): the best any 2-thread run of one net could reach on this machine;
+    (no thread hand-over, no serial part), their phases free to interleave: the most two cores give here;
+  * two copies in lockstep, 1 thread each: one process, two threads, each training its own copy, every step of both
+    started together at a barrier: their phases line up as those of one net whose every layer two threads share do
+    (both cores in a GEMM at once, then both in the pooling...), with the GIL shared: the ceiling for running one
+    net's steps on both cores on this machine (the free copies above interleave their phases, which a net cut
+    between two threads cannot);
   * alone, 2 threads: one process, ``deepscope.set_num_threads(2)``.
-Each case is a fresh process (nothing cached from the others). Medians over the rounds; the core-to-core round trip
+Each case is a fresh process (nothing cached from the others). The lockstep case is the fair ceiling for one net: a
+mini-batch's steps follow one another (each needs the weights the one before wrote), so its two threads always work
+on the same phase at once. Medians over the rounds; the core-to-core round trip
 before and after (``common.core_to_core_ns``: ~100-200 ns, the vCPUs share an L3; ~400, apart).
 
-    python benchmarks/scaling_ceiling.py                                   # rung1,rung3,dropout at m=64 (~4 min)
+    python benchmarks/scaling_ceiling.py                                   # rung1,rung3,dropout at m=64 (~6 min)
     python benchmarks/scaling_ceiling.py --nets rung1 --batches 64,256 --rounds 5 --out scaling_ceiling.json
 """
 from __future__ import annotations
@@ -43,10 +50,48 @@ def _train(name, batch, threads, seconds, barrier, results):
     results.put(steps * batch / (time.perf_counter() - t0))
 
 
+def _train_lockstep(name, batch, threads, seconds, barrier, results):
+    """A child process: two copies of the net, each trained by its own thread at 1 deepscope thread, every step
+    of both started together at a barrier (it also decides, once for both, when time is up)."""
+    import threading
+    import deepscope as ds
+    import conv_speed
+    runners = [conv_speed.DeepscopeRunner(name, batch, seed, input_grad=False) for seed in (0, 1)]
+    ds.set_num_threads(1)
+    for runner in runners:
+        for _ in range(3):
+            runner.train_step()
+    barrier.wait()
+    steps, t0, stop = [0, 0], time.perf_counter(), [False]
+
+    def up():
+        stop[0] = time.perf_counter() - t0 >= seconds
+
+    together = threading.Barrier(2, action=up)
+
+    def train(i):
+        while True:
+            together.wait()
+            if stop[0]:
+                return
+            runners[i].train_step()
+            steps[i] += 1
+
+    other = threading.Thread(target=train, args=(1,))
+    other.start()
+    train(0)
+    other.join()
+    results.put(sum(steps) * batch / (time.perf_counter() - t0))
+
+
 def images_per_s(ctx, name, batch, threads, copies, seconds) -> float:
-    """Summed images/s of ``copies`` processes training ``name`` at once, ``threads`` threads each."""
+    """Summed images/s of ``copies`` processes training ``name`` at once, ``threads`` threads each (``copies`` =
+    "lockstep": one process of two copies in lockstep, :func:`_train_lockstep`)."""
+    lockstep = copies == "lockstep"
+    copies = 1 if lockstep else copies
     barrier, results = ctx.Barrier(copies), ctx.Queue()
-    procs = [ctx.Process(target=_train, args=(name, batch, threads, seconds, barrier, results)) for _ in range(copies)]
+    procs = [ctx.Process(target=_train_lockstep if lockstep else _train,
+                         args=(name, batch, threads, seconds, barrier, results)) for _ in range(copies)]
     for p in procs:
         p.start()
     total = sum(results.get() for _ in procs)
@@ -66,9 +111,11 @@ def main(argv=None):
     ctx = mp.get_context("spawn")
     c2c_before = core_to_core_ns()
     print(f"core-to-core round trip before: {c2c_before:.0f} ns (~100-200: the vCPUs share an L3; ~400: apart)")
-    print(f"{'net':8} {'m':>4} | {'alone 1t':>9} {'2 copies':>9} {'alone 2t':>9} | {'ceiling':>7} {'ds 2t/1t':>8}  (img/s)")
+    print(f"{'net':8} {'m':>4} | {'alone 1t':>9} {'2 copies':>9} {'lockstep':>9} {'alone 2t':>9} | {'ceiling':>7} "
+          f"{'lockstep':>8} {'ds 2t/1t':>8}  (img/s)")
     rows = []
-    cases = {"alone_1thread": (1, 1), "two_copies_1thread": (1, 2), "alone_2threads": (2, 1)}
+    cases = {"alone_1thread": (1, 1), "two_copies_1thread": (1, 2), "two_copies_lockstep": (1, "lockstep"),
+             "alone_2threads": (2, 1)}
     for name in args.nets.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
             runs = {k: [] for k in cases}
@@ -78,12 +125,15 @@ def main(argv=None):
             med = {k: statistics.median(v) for k, v in runs.items()}
             row = {"net": name, "batch": batch, "images_per_s": med, "runs": runs,
                    "ceiling_2_over_1": med["two_copies_1thread"] / med["alone_1thread"],
+                   "lockstep_ceiling_2_over_1": med["two_copies_lockstep"] / med["alone_1thread"],
                    "deepscope_2_over_1": med["alone_2threads"] / med["alone_1thread"],
                    "per_round_ceiling": [p / a for p, a in zip(runs["two_copies_1thread"], runs["alone_1thread"])],
+                   "per_round_lockstep": [p / a for p, a in zip(runs["two_copies_lockstep"], runs["alone_1thread"])],
                    "per_round_deepscope": [t / a for t, a in zip(runs["alone_2threads"], runs["alone_1thread"])]}
             rows.append(row)
             print(f"{name:8} {batch:>4} | {med['alone_1thread']:9.0f} {med['two_copies_1thread']:9.0f} "
-                  f"{med['alone_2threads']:9.0f} | {row['ceiling_2_over_1']:7.2f} {row['deepscope_2_over_1']:8.2f}",
+                  f"{med['two_copies_lockstep']:9.0f} {med['alone_2threads']:9.0f} | {row['ceiling_2_over_1']:7.2f} "
+                  f"{row['lockstep_ceiling_2_over_1']:8.2f} {row['deepscope_2_over_1']:8.2f}",
                   flush=True)
     c2c_after = core_to_core_ns()
     print(f"core-to-core round trip after: {c2c_after:.0f} ns")
