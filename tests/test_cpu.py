@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -1625,3 +1626,39 @@ def test_linear_weight_grad_register_tiles_equal_the_loops_bit_for_bit(dtype, m,
     np.testing.assert_array_equal(gb, gb_strided)
     np.testing.assert_array_equal(np.delete(g, np.s_[start:stop], axis=0), np.delete(g0, np.s_[start:stop], axis=0))
     assert np.isnan(g[start:stop, 2]).all() and not np.isnan(np.delete(g[start:stop], 2, axis=1)).all()
+
+
+def test_the_loops_share_a_smaller_product_while_the_workers_are_awake(monkeypatch):
+    """Linear's loops cut a product into shards of 2 x MACS_PER_SHARD multiply-adds, or of 2 x PARKED_MACS_PER_SHARD
+    while the pool's workers still wait awake after a parallel section (a hand-over then costs no wake-up): rung 3's
+    640->100 at m=64 (4.1M) runs in one call after a pause and in two shards right after a section, with the same
+    numbers bit for bit; SigmoidNetStep's one-piece rule (tiles_in_one_call) does not change with the workers."""
+    cpu.set_num_threads(2)
+    try:
+        rng = np.random.default_rng(0)
+        x, w = rng.standard_normal((64, 640)).astype(np.float32), rng.standard_normal((100, 640)).astype(np.float32)
+        b = rng.standard_normal(100).astype(np.float32)
+        if not cpu.linear_runs_loops(x, w, b, forward=True):
+            pytest.skip("this CPU's BLAS takes a 64x640 by 640x100 product (cpu.linear_runs_loops)")
+        calls, run = [], cpu.parallel
+
+        def counted(fn, n, min_per_shard=1, hands_out=False):
+            calls.append(not cpu.one_shard(n, min_per_shard))        # True: the work was shared
+            return run(fn, n, min_per_shard, hands_out)
+
+        monkeypatch.setattr(cpu, "parallel", counted)
+        results = {}
+        for parked in (False, True):
+            monkeypatch.setattr(cpu, "workers_parked", lambda: parked)
+            calls.clear()
+            results[parked] = cpu.linear(x, w, b)
+            assert calls == ([True] if parked else [])                # one call: no parallel section at all
+            assert cpu.tiles_in_one_call(64, w.size)
+        np.testing.assert_array_equal(results[True], results[False])
+        np.testing.assert_allclose(results[False], x.astype(np.float64) @ w.T.astype(np.float64) + b, rtol=1e-4,
+                                   atol=1e-4)
+        before = time.perf_counter_ns()
+        run(lambda s, e: None, 2)                                     # a section: the worker now waits awake ...
+        assert cpu._pool.parked_until >= before + cpu.PARK_US * 500   # ... and workers_parked() says so until then
+    finally:
+        cpu.set_num_threads(cpu.default_num_threads())

@@ -41,6 +41,7 @@ import itertools
 import os
 import queue
 import threading
+import time
 from pathlib import Path
 
 import numpy
@@ -174,7 +175,7 @@ class _Pool:
     about to let the GIL go (``HAND_OUT_AT_CALL``), with a shorter grace."""
 
     def __init__(self, size: int):
-        self.size = size
+        self.size, self.parked_until = size, 0
         self._tasks = queue.SimpleQueue()
         self._posted = numpy.zeros(2, numpy.int64)      # [jobs handed out so far (a parked worker watches it),
                                                         #  the last one's grace in ns (_kernels.park)]
@@ -222,6 +223,7 @@ class _Pool:
         if job.done.locked() and self._wait is not None:
             self._wait.wait_until(job.flag, 0, 1, WAIT_AWAKE_US * 1000)
         job.done.acquire()
+        self.parked_until = time.perf_counter_ns() + PARK_US * 500      # the workers wait awake at least this long
         job.flag[0] = 2                 # the worker that published may take the GIL now
         if job.error is not None:
             raise job.error
@@ -716,18 +718,34 @@ def loops_bias(b, dtype):
     return _NONE[dtype] if b is None else b
 
 
+PARKED_MACS_PER_SHARD = 1_000_000  # the loops' shards while the workers wait awake from the last parallel section
+                                   # (workers_parked): handing them a job then costs no wake-up. Rung 3's 640->100
+                                   # at m=64 (4.1M multiply-adds, its weight out of the cache after the convs) then runs
+                                   # on both threads; FC 784-100-10's, with no section before it, still in one call
+
+
+def workers_parked() -> bool:
+    """Whether the pool's workers are still waiting awake after the last parallel section (``PARK_US``)."""
+    return _pool is not None and time.perf_counter_ns() < _pool.parked_until
+
+
 def _tiles(kernel, args, rows, macs_per_row):
     """``kernel(*args, start, stop)`` over tiles of 4 output rows, shared by the threads (each shard at least
-    2 x ``MACS_PER_SHARD`` multiply-adds): the numbers do not depend on where the shards are cut."""
-    if tiles_in_one_call(rows, macs_per_row):
+    2 x ``MACS_PER_SHARD`` multiply-adds, or 2 x ``PARKED_MACS_PER_SHARD`` while the workers are awake): the
+    numbers do not depend on where the shards are cut."""
+    if _num_threads == 1:
+        kernel(*args, 0, rows)
+        return
+    least = -(-2 * (PARKED_MACS_PER_SHARD if workers_parked() else MACS_PER_SHARD) // (4 * macs_per_row))
+    if one_shard(-(-rows // 4), least):
         kernel(*args, 0, rows)
     else:
-        parallel(lambda s, e: kernel(*args, 4 * s, min(4 * e, rows)), -(-rows // 4),
-                 -(-2 * MACS_PER_SHARD // (4 * macs_per_row)))
+        parallel(lambda s, e: kernel(*args, 4 * s, min(4 * e, rows)), -(-rows // 4), least)
 
 
 def tiles_in_one_call(rows, macs_per_row) -> bool:
-    """Whether :func:`_tiles` runs its kernel in one call, on this thread (one thread, or too little work to share)."""
+    """Whether the loops' tiles are too little work to share (one thread, or under 2 x ``MACS_PER_SHARD`` in each
+    of two shards): ``train.SigmoidNetStep`` then runs its net's products as one piece."""
     return _num_threads == 1 or one_shard(-(-rows // 4), -(-2 * MACS_PER_SHARD // (4 * macs_per_row)))
 
 

@@ -48,7 +48,8 @@ __all__ = ["step", "GraphedStep", "fit", "Batches", "History", "ProgressBar", "S
 def step(model, cost, optimizer, x, y, before_update=None):
     """One step of gradient descent on the mini-batch ``(x, y)`` (the book's ``update_mini_batch``).
 
-    Forward pass, cost C, ∇C by backpropagation into every ``Parameter.grad``, then the optimizer's update.
+    The gradients zeroed, forward pass, cost C, ∇C by backpropagation into every ``Parameter.grad``, then the
+    optimizer's update (the gradients stay readable after it, until the next step).
 
     Args:
         model, cost, optimizer: a module, a cost from :mod:`deepscope.nn.loss`, an optimizer on the model's
@@ -63,11 +64,12 @@ def step(model, cost, optimizer, x, y, before_update=None):
         GPU it stays a 0-d device array (``float(loss)`` reads it, and reading waits for the GPU), so that the
         host can queue the next steps while the GPU works.
     """
+    optimizer.zero_grad()       # first, while the gradient is still in the cache from the last update (rung 1 at m=64,
+                                # Zen 3, 2 threads: 141 -> 83 us; after the forward it had been evicted)
     out = model(x)
     loss = cost(out, y)
     if type(loss) is not float and backend.xp_of(out) is np:
         loss = float(loss)
-    optimizer.zero_grad()
     model.backward(cost.backward())
     if before_update is not None:
         before_update(loss)
