@@ -1659,6 +1659,7 @@ def test_the_loops_share_a_smaller_product_while_the_workers_are_awake(monkeypat
                                    atol=1e-4)
         before = time.perf_counter_ns()
         run(lambda s, e: None, 2)                                     # a section: the worker now waits awake ...
-        assert cpu._pool.parked_until >= before + cpu.PARK_US * 500   # ... and workers_parked() says so until then
+        if cpu.PARK_US and cpu._pool._wait is not None:               # ... and workers_parked() says so until then
+            assert cpu._pool.parked_until >= before + cpu.PARK_US * 500
     finally:
         cpu.set_num_threads(cpu.default_num_threads())

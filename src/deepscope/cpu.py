@@ -223,7 +223,8 @@ class _Pool:
         if job.done.locked() and self._wait is not None:
             self._wait.wait_until(job.flag, 0, 1, WAIT_AWAKE_US * 1000)
         job.done.acquire()
-        self.parked_until = time.perf_counter_ns() + PARK_US * 500      # the workers wait awake at least this long
+        if PARK_US and self._wait is not None:      # the workers now wait awake PARK_US from their last shard's end:
+            self.parked_until = time.perf_counter_ns() + PARK_US * 500  # count on half of it (workers_parked)
         job.flag[0] = 2                 # the worker that published may take the GIL now
         if job.error is not None:
             raise job.error
