@@ -34,14 +34,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from common import core_to_core_ns, machine, write_json  # noqa: E402
 
 
-def _train(name, batch, threads, seconds, barrier, results):
-    """A child process: build the net (conv_speed's), warm up, wait at the barrier, train for ``seconds``."""
+def _ready(name, batch, seed, threads):
+    """conv_speed's runner for ``name`` at ``threads`` deepscope threads, warmed up by 3 steps."""
     import deepscope as ds
     import conv_speed
-    runner = conv_speed.DeepscopeRunner(name, batch, 0, input_grad=False)
+    runner = conv_speed.DeepscopeRunner(name, batch, seed, input_grad=False)
     ds.set_num_threads(threads)
     for _ in range(3):
         runner.train_step()
+    return runner
+
+
+def _train(name, batch, threads, seconds, barrier, results):
+    """A child process: build the net, warm up, wait at the barrier, train for ``seconds``."""
+    runner = _ready(name, batch, 0, threads)
     barrier.wait()
     steps, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
@@ -51,16 +57,10 @@ def _train(name, batch, threads, seconds, barrier, results):
 
 
 def _train_lockstep(name, batch, threads, seconds, barrier, results):
-    """A child process: two copies of the net, each trained by its own thread at 1 deepscope thread, every step
-    of both started together at a barrier (it also decides, once for both, when time is up)."""
+    """A child process: two copies of the net, each trained by its own thread at ``threads`` (1) deepscope thread,
+    every step of both started together at a barrier (it also decides, once for both, when time is up)."""
     import threading
-    import deepscope as ds
-    import conv_speed
-    runners = [conv_speed.DeepscopeRunner(name, batch, seed, input_grad=False) for seed in (0, 1)]
-    ds.set_num_threads(1)
-    for runner in runners:
-        for _ in range(3):
-            runner.train_step()
+    runners = [_ready(name, batch, seed, threads) for seed in (0, 1)]
     barrier.wait()
     steps, t0, stop = [0, 0], time.perf_counter(), [False]
 
@@ -84,14 +84,12 @@ def _train_lockstep(name, batch, threads, seconds, barrier, results):
     results.put(sum(steps) * batch / (time.perf_counter() - t0))
 
 
-def images_per_s(ctx, name, batch, threads, copies, seconds) -> float:
-    """Summed images/s of ``copies`` processes training ``name`` at once, ``threads`` threads each (``copies`` =
-    "lockstep": one process of two copies in lockstep, :func:`_train_lockstep`)."""
-    lockstep = copies == "lockstep"
-    copies = 1 if lockstep else copies
-    barrier, results = ctx.Barrier(copies), ctx.Queue()
-    procs = [ctx.Process(target=_train_lockstep if lockstep else _train,
-                         args=(name, batch, threads, seconds, barrier, results)) for _ in range(copies)]
+def images_per_s(ctx, target, name, batch, threads, processes, seconds) -> float:
+    """Summed images/s of ``processes`` processes running ``target`` (:func:`_train` or :func:`_train_lockstep`)
+    on ``name`` at once, ``threads`` deepscope threads each."""
+    barrier, results = ctx.Barrier(processes), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(name, batch, threads, seconds, barrier, results))
+             for _ in range(processes)]
     for p in procs:
         p.start()
     total = sum(results.get() for _ in procs)
@@ -114,14 +112,14 @@ def main(argv=None):
     print(f"{'net':8} {'m':>4} | {'alone 1t':>9} {'2 copies':>9} {'lockstep':>9} {'alone 2t':>9} | {'ceiling':>7} "
           f"{'lockstep':>8} {'ds 2t/1t':>8}  (img/s)")
     rows = []
-    cases = {"alone_1thread": (1, 1), "two_copies_1thread": (1, 2), "two_copies_lockstep": (1, "lockstep"),
-             "alone_2threads": (2, 1)}
+    cases = {"alone_1thread": (_train, 1, 1), "two_copies_1thread": (_train, 1, 2),      # (target, threads,
+             "two_copies_lockstep": (_train_lockstep, 1, 1), "alone_2threads": (_train, 2, 1)}   #  processes)
     for name in args.nets.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
             runs = {k: [] for k in cases}
             for _ in range(args.rounds):
-                for k, (threads, copies) in cases.items():
-                    runs[k].append(images_per_s(ctx, name, batch, threads, copies, args.seconds))
+                for k, (target, threads, processes) in cases.items():
+                    runs[k].append(images_per_s(ctx, target, name, batch, threads, processes, args.seconds))
             med = {k: statistics.median(v) for k, v in runs.items()}
             row = {"net": name, "batch": batch, "images_per_s": med, "runs": runs,
                    "ceiling_2_over_1": med["two_copies_1thread"] / med["alone_1thread"],

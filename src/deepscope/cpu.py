@@ -730,14 +730,16 @@ def workers_parked() -> bool:
     return _pool is not None and time.perf_counter_ns() < _pool.parked_until
 
 
+def _least_tiles(macs_per_row, shard_macs) -> int:
+    """The fewest tiles of 4 output rows in a shard of the loops: 2 x ``shard_macs`` multiply-adds."""
+    return -(-2 * shard_macs // (4 * macs_per_row))
+
+
 def _tiles(kernel, args, rows, macs_per_row):
     """``kernel(*args, start, stop)`` over tiles of 4 output rows, shared by the threads (each shard at least
     2 x ``MACS_PER_SHARD`` multiply-adds, or 2 x ``PARKED_MACS_PER_SHARD`` while the workers are awake): the
     numbers do not depend on where the shards are cut."""
-    if _num_threads == 1:
-        kernel(*args, 0, rows)
-        return
-    least = -(-2 * (PARKED_MACS_PER_SHARD if workers_parked() else MACS_PER_SHARD) // (4 * macs_per_row))
+    least = _least_tiles(macs_per_row, PARKED_MACS_PER_SHARD if workers_parked() else MACS_PER_SHARD)
     if one_shard(-(-rows // 4), least):
         kernel(*args, 0, rows)
     else:
@@ -747,7 +749,7 @@ def _tiles(kernel, args, rows, macs_per_row):
 def tiles_in_one_call(rows, macs_per_row) -> bool:
     """Whether the loops' tiles are too little work to share (one thread, or under 2 x ``MACS_PER_SHARD`` in each
     of two shards): ``train.SigmoidNetStep`` then runs its net's products as one piece."""
-    return _num_threads == 1 or one_shard(-(-rows // 4), -(-2 * MACS_PER_SHARD // (4 * macs_per_row)))
+    return one_shard(-(-rows // 4), _least_tiles(macs_per_row, MACS_PER_SHARD))
 
 
 FORWARD_BY_INPUTS = 1   # 1: Linear's forward of a wide weight by the inputs its backward cuts it by (_forward_by_inputs);
