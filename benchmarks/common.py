@@ -122,6 +122,54 @@ def core_to_core_ns(volleys: int = 100_000, rounds: int = 3):
     return statistics.median(out) if out else None
 
 
+def fma_scaling(rounds: int = 3):
+    """Two threads' throughput over one thread's on a loop of fused multiply-adds that never leaves the registers
+    and L1 (12 independent 256-bit sums, ~0.06 s a thread), median of ``rounds``: ~2.0 while the host runs the two
+    vCPUs on two cores, ~1.0 while it runs them on one core's two hardware threads (which share its FMA units), in
+    between while a neighbour's work shares the core. Beside ``core_to_core_ns`` it says what a 2-thread reading was
+    measured on: issue 11's VM read 1.93-2.00 (2026-11-28 19:22 UTC) minutes after a store-bound loop read 0.87-1.08.
+    None where numba cannot compile it."""
+    try:
+        loop = _fma_loop()
+    except Exception:  # noqa: BLE001 - numba missing or unable to compile it: no reading
+        return None
+
+    def run(threads, n=4_000_000):
+        arrays = [(np.full((3, 64), 0.5, np.float32), np.full((4, 64), 0.5, np.float32)) for _ in range(threads)]
+        workers = [threading.Thread(target=loop, args=(n, *a)) for a in arrays]
+        t0 = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        return time.perf_counter() - t0
+
+    return statistics.median(2 * run(1) / run(2) for _ in range(rounds))
+
+
+_FMA = []
+
+
+def _fma_loop():
+    """The compiled loop of :func:`fma_scaling` (deepscope's 3 x 4 tile of 256-bit sums over rows of 64 numbers in
+    L1), built on first use."""
+    if not _FMA:
+        from numba import njit
+        from deepscope._kernels import _vector_dot_tile_3x4
+
+        @njit(nogil=True, fastmath={"reassoc", "contract"})
+        def loop(n, w, x):
+            t = np.float32(0)
+            for i in range(n):
+                s = _vector_dot_tile_3x4(w, x, 0, 1, 2, 0, 1, 2, 3, 64)
+                w[0, i & 63] = s[0] * np.float32(1e-30)      # (a dependence, so that the loop is not hoisted)
+                t += s[11]
+            return t
+        loop(1, np.ones((3, 64), np.float32), np.ones((4, 64), np.float32))
+        _FMA.append(loop)
+    return _FMA[0]
+
+
 _VOLLEY = []
 
 

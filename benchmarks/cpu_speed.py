@@ -10,7 +10,8 @@ turn, rung 1 at m=64) and after one untimed step at the turn's thread count (swi
 pool and PyTorch a resized OpenMP team: +0.9-1.5 ms on the first step of a turn); the JSON gives the CPU time the
 other framework's threads ran in each turn (``other_framework_cpu_ms_per_turn``, ~0). Also, in the same run:
 
-  * scaling: deepscope's 2-thread / 1-thread throughput;
+  * scaling: deepscope's 2-thread / 1-thread throughput, and before and after the run what the machine gave two
+    threads (``common.core_to_core_ns`` and ``common.fma_scaling``: 2t/1t of multiply-adds in the registers);
   * the float32 GEMM peak at 1 and 2 threads (a 2048³ NumPy matmul, OpenBLAS at that many threads) and
     the fraction of it each training run reaches (FLOPs per image: 3 × 2 × multiply-adds of the conv and FC
     layers, as conv_speed.py);
@@ -49,7 +50,7 @@ from deepscope.train import step
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import conv_speed  # noqa: E402
-from common import core_to_core_ns, write_json  # noqa: E402
+from common import core_to_core_ns, fma_scaling, write_json  # noqa: E402
 import fc_speed  # noqa: E402
 
 NETS = ("fc100", "rung1", "rung3", "dropout")
@@ -269,6 +270,9 @@ def main(argv=None):
     print(f"load average before: {load_before}")
     c2c_before = core_to_core_ns()
     print(f"core-to-core round trip before: {c2c_before} ns (~100-200: the vCPUs share an L3; ~400: apart)")
+    fma_before = fma_scaling()
+    print(f"2t/1t of multiply-adds in the registers before: {fma_before} (~2.0: two cores; ~1.0: one core's two "
+          f"hardware threads)")
     print(f"Linear's small products by compiled loops (they beat this BLAS): {cpu.loops_beat_blas()}")
     print(f"fewest multiply-adds in a GEMM block of cached operands: {cpu.gemm_block_macs(0):,} (OpenBLAS's "
           f"AVX-512 kernels: {cpu.blas_runs_avx512()})")
@@ -323,11 +327,14 @@ def main(argv=None):
     print(f"load average after: {load_after}")
     c2c_after = core_to_core_ns()
     print(f"core-to-core round trip after: {c2c_after} ns")
+    fma_after = fma_scaling()
+    print(f"2t/1t of multiply-adds in the registers after: {fma_after}")
     result = {"command": "python benchmarks/cpu_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "machine": conv_speed.platform.platform(), "cpu_count": os.cpu_count(), "numpy": np.__version__,
               "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "repeats": repeats,
               "images_per_timing": images, "load_average_before": load_before, "load_average_after": load_after,
               "core_to_core_round_trip_ns": {"before": c2c_before, "after": c2c_after},
+              "fma_2_over_1": {"before": fma_before, "after": fma_after},
               "gemm_peak_flops": {f"{t}thread": p for t, p in peaks.items()}, "openblas_spin_check": spin,
               "linear_compiled_loops": cpu.loops_beat_blas(),
               "gemm_block_macs_cached": cpu.gemm_block_macs(0), "blas_avx512": cpu.blas_runs_avx512(),

@@ -14,7 +14,9 @@ For each net and mini-batch, in rounds (the four cases alternate within a round,
 Each case is a fresh process (nothing cached from the others). The lockstep case is the fair ceiling for one net: a
 mini-batch's steps follow one another (each needs the weights the one before wrote), so its two threads always work
 on the same phase at once. Medians over the rounds; the core-to-core round trip
-before and after (``common.core_to_core_ns``: ~100-200 ns, the vCPUs share an L3; ~400, apart).
+before and after (``common.core_to_core_ns``: ~100-200 ns, the vCPUs share an L3; ~400, apart), and before each
+round that and ``common.fma_scaling`` (2t/1t of a loop of multiply-adds in the registers: ~2.0 on two cores, ~1.0
+while the host runs both vCPUs on one core's hardware threads), so that each round says what it ran on.
 
     python benchmarks/scaling_ceiling.py                                   # rung1,rung3,dropout at m=64 (~6 min)
     python benchmarks/scaling_ceiling.py --nets rung1 --batches 64,256 --rounds 5 --out scaling_ceiling.json
@@ -31,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from common import core_to_core_ns, machine, write_json  # noqa: E402
+from common import core_to_core_ns, fma_scaling, machine, write_json  # noqa: E402
 
 
 def _ready(name, batch, seed, threads):
@@ -116,12 +118,13 @@ def main(argv=None):
              "two_copies_lockstep": (_train_lockstep, 1, 1), "alone_2threads": (_train, 2, 1)}   #  processes)
     for name in args.nets.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
-            runs = {k: [] for k in cases}
+            runs, state = {k: [] for k in cases}, []
             for _ in range(args.rounds):
+                state.append({"core_to_core_ns": core_to_core_ns(), "fma_2_over_1": fma_scaling()})
                 for k, (target, threads, processes) in cases.items():
                     runs[k].append(images_per_s(ctx, target, name, batch, threads, processes, args.seconds))
             med = {k: statistics.median(v) for k, v in runs.items()}
-            row = {"net": name, "batch": batch, "images_per_s": med, "runs": runs,
+            row = {"net": name, "batch": batch, "images_per_s": med, "runs": runs, "machine_before_rounds": state,
                    "ceiling_2_over_1": med["two_copies_1thread"] / med["alone_1thread"],
                    "lockstep_ceiling_2_over_1": med["two_copies_lockstep"] / med["alone_1thread"],
                    "deepscope_2_over_1": med["alone_2threads"] / med["alone_1thread"],
@@ -131,7 +134,10 @@ def main(argv=None):
             rows.append(row)
             print(f"{name:8} {batch:>4} | {med['alone_1thread']:9.0f} {med['two_copies_1thread']:9.0f} "
                   f"{med['two_copies_lockstep']:9.0f} {med['alone_2threads']:9.0f} | {row['ceiling_2_over_1']:7.2f} "
-                  f"{row['lockstep_ceiling_2_over_1']:8.2f} {row['deepscope_2_over_1']:8.2f}",
+                  f"{row['lockstep_ceiling_2_over_1']:8.2f} {row['deepscope_2_over_1']:8.2f}  (rounds: "
+                  + ", ".join(f"ds {d:.2f} lockstep {c:.2f} at {m['core_to_core_ns'] or 0:.0f} ns, FMA "
+                              f"{m['fma_2_over_1'] or 0:.2f}" for d, c, m in zip(row["per_round_deepscope"],
+                                                                                 row["per_round_lockstep"], state)) + ")",
                   flush=True)
     c2c_after = core_to_core_ns()
     print(f"core-to-core round trip after: {c2c_after:.0f} ns")
