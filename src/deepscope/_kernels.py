@@ -1174,9 +1174,10 @@ def conv_weight_grad(cols, g, c0, out, gb):
     its peak; this loop takes ~1/3 of its time. (The rows stream from L3: a chunk's 1.6 MB is more than a core's
     L2. 5 x 4 tiles fit 25 x 20 exactly and read 225 rows a chunk where 4 x 4 tiles read 280, 3 of each 4 rows of
     the last field tile a repeat: rung 3's 16 chunks of 16 images, alone, 1.55 -> 1.39 ms, load ~4.)
-    On a CPU without AVX-512 (16 registers, where the 5 x 4 tile spills) tiles of 3 fields x 4 maps instead
-    (_vector_dot_tile_3x4, as linear_forward), the last kk % 8 (float32) columns of each sum added one by one: Zen 3,
-    1 thread, 25 x 20 over K = 16 x 576 (a chunk of rung 1's first conv), 280 -> 235 us."""
+    On a CPU without AVX-512 (16 registers, where the 5 x 4 tile spills) the product is Linear's forward, z = x Wᵀ
+    with x = g's columns and W = cols (z = outᵀ), whose tiles there are 3 fields x 4 maps of 256-bit vectors
+    (_vector_dot_tile_3x4): Zen 3, 1 thread, 25 x 20 over K = 16 x 576 (a chunk of rung 1's first conv), alternating
+    medians of 15, 198-202 -> 163-166 us."""
     rr, kk = cols.shape
     oo = out.shape[1]
     zero = cols.dtype.type(0)
@@ -1185,24 +1186,9 @@ def conv_weight_grad(cols, g, c0, out, gb):
         for k in range(kk):
             s += row[k]
         gb[o] = s
-    if VECTOR_BITS < 512 and kk >= VECTOR_TILE_MIN_INPUTS:
-        gs = g[:, c0:c0 + kk]
-        k0 = kk - kk % (VECTOR_BITS // (8 * cols.itemsize))
-        for r in range(0, rr, 3):
-            r1, r2 = min(r + 1, rr - 1), min(r + 2, rr - 1)
-            for o in range(0, oo, 4):
-                o1, o2, o3 = min(o + 1, oo - 1), min(o + 2, oo - 1), min(o + 3, oo - 1)
-                s = _vector_dot_tile_3x4(cols, gs, r, r1, r2, o, o1, o2, o3, k0)     # s[4q + c]: field q, map c
-                out[r, o], out[r, o1], out[r, o2], out[r, o3] = s[0], s[1], s[2], s[3]
-                out[r1, o], out[r1, o1], out[r1, o2], out[r1, o3] = s[4], s[5], s[6], s[7]
-                out[r2, o], out[r2, o1], out[r2, o2], out[r2, o3] = s[8], s[9], s[10], s[11]
-        if k0 < kk:
-            for r in range(rr):
-                for o in range(oo):
-                    v = out[r, o]
-                    for k in range(k0, kk):
-                        v += cols[r, k] * gs[o, k]
-                    out[r, o] = v
+    if VECTOR_BITS < 512 and kk >= VECTOR_TILE_MIN_INPUTS:    # (linear_forward's vector tiles; its other tiles are
+        linear_forward(g[:, c0:c0 + kk], cols, gb[:0], out.T,   #  the 5 x 4 below, which read g's row pieces whole)
+                       np.empty((0, 0), out.dtype), 0, oo)     # (∂C/∂W)ᵀ = X Δᵀ: outᵀ = Δ Xᵀ
         return
     for r in range(0, rr, 5):
         r1, r2, r3, r4 = min(r + 1, rr - 1), min(r + 2, rr - 1), min(r + 3, rr - 1), min(r + 4, rr - 1)   # (a short
